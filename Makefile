@@ -1,0 +1,46 @@
+# qcompiler: `make demo` and `make test` do all set-up on a fresh machine (python3, pip, gcc, apt).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.qcompiler-installed
+ROOT   := $(shell id -u 2>/dev/null)
+
+.PHONY: install system-deps deploy test demo bench clean
+
+install: $(STAMP)
+
+# The virtual environment, with qcompiler installed editable plus demo and test extras.
+# Re-runs only when pyproject.toml changes. Debian's python3 needs python3-venv for `-m venv`.
+$(STAMP): pyproject.toml
+	@if ! $(PYTHON) -c 'import ensurepip' >/dev/null 2>&1; then \
+	  if [ "$(ROOT)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	  else echo "error: $(PYTHON) cannot create virtual environments: install Debian package python3-venv"; exit 1; fi; fi
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test]'
+	@touch $@
+
+# Debian packages the ARM presets need: the aarch64 cross compiler. Installed when running as
+# root; otherwise the ARM tests skip, naming the package.
+system-deps:
+	@if ! command -v aarch64-linux-gnu-g++ >/dev/null; then \
+	  if [ "$(ROOT)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing g++-aarch64-linux-gnu (cross compiler for the arm64 presets)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu >/dev/null; \
+	  else echo "note: aarch64-linux-gnu-g++ not found (Debian package g++-aarch64-linux-gnu): ARM tests will skip"; fi; fi
+
+# The C runtime (deploy/), built against the headers and libraries in the installed wheels.
+deploy: $(STAMP)
+	@$(MAKE) --no-print-directory -C deploy PYTHON=$(abspath $(PY))
+
+test: $(STAMP) system-deps deploy
+	$(PY) -m pytest -q -ra
+
+demo: $(STAMP) deploy
+	$(PY) -m qcompiler demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_baseline.py
+
+clean:
+	rm -rf out deploy/build .pytest_cache

