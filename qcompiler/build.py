@@ -54,7 +54,10 @@ def lower(mod, preset: TargetPreset):
     if preset.device is DeviceKind.CUDA:
         from .cuda_binary import embed_device_binary
 
-        executable = embed_device_binary(executable, target)
+        try:
+            executable = embed_device_binary(executable, target)
+        except (RuntimeError, ValueError) as err:
+            raise QCompilerError(f"CUDA device code for {preset.name}: {str(err).strip().splitlines()[0]}") from err
     return executable
 
 

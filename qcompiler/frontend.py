@@ -20,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import QCompilerError
+from .shape_folding import fold_shape_computations
 
 # Ops handled by the importer itself rather than its converter map.
 _IMPORTER_BUILTIN_OPS = frozenset({"If", "Constant"})
@@ -167,10 +168,10 @@ def _dtype_of(value: onnx.ValueInfoProto) -> str:
 def bind_input_shapes(
     proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, where: str
 ) -> tuple[list[TensorSpec], list[str]]:
-    """Static shapes for every graph input, and notes on dynamic dims defaulted to 1.
+    """Static shapes for every graph input, and notes on dynamic batch dims defaulted to 1.
 
-    A dim given in `input_shapes` must agree with a static dim in the model; dynamic dims
-    not given default to 1.
+    A dim given in `input_shapes` must agree with a static dim in the model. A dynamic batch
+    (first) dim not given defaults to 1; any other dynamic dim must be given.
     """
     given = dict(input_shapes or {})
     inputs = _graph_inputs(proto)
@@ -201,6 +202,11 @@ def bind_input_shapes(
                         f"but the given shape has {got}"
                     )
         else:
+            if None in model_dims[1:]:
+                raise QCompilerError(
+                    f"{where}: input {vi.name!r} has dynamic dims beyond the batch axis ({shown}): "
+                    f"bind them with --input-shape {vi.name}=DIMS (input_shapes= in Python)"
+                )
             shape = tuple(d if d is not None else 1 for d in model_dims)
             if None in model_dims:
                 notes.append(
@@ -324,8 +330,8 @@ def load_onnx(
     for note in notes:
         if on_note is not None:
             on_note(note)
-    static = _check(_static_copy(checked, inputs), where)
-    opset = _opset(static)
+    opset = _opset(checked)
+    static = fold_shape_computations(_check(_static_copy(checked, inputs), where), opset)
     mod, node_names = _import(static, inputs, opset, where)
     outputs = _output_specs(mod, static, where)
     return ImportedModel(

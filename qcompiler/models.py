@@ -26,6 +26,7 @@ class ZooModel:
     sha256: str
     license: str
     about: str
+    input_shapes: dict[str, tuple[int, ...]]
 
 
 ZOO = {
@@ -38,6 +39,7 @@ ZOO = {
             sha256="2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
             license="Apache-2.0",
             about="PP-LCNet document orientation classifier, x[N,3,224,224] BGR → 4 classes (0/90/180/270° clockwise)",
+            input_shapes={"x": (1, 3, 224, 224)},
         ),
         ZooModel(
             name="rapidocr-cls",
@@ -46,6 +48,7 @@ ZOO = {
             sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
             license="Apache-2.0",
             about="PP-OCR MobileNetV3 text direction classifier, x[N,3,48,192] → 2 classes (0/180°)",
+            input_shapes={"x": (1, 3, 48, 192)},
         ),
     ]
 }

@@ -133,6 +133,15 @@ def test_dynamic_dims_default_to_one_with_a_note():
     assert len(notes) == 1 and "'x'" in notes[0] and "batch" in notes[0]
 
 
+def test_dynamic_spatial_dims_must_be_given():
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    model = make_model(nodes, [("x", ["n", 3, "h", "w"])], [("y", ["n", 3, "h", "w"])])
+    with pytest.raises(QCompilerError) as err:
+        load_onnx(model)
+    assert "dynamic dims beyond the batch axis (nx3xhxw)" in one_line(err) and "--input-shape x=" in str(err.value)
+    assert load_onnx(model, {"x": (2, 3, 5, 7)}).outputs[0].shape == (2, 3, 5, 7)
+
+
 def test_input_shape_binding():
     imported = load_onnx(small_model(), {"x": (4, 3, 8, 8)})
     assert imported.inputs[0].shape == (4, 3, 8, 8)

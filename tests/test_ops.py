@@ -96,3 +96,31 @@ def test_op_matches_onnxruntime(case, tmp_path):
     for name in expected:
         assert actual[name].shape == expected[name].shape
         assert_close_rel(actual[name], expected[name], rtol=1e-4)
+
+
+def test_runtime_shape_arithmetic_is_folded(tmp_path):
+    """Shape → Slice → Cast → Concat → Reshape (as Paddle exports flatten) compiles and matches."""
+    from onnx import TensorProto, numpy_helper
+
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["g"], name="gap"),
+        helper.make_node("Shape", ["g"], ["s"], name="shape"),
+        helper.make_node("Slice", ["s", "starts", "ends"], ["s0"], name="slice"),
+        helper.make_node("Cast", ["s0"], ["s0f"], name="cast", to=TensorProto.INT64),
+        helper.make_node("Concat", ["s0f", "minus1"], ["target"], name="concat", axis=0),
+        helper.make_node("Reshape", ["g", "target"], ["y"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes, "flatten",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6])],
+        [numpy_helper.from_array(np.array([0], np.int64), "starts"),
+         numpy_helper.from_array(np.array([1], np.int64), "ends"),
+         numpy_helper.from_array(np.array([-1], np.int64), "minus1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    x = rng.standard_normal((2, 6, 5, 4)).astype(np.float32)
+    path = qcompiler.compile(model, input_shapes={"x": x.shape}).export(tmp_path / "flat.so")
+    actual = qcompiler.load(path).run({"x": x})["y"]
+    assert_close_rel(actual, ort_run(model, {"x": x})["y"])

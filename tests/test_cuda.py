@@ -1,0 +1,104 @@
+"""CUDA presets compile and export without a GPU; the .so embeds device binary, not CUDA source."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import qcompiler
+from conftest import make_model
+from qcompiler import cuda_binary
+from qcompiler.errors import QCompilerError
+from qcompiler.signature import read_signature
+
+
+def conv_net():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], name="fc", transB=1),
+    ]
+    rng = np.random.default_rng(0)
+    return make_model(nodes, [("x", [1, 3, 16, 16])], [("y", [1, 5])],
+                      {"w": rng.standard_normal((8, 3, 3, 3)), "fc": rng.standard_normal((5, 8))})
+
+
+def compiler_available(which: str) -> bool:
+    try:
+        cuda_binary.find_cuda_compiler(which)
+        return True
+    except RuntimeError:
+        return False
+
+
+needs_compiler = pytest.mark.skipif(
+    not compiler_available("auto"),
+    reason=f"no CUDA compiler: install nvcc or `pip install {cuda_binary.NVRTC_PIP_PACKAGES}`",
+)
+
+
+@needs_compiler
+@pytest.mark.parametrize("preset,arch", [("cuda-sm80", "sm_80"), ("cuda-sm90", "sm_90")])
+def test_cuda_artifact_embeds_device_binary(preset, arch, tmp_path):
+    path = qcompiler.compile(conv_net(), target=preset).export(tmp_path / "gpu.so")
+    payload = cuda_binary.describe_cuda_payload(path)
+    assert payload["device_module"] == "cuda"
+    assert payload["format"] in ("fatbin", "cubin")
+    assert payload["contains_cuda_source"] is False
+    assert payload["binary_bytes"] > 1000
+    assert payload["arch"] == arch
+    assert len(payload["functions"]) >= 3
+    assert b"__global__" not in path.read_bytes() and b"extern \"C\" __global__" not in path.read_bytes()
+    assert read_signature(path).device == "cuda"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["target"]["device"] == "cuda" and meta["target"]["tvm_target"]["arch"] == arch
+
+
+@pytest.mark.skipif(not compiler_available("nvrtc"),
+                    reason=f"NVRTC unavailable: `pip install {cuda_binary.NVRTC_PIP_PACKAGES}`")
+def test_nvrtc_route_without_toolkit(tmp_path):
+    import tvm
+    from tvm import relax
+
+    from qcompiler.frontend import load_onnx
+    from qcompiler.targets import resolve
+
+    target = resolve("cuda-sm86").target()
+    with target:
+        lowered = relax.get_default_pipeline(target)(load_onnx(conv_net()).mod)
+    executable = cuda_binary.embed_device_binary(tvm.compile(lowered, target), target, compiler="nvrtc")
+    assert [b.compiler for b in executable.device_binaries] == ["nvrtc"]
+    executable.export_library(str(tmp_path / "nvrtc.so"))
+    payload = cuda_binary.describe_cuda_payload(tmp_path / "nvrtc.so")
+    assert payload["format"] == "cubin" and payload["arch"] == "sm_86" and not payload["contains_cuda_source"]
+
+
+def test_cpu_artifact_has_no_cuda_module(tmp_path):
+    path = qcompiler.compile(conv_net(), target="x86").export(tmp_path / "cpu.so")
+    assert cuda_binary.describe_cuda_payload(path)["device_module"] is None
+
+
+def test_missing_cuda_compiler_is_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(cuda_binary, "_nvrtc_missing", lambda: "cuda-bindings is not installed")
+    with pytest.raises(QCompilerError) as err:
+        qcompiler.compile(conv_net(), target="cuda-sm80")
+    text = str(err.value)
+    assert "\n" not in text and "no CUDA compiler" in text and "nvidia-cuda-nvrtc" in text
+
+
+@needs_compiler
+def test_loading_cuda_artifact_without_gpu_is_refused(tmp_path):
+    import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a GPU")
+    path = qcompiler.compile(conv_net(), target="cuda-sm80").export(tmp_path / "gpu.so")
+    with pytest.raises(QCompilerError) as err:
+        qcompiler.load(path)
+    assert "no CUDA device" in str(err.value)
