@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from .canonicalize import fold_batchnorm_into_conv
 from .errors import QCompilerError
 from .shape_folding import fold_shape_computations
 
@@ -59,6 +60,8 @@ class ImportedModel:
     opset: int
     # Relax variable name → ONNX node name, for every node that produced a new binding.
     node_names: dict[str, str] = field(default_factory=dict)
+    # ONNX node name → op type (unnamed nodes are named OpType_index).
+    node_op_types: dict[str, str] = field(default_factory=dict)
 
 
 def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -249,6 +252,7 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
     from tvm.relax.frontend.onnx import onnx_frontend
 
     node_names: dict[str, str] = {}
+    node_op_types: dict[str, str] = {}
 
     class TracingImporter(onnx_frontend.ONNXGraphImporter):
         def _convert_operator(self, op_name, inputs, attrs, opset):
@@ -263,6 +267,7 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
     for index, node in enumerate(static.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{index}"
+        node_op_types[node.name] = node.op_type
     importer = TracingImporter(
         {spec.name: list(spec.shape) for spec in inputs},
         {spec.name: spec.dtype for spec in inputs},
@@ -278,7 +283,7 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
         raise QCompilerError(
             f"{where}: ONNX import failed: {type(err).__name__}: {message[-1] if message else ''}"
         ) from err
-    return mod, node_names
+    return mod, node_names, node_op_types
 
 
 def _output_specs(mod, proto: onnx.ModelProto, where: str) -> list[TensorSpec]:
@@ -332,7 +337,8 @@ def load_onnx(
             on_note(note)
     opset = _opset(checked)
     static = fold_shape_computations(_check(_static_copy(checked, inputs), where), opset)
-    mod, node_names = _import(static, inputs, opset, where)
+    static = fold_batchnorm_into_conv(static)
+    mod, node_names, node_op_types = _import(static, inputs, opset, where)
     outputs = _output_specs(mod, static, where)
     return ImportedModel(
         mod=mod,
@@ -343,6 +349,7 @@ def load_onnx(
         source_path=path,
         opset=opset,
         node_names=node_names,
+        node_op_types=node_op_types,
     )
 
 

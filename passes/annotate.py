@@ -1,0 +1,210 @@
+"""annotate: decide which ops run in int8 and which tensors need observers.
+
+Quantized ops (Relax op → role):
+  conv2d with constant weights (any groups, so also depthwise)   anchor with weights
+  matmul with constant 2-D weights (ONNX Gemm / MatMul)          anchor with weights
+  matmul of two activations (batch matmul)                       anchor, both inputs quantized
+  add / multiply of two activations (residuals, gating)          anchor, both inputs quantized
+  concat, avg_pool2d, mean (global average pooling)              anchor
+  max_pool2d                                                     carries its input's quantization
+  reshape, permute_dims, squeeze, expand_dims, strided_slice     carry their input's quantization
+
+A conv/matmul anchor absorbs its epilogue: a per-channel constant bias `add`, then `relu`
+or `clip`, each bound to a single user; its quantized output is the end of that chain.
+Every activation input and output of an anchor gets an observer (one per tensor; a carried
+tensor shares its source's observer). Ops skipped by ONNX op type or node name stay fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .graph import FunctionView, op_name, shape_of
+from .qconfig import QConfig
+
+CARRY_OPS = frozenset({
+    "relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.strided_slice",
+    "relax.nn.max_pool2d",
+})
+ACTIVATION_OPS = frozenset({"relax.nn.relu", "relax.clip"})
+
+
+@dataclass
+class QuantizedOp:
+    """One anchor op that will run in integer arithmetic."""
+
+    var: relax.Var  # the anchor's binding
+    op: str  # Relax op name
+    node: str | None  # ONNX node it came from
+    inputs: list[relax.Var]  # activation inputs to quantize
+    output: relax.Var  # quantized result (after the absorbed epilogue)
+    weight: np.ndarray | None = None
+    weight_axis: int | None = None  # output-channel axis of the weight
+    epilogue: list[relax.Var] = field(default_factory=list)
+    macs: int = 0
+
+
+@dataclass
+class AnnotationPlan:
+    """What annotate decided: the quantized ops and an observer key per quantized tensor."""
+
+    ops: list[QuantizedOp]
+    keys: dict  # relax.Var → observer key
+    skipped: list[tuple[str, str]]  # (ONNX node, reason) of anchors left in fp32
+    total_macs: int
+
+    @property
+    def observer_keys(self) -> list[str]:
+        return list(dict.fromkeys(self.keys.values()))
+
+    def tensors_of(self, key: str) -> list:
+        return [var for var, k in self.keys.items() if k == key]
+
+
+def _macs(binding_var, value, weight) -> int:
+    out = shape_of(binding_var)
+    if op_name(value) == "relax.nn.conv2d":
+        return int(np.prod(out)) * int(np.prod(weight.shape[1:]))
+    if op_name(value) == "relax.matmul":
+        k = shape_of(value.args[0])[-1]
+        return int(np.prod(out)) * int(k)
+    return 0
+
+
+def _is_activation(view: FunctionView, expr) -> bool:
+    return isinstance(expr, relax.Var) and view.constant(expr) is None and isinstance(expr.ty, relax.TensorType) \
+        and str(expr.ty.dtype) == "float32"
+
+
+def _epilogue(view: FunctionView, anchor, channels: int, channel_axis: int) -> list:
+    """The absorbed bias add and activation after a conv/matmul anchor."""
+    chain, current = [], anchor
+    user = view.single_user(current)
+    if user is not None and op_name(view.value[user]) == "relax.add":
+        args = view.value[user].args
+        other = args[1] if args[0].same_as(current) else args[0]
+        bias = view.constant(other)
+        if bias is not None and bias.size == channels and bias.ndim <= len(shape_of(anchor)) \
+                and (bias.ndim == 0 or bias.shape[channel_axis] == channels or bias.ndim == 1):
+            chain.append(user)
+            current = user
+            user = view.single_user(current)
+    if user is not None and op_name(view.value[user]) in ACTIVATION_OPS:
+        chain.append(user)
+    return chain
+
+
+def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict) -> AnnotationPlan:
+    """Plan the quantization of `mod["main"]` (after FoldConstant, weights as constants).
+
+    `node_of` maps bound vars to ONNX node names (frontend.onnx_node_of); `op_type_of` maps
+    ONNX node names to op types.
+    """
+    view = FunctionView(mod["main"])
+    keys: dict = {}
+    ops: list[QuantizedOp] = []
+    skipped: list[tuple[str, str]] = []
+    total_macs = 0
+    absorbed: set = set()
+
+    def key_for(var) -> str:
+        if var not in keys:
+            keys[var] = f"{len(dict.fromkeys(keys.values()))}:{var.name}"
+        return keys[var]
+
+    for binding in view.bindings:
+        var, value = binding.var, binding.value
+        name = op_name(value)
+        if name is None or var in absorbed:
+            continue
+        node = node_of.get(var)
+        if name in CARRY_OPS:
+            source = value.args[0]
+            if source in keys and var not in keys:
+                keys[var] = keys[source]
+            continue
+        weight = weight_axis = None
+        inputs: list = []
+        if name == "relax.nn.conv2d":
+            weight = view.constant(value.args[1])
+            if weight is None or str(value.attrs.data_layout) != "NCHW" or str(value.attrs.kernel_layout) != "OIHW":
+                continue
+            weight_axis, inputs = 0, [value.args[0]]
+        elif name == "relax.matmul":
+            weight = view.constant(value.args[1])
+            if weight is not None and weight.ndim == 2:
+                weight_axis, inputs = 1, [value.args[0]]
+            elif weight is None and view.constant(value.args[0]) is None:
+                inputs = [value.args[0], value.args[1]]
+            else:
+                continue
+        elif name in ("relax.add", "relax.multiply"):
+            if not all(_is_activation(view, a) for a in value.args):
+                continue
+            if shape_of(value.args[0]) != shape_of(value.args[1]):
+                continue
+            inputs = list(value.args)
+        elif name == "relax.concat":
+            fields = value.args[0].fields if isinstance(value.args[0], relax.Tuple) else None
+            if fields is None or not all(_is_activation(view, f) for f in fields):
+                continue
+            inputs = list(fields)
+        elif name in ("relax.nn.avg_pool2d", "relax.mean"):
+            inputs = [value.args[0]]
+        else:
+            continue
+        if weight is not None:
+            total_macs += _macs(var, value, weight)
+        if not all(_is_activation(view, a) for a in inputs):
+            continue
+        op_type = op_type_of.get(node, "") if node else ""
+        if node in config.skip_nodes or op_type in config.skip_op_types:
+            skipped.append((node or var.name, f"skipped by configuration ({op_type})"))
+            continue
+        epilogue = []
+        if weight is not None:
+            channels = weight.shape[weight_axis]
+            epilogue = _epilogue(view, var, channels, 1 if name == "relax.nn.conv2d" else -1)
+            absorbed.update(epilogue)
+        output = epilogue[-1] if epilogue else var
+        for tensor in inputs:
+            key_for(tensor)
+        key_for(output)
+        ops.append(QuantizedOp(var, name, node, list(inputs), output, weight, weight_axis, epilogue,
+                               _macs(var, value, weight) if weight is not None else 0))
+    return AnnotationPlan(ops, keys, skipped, total_macs)
+
+
+def observed_module(mod: tvm.IRModule, plan: AnnotationPlan) -> tuple[tvm.IRModule, list[str]]:
+    """`mod` whose `main` returns its outputs followed by one tensor per observer key.
+
+    Returns the module and the observer keys in the order they are appended.
+    """
+    func = mod["main"]
+    keys = plan.observer_keys
+    representative = {}
+    for var, key in plan.keys.items():
+        representative.setdefault(key, var)
+    body = func.body
+    original = body.body
+    outputs = list(original.fields) if isinstance(original, relax.Tuple) else [original]
+    tensors = [representative[k] for k in keys]
+    # Observed vars are dataflow vars: expose them through the dataflow block's outputs.
+    blocks = list(body.blocks)
+    last = blocks[-1]
+    exposed = []
+    new_bindings = list(last.bindings)
+    for tensor in tensors:
+        out_var = relax.Var(f"observed_{tensor.name}", tensor.ty)
+        new_bindings.append(relax.VarBinding(out_var, tensor))
+        exposed.append(out_var)
+    blocks[-1] = relax.DataflowBlock(new_bindings) if isinstance(last, relax.DataflowBlock) else relax.BindingBlock(new_bindings)
+    results = [*outputs, *exposed]
+    new_body = relax.SeqExpr(blocks, relax.Tuple(results))
+    new_func = relax.Function(func.params, new_body, relax.TupleType([r.ty for r in results]), func.is_pure, func.attrs)
+    new_mod = tvm.IRModule({"main": new_func})
+    return new_mod, keys

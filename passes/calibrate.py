@@ -1,0 +1,113 @@
+"""calibrate: run the observed model on real samples and turn streaming statistics into ranges.
+
+The observed module (annotate.observed_module) is compiled for the host CPU and run once per
+sample; each observer updates its statistics in place, so memory does not grow with the
+number of samples. Ranges can be saved to and loaded from a JSON calibration cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from qcompiler.errors import QCompilerError
+
+from .annotate import AnnotationPlan, observed_module
+from .observers import make_observer, observed_range
+from .qconfig import QConfig, QParams, activation_qparams
+
+CACHE_FORMAT = "qcompiler-calibration-cache"
+
+
+@dataclass
+class CalibrationResult:
+    """Per observer key: the chosen [lo, hi] range and the resulting quantization parameters."""
+
+    ranges: dict[str, tuple[float, float]]
+    samples: int
+    statistics_bytes: int
+
+    def qparams(self, config: QConfig) -> dict[str, QParams]:
+        return {key: activation_qparams(lo, hi, config.activation_dtype) for key, (lo, hi) in self.ranges.items()}
+
+
+def run_observers(
+    mod: tvm.IRModule,
+    plan: AnnotationPlan,
+    samples: Iterable[Sequence[np.ndarray]],
+    config: QConfig,
+    target: tvm.target.Target,
+    progress: Callable[[int], None] | None = None,
+) -> CalibrationResult:
+    """Calibrate: compile the observed module, feed every sample, keep streaming statistics."""
+    observed, keys = observed_module(mod, plan)
+    executable = tvm.compile(relax.get_default_pipeline(target)(observed), target)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    num_outputs = len(observed["main"].body.body.fields) - len(keys)
+    observers = {key: make_observer(config) for key in keys}
+    count = 0
+    for sample in samples:
+        results = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in sample])
+        for key, value in zip(keys, list(results)[num_outputs:]):
+            observers[key].update(value.numpy())
+        count += 1
+        if progress is not None:
+            progress(count)
+    if count == 0:
+        raise QCompilerError("calibration got no samples")
+    ranges = {key: observed_range(obs, config) for key, obs in observers.items()}
+    return CalibrationResult(ranges, count, sum(obs.state_bytes() for obs in observers.values()))
+
+
+def save_cache(path: str | Path, result: CalibrationResult, model_sha256: str, config: QConfig) -> None:
+    """Write the calibration cache atomically."""
+    path = Path(path)
+    payload = {
+        "format": CACHE_FORMAT,
+        "model_sha256": model_sha256,
+        "config": config.fingerprint(),
+        "samples": result.samples,
+        "ranges": {key: [lo, hi] for key, (lo, hi) in result.ranges.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def load_cache(path: str | Path, plan: AnnotationPlan, model_sha256: str, config: QConfig) -> CalibrationResult:
+    """Read a calibration cache, refusing one made for another model, config or graph."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise QCompilerError(f"calibration cache {path} is not valid JSON: {err}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
+        raise QCompilerError(f"{path} is not a qcompiler calibration cache")
+    if payload.get("model_sha256") != model_sha256:
+        raise QCompilerError(
+            f"calibration cache {path} was made for another model (sha256 {str(payload.get('model_sha256'))[:12]}..., "
+            f"this model {model_sha256[:12]}...): delete it or pass another --calib-cache"
+        )
+    if payload.get("config") != config.fingerprint():
+        raise QCompilerError(
+            f"calibration cache {path} was made with another calibration config {payload.get('config')}, "
+            f"expected {config.fingerprint()}"
+        )
+    try:
+        ranges = {key: (float(lo), float(hi)) for key, (lo, hi) in payload["ranges"].items()}
+    except (KeyError, TypeError, ValueError) as err:
+        raise QCompilerError(f"calibration cache {path} is malformed: {err}") from None
+    if set(ranges) != set(plan.observer_keys):
+        raise QCompilerError(
+            f"calibration cache {path} does not match this model's quantized tensors "
+            f"({len(ranges)} cached, {len(plan.observer_keys)} expected): the skip lists or the graph changed"
+        )
+    return CalibrationResult(ranges, int(payload.get("samples", 0)), 0)

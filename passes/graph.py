@@ -1,0 +1,96 @@
+"""A read-only view of a Relax dataflow function: bindings, users and constant values."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import tvm
+from tvm import relax
+
+Constant = tvm.ir.expr.Constant  # relax constants are tvm.ir.expr.GenericConst in TVM 0.27
+
+
+def const(value: np.ndarray, dtype: str | None = None):
+    """A Relax constant holding exactly `value` (in `dtype` when given)."""
+    array = np.ascontiguousarray(value if dtype is None else np.asarray(value).astype(dtype))
+    return relax.const(array, str(array.dtype))
+
+
+def op_name(expr) -> str | None:
+    """'relax.nn.conv2d' for a call of that operator, else None."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return expr.op.name
+    return None
+
+
+class FunctionView:
+    """Bindings of `main` in order, each var's defining value and its users."""
+
+    def __init__(self, func: relax.Function):
+        self.func = func
+        self.bindings = [b for block in func.body.blocks for b in block.bindings]
+        self.value = {b.var: b.value for b in self.bindings}
+        self.users: dict = defaultdict(list)
+        for b in self.bindings:
+            for arg in _var_args(b.value):
+                self.users[arg].append(b.var)
+        self.outputs = set(_var_args(func.body.body)) | ({func.body.body} if isinstance(func.body.body, relax.Var) else set())
+        # Outputs pass through `gv = lv` aliases: resolve them.
+        for b in self.bindings:
+            if isinstance(b.value, relax.Var) and b.var in self.outputs:
+                self.outputs.add(b.value)
+
+    def producer_op(self, expr) -> str | None:
+        return op_name(self.value.get(expr)) if isinstance(expr, relax.Var) else None
+
+    def single_user(self, var):
+        users = self.users.get(var, [])
+        if len(users) == 1 and var not in self.outputs:
+            return users[0]
+        return None
+
+    def constant(self, expr) -> np.ndarray | None:
+        """The value of `expr` if it is a constant, or a reshape/permute/astype chain of one."""
+        if isinstance(expr, Constant):
+            return expr.value.numpy()
+        if isinstance(expr, relax.Var) and expr in self.value:
+            value = self.value[expr]
+            name = op_name(value)
+            if name in ("relax.reshape", "relax.permute_dims", "relax.astype", "relax.expand_dims", "relax.squeeze"):
+                inner = self.constant(value.args[0])
+                if inner is None:
+                    return None
+                if name == "relax.reshape":
+                    return inner.reshape([int(d) for d in value.ty.shape.values])
+                if name == "relax.permute_dims":
+                    axes = value.attrs.axes
+                    return np.transpose(inner, None if axes is None else [int(a) for a in axes])
+                if name == "relax.astype":
+                    return inner.astype(str(value.attrs.dtype))
+                return inner.reshape([int(d) for d in value.ty.shape.values])
+            if isinstance(value, Constant):
+                return value.value.numpy()
+        return None
+
+
+def _var_args(expr):
+    if isinstance(expr, relax.Var):
+        return [expr]
+    if isinstance(expr, relax.Call):
+        out = []
+        for arg in expr.args:
+            out += _var_args(arg) if isinstance(arg, (relax.Var, relax.Tuple)) else []
+        return out
+    if isinstance(expr, relax.Tuple):
+        out = []
+        for field in expr.fields:
+            out += _var_args(field)
+        return out
+    if isinstance(expr, relax.TupleGetItem):
+        return _var_args(expr.tuple_value)
+    return []
+
+
+def shape_of(var) -> tuple[int, ...]:
+    return tuple(int(d) for d in var.ty.shape.values)

@@ -1,0 +1,143 @@
+"""Typed quantization configuration and the integer arithmetic every stage agrees on."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ActivationDType(enum.Enum):
+    """uint8 asymmetric (zero point in [0, 255]) or int8 symmetric (zero point 0)."""
+
+    UINT8 = "uint8"
+    INT8 = "int8"
+
+
+class CalibrationMethod(enum.Enum):
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
+
+
+@dataclass(frozen=True)
+class QConfig:
+    """What is quantized and how.
+
+    Weights are always int8 symmetric (zero point 0, range [-127, 127]), per output channel
+    unless `per_channel` is False. `skip_op_types` holds ONNX op types (e.g. "Gemm") and
+    `skip_nodes` ONNX node names; skipped ops stay fp32. `num_samples` caps how many
+    calibration samples are used (None: all); `holdout` samples at the end of the data are
+    kept back for the report's SQNR measurements.
+    """
+
+    activation_dtype: ActivationDType = ActivationDType.UINT8
+    per_channel: bool = True
+    calibration: CalibrationMethod = CalibrationMethod.PERCENTILE
+    percentile: float = 99.99
+    histogram_bins: int = 2048
+    num_samples: int | None = None
+    holdout: int = 4
+    skip_op_types: frozenset[str] = field(default_factory=frozenset)
+    skip_nodes: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self):
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.histogram_bins < 256 or self.histogram_bins % 2:
+            raise ValueError(f"histogram_bins must be an even number >= 256, got {self.histogram_bins}")
+        object.__setattr__(self, "skip_op_types", frozenset(self.skip_op_types))
+        object.__setattr__(self, "skip_nodes", frozenset(self.skip_nodes))
+
+    def fingerprint(self) -> dict:
+        """The fields that change calibration results (for the calibration cache)."""
+        return {
+            "activation_dtype": self.activation_dtype.value,
+            "calibration": self.calibration.value,
+            "percentile": self.percentile,
+            "histogram_bins": self.histogram_bins,
+            "num_samples": self.num_samples,
+            "holdout": self.holdout,
+        }
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Affine quantization of one tensor: real = scale · (q − zero_point)."""
+
+    scale: float
+    zero_point: int
+    dtype: str  # "uint8" | "int8"
+
+    @property
+    def qmin(self) -> int:
+        return 0 if self.dtype == "uint8" else -128
+
+    @property
+    def qmax(self) -> int:
+        return 255 if self.dtype == "uint8" else 127
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """round-half-to-even(x / scale) + zero_point, saturated (as relax.quantize computes)."""
+        q = np.round(np.asarray(x, np.float64) / self.scale) + self.zero_point
+        return np.clip(q, self.qmin, self.qmax).astype(self.dtype)
+
+    def to_json(self) -> dict:
+        return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}
+
+
+def activation_qparams(lo: float, hi: float, dtype: ActivationDType) -> QParams:
+    """Scale and zero point covering [lo, hi] (widened to include 0, as zero must be exact).
+
+    uint8: scale = (hi − lo) / 255, zero_point = round(−lo / scale);
+    int8:  scale = max(|lo|, |hi|) / 127, zero_point = 0.
+    """
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if dtype is ActivationDType.INT8:
+        bound = max(-lo, hi)
+        scale = bound / 127.0 if bound > 0 else 1.0
+        return QParams(scale, 0, "int8")
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    zero_point = int(np.clip(round(-lo / scale), 0, 255))
+    return QParams(scale, zero_point, "uint8")
+
+
+def weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
+    """int8 symmetric weight scales: max |w| / 127 per channel along `axis` (or per tensor)."""
+    w = np.abs(np.asarray(weight, np.float64))
+    if axis is None:
+        bound = np.array([w.max() if w.size else 0.0])
+    else:
+        bound = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).max(axis=1)
+    return np.where(bound > 0, bound / 127.0, 1.0)
+
+
+def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
+    """round(w / scale) clipped to [-127, 127] as int8, scales broadcast along `axis`."""
+    w = np.asarray(weight, np.float64)
+    if axis is not None:
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        scales = scales.reshape(shape)
+    return np.clip(np.round(w / scales), -127, 127).astype(np.int8)
+
+
+def fixed_point_multiplier(real: float) -> tuple[int, int]:
+    """(m, shift) with real ≈ m · 2^−shift, m a positive int32 in [2^30, 2^31) (Q31).
+
+    Requantization computes (acc · m + 2^(shift−1)) >> shift in int64: round half up.
+    """
+    if not real > 0:
+        raise ValueError(f"requantization multiplier must be positive, got {real}")
+    mantissa, exponent = math.frexp(real)  # real = mantissa · 2^exponent, mantissa in [0.5, 1)
+    m = int(round(mantissa * (1 << 31)))
+    if m == 1 << 31:
+        m //= 2
+        exponent += 1
+    shift = 31 - exponent
+    if not 0 < shift < 63:
+        raise ValueError(f"requantization multiplier {real} is out of range")
+    return m, shift

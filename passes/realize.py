@@ -1,0 +1,458 @@
+"""realize: turn a QDQ (quantize/dequantize) module into integer kernels.
+
+Every value of the QDQ function is tracked as one of:
+
+* `Float`       — an ordinary float tensor;
+* `QTensor`     — int8/uint8 data q with real = scale · (q − zero_point) (weights may have a
+                  per-channel scale along `axis`; activations are per tensor);
+* `Accumulator` — int32 data with real = scale[c] · acc (per channel along `axis`), plus a
+                  pending clamp [lo, hi] in real units from an absorbed relu/clip.
+
+and re-emitted bottom-up. `dequantize` only relabels an integer tensor; integer ops consume
+the relabelled tensors directly:
+
+  conv2d / matmul(QTensor, int8 weight)  acc = Σ q_x·q_w in int32 (uint8 × int8 kernels); an
+                                         asymmetric input is padded with its zero point and
+                                         corrected by −zp_x·Σq_w, folded into a constant
+  add(acc, bias)                         bias folded into int32: round(bias / scale[c])
+  relu / clip on an accumulator          integer clamp at requantization
+  add / multiply(QTensor, QTensor)       fixed-point rescale to a common scale, in int32
+  mean (global average pooling)          int32 sum of (q − zp); scale / count
+  max_pool2d, reshape, permute, ...      run on the integer tensor, parameters unchanged
+  quantize(acc) → requantize             q = clamp(((acc·m + 2^(s−1)) >> s) + zp) in int64,
+                                         with scale[c]/scale_out ≈ m·2^−s, m a Q31 integer
+                                         (rounding half up)
+  quantize(QTensor with equal params)    nothing: consecutive int8 ops stay int8
+
+A float consumer of an integer value gets `dequantize` (or acc·scale for an accumulator,
+which FuseOps fuses into the producing kernel's epilogue); any other op runs in float.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .graph import Constant, FunctionView, const, op_name, shape_of
+from .qconfig import fixed_point_multiplier
+
+LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
+                        "relax.strided_slice", "relax.flatten"})
+
+
+@dataclass(frozen=True)
+class Float:
+    expr: relax.Expr
+
+
+@dataclass(frozen=True)
+class QTensor:
+    expr: relax.Expr
+    scale: np.ndarray  # float64; shape () per tensor, (C,) per channel
+    zero_point: int
+    dtype: str
+    axis: int | None = None
+    values: np.ndarray | None = None  # integer values when constant (weights)
+
+    def same_params(self, other: "QTensor") -> bool:
+        return (self.axis is None and other.axis is None and self.dtype == other.dtype
+                and self.zero_point == other.zero_point and float(self.scale) == float(other.scale))
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    expr: relax.Expr
+    scale: np.ndarray  # float64; () or (C,) along `axis`
+    axis: int | None
+    lo: float = -math.inf
+    hi: float = math.inf
+
+
+@dataclass
+class RealizeStats:
+    """What realize produced: integer anchors, float fallbacks and requantizations."""
+
+    integer_ops: dict = field(default_factory=dict)
+    float_ops: dict = field(default_factory=dict)
+    requantize: int = 0
+
+
+def _broadcast(values: np.ndarray, axis: int | None, rank: int) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim == 0 or axis is None:
+        return values.reshape(())
+    shape = [1] * rank
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+def _qmin_qmax(dtype: str) -> tuple[int, int]:
+    return (0, 255) if dtype == "uint8" else (-128, 127)
+
+
+class Realizer:
+    """Re-emits one QDQ function with integer kernels (see the module docstring)."""
+
+    def __init__(self, func: relax.Function):
+        self.func = func
+        self.view = FunctionView(func)
+        self.bb = relax.BlockBuilder()
+        self.env: dict = {}
+        self.float_cache: dict = {}
+        self.stats = RealizeStats()
+
+    # ------------------------------------------------------------------ helpers
+    def emit(self, expr, name: str = ""):
+        return self.bb.emit(expr, name)
+
+    def scalar(self, expr) -> np.ndarray | None:
+        value = self.view.constant(expr)
+        return None if value is None else np.asarray(value)
+
+    def state(self, expr):
+        if isinstance(expr, relax.Var):
+            return self.env[expr]
+        if isinstance(expr, Constant):
+            return Float(expr)
+        return Float(expr)
+
+    def float_of(self, expr) -> relax.Expr:
+        """The value of `expr` as a float tensor, emitting a dequantize once if needed."""
+        if not isinstance(expr, relax.Var):
+            if isinstance(expr, relax.Tuple):
+                return relax.Tuple([self.float_of(f) for f in expr.fields])
+            return expr
+        state = self.env[expr]
+        if isinstance(state, Float):
+            return state.expr
+        if expr in self.float_cache:
+            return self.float_cache[expr]
+        if isinstance(state, QTensor):
+            out = self.emit(relax.op.dequantize(
+                state.expr, const(np.asarray(state.scale, np.float32)),
+                const(np.full(np.shape(state.scale), state.zero_point, np.int32)),
+                axis=-1 if state.axis is None else state.axis, out_dtype="float32"))
+        else:
+            rank = len(shape_of_expr(state.expr))
+            real = self.emit(relax.op.multiply(
+                self.emit(relax.op.astype(state.expr, "float32")),
+                const(_broadcast(state.scale, state.axis, rank).astype(np.float32))))
+            if math.isfinite(state.lo) or math.isfinite(state.hi):
+                lo = state.lo if math.isfinite(state.lo) else -3.0e38
+                hi = state.hi if math.isfinite(state.hi) else 3.0e38
+                real = self.emit(relax.op.clip(real, lo, hi))
+            out = real
+        self.float_cache[expr] = out
+        return out
+
+    def to_accumulator(self, q: QTensor) -> Accumulator:
+        """(q − zp) in int32, same scale."""
+        acc = self.emit(relax.op.astype(q.expr, "int32"))
+        if q.zero_point:
+            acc = self.emit(relax.op.subtract(acc, const(np.int32(q.zero_point))))
+        return Accumulator(acc, q.scale, q.axis)
+
+    def fixed_point_scale(self, values, scale_in: np.ndarray, scale_out: float, axis, rank: int):
+        """round(values · scale_in / scale_out) in int32 via a Q31 multiplier and shift (int64)."""
+        ratios = np.atleast_1d(np.asarray(scale_in, np.float64) / scale_out)
+        pairs = [fixed_point_multiplier(float(r)) for r in ratios]
+        m = np.array([p[0] for p in pairs], np.int64)
+        s = np.array([p[1] for p in pairs], np.int64)
+        if np.ndim(scale_in) == 0 or axis is None:
+            m, s = m.reshape(()), s.reshape(())
+        else:
+            m, s = _broadcast(m, axis, rank), _broadcast(s, axis, rank)
+        wide = self.emit(relax.op.astype(values, "int64"))
+        wide = self.emit(relax.op.add(self.emit(relax.op.multiply(wide, const(m, "int64"))),
+                                      const((np.int64(1) << (s - 1)).astype(np.int64), "int64")))
+        return self.emit(relax.op.right_shift(wide, const(s, "int64")))
+
+    def requantize(self, acc: Accumulator, scale: float, zero_point: int, dtype: str) -> QTensor:
+        """q = clamp(round(acc · scale_acc / scale) + zp, clamps) as int8/uint8."""
+        self.stats.requantize += 1
+        rank = len(shape_of_expr(acc.expr))
+        shifted = self.fixed_point_scale(acc.expr, acc.scale, scale, acc.axis, rank)
+        if zero_point:
+            shifted = self.emit(relax.op.add(shifted, const(np.int64(zero_point), "int64")))
+        qmin, qmax = _qmin_qmax(dtype)
+        lo = qmin if not math.isfinite(acc.lo) else max(qmin, int(round(acc.lo / scale)) + zero_point)
+        hi = qmax if not math.isfinite(acc.hi) else min(qmax, int(round(acc.hi / scale)) + zero_point)
+        clamped = self.emit(relax.op.clip(shifted, lo, max(lo, hi)))
+        return QTensor(self.emit(relax.op.astype(clamped, dtype)), np.float64(scale), zero_point, dtype)
+
+    def qparams_of(self, call) -> tuple[np.ndarray, np.ndarray] | None:
+        scale, zp = self.scalar(call.args[1]), self.scalar(call.args[2])
+        if scale is None or zp is None:
+            return None
+        return scale.astype(np.float64), zp.astype(np.int64)
+
+    # ------------------------------------------------------------------ op handlers
+    def on_dequantize(self, var, call):
+        params = self.qparams_of(call)
+        source = call.args[0]
+        axis = int(call.attrs.axis)
+        if params is None:
+            return None
+        scale, zp = params
+        if isinstance(source, Constant):  # a quantized constant (weights, bias)
+            values = source.value.numpy()
+            rank = values.ndim
+            per_channel = scale.size > 1
+            if per_channel and np.any(zp != 0):
+                return None
+            return QTensor(source, scale.reshape(-1) if per_channel else scale.reshape(()),
+                           int(zp.reshape(-1)[0]), str(values.dtype), (axis % rank) if per_channel else None, values)
+        state = self.state(source)
+        if isinstance(state, QTensor) and scale.size == 1 and state.axis is None and \
+                float(state.scale) == float(scale.reshape(())) and state.zero_point == int(zp.reshape(-1)[0]):
+            return state
+        return None
+
+    def on_quantize(self, var, call):
+        params = self.qparams_of(call)
+        if params is None or params[0].size != 1:
+            return None
+        scale, zp = float(params[0].reshape(())), int(params[1].reshape(-1)[0])
+        dtype = str(call.attrs.out_dtype)
+        state = self.state(call.args[0])
+        if isinstance(state, QTensor) and state.values is None and state.axis is None:
+            if state.same_params(QTensor(None, np.float64(scale), zp, dtype)):
+                return state
+            return self.requantize(self.to_accumulator(state), scale, zp, dtype)
+        if isinstance(state, Accumulator):
+            return self.requantize(state, scale, zp, dtype)
+        q = self.emit(relax.op.quantize(self.float_of(call.args[0]), const(np.float32(scale)),
+                                        const(np.int32(zp)), axis=-1, out_dtype=dtype))
+        return QTensor(q, np.float64(scale), zp, dtype)
+
+    def on_conv2d(self, var, call):
+        x, w = self.state(call.args[0]), self.state(call.args[1])
+        attrs = call.attrs
+        if not (isinstance(x, QTensor) and x.axis is None and x.values is None and isinstance(w, QTensor)
+                and w.values is not None and w.zero_point == 0 and w.dtype == "int8"
+                and str(attrs.data_layout) == "NCHW" and str(attrs.kernel_layout) == "OIHW"):
+            return None
+        padding = [int(p) for p in attrs.padding]
+        data = x.expr
+        if x.zero_point and any(padding):
+            top, left, bottom, right = padding
+            data = self.emit(relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(x.zero_point)))
+            padding = [0, 0, 0, 0]
+        acc = self.emit(relax.op.nn.conv2d(
+            data, w.expr, strides=[int(s) for s in attrs.strides], padding=padding,
+            dilation=[int(d) for d in attrs.dilation], groups=int(attrs.groups),
+            data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32"))
+        if x.zero_point:
+            correction = x.zero_point * w.values.astype(np.int64).reshape(w.values.shape[0], -1).sum(axis=1)
+            acc = self.emit(relax.op.subtract(acc, const(correction.reshape(1, -1, 1, 1), "int32")))
+        channels = w.values.shape[0]
+        scale = float(x.scale) * (w.scale if w.axis is not None else np.full(channels, float(w.scale)))
+        self.stats.integer_ops["conv2d"] = self.stats.integer_ops.get("conv2d", 0) + 1
+        return Accumulator(acc, scale, 1)
+
+    def on_matmul(self, var, call):
+        a, b = self.state(call.args[0]), self.state(call.args[1])
+        if not (isinstance(a, QTensor) and a.axis is None and a.values is None and isinstance(b, QTensor)):
+            return None
+        if b.values is not None:
+            if b.values.ndim != 2 or b.zero_point != 0 or b.dtype != "int8" or b.axis not in (None, 1):
+                return None
+            acc = self.emit(relax.op.matmul(a.expr, b.expr, out_dtype="int32"))
+            if a.zero_point:
+                correction = a.zero_point * b.values.astype(np.int64).sum(axis=0)
+                acc = self.emit(relax.op.subtract(acc, const(correction, "int32")))
+            channels = b.values.shape[1]
+            scale = float(a.scale) * (b.scale if b.axis is not None else np.full(channels, float(b.scale)))
+            self.stats.integer_ops["matmul"] = self.stats.integer_ops.get("matmul", 0) + 1
+            return Accumulator(acc, scale, len(shape_of(var)) - 1)
+        if b.axis is not None:
+            return None
+        lhs, rhs = self.to_accumulator(a), self.to_accumulator(b)
+        acc = self.emit(relax.op.matmul(lhs.expr, rhs.expr, out_dtype="int32"))
+        self.stats.integer_ops["batch_matmul"] = self.stats.integer_ops.get("batch_matmul", 0) + 1
+        return Accumulator(acc, np.float64(float(a.scale) * float(b.scale)), None)
+
+    def real_constant(self, expr) -> np.ndarray | None:
+        value = self.view.constant(expr)
+        if value is not None:
+            return value.astype(np.float64)
+        if isinstance(expr, relax.Var):
+            state = self.env.get(expr)
+            if isinstance(state, QTensor) and state.values is not None:
+                rank = state.values.ndim
+                return (state.values.astype(np.float64) - state.zero_point) * _broadcast(state.scale, state.axis, rank)
+        return None
+
+    def on_add(self, var, call):
+        x, y = self.state(call.args[0]), self.state(call.args[1])
+        if isinstance(y, Accumulator) and not isinstance(x, Accumulator):
+            x, y = y, x
+            bias_expr = call.args[0]
+        else:
+            bias_expr = call.args[1]
+        if isinstance(x, Accumulator) and not (math.isfinite(x.lo) or math.isfinite(x.hi)):
+            bias = self.real_constant(bias_expr)
+            out_shape = shape_of(var)
+            if bias is not None and x.axis is not None:
+                channels = out_shape[x.axis]
+                flat = bias.reshape(-1)
+                if flat.size in (1, channels) and (bias.ndim == 0 or bias.size == channels):
+                    per_channel = np.broadcast_to(flat, (channels,))
+                    q = np.round(per_channel / x.scale).astype(np.int64)
+                    if np.all(np.abs(q) < 2**31):
+                        acc = self.emit(relax.op.add(x.expr, const(_broadcast(q, x.axis, len(out_shape)), "int32")))
+                        return replace(x, expr=acc)
+            return None
+        if isinstance(x, QTensor) and isinstance(y, QTensor) and x.values is None and y.values is None \
+                and x.axis is None and y.axis is None and shape_of(call.args[0]) == shape_of(call.args[1]):
+            common = min(float(x.scale), float(y.scale)) / 256.0
+            rank = len(shape_of(var))
+            terms = [self.fixed_point_scale(self.to_accumulator(t).expr, t.scale, common, None, rank) for t in (x, y)]
+            total = self.emit(relax.op.astype(self.emit(relax.op.add(*terms)), "int32"))
+            self.stats.integer_ops["add"] = self.stats.integer_ops.get("add", 0) + 1
+            return Accumulator(total, np.float64(common), None)
+        return None
+
+    def on_multiply(self, var, call):
+        x, y = self.state(call.args[0]), self.state(call.args[1])
+        if isinstance(x, QTensor) and isinstance(y, QTensor) and x.values is None and y.values is None \
+                and x.axis is None and y.axis is None:
+            product = self.emit(relax.op.multiply(self.to_accumulator(x).expr, self.to_accumulator(y).expr))
+            self.stats.integer_ops["multiply"] = self.stats.integer_ops.get("multiply", 0) + 1
+            return Accumulator(product, np.float64(float(x.scale) * float(y.scale)), None)
+        return None
+
+    def on_relu(self, var, call):
+        x = self.state(call.args[0])
+        if isinstance(x, Accumulator):
+            return replace(x, lo=max(x.lo, 0.0))
+        if isinstance(x, QTensor) and x.values is None and x.axis is None:
+            return replace(x, expr=self.emit(relax.op.maximum(x.expr, const(np.asarray(x.zero_point, x.dtype)))))
+        return None
+
+    def on_clip(self, var, call):
+        x = self.state(call.args[0])
+        lo, hi = float(call.args[1].value), float(call.args[2].value)
+        if isinstance(x, Accumulator):
+            return replace(x, lo=max(x.lo, lo), hi=min(x.hi, hi))
+        if isinstance(x, QTensor) and x.values is None and x.axis is None:
+            qmin, qmax = _qmin_qmax(x.dtype)
+            qlo = max(qmin, int(math.ceil(lo / float(x.scale))) + x.zero_point) if math.isfinite(lo) else qmin
+            qhi = min(qmax, int(math.floor(hi / float(x.scale))) + x.zero_point) if math.isfinite(hi) else qmax
+            return replace(x, expr=self.emit(relax.op.clip(x.expr, qlo, max(qlo, qhi))))
+        return None
+
+    def on_mean(self, var, call):
+        x = self.state(call.args[0])
+        if not (isinstance(x, QTensor) and x.values is None and x.axis is None):
+            return None
+        axes = [int(a) for a in call.attrs.axis] if call.attrs.axis is not None else None
+        in_shape = shape_of(call.args[0])
+        count = int(np.prod([in_shape[a] for a in axes])) if axes is not None else int(np.prod(in_shape))
+        total = self.emit(relax.op.sum(self.to_accumulator(x).expr, axis=axes, keepdims=bool(call.attrs.keepdims)))
+        self.stats.integer_ops["mean"] = self.stats.integer_ops.get("mean", 0) + 1
+        return Accumulator(total, np.float64(float(x.scale) / count), None)
+
+    def on_passthrough(self, var, call):
+        """max_pool2d and layout ops run on the integer tensor with unchanged parameters."""
+        x = self.state(call.args[0])
+        if isinstance(x, QTensor) and x.axis is None and x.values is None:
+            new = relax.Call(call.op, [x.expr, *call.args[1:]], call.attrs, call.ty_args)
+            return replace(x, expr=self.emit(new))
+        if isinstance(x, QTensor) and x.values is not None and op_name(call) == "relax.permute_dims":
+            axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else list(range(x.values.ndim))[::-1]
+            values = np.transpose(x.values, axes)
+            axis = None if x.axis is None else axes.index(x.axis)
+            return QTensor(const(values), x.scale, x.zero_point, x.dtype, axis, values)
+        return None
+
+    def on_concat(self, var, call):
+        fields = call.args[0].fields
+        states = [self.state(f) for f in fields]
+        if not all(isinstance(s, QTensor) and s.axis is None and s.values is None for s in states):
+            return None
+        target = states[0]
+        user = self.view.single_user(var)
+        if user is not None and op_name(self.view.value[user]) == "relax.quantize":
+            params = self.qparams_of(self.view.value[user])
+            if params is not None and params[0].size == 1:
+                target = QTensor(None, params[0].reshape(()), int(params[1].reshape(-1)[0]),
+                                 str(self.view.value[user].attrs.out_dtype))
+        if not all(s.dtype == target.dtype for s in states):
+            return None
+        parts = [s.expr if s.same_params(target) else
+                 self.requantize(self.to_accumulator(s), float(target.scale), target.zero_point, target.dtype).expr
+                 for s in states]
+        self.stats.integer_ops["concat"] = self.stats.integer_ops.get("concat", 0) + 1
+        return QTensor(self.emit(relax.op.concat(parts, axis=int(call.attrs.axis))), target.scale,
+                       target.zero_point, target.dtype)
+
+    HANDLERS = {
+        "relax.dequantize": on_dequantize,
+        "relax.quantize": on_quantize,
+        "relax.nn.conv2d": on_conv2d,
+        "relax.matmul": on_matmul,
+        "relax.add": on_add,
+        "relax.multiply": on_multiply,
+        "relax.nn.relu": on_relu,
+        "relax.clip": on_clip,
+        "relax.mean": on_mean,
+        "relax.nn.max_pool2d": on_passthrough,
+        "relax.concat": on_concat,
+        **dict.fromkeys(LAYOUT_OPS, on_passthrough),
+    }
+
+    # ------------------------------------------------------------------ driver
+    def float_call(self, call):
+        args = [self.float_of(a) for a in call.args]
+        name = op_name(call)
+        if name is not None:
+            self.stats.float_ops[name] = self.stats.float_ops.get(name, 0) + 1
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+    def visit(self, var, value):
+        if isinstance(value, relax.Var):
+            self.env[var] = self.env[value]
+            return
+        name = op_name(value)
+        handler = self.HANDLERS.get(name)
+        state = handler(self, var, value) if handler is not None else None
+        if state is None:
+            if isinstance(value, relax.Call):
+                state = Float(self.emit(self.float_call(value), var.name))
+            elif isinstance(value, relax.Tuple):
+                state = Float(self.emit(relax.Tuple([self.float_of(f) for f in value.fields])))
+            elif isinstance(value, relax.TupleGetItem):
+                state = Float(self.emit(relax.TupleGetItem(self.float_of(value.tuple_value), value.index)))
+            else:
+                state = Float(self.emit(value))
+        self.env[var] = state
+
+    def run(self) -> relax.Function:
+        params = [relax.Var(p.name, p.ty) for p in self.func.params]
+        for old, new in zip(self.func.params, params):
+            self.env[old] = Float(new)
+        attrs = dict(self.func.attrs) if self.func.attrs is not None else {}
+        with self.bb.function("main", params, attrs=attrs):
+            with self.bb.dataflow():
+                for binding in self.view.bindings:
+                    self.visit(binding.var, binding.value)
+                result = self.func.body.body
+                output = self.bb.emit_output(self.float_of(result))
+            self.bb.emit_func_output(output)
+        return self.bb.get()["main"]
+
+
+def shape_of_expr(expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape.values)
+
+
+def realize(mod: tvm.IRModule) -> tuple[tvm.IRModule, RealizeStats]:
+    """Integer kernels for the QDQ module `mod` (see the module docstring)."""
+    realizer = Realizer(mod["main"])
+    func = realizer.run()
+    return tvm.IRModule({"main": func}), realizer.stats
