@@ -23,7 +23,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import FunctionView, op_name, shape_of
+from .graph import FunctionView, expose, op_name, shape_of
 from .qconfig import QConfig
 
 CARRY_OPS = frozenset({
@@ -184,27 +184,8 @@ def observed_module(mod: tvm.IRModule, plan: AnnotationPlan) -> tuple[tvm.IRModu
 
     Returns the module and the observer keys in the order they are appended.
     """
-    func = mod["main"]
     keys = plan.observer_keys
     representative = {}
     for var, key in plan.keys.items():
         representative.setdefault(key, var)
-    body = func.body
-    original = body.body
-    outputs = list(original.fields) if isinstance(original, relax.Tuple) else [original]
-    tensors = [representative[k] for k in keys]
-    # Observed vars are dataflow vars: expose them through the dataflow block's outputs.
-    blocks = list(body.blocks)
-    last = blocks[-1]
-    exposed = []
-    new_bindings = list(last.bindings)
-    for tensor in tensors:
-        out_var = relax.Var(f"observed_{tensor.name}", tensor.ty)
-        new_bindings.append(relax.VarBinding(out_var, tensor))
-        exposed.append(out_var)
-    blocks[-1] = relax.DataflowBlock(new_bindings) if isinstance(last, relax.DataflowBlock) else relax.BindingBlock(new_bindings)
-    results = [*outputs, *exposed]
-    new_body = relax.SeqExpr(blocks, relax.Tuple(results))
-    new_func = relax.Function(func.params, new_body, relax.TupleType([r.ty for r in results]), func.is_pure, func.attrs)
-    new_mod = tvm.IRModule({"main": new_func})
-    return new_mod, keys
+    return expose(mod, [representative[k] for k in keys]), keys

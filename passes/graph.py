@@ -94,3 +94,29 @@ def _var_args(expr):
 
 def shape_of(var) -> tuple[int, ...]:
     return tuple(int(d) for d in var.ty.shape.values)
+
+
+def expose(mod: tvm.IRModule, tensors: list) -> tvm.IRModule:
+    """`mod` whose `main` returns its outputs followed by `tensors` (vars bound in `main`)."""
+    func = mod["main"]
+    body = func.body
+    original = body.body
+    outputs = list(original.fields) if isinstance(original, relax.Tuple) else [original]
+    blocks = list(body.blocks)
+    last = blocks[-1]
+    bindings = list(last.bindings)
+    exposed = []
+    params = set(func.params)
+    for tensor in tensors:
+        if tensor in params:
+            exposed.append(tensor)
+            continue
+        out_var = relax.Var(f"exposed_{tensor.name}", tensor.ty)  # a dataflow block output
+        bindings.append(relax.VarBinding(out_var, tensor))
+        exposed.append(out_var)
+    block_type = relax.DataflowBlock if isinstance(last, relax.DataflowBlock) else relax.BindingBlock
+    blocks[-1] = block_type(bindings)
+    results = [*outputs, *exposed]
+    new_body = relax.SeqExpr(blocks, relax.Tuple(results))
+    new_func = relax.Function(func.params, new_body, relax.TupleType([r.ty for r in results]), func.is_pure, func.attrs)
+    return tvm.IRModule({"main": new_func})

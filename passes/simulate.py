@@ -35,8 +35,12 @@ def quantized_weight(weight: np.ndarray, axis: int, per_channel: bool) -> tuple[
     return wq, scales.astype(np.float32)
 
 
-def insert_qdq(mod: tvm.IRModule, plan: AnnotationPlan, qparams: dict[str, QParams], config: QConfig) -> tvm.IRModule:
-    """The QDQ (fake-quant) module for `plan` with calibrated `qparams` (per observer key)."""
+def insert_qdq(
+    mod: tvm.IRModule, plan: AnnotationPlan, qparams: dict[str, QParams], config: QConfig
+) -> tuple[tvm.IRModule, dict]:
+    """The QDQ (fake-quant) module for `plan` with calibrated `qparams` (per observer key),
+    and for each observer key the dequantized var that carries it in that module."""
+    dequantized_of: dict = {}
     weights = {op.var: op for op in plan.ops if op.weight is not None}
 
     params = [p for p in mod["main"].params if p in plan.keys]
@@ -49,7 +53,9 @@ def insert_qdq(mod: tvm.IRModule, plan: AnnotationPlan, qparams: dict[str, QPara
             if not self.started:  # quantized model inputs: fake-quantize before the first binding
                 self.started = True
                 for param in params:
-                    self.set_var_remap(param, _qdq(self.builder_, param, qparams[plan.keys[param]]))
+                    dequantized = _qdq(self.builder_, param, qparams[plan.keys[param]])
+                    dequantized_of.setdefault(plan.keys[param], dequantized)
+                    self.set_var_remap(param, dequantized)
             var = binding.var
             if var in weights:
                 op = weights[var]
@@ -66,8 +72,9 @@ def insert_qdq(mod: tvm.IRModule, plan: AnnotationPlan, qparams: dict[str, QPara
             if var in plan.keys:
                 emitted = self.get_var_remap(var) if self.get_var_remap(var) is not None else var
                 dequantized = _qdq(self.builder_, emitted, qparams[plan.keys[var]])
+                dequantized_of.setdefault(plan.keys[var], dequantized)
                 self.set_var_remap(var, dequantized)
 
     mutator = InsertQDQ(mod)
     func = mutator.visit_expr(mod["main"])
-    return tvm.IRModule({"main": func})
+    return tvm.IRModule({"main": func}), dequantized_of

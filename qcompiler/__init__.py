@@ -9,17 +9,21 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
-from .build import Artifact, build
+from .build import Artifact
 from .errors import QCompilerError
 from .frontend import TensorSpec, load_onnx
+from .passes.qconfig import ActivationDType, CalibrationMethod, QConfig
 from .runtime import Model, load
 from .targets import TargetPreset, all_presets, resolve
 
 __all__ = [
+    "ActivationDType",
     "Artifact",
+    "CalibrationMethod",
     "Model",
+    "QConfig",
     "QCompilerError",
     "TargetPreset",
     "TensorSpec",
@@ -33,10 +37,43 @@ def compile(  # noqa: A001 - the public verb of this package
     model: "str | os.PathLike | object",
     target: str | TargetPreset = "x86",
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    quantize: str | None = None,
+    calib: "str | os.PathLike | Iterable[Mapping[str, object]] | None" = None,
+    config: QConfig | None = None,
+    calib_cache: "str | os.PathLike | None" = None,
+    report: "str | os.PathLike | None" = None,
+    simulate: bool = False,
 ) -> Artifact:
-    """Compile an ONNX model (path or `onnx.ModelProto`) for a target preset or raw TVM target JSON."""
+    """Compile an ONNX model (path or `onnx.ModelProto`) for a target preset or raw TVM target JSON.
+
+    `quantize="int8"` runs annotate → calibrate (on `calib`) → realize with `config`; a
+    pre-quantized ONNX QDQ model needs no `calib`. `calib_cache` stores (or reuses) the
+    calibration ranges; `report` writes a per-layer quantization report (JSON) and prints its
+    table; `simulate` builds the fake-quant (QDQ, float) model instead, for debugging.
+    """
     import logging
 
+    from .build import build
+
+    log = logging.getLogger("qcompiler")
     preset = resolve(target)
-    imported = load_onnx(model, input_shapes, on_note=logging.getLogger("qcompiler").warning)
-    return build(imported, preset)
+    if quantize not in (None, "int8"):
+        raise QCompilerError(f"quantize={quantize!r} is not supported: expected None or 'int8'")
+    if quantize is None and (calib is not None or calib_cache is not None or report is not None or simulate):
+        raise QCompilerError("calibration data, a calibration cache, a report or simulate need quantize='int8'")
+    imported = load_onnx(model, input_shapes, on_note=log.warning)
+    if quantize is None:
+        return build(imported, preset)
+    from .quantize import quantize as run_quantization
+
+    quantized = run_quantization(imported, config or QConfig(), calib, calib_cache)
+    artifact = build(imported, preset, quantized, simulate=simulate)
+    if report is not None:
+        from .report import quantization_report
+
+        result = quantization_report(quantized)
+        result.write(report)
+        print(result.render())
+        artifact.metadata.quantization["agreement"] = result.model_metrics
+    return artifact

@@ -14,13 +14,16 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import QCompilerError
 from .frontend import ImportedModel, sha256_of
 from .metadata import ArtifactMetadata, metadata_path
 from .signature import Signature
 from .targets import DeviceKind, TargetPreset
+
+if TYPE_CHECKING:
+    from .quantize import Quantized
 
 log = logging.getLogger("qcompiler")
 
@@ -92,7 +95,9 @@ class Artifact:
             tmp_so = tmp_dir / so_path.name
             with stage(f"export {so_path.name}"):
                 try:
-                    self.executable.export_library(str(tmp_so), fcompile=fcompile, addons=[str(addon)])
+                    # Kernels carry DWARF debug info from LLVM; a deployed library needs none of it.
+                    self.executable.export_library(str(tmp_so), fcompile=fcompile, addons=[str(addon)],
+                                                   options=["-Wl,--strip-debug"])
                 except Exception as err:
                     lines = str(err).strip().splitlines()
                     raise QCompilerError(f"exporting {so_path} failed: {lines[-1] if lines else err}") from err
@@ -116,12 +121,15 @@ class Artifact:
         return so_path
 
 
-def build(imported: ImportedModel, preset: TargetPreset) -> Artifact:
-    """Compile an imported model for a preset (fp32; quantization plugs in before `lower`)."""
+def build(imported: ImportedModel, preset: TargetPreset, quantized: "Quantized | None" = None,
+          simulate: bool = False) -> Artifact:
+    """Compile an imported model for a preset: fp32, or the integer module of `quantized`
+    (its fake-quant QDQ module when `simulate`, a debugging mode)."""
     if preset.cross_compiler is not None:
         preset.cross_compiler.require()  # fail before minutes of compilation, not after
+    mod = imported.mod if quantized is None else (quantized.qdq if simulate else quantized.mod)
     with stage(f"compile for {preset.name}"):
-        executable = lower(imported.mod, preset)
+        executable = lower(mod, preset)
     metadata = ArtifactMetadata(
         inputs=list(imported.inputs),
         outputs=list(imported.outputs),
@@ -133,4 +141,6 @@ def build(imported: ImportedModel, preset: TargetPreset) -> Artifact:
         source_model_path=imported.source_path,
         onnx_opset=imported.opset,
     )
+    if quantized is not None:
+        metadata.quantization = {**quantized.summary(), **({"mode": "int8-simulated"} if simulate else {})}
     return Artifact(executable=executable, metadata=metadata, preset=preset)

@@ -20,12 +20,47 @@ from .errors import QCompilerError
 log = logging.getLogger("qcompiler")
 
 
+def _qconfig(args, model_path: str):
+    """QConfig from the compile flags; --skip names are ONNX op types or node names of the model."""
+    from .frontend import read_model
+    from .passes.qconfig import ActivationDType, CalibrationMethod, QConfig
+
+    op_types, node_names = set(), set()
+    if args.skip:
+        proto, _, _ = read_model(model_path)
+        op_types = {n.op_type for n in proto.graph.node}
+        node_names = {n.name for n in proto.graph.node}
+        unknown = [s for s in args.skip if s not in op_types and s not in node_names]
+        if unknown:
+            raise QCompilerError(f"--skip {', '.join(unknown)}: not an op type or node name of {model_path}")
+    try:
+        return QConfig(
+            activation_dtype=ActivationDType(args.activation_dtype),
+            per_channel=not args.per_tensor,
+            calibration=CalibrationMethod(args.calib_method),
+            percentile=args.percentile,
+            num_samples=args.num_samples,
+            skip_op_types=frozenset(s for s in args.skip if s in op_types),
+            skip_nodes=frozenset(s for s in args.skip if s in node_names and s not in op_types),
+        )
+    except ValueError as err:
+        raise QCompilerError(str(err)) from None
+
+
 def _cmd_compile(args) -> None:
     from . import compile as compile_model
     from .frontend import parse_shape
 
     shapes = dict(parse_shape(text) for text in args.input_shape)
-    artifact = compile_model(args.model, target=args.target, input_shapes=shapes)
+    quant_flags = [flag for flag, given in (("--calib", args.calib), ("--calib-cache", args.calib_cache),
+                                            ("--report", args.report), ("--skip", args.skip),
+                                            ("--simulate", args.simulate)) if given]
+    if args.quantize is None and quant_flags:
+        raise QCompilerError(f"{', '.join(quant_flags)} need --quantize int8")
+    config = _qconfig(args, args.model) if args.quantize else None
+    artifact = compile_model(args.model, target=args.target, input_shapes=shapes, quantize=args.quantize,
+                             calib=args.calib, config=config, calib_cache=args.calib_cache, report=args.report,
+                             simulate=args.simulate)
     artifact.export(args.output)
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
 
@@ -102,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="x86", help="target preset (see `qcompiler targets`) or raw TVM target JSON")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
                    help="bind an input's shape, e.g. x=1x3x224x224 (repeatable)")
+    q = p.add_argument_group("quantization")
+    q.add_argument("--quantize", choices=["int8"], help="post-training static quantization to int8")
+    q.add_argument("--calib", metavar="DATA", help=".npz (arrays keyed by input name, first axis = samples) "
+                   "or a directory of .npy/.npz samples")
+    q.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
+    q.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile")
+    q.add_argument("--num-samples", type=int, help="use at most N calibration samples")
+    q.add_argument("--activation-dtype", default="uint8", choices=["uint8", "int8"],
+                   help="uint8 asymmetric (default) or int8 symmetric activations")
+    q.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per-channel)")
+    q.add_argument("--skip", action="append", default=[], metavar="NAME_OR_OPTYPE",
+                   help="keep an ONNX node (by name) or every node of an op type in fp32 (repeatable)")
+    q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration ranges from FILE, or write them there")
+    q.add_argument("--report", metavar="FILE", help="write the per-layer quantization report (JSON) and print it")
+    q.add_argument("--simulate", action="store_true", help="build the fake-quant (float QDQ) model, for debugging")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("run", help="run an artifact on .npy inputs")

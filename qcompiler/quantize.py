@@ -1,0 +1,131 @@
+"""The quantization pipeline: annotate → calibrate → simulate (QDQ) → realize, as named stages.
+
+A model that already carries QuantizeLinear/DequantizeLinear pairs (ONNX QDQ format) skips
+annotate and calibrate: its own scales and zero points are realized directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .errors import QCompilerError
+from .frontend import ImportedModel, onnx_node_of
+from .passes.annotate import AnnotationPlan, annotate
+from .passes.calibrate import CalibrationResult, load_cache, run_observers, save_cache
+from .passes.graph import FunctionView, op_name
+from .passes.qconfig import QConfig
+from .passes.realize import RealizeStats, realize
+from .passes.simulate import insert_qdq
+from .progress import Progress
+
+log = logging.getLogger("qcompiler")
+
+
+@dataclass
+class Quantized:
+    """The result of the pipeline; `mod` is the integer module that gets compiled."""
+
+    mod: tvm.IRModule
+    qdq: tvm.IRModule
+    fp32: tvm.IRModule
+    config: QConfig
+    plan: AnnotationPlan | None
+    calibration: CalibrationResult | None
+    stats: RealizeStats
+    dequantized_of: dict
+    holdout: list[dict[str, np.ndarray]]
+
+    @property
+    def prequantized(self) -> bool:
+        return self.plan is None
+
+    def summary(self) -> dict:
+        """The artifact metadata's quantization section."""
+        summary = {
+            "mode": "int8",
+            "source": "onnx-qdq" if self.prequantized else "calibrated",
+            "integer_ops": dict(self.stats.integer_ops),
+            "float_ops": dict(self.stats.float_ops),
+            "requantize_ops": self.stats.requantize,
+        }
+        if self.plan is not None:
+            quantized_macs = sum(op.macs for op in self.plan.ops)
+            summary.update(
+                activation_dtype=self.config.activation_dtype.value,
+                weights="int8 symmetric per-channel" if self.config.per_channel else "int8 symmetric per-tensor",
+                calibration=self.config.calibration.value,
+                calibration_samples=self.calibration.samples if self.calibration else 0,
+                quantized_layers=len(self.plan.ops),
+                skipped=[name for name, _ in self.plan.skipped],
+                int8_mac_fraction=quantized_macs / self.plan.total_macs if self.plan.total_macs else 0.0,
+            )
+        return summary
+
+
+def is_prequantized(mod: tvm.IRModule) -> bool:
+    return any(op_name(b.value) in ("relax.quantize", "relax.dequantize") for b in FunctionView(mod["main"]).bindings)
+
+
+def host_target() -> tvm.target.Target:
+    from .targets import resolve
+
+    return resolve("x86").target()
+
+
+def _samples_as_lists(samples, inputs) -> list[list[np.ndarray]]:
+    return [[sample[spec.name] for spec in inputs] for sample in samples]
+
+
+def quantize(
+    imported: ImportedModel,
+    config: QConfig,
+    calib: "str | Path | Iterable[Mapping[str, np.ndarray]] | None",
+    calib_cache: str | Path | None = None,
+) -> Quantized:
+    """Run the quantization stages on an imported model; errors name what is missing or wrong."""
+    from .data import load_calibration
+
+    fp32 = relax.transform.FoldConstant()(imported.mod)
+    if is_prequantized(fp32):
+        log.info("model is pre-quantized (QuantizeLinear/DequantizeLinear): realizing its own scales")
+        mod, stats = realize(fp32)
+        holdout = load_calibration(calib, imported.inputs)[-max(config.holdout, 1):] if calib is not None else []
+        return Quantized(mod, fp32, fp32, config, None, None, stats, {}, holdout)
+
+    plan = annotate(fp32, config, onnx_node_of(imported), imported.node_op_types)
+    if not plan.ops:
+        raise QCompilerError("nothing to quantize: the model has no conv, matmul or other quantizable op "
+                             "(or all of them are skipped)")
+    log.info("annotate: %d ops to int8, %d observed tensors, %d skipped", len(plan.ops), len(plan.observer_keys),
+             len(plan.skipped))
+    cache = Path(calib_cache) if calib_cache else None
+    samples = load_calibration(calib, imported.inputs) if calib is not None else []
+    split = len(samples) - config.holdout if len(samples) > config.holdout else len(samples)
+    holdout = samples[split:] if split < len(samples) else list(samples)
+    if cache is not None and cache.exists():
+        calibration = load_cache(cache, plan, imported.source_sha256, config)
+        log.info("calibrate: using cache %s (%d samples)", cache, calibration.samples)
+    else:
+        if not samples:
+            raise QCompilerError("--quantize int8 needs calibration data: pass --calib DATA (or an existing --calib-cache)")
+        used = samples[:split]
+        if config.num_samples is not None:
+            used = used[: config.num_samples]
+        calibration = run_observers(fp32, plan, _samples_as_lists(used, imported.inputs), config, host_target(),
+                                    progress=Progress(f"calibrate ({config.calibration.value})", len(used)))
+        log.info("calibrate: %d samples, %d observers, statistics %.1f KB", calibration.samples,
+                 len(calibration.ranges), calibration.statistics_bytes / 1024)
+        if cache is not None:
+            save_cache(cache, calibration, imported.source_sha256, config)
+    qdq, dequantized_of = insert_qdq(fp32, plan, calibration.qparams(config), config)
+    mod, stats = realize(qdq)
+    log.info("realize: integer %s; float %s; %d requantizations", stats.integer_ops, stats.float_ops or "none",
+             stats.requantize)
+    return Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout)

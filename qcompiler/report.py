@@ -1,0 +1,134 @@
+"""The quantization report: per-layer parameters and SQNR, int8 coverage, agreement with fp32.
+
+SQNR of a layer = 10·log10(Σ y² / Σ (ŷ − y)²) over the held-back samples, where y is the
+layer's fp32 output and ŷ the same tensor in the fake-quant (QDQ) model, so it includes the
+error accumulated by all earlier layers. Model-level numbers compare the realized integer
+model with fp32: top-1 agreement (for [N, classes] outputs), cosine similarity, max |error|.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .passes.graph import expose
+from .quantize import Quantized, host_target
+
+_LAYOUT_OR_QDQ = ("relax.quantize", "relax.dequantize", "relax.reshape", "relax.permute_dims", "relax.squeeze",
+                  "relax.expand_dims", "relax.astype", "relax.strided_slice")
+
+
+def _runner(mod):
+    target = host_target()
+    vm = relax.VirtualMachine(tvm.compile(relax.get_default_pipeline(target)(mod), target), tvm.cpu())
+
+    def run(arrays):
+        result = vm["main"](*[tvm.runtime.tensor(a) for a in arrays])
+        return [r.numpy() for r in result] if not hasattr(result, "numpy") else [result.numpy()]
+
+    return run
+
+
+@dataclass
+class QuantizationReport:
+    layers: list[dict] = field(default_factory=list)
+    int8_op_fraction: float = 0.0
+    int8_mac_fraction: float = 0.0
+    model_metrics: dict = field(default_factory=dict)
+    samples: int = 0
+
+    def to_json(self) -> dict:
+        return {"layers": self.layers, "int8_op_fraction": self.int8_op_fraction,
+                "int8_mac_fraction": self.int8_mac_fraction, "model": self.model_metrics,
+                "held_back_samples": self.samples}
+
+    def write(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        tmp.replace(path)
+
+    def render(self) -> str:
+        lines = [f"{'layer':<28}{'op':<16}{'out scale':>11}{'zp':>5}{'weight scales':>22}{'SQNR dB':>9}"]
+        for layer in self.layers:
+            w = layer.get("weight_scale_range")
+            wtext = f"{w[0]:.2e}..{w[1]:.2e}" if w else "-"
+            sqnr = layer.get("sqnr_db")
+            lines.append(f"{layer['name'][:27]:<28}{layer['op'][:15]:<16}{layer['scale']:>11.3e}{layer['zero_point']:>5}"
+                         f"{wtext:>22}{(f'{sqnr:.1f}' if sqnr is not None else '-'):>9}")
+        lines.append(f"int8: {self.int8_op_fraction:.0%} of compute ops, {self.int8_mac_fraction:.1%} of MACs")
+        m = self.model_metrics
+        if m:
+            top1 = f"top-1 agreement {m['top1_agreement']:.1%}, " if "top1_agreement" in m else ""
+            lines.append(f"int8 vs fp32 on {self.samples} held-back samples: {top1}cosine {m['cosine']:.5f}, "
+                         f"max |error| {m['max_abs_error']:.4g}")
+        return "\n".join(lines)
+
+
+def quantization_report(q: Quantized) -> QuantizationReport:
+    report = QuantizationReport(samples=len(q.holdout))
+    integer = sum(q.stats.integer_ops.values())
+    floating = sum(n for op, n in q.stats.float_ops.items() if op not in _LAYOUT_OR_QDQ)
+    report.int8_op_fraction = integer / (integer + floating) if integer + floating else 0.0
+    if q.plan is not None and q.plan.total_macs:
+        report.int8_mac_fraction = sum(op.macs for op in q.plan.ops) / q.plan.total_macs
+    input_names = [p.name for p in q.fp32["main"].params]
+    samples = [[s[name] for name in input_names] for s in q.holdout]
+
+    if q.plan is not None:
+        qparams = q.calibration.qparams(q.config)
+        keys = [q.plan.keys[op.output] for op in q.plan.ops]
+        sqnr = {}
+        if samples:
+            fp32_tensors = [op.output for op in q.plan.ops]
+            qdq_tensors = [q.dequantized_of[key] for key in keys]
+            fp32_run = _runner(expose(q.fp32, fp32_tensors))
+            qdq_run = _runner(expose(q.qdq, qdq_tensors))
+            n_out = len(fp32_run(samples[0])) - len(fp32_tensors)
+            signal = np.zeros(len(keys))
+            noise = np.zeros(len(keys))
+            for sample in samples:
+                ref = fp32_run(sample)[n_out:]
+                got = qdq_run(sample)[n_out:]
+                for i, (r, g) in enumerate(zip(ref, got)):
+                    signal[i] += float(np.sum(r.astype(np.float64) ** 2))
+                    noise[i] += float(np.sum((g.astype(np.float64) - r) ** 2))
+            for i in range(len(keys)):
+                sqnr[i] = float(10 * np.log10(signal[i] / noise[i])) if noise[i] > 0 else float("inf")
+        from .passes.simulate import quantized_weight
+
+        for i, op in enumerate(q.plan.ops):
+            params = qparams[keys[i]]
+            layer = {"name": op.node or op.var.name, "op": op.op.replace("relax.", ""), "scale": params.scale,
+                     "zero_point": params.zero_point, "dtype": params.dtype, "macs": op.macs}
+            if op.weight is not None:
+                _, scales = quantized_weight(op.weight, op.weight_axis, q.config.per_channel)
+                layer["weight_scale_range"] = [float(scales.min()), float(scales.max())]
+            if i in sqnr:
+                layer["sqnr_db"] = sqnr[i]
+            report.layers.append(layer)
+
+    if samples:
+        fp32_run, int_run = _runner(q.fp32), _runner(q.mod)
+        agree, total, max_err, dots, norms_a, norms_b = 0, 0, 0.0, 0.0, 0.0, 0.0
+        for sample in samples:
+            ref, got = fp32_run(sample)[0].astype(np.float64), int_run(sample)[0].astype(np.float64)
+            max_err = max(max_err, float(np.abs(ref - got).max()))
+            dots += float(np.sum(ref * got))
+            norms_a += float(np.sum(ref * ref))
+            norms_b += float(np.sum(got * got))
+            if ref.ndim == 2 and ref.shape[1] > 1:
+                agree += int(np.sum(ref.argmax(1) == got.argmax(1)))
+                total += ref.shape[0]
+        report.model_metrics = {"cosine": dots / np.sqrt(norms_a * norms_b) if norms_a and norms_b else 1.0,
+                                "max_abs_error": max_err}
+        if total:
+            report.model_metrics["top1_agreement"] = agree / total
+    return report
