@@ -96,6 +96,13 @@ def shape_of(var) -> tuple[int, ...]:
     return tuple(int(d) for d in var.ty.shape.values)
 
 
+def with_main(mod: tvm.IRModule, func: relax.Function) -> tvm.IRModule:
+    """A copy of `mod` (helper PrimFuncs included) whose `main` is `func`."""
+    new = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    new["main"] = func
+    return new
+
+
 def expose(mod: tvm.IRModule, tensors: list) -> tvm.IRModule:
     """`mod` whose `main` returns its outputs followed by `tensors` (vars bound in `main`)."""
     func = mod["main"]
@@ -119,4 +126,4 @@ def expose(mod: tvm.IRModule, tensors: list) -> tvm.IRModule:
     results = [*outputs, *exposed]
     new_body = relax.SeqExpr(blocks, relax.Tuple(results))
     new_func = relax.Function(func.params, new_body, relax.TupleType([r.ty for r in results]), func.is_pure, func.attrs)
-    return tvm.IRModule({"main": new_func})
+    return with_main(mod, new_func)

@@ -37,7 +37,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Constant, FunctionView, const, op_name, shape_of
+from .graph import Constant, FunctionView, const, op_name, shape_of, with_main
 from .qconfig import fixed_point_multiplier
 
 LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -282,6 +282,8 @@ class Realizer:
             return value.astype(np.float64)
         if isinstance(expr, relax.Var):
             state = self.env.get(expr)
+            if isinstance(state, Float) and isinstance(state.expr, Constant):
+                return state.expr.value.numpy().astype(np.float64)
             if isinstance(state, QTensor) and state.values is not None:
                 rank = state.values.ndim
                 return (state.values.astype(np.float64) - state.zero_point) * _broadcast(state.scale, state.axis, rank)
@@ -368,6 +370,10 @@ class Realizer:
             values = np.transpose(x.values, axes)
             axis = None if x.axis is None else axes.index(x.axis)
             return QTensor(const(values), x.scale, x.zero_point, x.dtype, axis, values)
+        if isinstance(x, QTensor) and x.values is not None and op_name(call) == "relax.reshape":
+            # A quantized constant reshaped (e.g. a bias): carry its real value as a float constant.
+            real = self.real_constant(call.args[0]).reshape(shape_of(var))
+            return Float(const(real.astype(np.float32)))
         return None
 
     def on_concat(self, var, call):
@@ -455,4 +461,4 @@ def realize(mod: tvm.IRModule) -> tuple[tvm.IRModule, RealizeStats]:
     """Integer kernels for the QDQ module `mod` (see the module docstring)."""
     realizer = Realizer(mod["main"])
     func = realizer.run()
-    return tvm.IRModule({"main": func}), realizer.stats
+    return with_main(mod, func), realizer.stats

@@ -15,7 +15,7 @@ import tvm
 from tvm import relax
 
 from .annotate import AnnotationPlan
-from .graph import const
+from .graph import const, with_main
 from .qconfig import QConfig, QParams, quantize_weight, weight_scales
 
 
@@ -77,4 +77,4 @@ def insert_qdq(
 
     mutator = InsertQDQ(mod)
     func = mutator.visit_expr(mod["main"])
-    return tvm.IRModule({"main": func}), dequantized_of
+    return with_main(mod, func), dequantized_of

@@ -246,6 +246,31 @@ def relax_var_name(node_name: str) -> str:
     return name if name and not name[0].isdigit() else f"n_{name}"
 
 
+def _clip_as_relax_clip(inputs, attrs):
+    """`relax.clip` for a float Clip with constant scalar bounds (TVM's converter emits opaque
+    TE maximum/minimum kernels, which later passes cannot see through); None otherwise."""
+    import tvm
+    from tvm import relax
+
+    x = inputs[0]
+    if not isinstance(getattr(x, "ty", None), relax.TensorType) or not str(x.ty.dtype).startswith("float"):
+        return None
+    bounds = []
+    for index, key, default in ((1, "min", -np.inf), (2, "max", np.inf)):
+        bound = inputs[index] if len(inputs) > index else None
+        if bound is None:
+            bounds.append(float(attrs.get(key, default)))
+            continue
+        if not isinstance(bound, tvm.ir.expr.Constant):
+            return None
+        value = bound.value.numpy()
+        if value.size != 1:
+            return None
+        value = float(value.reshape(()))
+        bounds.append(default if np.isnan(value) else value)
+    return relax.op.clip(x, max(bounds[0], -3.4e38), min(bounds[1], 3.4e38))
+
+
 def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, where: str):
     """Run TVM's ONNX importer, binding each node's result to a variable named after the node."""
     from tvm import relax
@@ -256,7 +281,11 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
 
     class TracingImporter(onnx_frontend.ONNXGraphImporter):
         def _convert_operator(self, op_name, inputs, attrs, opset):
-            result = super()._convert_operator(op_name, inputs, attrs, opset)
+            result = _clip_as_relax_clip(inputs, attrs) if op_name == "Clip" else None
+            if result is None:
+                result = super()._convert_operator(op_name, inputs, attrs, opset)
+            else:
+                result = self.bb.normalize(result)
             node_name = attrs["tvm_custom"]["name"]
             if isinstance(result, relax.Call) and node_name:
                 var_name = relax_var_name(node_name)

@@ -92,12 +92,13 @@ def quantize(
     """Run the quantization stages on an imported model; errors name what is missing or wrong."""
     from .data import load_calibration
 
-    fp32 = relax.transform.FoldConstant()(imported.mod)
-    if is_prequantized(fp32):
+    if is_prequantized(imported.mod):
+        # No FoldConstant here: it would fold dequantize(int8 weights) back into float weights.
         log.info("model is pre-quantized (QuantizeLinear/DequantizeLinear): realizing its own scales")
-        mod, stats = realize(fp32)
+        mod, stats = realize(imported.mod)
         holdout = load_calibration(calib, imported.inputs)[-max(config.holdout, 1):] if calib is not None else []
-        return Quantized(mod, fp32, fp32, config, None, None, stats, {}, holdout)
+        return Quantized(mod, imported.mod, imported.mod, config, None, None, stats, {}, holdout)
+    fp32 = relax.transform.FoldConstant()(imported.mod)
 
     plan = annotate(fp32, config, onnx_node_of(imported), imported.node_op_types)
     if not plan.ops:

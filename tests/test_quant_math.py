@@ -1,0 +1,129 @@
+"""Quantization arithmetic and calibrators against hand-computed values and known distributions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from qcompiler.passes.observers import (
+    HistogramObserver,
+    MinMaxObserver,
+    entropy_threshold,
+    mse_threshold,
+    observed_range,
+    percentile_range,
+)
+from qcompiler.passes.qconfig import (
+    ActivationDType,
+    CalibrationMethod,
+    QConfig,
+    activation_qparams,
+    fixed_point_multiplier,
+    quantize_weight,
+    weight_scales,
+)
+
+
+def test_activation_qparams_hand_computed():
+    p = activation_qparams(-1.0, 3.0, ActivationDType.UINT8)
+    assert p.scale == pytest.approx(4.0 / 255) and p.zero_point == 64 and p.dtype == "uint8"
+    p = activation_qparams(0.5, 2.0, ActivationDType.UINT8)  # widened to include 0
+    assert p.scale == pytest.approx(2.0 / 255) and p.zero_point == 0
+    p = activation_qparams(-2.54, 1.0, ActivationDType.INT8)
+    assert p.scale == pytest.approx(2.54 / 127) and p.zero_point == 0 and p.dtype == "int8"
+    assert list(p.quantize(np.array([-2.54, 0.0, 0.02, 100.0]))) == [-127, 0, 1, 127]
+
+
+def test_weight_quantization_per_channel():
+    w = np.array([[1.0, -2.0], [0.5, 0.25]])
+    scales = weight_scales(w, axis=0)
+    assert np.allclose(scales, [2.0 / 127, 0.5 / 127])
+    assert quantize_weight(w, scales, axis=0).tolist() == [[64, -127], [127, 64]]
+    assert np.allclose(weight_scales(w, None), [2.0 / 127])
+
+
+@pytest.mark.parametrize("real", [0.5, 0.75, 1e-4, 3.3e-7, 0.999999, 1.0, 7.25])
+def test_fixed_point_multiplier(real):
+    m, shift = fixed_point_multiplier(real)
+    assert 2**30 <= m < 2**31
+    assert m * 2.0**-shift == pytest.approx(real, rel=2**-30)
+    # (acc * m + 2^(shift-1)) >> shift rounds acc * real half up.
+    for acc in [0, 1, -1, 12345, -98765, 2**20]:
+        got = (acc * m + (1 << (shift - 1))) >> shift
+        assert abs(got - acc * real) <= 0.5 + abs(acc) * real * 2**-29
+
+
+def test_fixed_point_multiplier_rejects_nonpositive():
+    with pytest.raises(ValueError):
+        fixed_point_multiplier(0.0)
+
+
+def test_minmax_observer():
+    obs = MinMaxObserver()
+    for chunk in (np.array([1.0, -2.0]), np.array([5.0]), np.array([])):
+        obs.update(chunk)
+    assert (obs.lo, obs.hi) == (-2.0, 5.0)
+    assert observed_range(obs, QConfig(calibration=CalibrationMethod.MINMAX)) == (-2.0, 5.0)
+
+
+def test_histogram_growth_preserves_counts_and_memory_is_bounded():
+    rng = np.random.default_rng(0)
+    obs = HistogramObserver(bins=512)
+    obs.update(rng.uniform(-1, 1, 1000))
+    size = obs.state_bytes()
+    for scale in [1, 3, 10, 100]:
+        obs.update(rng.uniform(-scale, scale, 1000))
+    assert obs.counts.sum() == 5000
+    assert obs.state_bytes() == size  # statistics do not grow with the number of samples
+    assert obs.bound >= 100
+
+
+def test_percentile_on_uniform():
+    rng = np.random.default_rng(1)
+    obs = HistogramObserver()
+    for _ in range(20):
+        obs.update(rng.uniform(-1, 1, 10000))
+    lo, hi = percentile_range(obs, 99.0)
+    # 99% of U(-1, 1) lies below 0.98 and above -0.98.
+    assert hi == pytest.approx(0.98, abs=0.01) and lo == pytest.approx(-0.98, abs=0.01)
+    assert percentile_range(obs, 100.0)[1] == pytest.approx(obs.hi)
+
+
+def test_entropy_clips_outliers_of_a_gaussian():
+    rng = np.random.default_rng(2)
+    obs = HistogramObserver()
+    x = rng.standard_normal(200000)
+    x[:20] = 40.0  # rare outliers far away
+    obs.update(x)
+    threshold = entropy_threshold(obs, levels=128)
+    assert 2.5 < threshold < 15.0  # far below the outliers, well above the bulk
+
+
+def test_mse_threshold():
+    rng = np.random.default_rng(3)
+    uniform = HistogramObserver()
+    uniform.update(rng.uniform(-1, 1, 100000))
+    assert mse_threshold(uniform, steps=127) == pytest.approx(1.0, abs=0.03)  # nothing worth clipping
+    laplace = HistogramObserver()
+    laplace.update(rng.laplace(0, 1, 100000))
+    t = mse_threshold(laplace, steps=127)
+    assert 3.0 < t < 0.8 * max(-laplace.lo, laplace.hi)  # clips the long tail
+
+
+def test_one_sided_ranges_stay_one_sided():
+    obs = HistogramObserver()
+    obs.update(np.abs(np.random.default_rng(4).standard_normal(50000)))
+    for method in CalibrationMethod:
+        if method is CalibrationMethod.MINMAX:
+            continue
+        lo, hi = observed_range(obs, QConfig(calibration=method))
+        assert lo >= 0 and 0 < hi <= obs.hi and math.isfinite(hi)
+
+
+def test_qconfig_validation():
+    with pytest.raises(ValueError):
+        QConfig(percentile=30)
+    with pytest.raises(ValueError):
+        QConfig(histogram_bins=100)

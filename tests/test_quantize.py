@@ -1,0 +1,270 @@
+"""Quantization passes on small graphs: structure, numerics, calibration cache, QDQ import, bad data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from tvm import relax
+
+import qcompiler
+from conftest import make_model, ort_run
+from qcompiler import ActivationDType, CalibrationMethod, QConfig
+from qcompiler.errors import QCompilerError
+from qcompiler.frontend import load_onnx
+from qcompiler.passes.graph import FunctionView, op_name
+from qcompiler.quantize import quantize
+
+rng = np.random.default_rng(0)
+
+
+def w(*shape):
+    return rng.standard_normal(shape).astype(np.float32) * 0.5
+
+
+def residual_net(opset=17):
+    """conv+bias+relu → maxpool → (depthwise conv | 1x1 conv) → residual add → concat → GAP → Gemm."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="stem", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="stem_relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "dw"], ["d"], name="dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["d6"], name="dw_relu6"),
+        helper.make_node("Conv", ["d6", "pw", "pb"], ["e"], name="pw", kernel_shape=[1, 1]),
+        helper.make_node("Add", ["p", "e"], ["a"], name="residual"),
+        helper.make_node("Concat", ["a", "p"], ["cat"], name="cat", axis=1),
+        helper.make_node("GlobalAveragePool", ["cat"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
+    inits = {"w": w(8, 3, 3, 3), "b": w(8), "dw": w(8, 1, 3, 3), "pw": w(8, 8, 1, 1), "pb": w(8),
+             "lo": np.array(0.0), "hi": np.array(6.0), "fw": w(10, 16), "fb": w(10)}
+    return make_model(nodes, [("x", [1, 3, 16, 16])], [("y", [1, 10])], inits, opset=opset)
+
+
+def samples(n=24, seed=1):
+    r = np.random.default_rng(seed)
+    return [{"x": r.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(n)]
+
+
+def ops_of(mod):
+    return [(op_name(b.value), b.value) for b in FunctionView(mod["main"]).bindings if op_name(b.value)]
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    imported = load_onnx(residual_net())
+    return imported, quantize(imported, QConfig(), samples())
+
+
+def test_annotate_plan(quantized):
+    _, q = quantized
+    by_node = {op.node: op for op in q.plan.ops}
+    assert {"stem", "dw", "pw", "residual", "cat", "gap", "fc"} <= set(by_node)
+    assert [v.name for v in by_node["stem"].epilogue] == ["stem", "stem_relu"]  # bias add and relu absorbed
+    assert [v.name for v in by_node["dw"].epilogue] == ["dw_relu6"]  # relu6 absorbed
+    keys = {v.name: k for v, k in q.plan.keys.items()}
+    assert keys["pool"] == keys["stem_relu"]  # max pool carries its input's quantization
+    assert q.summary()["int8_mac_fraction"] == 1.0
+
+
+def test_realized_module_is_integer(quantized):
+    _, q = quantized
+    ops = ops_of(q.mod)
+    convs = [v for name, v in ops if name == "relax.nn.conv2d"]
+    matmuls = [v for name, v in ops if name == "relax.matmul"]
+    assert len(convs) == 3 and len(matmuls) == 1
+    for call in convs + matmuls:
+        assert str(call.attrs.out_dtype) == "int32"
+        assert {str(a.ty.dtype) for a in call.args} <= {"uint8", "int8"}
+    # No dequantize → quantize pair between consecutive int8 ops: one quantize at the model
+    # input, one dequantize at the model output, and nothing float in between.
+    names = [name for name, _ in ops]
+    assert names.count("relax.quantize") == 1 and names.count("relax.dequantize") == 1
+    assert not any(name in ("relax.nn.conv2d", "relax.matmul") and str(v.ty.dtype) == "float32" for name, v in ops)
+
+
+def runner(mod):
+    """Compile `mod` for the host once; return x → first output."""
+    import tvm
+
+    from qcompiler.quantize import host_target
+
+    target = host_target()
+    vm = relax.VirtualMachine(tvm.compile(relax.get_default_pipeline(target)(mod), target), tvm.cpu())
+    return lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.mark.parametrize("config", [
+    QConfig(),
+    QConfig(activation_dtype=ActivationDType.INT8),
+    QConfig(per_channel=False, calibration=CalibrationMethod.MINMAX),
+])
+def test_realized_matches_simulated_within_one_step(config):
+    imported = load_onnx(residual_net())
+    q = quantize(imported, config, samples())
+    fc = next(op for op in q.plan.ops if op.node == "fc")
+    step = q.calibration.qparams(config)[q.plan.keys[fc.output]].scale
+    run_realized, run_simulated, run_fp32 = runner(q.mod), runner(q.qdq), runner(q.fp32)
+    for sample in samples(4, seed=9):
+        realized = run_realized(sample["x"])
+        simulated = run_simulated(sample["x"])
+        assert np.abs(realized - simulated).max() <= step * 1.0001
+        reference = run_fp32(sample["x"])
+        cosine = np.sum(realized * reference) / np.linalg.norm(realized) / np.linalg.norm(reference)
+        assert cosine > 0.99
+
+
+def test_integer_conv_bit_exact_against_numpy():
+    """A lone uint8 conv with zero point: the realized kernel equals the integer formula exactly."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 6, 6])], {"w": w(3, 2, 3, 3)})
+    imported = load_onnx(model)
+    q = quantize(imported, QConfig(calibration=CalibrationMethod.MINMAX, holdout=0), samples_of(model, 8))
+    qp = q.calibration.qparams(q.config)
+    x_params = qp[q.plan.keys[q.plan.ops[0].inputs[0]]]
+    y_params = qp[q.plan.keys[q.plan.ops[0].output]]
+    from qcompiler.passes.qconfig import fixed_point_multiplier
+    from qcompiler.passes.simulate import quantized_weight
+
+    wq, w_scales = quantized_weight(model_weight(model), 0, True)
+    x = samples_of(model, 1, seed=5)[0]["x"]
+    xq = x_params.quantize(x).astype(np.int64)
+    xpad = np.pad(xq, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=x_params.zero_point) - x_params.zero_point
+    acc = np.zeros((1, 3, 6, 6), np.int64)
+    for i in range(3):
+        for j in range(3):
+            acc += np.einsum("nchw,oc->nohw", xpad[:, :, i:i + 6, j:j + 6], wq[:, :, i, j].astype(np.int64))
+    expected = np.empty_like(acc)
+    for c in range(3):
+        m, s = fixed_point_multiplier(float(np.float32(x_params.scale)) * float(w_scales[c]) / float(np.float32(y_params.scale)))
+        expected[:, c] = ((acc[:, c] * m + (1 << (s - 1))) >> s) + y_params.zero_point
+    expected = np.clip(expected, 0, 255)
+    realized = runner(q.mod)(x)
+    got = np.round(realized / np.float32(y_params.scale)).astype(np.int64) + y_params.zero_point
+    np.testing.assert_array_equal(got, expected)
+
+
+def model_weight(model):
+    return onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w"))
+
+
+def samples_of(model, n, seed=3):
+    r = np.random.default_rng(seed)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return [{"x": r.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def test_skip_by_node_name_and_op_type():
+    imported = load_onnx(residual_net())
+    q = quantize(imported, QConfig(skip_nodes=frozenset({"pw"}), skip_op_types=frozenset({"Gemm"})), samples(8))
+    nodes = {op.node for op in q.plan.ops}
+    assert "pw" not in nodes and "fc" not in nodes and "stem" in nodes
+    float_convs = [v for n, v in ops_of(q.mod) if n == "relax.nn.conv2d" and str(v.ty.dtype) == "float32"]
+    float_matmuls = [v for n, v in ops_of(q.mod) if n == "relax.matmul" and str(v.ty.dtype) == "float32"]
+    assert len(float_convs) == 1 and len(float_matmuls) == 1
+    assert {name for name, _ in q.plan.skipped} == {"pw", "fc"}
+
+
+def test_calibration_cache(tmp_path):
+    cache = tmp_path / "calib.json"
+    model = residual_net()
+    first = qcompiler.compile(model, quantize="int8", calib=samples(), calib_cache=cache)
+    assert cache.exists()
+    # Reuse: no calibration data needed, same ranges.
+    second = qcompiler.compile(model, quantize="int8", calib_cache=cache)
+    assert first.metadata.quantization["calibration_samples"] == second.metadata.quantization["calibration_samples"]
+    with pytest.raises(QCompilerError, match="another calibration config"):
+        qcompiler.compile(model, quantize="int8", calib_cache=cache, config=QConfig(calibration=CalibrationMethod.MSE))
+    other = residual_net()
+    changed = make_model(list(other.graph.node), [("x", [1, 3, 16, 16])], [("y", [1, 10])],
+                         {i.name: onnx.numpy_helper.to_array(i) * (2 if i.name == "fb" else 1) for i in other.graph.initializer})
+    with pytest.raises(QCompilerError, match="made for another model"):
+        qcompiler.compile(changed, quantize="int8", calib_cache=cache)
+    cache.write_text("{not json")
+    with pytest.raises(QCompilerError, match="not valid JSON"):
+        qcompiler.compile(model, quantize="int8", calib_cache=cache)
+
+
+def test_qdq_onnx_model_matches_onnxruntime(tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    model = residual_net(opset=13)
+    onnx.save(model, tmp_path / "fp32.onnx")
+    data = samples(16)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(data)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(tmp_path / "fp32.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    qdq = onnx.load(tmp_path / "qdq.onnx")
+    artifact = qcompiler.compile(qdq, quantize="int8")
+    assert artifact.metadata.quantization["source"] == "onnx-qdq"
+    assert artifact.metadata.quantization["float_ops"] == {}
+    model_q = qcompiler.load(artifact.export(tmp_path / "qdq.so"))
+    output_scale = onnx.numpy_helper.to_array(
+        next(i for i in qdq.graph.initializer if i.name == next(
+            n.input[1] for n in qdq.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == "y")))
+    for sample in samples(6, seed=4):
+        ours = model_q.run(sample)["y"]
+        theirs = ort_run(qdq, sample)["y"]
+        assert np.abs(ours - theirs).max() <= float(output_scale) * 1.0001
+
+
+@pytest.mark.parametrize("bad,message", [
+    ([{"image": np.zeros((1, 3, 16, 16), np.float32)}], "unknown input name(s) 'image'"),
+    ([{"x": np.zeros((1, 3, 8, 8), np.float32)}], "shape [1, 3, 8, 8], expected [1, 3, 16, 16]"),
+    ([{"x": np.zeros((1, 3, 16, 16), np.float64)}], "dtype float64, expected float32"),
+    ([{"x": np.full((1, 3, 16, 16), np.nan, np.float32)}], "NaN or Inf"),
+    ([], "has no samples"),
+])
+def test_bad_calibration_data(bad, message):
+    with pytest.raises(QCompilerError) as err:
+        qcompiler.compile(residual_net(), quantize="int8", calib=bad)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_calibration_files(tmp_path):
+    data = np.stack([s["x"][0] for s in samples(6)])  # [N, 3, 16, 16]: batch dim 1 implied
+    np.savez(tmp_path / "calib.npz", x=data)
+    artifact = qcompiler.compile(residual_net(), quantize="int8", calib=tmp_path / "calib.npz",
+                                 config=QConfig(holdout=2))
+    assert artifact.metadata.quantization["calibration_samples"] == 4
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    for i, x in enumerate(data):
+        np.save(directory / f"{i:03d}.npy", x)
+    assert qcompiler.compile(residual_net(), quantize="int8", calib=directory).metadata.quantization["quantized_layers"] > 0
+    np.savez(tmp_path / "wrong.npz", image=data)
+    with pytest.raises(QCompilerError, match="unknown input name"):
+        qcompiler.compile(residual_net(), quantize="int8", calib=tmp_path / "wrong.npz")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(QCompilerError, match="not a readable .npz"):
+        qcompiler.compile(residual_net(), quantize="int8", calib=tmp_path / "broken.npz")
+    with pytest.raises(QCompilerError, match="calibration data not found"):
+        qcompiler.compile(residual_net(), quantize="int8", calib=tmp_path / "missing.npz")
+    with pytest.raises(QCompilerError, match="needs calibration data"):
+        qcompiler.compile(residual_net(), quantize="int8")
+
+
+def test_report_and_metadata(tmp_path, capsys):
+    artifact = qcompiler.compile(residual_net(), quantize="int8", calib=samples(), report=tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {layer["name"] for layer in report["layers"]} >= {"stem", "dw", "pw", "fc"}
+    assert all(layer["sqnr_db"] > 10 for layer in report["layers"])
+    assert report["int8_mac_fraction"] == 1.0 and report["model"]["cosine"] > 0.99
+    assert "SQNR dB" in capsys.readouterr().out
+    assert artifact.metadata.quantization["agreement"]["cosine"] > 0.99
+
+
+def test_simulate_mode_is_float():
+    artifact = qcompiler.compile(residual_net(), quantize="int8", calib=samples(8), simulate=True)
+    assert artifact.metadata.quantization["mode"] == "int8-simulated"
