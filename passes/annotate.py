@@ -11,6 +11,9 @@ Quantized ops (Relax op → role):
 
 A conv/matmul anchor absorbs its epilogue: a per-channel constant bias `add`, then `relu`
 or `clip`, each bound to a single user; its quantized output is the end of that chain.
+A chain of elementwise ops fed by a single quantized tensor (and scalar constants) — e.g.
+HardSwish, x · clip(x + 3, 0, 6) / 6 — is a unary region: its end is quantized, its inside
+is not (realize turns it into one lookup table).
 Every activation input and output of an anchor gets an observer (one per tensor; a carried
 tensor shares its source's observer). Ops skipped by ONNX op type or node name stay fp32.
 """
@@ -31,6 +34,12 @@ CARRY_OPS = frozenset({
     "relax.nn.max_pool2d",
 })
 ACTIVATION_OPS = frozenset({"relax.nn.relu", "relax.clip"})
+# Elementwise ops that, applied to one quantized tensor (and scalar constants), realize as a
+# 256-entry lookup table: hardswish, hardsigmoid, sigmoid, tanh, ... chains of them.
+UNARY_OPS = frozenset({
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.clip", "relax.nn.relu",
+    "relax.sigmoid", "relax.tanh", "relax.exp", "relax.maximum", "relax.minimum",
+})
 
 
 @dataclass
@@ -116,6 +125,11 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
             keys[var] = f"{len(dict.fromkeys(keys.values()))}:{var.name}"
         return keys[var]
 
+    unary_source = _unary_sources(view)
+
+    def region_source(expr):
+        return unary_source.get(expr, expr)
+
     for binding in view.bindings:
         var, value = binding.var, binding.value
         name = op_name(value)
@@ -145,8 +159,8 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         elif name in ("relax.add", "relax.multiply"):
             if not all(_is_activation(view, a) for a in value.args):
                 continue
-            if shape_of(value.args[0]) != shape_of(value.args[1]):
-                continue
+            if region_source(value.args[0]).same_as(region_source(value.args[1])):
+                continue  # inside a unary region
             inputs = list(value.args)
         elif name == "relax.concat":
             fields = value.args[0].fields if isinstance(value.args[0], relax.Tuple) else None
@@ -176,7 +190,38 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         key_for(output)
         ops.append(QuantizedOp(var, name, node, list(inputs), output, weight, weight_axis, epilogue,
                                _macs(var, value, weight) if weight is not None else 0))
+    # The end of each unary region fed by a quantized tensor is quantized too.
+    for var, src in unary_source.items():
+        users = view.users.get(var, [])
+        inside = users and all(unary_source.get(u) is not None and unary_source[u].same_as(src) for u in users)
+        if src in keys and (var in view.outputs or not inside):
+            key_for(var)
     return AnnotationPlan(ops, keys, skipped, total_macs)
+
+
+def _unary_sources(view: FunctionView) -> dict:
+    """For each var computed by UNARY_OPS from one activation and scalar constants: that activation."""
+    sources: dict = {}
+    for binding in view.bindings:
+        value = binding.value
+        if op_name(value) not in UNARY_OPS:
+            continue
+        found = None
+        for arg in value.args:
+            if isinstance(arg, relax.Var) and view.constant(arg) is None:
+                src = sources.get(arg, arg)
+                if found is not None and not found.same_as(src):
+                    found = None
+                    break
+                found = src
+            elif isinstance(arg, relax.Var) or isinstance(arg, tvm.ir.expr.Constant):
+                constant = view.constant(arg)
+                if constant is None or constant.size != 1:
+                    found = None
+                    break
+        if found is not None and _is_activation(view, found):
+            sources[binding.var] = found
+    return sources
 
 
 def observed_module(mod: tvm.IRModule, plan: AnnotationPlan) -> tuple[tvm.IRModule, list[str]]:

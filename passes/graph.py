@@ -11,6 +11,12 @@ from tvm import relax
 Constant = tvm.ir.expr.Constant  # relax constants are tvm.ir.expr.GenericConst in TVM 0.27
 
 
+def constant_value(expr) -> np.ndarray:
+    """The numpy value of a Relax constant (scalar constants may hold a plain Python number)."""
+    value = expr.value
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
 def const(value: np.ndarray, dtype: str | None = None):
     """A Relax constant holding exactly `value` (in `dtype` when given)."""
     array = np.ascontiguousarray(value if dtype is None else np.asarray(value).astype(dtype))
@@ -53,7 +59,7 @@ class FunctionView:
     def constant(self, expr) -> np.ndarray | None:
         """The value of `expr` if it is a constant, or a reshape/permute/astype chain of one."""
         if isinstance(expr, Constant):
-            return expr.value.numpy()
+            return constant_value(expr)
         if isinstance(expr, relax.Var) and expr in self.value:
             value = self.value[expr]
             name = op_name(value)
@@ -70,7 +76,7 @@ class FunctionView:
                     return inner.astype(str(value.attrs.dtype))
                 return inner.reshape([int(d) for d in value.ty.shape.values])
             if isinstance(value, Constant):
-                return value.value.numpy()
+                return constant_value(value)
         return None
 
 

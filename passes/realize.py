@@ -23,6 +23,8 @@ the relabelled tensors directly:
                                          with scale[c]/scale_out ≈ m·2^−s, m a Q31 integer
                                          (rounding half up)
   quantize(QTensor with equal params)    nothing: consecutive int8 ops stay int8
+  elementwise chain of one QTensor       a 256-entry table of fn(real(q)), quantized (or float
+  (hardswish, sigmoid, ...)              for a float consumer), read with `take`
 
 A float consumer of an integer value gets `dequantize` (or acc·scale for an accumulator,
 which FuseOps fuses into the producing kernel's epilogue); any other op runs in float.
@@ -32,12 +34,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Constant, FunctionView, const, op_name, shape_of, with_main
+from .graph import Constant, FunctionView, const, constant_value, op_name, shape_of, with_main
 from .qconfig import fixed_point_multiplier
 
 LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -70,6 +73,22 @@ class Accumulator:
     axis: int | None
     lo: float = -math.inf
     hi: float = math.inf
+
+
+@dataclass(frozen=True)
+class Unary:
+    """fn(real value of `source`), elementwise: becomes a 256-entry table indexed by source's q."""
+
+    source: QTensor
+    fn: Callable[[np.ndarray], np.ndarray]
+
+
+_NUMPY_UNARY = {
+    "relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply, "relax.divide": np.divide,
+    "relax.maximum": np.maximum, "relax.minimum": np.minimum,
+    "relax.nn.relu": lambda v: np.maximum(v, 0.0), "relax.sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
+    "relax.tanh": np.tanh, "relax.exp": np.exp,
+}
 
 
 @dataclass
@@ -131,7 +150,9 @@ class Realizer:
             return state.expr
         if expr in self.float_cache:
             return self.float_cache[expr]
-        if isinstance(state, QTensor):
+        if isinstance(state, Unary):
+            out = self.lookup(state, self.unary_table(state).astype(np.float32))
+        elif isinstance(state, QTensor):
             out = self.emit(relax.op.dequantize(
                 state.expr, const(np.asarray(state.scale, np.float32)),
                 const(np.full(np.shape(state.scale), state.zero_point, np.int32)),
@@ -148,6 +169,56 @@ class Realizer:
             out = real
         self.float_cache[expr] = out
         return out
+
+    def unary_table(self, u: Unary) -> np.ndarray:
+        """fn at every value the source can take, indexed by q − qmin."""
+        qmin, qmax = _qmin_qmax(u.source.dtype)
+        real = (np.arange(qmin, qmax + 1, dtype=np.float64) - u.source.zero_point) * float(u.source.scale)
+        return np.broadcast_to(u.fn(real), real.shape).astype(np.float64)
+
+    def lookup(self, u: Unary, table: np.ndarray):
+        self.stats.integer_ops["lookup_table"] = self.stats.integer_ops.get("lookup_table", 0) + 1
+        index = self.emit(relax.op.astype(u.source.expr, "int32"))
+        qmin, _ = _qmin_qmax(u.source.dtype)
+        if qmin:
+            index = self.emit(relax.op.subtract(index, const(np.int32(qmin))))
+        return self.emit(relax.op.take(const(table), index, axis=0, mode="clip"))
+
+    def as_unary(self, call) -> Unary | None:
+        """A Unary for an elementwise op of one per-tensor QTensor (or Unary of it) and scalars."""
+        name = op_name(call)
+        if name not in _NUMPY_UNARY and name != "relax.clip":
+            return None
+        source, parts = None, []
+        for arg in call.args[:1] if name == "relax.clip" else call.args:
+            state = self.env.get(arg) if isinstance(arg, relax.Var) else None
+            constant = self.real_constant(arg) if not isinstance(state, (QTensor, Unary)) else None
+            if isinstance(state, QTensor) and state.values is None and state.axis is None:
+                src, fn = state, (lambda v: v)
+            elif isinstance(state, Unary):
+                src, fn = state.source, state.fn
+            elif constant is not None and constant.size == 1:
+                value = float(constant.reshape(()))
+                parts.append(lambda v, value=value: value)
+                continue
+            else:
+                return None
+            if source is not None and source is not src:
+                return None
+            source = src
+            parts.append(fn)
+        if source is None:
+            return None
+        if name == "relax.clip":
+            lo, hi = float(call.args[1].value), float(call.args[2].value)
+            inner = parts[0]
+            return Unary(source, lambda v: np.clip(inner(v), lo, hi))
+        op = _NUMPY_UNARY[name]
+        if len(parts) == 1:
+            inner = parts[0]
+            return Unary(source, lambda v: op(inner(v)))
+        first, second = parts
+        return Unary(source, lambda v: op(first(v), second(v)))
 
     def to_accumulator(self, q: QTensor) -> Accumulator:
         """(q − zp) in int32, same scale."""
@@ -199,7 +270,7 @@ class Realizer:
             return None
         scale, zp = params
         if isinstance(source, Constant):  # a quantized constant (weights, bias)
-            values = source.value.numpy()
+            values = constant_value(source)
             rank = values.ndim
             per_channel = scale.size > 1
             if per_channel and np.any(zp != 0):
@@ -225,6 +296,10 @@ class Realizer:
             return self.requantize(self.to_accumulator(state), scale, zp, dtype)
         if isinstance(state, Accumulator):
             return self.requantize(state, scale, zp, dtype)
+        if isinstance(state, Unary):
+            qmin, qmax = _qmin_qmax(dtype)
+            table = np.clip(np.round(self.unary_table(state) / np.float32(scale)) + zp, qmin, qmax).astype(dtype)
+            return QTensor(self.lookup(state, table), np.float64(scale), zp, dtype)
         q = self.emit(relax.op.quantize(self.float_of(call.args[0]), const(np.float32(scale)),
                                         const(np.int32(zp)), axis=-1, out_dtype=dtype))
         return QTensor(q, np.float64(scale), zp, dtype)
@@ -283,7 +358,7 @@ class Realizer:
         if isinstance(expr, relax.Var):
             state = self.env.get(expr)
             if isinstance(state, Float) and isinstance(state.expr, Constant):
-                return state.expr.value.numpy().astype(np.float64)
+                return constant_value(state.expr).astype(np.float64)
             if isinstance(state, QTensor) and state.values is not None:
                 rank = state.values.ndim
                 return (state.values.astype(np.float64) - state.zero_point) * _broadcast(state.scale, state.axis, rank)
@@ -310,7 +385,7 @@ class Realizer:
                         return replace(x, expr=acc)
             return None
         if isinstance(x, QTensor) and isinstance(y, QTensor) and x.values is None and y.values is None \
-                and x.axis is None and y.axis is None and shape_of(call.args[0]) == shape_of(call.args[1]):
+                and x.axis is None and y.axis is None and x is not y:
             common = min(float(x.scale), float(y.scale)) / 256.0
             rank = len(shape_of(var))
             terms = [self.fixed_point_scale(self.to_accumulator(t).expr, t.scale, common, None, rank) for t in (x, y)]
@@ -322,7 +397,7 @@ class Realizer:
     def on_multiply(self, var, call):
         x, y = self.state(call.args[0]), self.state(call.args[1])
         if isinstance(x, QTensor) and isinstance(y, QTensor) and x.values is None and y.values is None \
-                and x.axis is None and y.axis is None:
+                and x.axis is None and y.axis is None and x is not y:
             product = self.emit(relax.op.multiply(self.to_accumulator(x).expr, self.to_accumulator(y).expr))
             self.stats.integer_ops["multiply"] = self.stats.integer_ops.get("multiply", 0) + 1
             return Accumulator(product, np.float64(float(x.scale) * float(y.scale)), None)
@@ -427,6 +502,8 @@ class Realizer:
         name = op_name(value)
         handler = self.HANDLERS.get(name)
         state = handler(self, var, value) if handler is not None else None
+        if state is None and isinstance(value, relax.Call):
+            state = self.as_unary(value)
         if state is None:
             if isinstance(value, relax.Call):
                 state = Float(self.emit(self.float_call(value), var.name))

@@ -263,7 +263,7 @@ def _clip_as_relax_clip(inputs, attrs):
             continue
         if not isinstance(bound, tvm.ir.expr.Constant):
             return None
-        value = bound.value.numpy()
+        value = bound.value.numpy() if hasattr(bound.value, "numpy") else np.asarray(bound.value)
         if value.size != 1:
             return None
         value = float(value.reshape(()))
