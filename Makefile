@@ -41,6 +41,7 @@ demo: $(STAMP) deploy
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_baseline.py
+	$(PY) benchmarks/bench_accuracy.py
 
 clean:
 	rm -rf out deploy/build .pytest_cache

