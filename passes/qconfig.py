@@ -129,11 +129,15 @@ def fixed_point_multiplier(real: float) -> tuple[int, int]:
     """(m, shift) with real ≈ m · 2^−shift, m a positive int32 in [2^30, 2^31) (Q31).
 
     Requantization computes (acc · m + 2^(shift−1)) >> shift in int64: round half up.
+    A multiplier below 2^−32 (e.g. a channel whose weights are all ~0) maps every int32
+    accumulator to 0, which (0, 31) does exactly.
     """
     if not real > 0:
         raise ValueError(f"requantization multiplier must be positive, got {real}")
+    if real < 2.0**-32:
+        return 0, 31
     mantissa, exponent = math.frexp(real)  # real = mantissa · 2^exponent, mantissa in [0.5, 1)
-    m = int(round(mantissa * (1 << 31)))
+    m = int(round(mantissa * (1 << 31)))  # in [2^30, 2^31]
     if m == 1 << 31:
         m //= 2
         exponent += 1

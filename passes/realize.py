@@ -16,12 +16,13 @@ the relabelled tensors directly:
                                          corrected by −zp_x·Σq_w, folded into a constant
   add(acc, bias)                         bias folded into int32: round(bias / scale[c])
   relu / clip on an accumulator          integer clamp at requantization
-  add / multiply(QTensor, QTensor)       fixed-point rescale to a common scale, in int32
+  add / multiply(QTensor, QTensor)       add: fixed-point rescale to max(scale)/2^14, in int32;
+                                         multiply: (q_x − zp_x)·(q_y − zp_y), scale s_x·s_y
   mean (global average pooling)          int32 sum of (q − zp); scale / count
   max_pool2d, reshape, permute, ...      run on the integer tensor, parameters unchanged
-  quantize(acc) → requantize             q = clamp(((acc·m + 2^(s−1)) >> s) + zp) in int64,
-                                         with scale[c]/scale_out ≈ m·2^−s, m a Q31 integer
-                                         (rounding half up)
+  quantize(acc) → requantize             q = clamp(((acc·m_c + 2^(s−1)) >> s) + zp) in int64,
+                                         scale[c]/scale_out ≈ m_c·2^−s, m_c ≤ 2^31 per channel,
+                                         one shift s per layer (rounding half up)
   quantize(QTensor with equal params)    nothing: consecutive int8 ops stay int8
   elementwise chain of one QTensor       a 256-entry table of fn(real(q)), quantized (or float
   (hardswish, sigmoid, ...)              for a float consumer), read with `take`
@@ -228,19 +229,24 @@ class Realizer:
         return Accumulator(acc, q.scale, q.axis)
 
     def fixed_point_scale(self, values, scale_in: np.ndarray, scale_out: float, axis, rank: int):
-        """round(values · scale_in / scale_out) in int32 via a Q31 multiplier and shift (int64)."""
+        """round(values · scale_in / scale_out) via int64 (values · m + 2^(s−1)) >> s, rounding half up.
+
+        One shift s serves all channels (that of the largest ratio, from fixed_point_multiplier);
+        each channel's multiplier m_c = round(ratio_c · 2^s) is an int32, so only a per-channel
+        int32 vector is stored. A channel whose ratio is 2^k times smaller keeps 31 − k bits.
+        """
         ratios = np.atleast_1d(np.asarray(scale_in, np.float64) / scale_out)
-        pairs = [fixed_point_multiplier(float(r)) for r in ratios]
-        m = np.array([p[0] for p in pairs], np.int64)
-        s = np.array([p[1] for p in pairs], np.int64)
+        _, shift = fixed_point_multiplier(float(ratios.max()))
+        m = np.round(ratios * 2.0**shift).astype(np.int64)
         if np.ndim(scale_in) == 0 or axis is None:
-            m, s = m.reshape(()), s.reshape(())
+            m = m.reshape(())
         else:
-            m, s = _broadcast(m, axis, rank), _broadcast(s, axis, rank)
+            m = _broadcast(m, axis, rank)
         wide = self.emit(relax.op.astype(values, "int64"))
-        wide = self.emit(relax.op.add(self.emit(relax.op.multiply(wide, const(m, "int64"))),
-                                      const((np.int64(1) << (s - 1)).astype(np.int64), "int64")))
-        return self.emit(relax.op.right_shift(wide, const(s, "int64")))
+        multiplier = self.emit(relax.op.astype(const(m.astype(np.int32)), "int64"))
+        wide = self.emit(relax.op.add(self.emit(relax.op.multiply(wide, multiplier)),
+                                      const(np.int64(1) << np.int64(shift - 1), "int64")))
+        return self.emit(relax.op.right_shift(wide, const(np.int64(shift), "int64")))
 
     def requantize(self, acc: Accumulator, scale: float, zero_point: int, dtype: str) -> QTensor:
         """q = clamp(round(acc · scale_acc / scale) + zp, clamps) as int8/uint8."""
@@ -386,7 +392,9 @@ class Realizer:
             return None
         if isinstance(x, QTensor) and isinstance(y, QTensor) and x.values is None and y.values is None \
                 and x.axis is None and y.axis is None and x is not y:
-            common = min(float(x.scale), float(y.scale)) / 256.0
+            # Both terms in units of max(scale)/2^14: a rounding error of at most 2^-15 input steps,
+            # and |q − zp| · 2^14 < 2^22 keeps the int32 sum far from overflow.
+            common = max(float(x.scale), float(y.scale)) / 2.0**14
             rank = len(shape_of(var))
             terms = [self.fixed_point_scale(self.to_accumulator(t).expr, t.scale, common, None, rank) for t in (x, y)]
             total = self.emit(relax.op.astype(self.emit(relax.op.add(*terms)), "int32"))

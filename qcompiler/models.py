@@ -50,6 +50,15 @@ ZOO = {
             about="PP-OCR MobileNetV3 text direction classifier, x[N,3,48,192] → 2 classes (0/180°)",
             input_shapes={"x": (1, 3, 48, 192)},
         ),
+        ZooModel(
+            name="rapidocr-rec",
+            requirement="rapidocr==3.10.0",
+            member="rapidocr/models/PP-OCRv6_rec_small.onnx",
+            sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+            license="Apache-2.0",
+            about="PP-OCRv6 small text recognizer, x[N,3,48,W] text line → [N, W/8, 18710] character scores",
+            input_shapes={"x": (1, 3, 48, 320)},
+        ),
     ]
 }
 

@@ -60,6 +60,12 @@ def test_fixed_point_multiplier_rejects_nonpositive():
         fixed_point_multiplier(0.0)
 
 
+def test_tiny_multiplier_maps_accumulators_to_zero():
+    m, shift = fixed_point_multiplier(2.7e-12)
+    for acc in [0, 2**31 - 1, -(2**31)]:
+        assert (acc * m + (1 << (shift - 1))) >> shift == round(acc * 2.7e-12) == 0
+
+
 def test_minmax_observer():
     obs = MinMaxObserver()
     for chunk in (np.array([1.0, -2.0]), np.array([5.0]), np.array([])):
