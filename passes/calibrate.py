@@ -38,6 +38,17 @@ class CalibrationResult:
         return {key: activation_qparams(lo, hi, config.activation_dtype) for key, (lo, hi) in self.ranges.items()}
 
 
+def host_runner(mod: tvm.IRModule, target: tvm.target.Target) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
+    """Compile `mod` for the host CPU; return a function from input arrays to output arrays."""
+    vm = relax.VirtualMachine(tvm.compile(relax.get_default_pipeline(target)(mod), target), tvm.cpu())
+
+    def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays])
+        return [result.numpy()] if hasattr(result, "numpy") else [r.numpy() for r in result]
+
+    return run
+
+
 def run_observers(
     mod: tvm.IRModule,
     plan: AnnotationPlan,
@@ -48,15 +59,13 @@ def run_observers(
 ) -> CalibrationResult:
     """Calibrate: compile the observed module, feed every sample, keep streaming statistics."""
     observed, keys = observed_module(mod, plan)
-    executable = tvm.compile(relax.get_default_pipeline(target)(observed), target)
-    vm = relax.VirtualMachine(executable, tvm.cpu())
+    run = host_runner(observed, target)
     num_outputs = len(observed["main"].body.body.fields) - len(keys)
     observers = {key: make_observer(config) for key in keys}
     count = 0
     for sample in samples:
-        results = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in sample])
-        for key, value in zip(keys, list(results)[num_outputs:]):
-            observers[key].update(value.numpy())
+        for key, value in zip(keys, run(sample)[num_outputs:]):
+            observers[key].update(value)
         count += 1
         if progress is not None:
             progress(count)

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tvm
-from tvm import relax
 
+from .passes.calibrate import host_runner
 from .passes.graph import expose
 from .quantize import Quantized, host_target
 
@@ -25,14 +24,7 @@ _LAYOUT_OR_QDQ = ("relax.quantize", "relax.dequantize", "relax.reshape", "relax.
 
 
 def _runner(mod):
-    target = host_target()
-    vm = relax.VirtualMachine(tvm.compile(relax.get_default_pipeline(target)(mod), target), tvm.cpu())
-
-    def run(arrays):
-        result = vm["main"](*[tvm.runtime.tensor(a) for a in arrays])
-        return [r.numpy() for r in result] if not hasattr(result, "numpy") else [result.numpy()]
-
-    return run
+    return host_runner(mod, host_target())
 
 
 @dataclass

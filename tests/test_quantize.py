@@ -89,13 +89,11 @@ def test_realized_module_is_integer(quantized):
 
 def runner(mod):
     """Compile `mod` for the host once; return x → first output."""
-    import tvm
-
+    from qcompiler.passes.calibrate import host_runner
     from qcompiler.quantize import host_target
 
-    target = host_target()
-    vm = relax.VirtualMachine(tvm.compile(relax.get_default_pipeline(target)(mod), target), tvm.cpu())
-    return lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
+    run = host_runner(mod, host_target())
+    return lambda x: run([x])[0]
 
 
 @pytest.mark.parametrize("config", [
