@@ -5,7 +5,7 @@ Quantized ops (Relax op → role):
   matmul with constant 2-D weights (ONNX Gemm / MatMul)          anchor with weights
   matmul of two activations (batch matmul)                       anchor, both inputs quantized
   add / multiply of two activations (residuals, gating)          anchor, both inputs quantized
-  concat, avg_pool2d, mean over H and W (global average pooling) anchor
+  concat, mean over H and W (global average pooling)             anchor
   max_pool2d                                                     carries its input's quantization
   reshape, permute_dims, squeeze, expand_dims, strided_slice     carry their input's quantization
 
@@ -15,7 +15,9 @@ A chain of elementwise ops fed by a single quantized tensor (and scalar constant
 HardSwish, x · clip(x + 3, 0, 6) / 6 — is a unary region: its end is quantized, its inside
 is not (realize turns it into one lookup table).
 Every activation input and output of an anchor gets an observer (one per tensor; a carried
-tensor shares its source's observer). Ops skipped by ONNX op type or node name stay fp32.
+tensor shares its source's observer). Ops skipped by ONNX op type or node name stay fp32, and
+so do ops outside this list (e.g. windowed average pooling, softmax), between a dequantize
+and a quantize.
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
             if fields is None or not all(_is_activation(view, f) for f in fields):
                 continue
             inputs = list(fields)
-        elif name == "relax.nn.avg_pool2d" or (name == "relax.mean" and _is_global_pool(value)):
+        elif name == "relax.mean" and _is_global_pool(value):
             inputs = [value.args[0]]
         else:
             continue
