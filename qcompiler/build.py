@@ -37,20 +37,31 @@ def stage(name: str) -> Iterator[None]:
     log.info("%s done in %.1f s", name, time.perf_counter() - start)
 
 
-def lower(mod, preset: TargetPreset):
-    """Relax → executable: TVM's default pipeline for the target (legalize, fold, fuse, lower).
+def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = ()):
+    """Relax → executable: TVM's pipeline for the target (legalize, fold, fuse, lower).
 
-    For CUDA targets that pipeline also applies dlight's GPU schedules; device code is then
-    compiled to binary by `cuda_binary.embed_device_binary`.
+    On CPU presets, fused kernels that `tuning_logs/<preset>/` or `tuning_logs` have records
+    for get their tuned schedules. For CUDA targets the pipeline applies dlight's GPU
+    schedules; device code is then compiled to binary by `cuda_binary.embed_device_binary`.
     """
     import tvm
     from tvm import relax
 
+    from .tuning import cpu_pipeline, databases_for
+
     target = preset.target()
     try:
-        with target:
-            lowered = relax.get_default_pipeline(target)(mod)
+        with tempfile.TemporaryDirectory() as scratch:
+            if preset.device is DeviceKind.CPU:
+                database = databases_for(preset, list(tuning_logs), Path(scratch))
+                pipeline = cpu_pipeline(target, database)
+            else:
+                pipeline = relax.get_default_pipeline(target)
+            with target:
+                lowered = pipeline(mod)
         executable = tvm.compile(lowered, target)
+    except QCompilerError:
+        raise
     except Exception as err:  # TVM raises many exception types from deep inside
         lines = str(err).strip().splitlines()
         raise QCompilerError(f"compilation for target {preset.name} failed: {lines[-1] if lines else err}") from err
@@ -122,14 +133,15 @@ class Artifact:
 
 
 def build(imported: ImportedModel, preset: TargetPreset, quantized: "Quantized | None" = None,
-          simulate: bool = False) -> Artifact:
+          simulate: bool = False, tuning_logs: list[str | os.PathLike] = ()) -> Artifact:
     """Compile an imported model for a preset: fp32, or the integer module of `quantized`
-    (its fake-quant QDQ module when `simulate`, a debugging mode)."""
+    (its fake-quant QDQ module when `simulate`, a debugging mode), with tuned schedules from
+    `tuning_logs/<preset>/` and `tuning_logs`."""
     if preset.cross_compiler is not None:
         preset.cross_compiler.require()  # fail before minutes of compilation, not after
     mod = imported.mod if quantized is None else (quantized.qdq if simulate else quantized.mod)
     with stage(f"compile for {preset.name}"):
-        executable = lower(mod, preset)
+        executable = lower(mod, preset, tuning_logs)
     metadata = ArtifactMetadata(
         inputs=list(imported.inputs),
         outputs=list(imported.outputs),

@@ -60,7 +60,7 @@ def _cmd_compile(args) -> None:
     config = _qconfig(args, args.model) if args.quantize else None
     artifact = compile_model(args.model, target=args.target, input_shapes=shapes, quantize=args.quantize,
                              calib=args.calib, config=config, calib_cache=args.calib_cache, report=args.report,
-                             simulate=args.simulate)
+                             simulate=args.simulate, tuning_logs=args.tuning_log)
     artifact.export(args.output)
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
 
@@ -107,9 +107,50 @@ def _cmd_bench(args) -> None:
     print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
 
 
+def _model_to_tune(args):
+    """The Relax module `compile` would build for these flags (fp32, or the realized int8 one)."""
+    from .frontend import load_onnx, parse_shape
+
+    shapes = dict(parse_shape(text) for text in args.input_shape)
+    imported = load_onnx(args.model, shapes, on_note=log.warning)
+    if getattr(args, "quantize", None) is None:
+        return imported.mod
+    from .quantize import quantize
+
+    return quantize(imported, _qconfig(args, args.model), args.calib, args.calib_cache).mod
+
+
+def _print_coverage(tasks) -> None:
+    print(f"{'task':<60}{'weight':>7}{'best us':>11}")
+    total = 0.0
+    for task in tasks:
+        best = f"{task.best_seconds * 1e6:.4g}" if task.best_seconds is not None else "-"
+        print(f"{task.name[:59]:<60}{task.weight:>7}{best:>11}")
+        total += (task.best_seconds or 0.0) * task.weight
+    tuned = sum(1 for t in tasks if t.best_seconds is not None)
+    print(f"{tuned}/{len(tasks)} tasks have tuning records; their estimated share of a run: {total * 1e6:.4g} us")
+
+
+def _cmd_tune(args) -> None:
+    from .targets import resolve
+    from .tuning import tune
+
+    preset = resolve(args.target)
+    tasks = tune(_model_to_tune(args), preset, args.log, trials=args.trials, max_minutes=args.max_time,
+                 rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
+    _print_coverage(tasks)
+
+
 def _cmd_inspect(args) -> None:
     from .inspect import inspect_path
 
+    if args.target is not None and not args.path.endswith(".so"):
+        from .targets import resolve
+        from .tuning import coverage
+
+        args.model, args.input_shape = args.path, args.input_shape
+        _print_coverage(coverage(_model_to_tune(args), resolve(args.target), args.tuning_log))
+        return
     print(inspect_path(args.path))
 
 
@@ -152,7 +193,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration ranges from FILE, or write them there")
     q.add_argument("--report", metavar="FILE", help="write the per-layer quantization report (JSON) and print it")
     q.add_argument("--simulate", action="store_true", help="build the fake-quant (float QDQ) model, for debugging")
+    p.add_argument("--tuning-log", action="append", default=[], metavar="DIR",
+                   help="MetaSchedule database from `qcompiler tune`, applied with tuning_logs/<target>/ (repeatable)")
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("tune", help="tune the model's kernels with MetaSchedule (XGBoost cost model)")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--target", default="x86")
+    p.add_argument("--trials", type=int, default=200, help="measurements to add to the database")
+    p.add_argument("--log", required=True, metavar="DIR", help="database folder (created, or resumed)")
+    p.add_argument("--max-time", type=float, metavar="MIN", help="stop after this many minutes")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on devices registered with this RPC tracker")
+    p.add_argument("--rpc-key", metavar="KEY", help="the device key the RPC servers registered with")
+    tq = p.add_argument_group("quantization (tune the int8 kernels compile will build)")
+    tq.add_argument("--quantize", choices=["int8"])
+    tq.add_argument("--calib", metavar="DATA")
+    tq.add_argument("--calib-cache", metavar="FILE")
+    tq.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
+    tq.add_argument("--percentile", type=float, default=99.99)
+    tq.add_argument("--num-samples", type=int)
+    tq.add_argument("--activation-dtype", default="uint8", choices=["uint8", "int8"])
+    tq.add_argument("--per-tensor", action="store_true")
+    tq.add_argument("--skip", action="append", default=[], metavar="NAME_OR_OPTYPE")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("run", help="run an artifact on .npy inputs")
     p.add_argument("artifact", help="OUT.so")
@@ -170,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check against OUT.json")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("inspect", help="describe an ONNX model or an artifact")
+    p = sub.add_parser("inspect", help="describe an ONNX model or an artifact; with --target, its tuning coverage")
     p.add_argument("path", help="MODEL.onnx or OUT.so")
+    p.add_argument("--target", help="report how many of the model's kernels have tuning records for this target")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
+    p.add_argument("--tuning-log", action="append", default=[], metavar="DIR")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("targets", help="list target presets")

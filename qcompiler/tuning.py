@@ -1,0 +1,248 @@
+"""Kernel tuning with MetaSchedule (XGBoost cost model) and applying its records at compile time.
+
+Tuning sees exactly what compile builds: the Relax module after library dispatch, legalization
+and fusion (the first stages of the CPU pipeline), one task per fused PrimFunc. Records live in
+MetaSchedule's JSON database (`database_workload.json`, `database_tuning_record.json`) in a
+folder; compile applies `tuning_logs/<preset>/` automatically plus any `--tuning-log` folders.
+Workloads match with module equality "structural": two fused kernels share records when their
+PrimFuncs are structurally equal (names aside), across models.
+
+A database file may end in a line cut short by an interrupted run; such lines (and records
+whose workload is missing) are skipped with a warning, never a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from .errors import QCompilerError
+from .progress import Progress
+from .targets import DeviceKind, TargetPreset
+
+log = logging.getLogger("qcompiler")
+
+REPO = Path(__file__).resolve().parent.parent
+TUNING_LOGS = REPO / "tuning_logs"
+MODULE_EQUALITY = "structural"
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+
+
+def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """The CPU pipeline up to fusion: what tuning extracts tasks from and compile schedules."""
+    from tvm.relax.backend import cpu_generic
+
+    with target:
+        passes = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def cpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass:
+    """TVM's CPU pipeline, with `database`'s schedules applied to the fused kernels they match."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            mod = fused_module(mod, target)
+            if database is not None:
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            rest = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
+            return tvm.transform.Sequential(rest)(mod)
+
+    return pipeline
+
+
+def _clean_lines(path: Path, check) -> tuple[list[str], int]:
+    """Lines of a JSON-lines file that parse and pass `check`, and how many were dropped."""
+    good, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if check(value):
+            good.append(line)
+        else:
+            dropped += 1
+    return good, dropped
+
+
+def _readable_lines(folder: Path) -> tuple[list[str], list[str]]:
+    """The workload and record lines of a database folder that can be read; warns about the rest."""
+    workloads, records = folder / WORKLOADS, folder / RECORDS
+    if not folder.is_dir():
+        raise QCompilerError(f"tuning log {folder} is not a folder")
+    if not workloads.exists() or not records.exists():
+        raise QCompilerError(f"tuning log {folder} has no {WORKLOADS} and {RECORDS}: not a MetaSchedule database")
+    good_workloads, bad_w = _clean_lines(workloads, lambda v: isinstance(v, list) and len(v) == 2)
+    count = len(good_workloads)
+    good_records, bad_r = _clean_lines(
+        records, lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and 0 <= v[0] < count)
+    if bad_w or bad_r:
+        log.warning("tuning log %s: skipped %d unreadable workload line(s) and %d record(s)", folder, bad_w, bad_r)
+    return good_workloads, good_records
+
+
+def _write_database(folder: Path, workloads: list[str], records: list[str]) -> None:
+    for name, lines in ((WORKLOADS, workloads), (RECORDS, records)):
+        tmp = folder / f".{name}.partial"
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(folder / name)
+
+
+def open_database(folder: str | Path, scratch: Path):
+    """A JSONDatabase over a readable copy (in `scratch`) of the database in `folder`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    folder = Path(folder)
+    copy = Path(tempfile.mkdtemp(dir=scratch))
+    _write_database(copy, *_readable_lines(folder))
+    try:
+        return ms.database.JSONDatabase(work_dir=str(copy), module_equality=MODULE_EQUALITY)
+    except Exception as err:  # a line that is JSON but not a valid workload or record
+        raise QCompilerError(f"tuning log {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from None
+
+
+def preset_log_dir(preset: TargetPreset) -> Path:
+    return TUNING_LOGS / preset.name
+
+
+def databases_for(preset: TargetPreset, extra: list[str | Path], scratch: Path):
+    """User logs first, then the committed `tuning_logs/<preset>/`, as one database (or None)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    folders = [Path(f) for f in extra]
+    committed = preset_log_dir(preset)
+    if (committed / RECORDS).exists():
+        folders.append(committed)
+    if not folders:
+        return None
+    databases = [open_database(folder, scratch) for folder in folders]
+    return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
+
+
+def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.relax_integration.extract_tasks(fused_module(mod, target), target, module_equality=MODULE_EQUALITY)
+
+
+@dataclass
+class TaskCoverage:
+    name: str
+    weight: int
+    best_seconds: float | None
+
+
+def coverage(mod: tvm.IRModule, preset: TargetPreset, extra_logs: list[str | Path] = ()) -> list[TaskCoverage]:
+    """For each tuning task of the model: how often it runs and its best recorded latency, if any."""
+    target = preset.target()
+    tasks = extract_tasks(mod, target)
+    with tempfile.TemporaryDirectory() as scratch:
+        database = databases_for(preset, list(extra_logs), Path(scratch))
+        result = []
+        for task in tasks:
+            best = None
+            if database is not None:
+                workload_mod = task.dispatched[0]
+                if database.has_workload(workload_mod):
+                    top = database.get_top_k(database.commit_workload(workload_mod), 1)
+                    if top and top[0].run_secs:
+                        best = float(sum(float(s) for s in top[0].run_secs) / len(top[0].run_secs))
+            result.append(TaskCoverage(task.task_name, int(task.weight), best))
+    return result
+
+
+def _runner(preset: TargetPreset, rpc_tracker: str | None, rpc_key: str | None):
+    from tvm.s_tir import meta_schedule as ms
+
+    if rpc_tracker:
+        host, _, port = rpc_tracker.rpartition(":")
+        if not host or not port.isdigit():
+            raise QCompilerError(f"--rpc-tracker {rpc_tracker!r}: expected HOST:PORT")
+        if not rpc_key:
+            raise QCompilerError("--rpc-tracker needs --rpc-key (the key the device servers registered with)")
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=rpc_key,
+                                     session_timeout_sec=120)
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1))
+    if preset.tuning.runner == "rpc":
+        raise QCompilerError(f"target {preset.name} is measured on the device itself: pass --rpc-tracker HOST:PORT "
+                             f"--rpc-key KEY (see README: tuning on a remote device)")
+    if preset.device is DeviceKind.CUDA and not tvm.cuda(0).exist:
+        raise QCompilerError(f"target {preset.name} needs a GPU to measure kernels and this machine has none: "
+                             f"tune on a GPU machine or pass --rpc-tracker HOST:PORT --rpc-key KEY")
+    return ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1))
+
+
+@contextlib.contextmanager
+def _nameless_handlers_detached():
+    """MetaSchedule rebuilds its logging with dictConfig from the names of the handlers on its
+    logger, and fails on a handler without a name (e.g. one a test harness attached): detach
+    those for the duration of a tuning round."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    nameless = [h for h in logger.handlers if h.get_name() is None]
+    for handler in nameless:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in nameless:
+            logger.addHandler(handler)
+
+
+def tune(
+    mod: tvm.IRModule,
+    preset: TargetPreset,
+    log_dir: str | Path,
+    trials: int,
+    max_minutes: float | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    trials_per_round: int = 64,
+) -> list[TaskCoverage]:
+    """Tune the model's kernels into `log_dir` for `trials` more measurements (or `max_minutes`).
+
+    Runs in rounds of `trials_per_round`; each round resumes from the database, so an
+    interrupted run keeps every record written before it stopped.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    runner = _runner(preset, rpc_tracker, rpc_key)  # fails fast, before any work, when nothing can measure
+    target = preset.target()
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if (log_dir / RECORDS).exists():  # resuming: drop a line an interrupted run may have cut short
+        _write_database(log_dir, *_readable_lines(log_dir))
+    fused = fused_module(mod, target)
+    progress = Progress("tune (trials)", trials)
+    done, start = 0, time.perf_counter()
+    while done < trials:
+        if max_minutes is not None and time.perf_counter() - start > max_minutes * 60:
+            log.info("tune: --max-time reached after %d trials", done)
+            break
+        budget = min(trials_per_round, trials - done)
+        with _nameless_handlers_detached():
+            ms.relax_integration.tune_relax(
+                fused, {}, target, work_dir=str(log_dir), max_trials_global=budget,
+                num_trials_per_iter=min(preset.tuning.trials_per_iter, budget), runner=runner,
+                cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
+                                                  adaptive_training=True),
+                module_equality=MODULE_EQUALITY,
+            )
+        done += budget
+        progress(done)
+    return coverage(mod, preset, [log_dir])

@@ -1,0 +1,169 @@
+"""Tuning: records are written, applied in a fresh process, resumable, robust to damage; RPC loopback.
+
+The tuning runs here add up to 16 measurements (8 local, 8 through RPC).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import qcompiler
+from conftest import make_model
+from qcompiler.errors import QCompilerError
+from qcompiler.frontend import load_onnx
+from qcompiler.targets import resolve
+from qcompiler.tuning import RECORDS, WORKLOADS, coverage, tune
+
+
+def conv_model():
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    return make_model(nodes, [("x", [1, 16, 28, 28])], [("y", [1, 16, 28, 28])],
+                      {"w": rng.standard_normal((16, 16, 3, 3))})
+
+
+@pytest.fixture(scope="module")
+def tuned_log(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("tune") / "log"
+    tasks = tune(load_onnx(conv_model()).mod, resolve("x86"), log_dir, trials=8, trials_per_round=8)
+    return log_dir, tasks
+
+
+def test_records_written(tuned_log):
+    log_dir, tasks = tuned_log
+    assert (log_dir / WORKLOADS).exists() and len((log_dir / RECORDS).read_text().splitlines()) == 8
+    assert len(tasks) == 1 and tasks[0].best_seconds is not None and tasks[0].best_seconds > 0
+
+
+def test_records_applied_in_fresh_process_and_beat_naive(tuned_log, tmp_path):
+    log_dir, _ = tuned_log
+    onnx.save(conv_model(), tmp_path / "conv.onnx")
+    before = {name: (log_dir / name).read_bytes() for name in (WORKLOADS, RECORDS)}
+    proc = subprocess.run([sys.executable, "-m", "qcompiler", "compile", tmp_path / "conv.onnx", "-o",
+                           tmp_path / "tuned.so", "--tuning-log", log_dir], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert {name: (log_dir / name).read_bytes() for name in before} == before  # nothing new was measured
+    naive = qcompiler.load(qcompiler.compile(conv_model()).export(tmp_path / "naive.so"))
+    tuned = qcompiler.load(tmp_path / "tuned.so")
+    feed = {"x": np.random.default_rng(1).standard_normal((1, 16, 28, 28)).astype(np.float32)}
+    np.testing.assert_allclose(tuned.run(feed)["y"], naive.run(feed)["y"], rtol=1e-5, atol=1e-4)
+    assert np.median(tuned.time_run(feed, 20)) < np.median(naive.time_run(feed, 20))
+
+
+def test_inspect_reports_coverage(tuned_log, tmp_path):
+    log_dir, _ = tuned_log
+    onnx.save(conv_model(), tmp_path / "conv.onnx")
+    proc = subprocess.run([sys.executable, "-m", "qcompiler", "inspect", tmp_path / "conv.onnx", "--target", "x86",
+                           "--tuning-log", log_dir], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "1/1 tasks have tuning records" in proc.stdout
+
+
+def test_resume_after_interrupted_run(tuned_log, tmp_path):
+    log_dir, _ = tuned_log
+    copy = tmp_path / "log"
+    copy.mkdir()
+    for name in (WORKLOADS, RECORDS):
+        (copy / name).write_bytes((log_dir / name).read_bytes())
+    with (copy / RECORDS).open("a") as f:  # a run killed in the middle of writing a record
+        f.write('[0, [[["b1", 3], [')
+    tasks = tune(load_onnx(conv_model()).mod, resolve("x86"), copy, trials=0)
+    assert len((copy / RECORDS).read_text().splitlines()) == 8  # the cut line is dropped, the rest kept
+    assert tasks[0].best_seconds is not None
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_damaged_databases(tuned_log, tmp_path):
+    log_dir, _ = tuned_log
+    collect = Collect()
+    logging.getLogger("qcompiler").addHandler(collect)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / WORKLOADS).write_text((log_dir / WORKLOADS).read_text() + "garbage{\n")
+    (damaged / RECORDS).write_text((log_dir / RECORDS).read_text() + "[7, []]\n" + "\x00\x01 not json\n")
+    try:
+        tasks = coverage(load_onnx(conv_model()).mod, resolve("x86"), [damaged])
+    finally:
+        logging.getLogger("qcompiler").removeHandler(collect)
+    assert tasks[0].best_seconds is not None
+    assert any("skipped 1 unreadable workload line(s) and 2 record(s)" in m for m in collect.messages)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(QCompilerError, match="not a MetaSchedule database"):
+        qcompiler.compile(conv_model(), tuning_logs=[empty])
+    invalid = tmp_path / "invalid"
+    invalid.mkdir()
+    (invalid / WORKLOADS).write_text('["not a hash", {"bad": "workload"}]\n')
+    (invalid / RECORDS).write_text("")
+    with pytest.raises(QCompilerError, match="is corrupt"):
+        qcompiler.compile(conv_model(), tuning_logs=[invalid])
+
+
+def test_fail_fast_without_a_device(tmp_path):
+    mod = load_onnx(conv_model()).mod
+    with pytest.raises(QCompilerError, match="--rpc-tracker"):
+        tune(mod, resolve("arm64-a72"), tmp_path / "a", trials=4)
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        with pytest.raises(QCompilerError, match="needs a GPU"):
+            tune(mod, resolve("cuda-sm80"), tmp_path / "c", trials=4)
+    with pytest.raises(QCompilerError, match="HOST:PORT"):
+        tune(mod, resolve("x86"), tmp_path / "r", trials=4, rpc_tracker="nohost", rpc_key="k")
+    assert not (tmp_path / "a").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rpc_loopback(tmp_path):
+    """A tracker and two servers on 127.0.0.1; tuning through them measures on both."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                               "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)]
+    logs = [tmp_path / "server0.log", tmp_path / "server1.log"]
+    try:
+        time.sleep(2)
+        for i, log in enumerate(logs):
+            server_port = free_port()
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "qc-loopback",
+                 "--host", "127.0.0.1", "--port", str(server_port), "--port-end", str(server_port + 1)],
+                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env))
+        deadline = time.time() + 30
+        while time.time() < deadline and not all("bind to" in log.read_text() for log in logs):
+            time.sleep(0.5)
+        time.sleep(2)  # registration with the tracker
+        tasks = tune(load_onnx(conv_model()).mod, resolve("x86"), tmp_path / "log", trials=8, trials_per_round=8,
+                     rpc_tracker=f"127.0.0.1:{port}", rpc_key="qc-loopback")
+        assert tasks[0].best_seconds is not None
+        measured = [log.read_text().count("load_module") for log in logs]
+        assert all(n > 0 for n in measured), measured
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
