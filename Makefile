@@ -40,7 +40,7 @@ demo: $(STAMP) deploy
 	$(PY) -m qcompiler demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_baseline.py
+	$(PY) benchmarks/bench_latency.py
 	$(PY) benchmarks/bench_accuracy.py
 
 clean:

@@ -45,6 +45,7 @@ def compile(  # noqa: A001 - the public verb of this package
     report: "str | os.PathLike | None" = None,
     simulate: bool = False,
     tuning_logs: "Sequence[str | os.PathLike]" = (),
+    committed_logs: bool = True,
 ) -> Artifact:
     """Compile an ONNX model (path or `onnx.ModelProto`) for a target preset or raw TVM target JSON.
 
@@ -52,8 +53,8 @@ def compile(  # noqa: A001 - the public verb of this package
     pre-quantized ONNX QDQ model needs no `calib`. `calib_cache` stores (or reuses) the
     calibration ranges; `report` writes a per-layer quantization report (JSON) and prints its
     table; `simulate` builds the fake-quant (QDQ, float) model instead, for debugging.
-    `tuning_logs` are MetaSchedule databases (from `qcompiler tune`) applied on top of the
-    committed `tuning_logs/<preset>/`.
+    `tuning_logs` are MetaSchedule databases (from `qcompiler tune`) applied before the
+    committed `tuning_logs/<preset>/` (skipped when `committed_logs` is False).
     """
     import logging
 
@@ -67,11 +68,12 @@ def compile(  # noqa: A001 - the public verb of this package
         raise QCompilerError("calibration data, a calibration cache, a report or simulate need quantize='int8'")
     imported = load_onnx(model, input_shapes, on_note=log.warning)
     if quantize is None:
-        return build(imported, preset, tuning_logs=list(tuning_logs))
+        return build(imported, preset, tuning_logs=list(tuning_logs), committed_logs=committed_logs)
     from .quantize import quantize as run_quantization
 
     quantized = run_quantization(imported, config or QConfig(), calib, calib_cache)
-    artifact = build(imported, preset, quantized, simulate=simulate, tuning_logs=list(tuning_logs))
+    artifact = build(imported, preset, quantized, simulate=simulate, tuning_logs=list(tuning_logs),
+                     committed_logs=committed_logs)
     if report is not None:
         from .report import quantization_report
 

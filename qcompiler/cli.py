@@ -60,7 +60,8 @@ def _cmd_compile(args) -> None:
     config = _qconfig(args, args.model) if args.quantize else None
     artifact = compile_model(args.model, target=args.target, input_shapes=shapes, quantize=args.quantize,
                              calib=args.calib, config=config, calib_cache=args.calib_cache, report=args.report,
-                             simulate=args.simulate, tuning_logs=args.tuning_log)
+                             simulate=args.simulate, tuning_logs=args.tuning_log,
+                             committed_logs=not args.no_tuning_logs)
     artifact.export(args.output)
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
 
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--simulate", action="store_true", help="build the fake-quant (float QDQ) model, for debugging")
     p.add_argument("--tuning-log", action="append", default=[], metavar="DIR",
                    help="MetaSchedule database from `qcompiler tune`, applied with tuning_logs/<target>/ (repeatable)")
+    p.add_argument("--no-tuning-logs", action="store_true", help="ignore the committed tuning_logs/<target>/")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("tune", help="tune the model's kernels with MetaSchedule (XGBoost cost model)")

@@ -3,7 +3,8 @@
 Tuning sees exactly what compile builds: the Relax module after library dispatch, legalization
 and fusion (the first stages of the CPU pipeline), one task per fused PrimFunc. Records live in
 MetaSchedule's JSON database (`database_workload.json`, `database_tuning_record.json`) in a
-folder; compile applies `tuning_logs/<preset>/` automatically plus any `--tuning-log` folders.
+folder; compile applies every database under `tuning_logs/<preset>/` automatically, after any
+`--tuning-log` folders.
 Workloads match with module equality "structural": two fused kernels share records when their
 PrimFuncs are structurally equal (names aside), across models.
 
@@ -14,7 +15,9 @@ whose workload is missing) are skipped with a warning, never a crash.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import logging
 import tempfile
 import time
@@ -121,14 +124,13 @@ def preset_log_dir(preset: TargetPreset) -> Path:
     return TUNING_LOGS / preset.name
 
 
-def databases_for(preset: TargetPreset, extra: list[str | Path], scratch: Path):
-    """User logs first, then the committed `tuning_logs/<preset>/`, as one database (or None)."""
+def databases_for(preset: TargetPreset, extra: list[str | Path], scratch: Path, committed: bool = True):
+    """User logs first, then (if `committed`) those under `tuning_logs/<preset>/`, as one database."""
     from tvm.s_tir import meta_schedule as ms
 
     folders = [Path(f) for f in extra]
-    committed = preset_log_dir(preset)
-    if (committed / RECORDS).exists():
-        folders.append(committed)
+    if committed:
+        folders += sorted(path.parent for path in preset_log_dir(preset).rglob(RECORDS))
     if not folders:
         return None
     databases = [open_database(folder, scratch) for folder in folders]
@@ -188,6 +190,23 @@ def _runner(preset: TargetPreset, rpc_tracker: str | None, rpc_key: str | None):
     return ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1))
 
 
+def export_with(compiler: str, mod) -> str:
+    """MetaSchedule builder export for cross-compiled presets: link with `compiler`."""
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="qc-ms-"), "kernel.so")
+    mod.export_library(path, fcompile=cc.cross_compiler(compiler))
+    return path
+
+
+def _builder(preset: TargetPreset):
+    from tvm.s_tir import meta_schedule as ms
+
+    if preset.cross_compiler is None:
+        return ms.builder.LocalBuilder()
+    return ms.builder.LocalBuilder(f_export=functools.partial(export_with, preset.cross_compiler.require()))
+
+
 @contextlib.contextmanager
 def _nameless_handlers_detached():
     """MetaSchedule rebuilds its logging with dictConfig from the names of the handlers on its
@@ -204,6 +223,33 @@ def _nameless_handlers_detached():
             logger.addHandler(handler)
 
 
+class _TimeBudgetReached(Exception):
+    pass
+
+
+def _progress_callback(total: int, max_minutes: float | None):
+    """A MetaSchedule measure callback: progress line per batch; stops tuning past `max_minutes`."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class ProgressCallback(ms.measure_callback.PyMeasureCallback):
+        def __init__(self):
+            self.done = 0
+            self.stopped = False
+            self.start = time.perf_counter()
+            self.progress = Progress("tune (trials)", total)
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            self.done += len(runner_results)
+            self.progress(min(self.done, total))
+            if max_minutes is not None and time.perf_counter() - self.start > max_minutes * 60:
+                self.stopped = True
+                raise _TimeBudgetReached()
+
+    return ProgressCallback()
+
+
 def tune(
     mod: tvm.IRModule,
     preset: TargetPreset,
@@ -212,37 +258,40 @@ def tune(
     max_minutes: float | None = None,
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
-    trials_per_round: int = 64,
 ) -> list[TaskCoverage]:
     """Tune the model's kernels into `log_dir` for `trials` more measurements (or `max_minutes`).
 
-    Runs in rounds of `trials_per_round`; each round resumes from the database, so an
-    interrupted run keeps every record written before it stopped.
+    One MetaSchedule run with the gradient task scheduler; each task first gets a batch of
+    `trials_per_iter` candidates, sized so that every task is reached within the budget.
+    Records are appended as they are measured, so an interrupted run keeps them all.
     """
     from tvm.s_tir import meta_schedule as ms
 
     runner = _runner(preset, rpc_tracker, rpc_key)  # fails fast, before any work, when nothing can measure
+    builder = _builder(preset)
     target = preset.target()
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     if (log_dir / RECORDS).exists():  # resuming: drop a line an interrupted run may have cut short
         _write_database(log_dir, *_readable_lines(log_dir))
-    fused = fused_module(mod, target)
-    progress = Progress("tune (trials)", trials)
-    done, start = 0, time.perf_counter()
-    while done < trials:
-        if max_minutes is not None and time.perf_counter() - start > max_minutes * 60:
-            log.info("tune: --max-time reached after %d trials", done)
-            break
-        budget = min(trials_per_round, trials - done)
-        with _nameless_handlers_detached():
-            ms.relax_integration.tune_relax(
-                fused, {}, target, work_dir=str(log_dir), max_trials_global=budget,
-                num_trials_per_iter=min(preset.tuning.trials_per_iter, budget), runner=runner,
-                cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
-                                                  adaptive_training=True),
-                module_equality=MODULE_EQUALITY,
-            )
-        done += budget
-        progress(done)
+    if trials > 0:
+        fused = fused_module(mod, target)
+        num_tasks = len(ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY))
+        per_iter = max(2, min(preset.tuning.trials_per_iter, trials // max(1, 2 * num_tasks)))
+        log.info("tune: %d tasks, %d trials, %d candidates per task per iteration", num_tasks, trials, per_iter)
+        progress = _progress_callback(trials, max_minutes)
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), progress]
+        try:
+            with _nameless_handlers_detached():
+                ms.relax_integration.tune_relax(
+                    fused, {}, target, work_dir=str(log_dir), max_trials_global=trials, num_trials_per_iter=per_iter,
+                    builder=builder, runner=runner, measure_callbacks=callbacks,
+                    cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
+                                                      adaptive_training=True),
+                    module_equality=MODULE_EQUALITY,
+                )
+        except Exception:  # the time budget surfaces as a TVM error raised through C++
+            if not progress.stopped:
+                raise
+            log.info("tune: --max-time %.1f min reached; records so far are kept", max_minutes)
     return coverage(mod, preset, [log_dir])

