@@ -41,8 +41,9 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
     """Relax → executable: TVM's pipeline for the target (legalize, fold, fuse, lower).
 
     On CPU presets, fused kernels that `tuning_logs` or (if `committed_logs`) the committed
-    `tuning_logs/<preset>/` have records for get their tuned schedules. For CUDA targets the pipeline applies dlight's GPU
-    schedules; device code is then compiled to binary by `cuda_binary.embed_device_binary`.
+    `tuning_logs/<preset>/` have records for get their tuned schedules. For CUDA targets the
+    pipeline applies dlight's GPU schedules; device code is then compiled to binary by
+    `cuda_binary.embed_device_binary`.
     """
     import tvm
     from tvm import relax

@@ -124,16 +124,21 @@ def preset_log_dir(preset: TargetPreset) -> Path:
     return TUNING_LOGS / preset.name
 
 
-def databases_for(preset: TargetPreset, extra: list[str | Path], scratch: Path, committed: bool = True):
-    """User logs first, then (if `committed`) those under `tuning_logs/<preset>/`, as one database."""
-    from tvm.s_tir import meta_schedule as ms
-
+def log_folders(preset: TargetPreset, extra: list[str | Path], committed: bool = True) -> list[Path]:
+    """User logs first, then (if `committed`) every database under `tuning_logs/<preset>/`."""
     folders = [Path(f) for f in extra]
     if committed:
         folders += sorted(path.parent for path in preset_log_dir(preset).rglob(RECORDS))
-    if not folders:
+    return folders
+
+
+def databases_for(preset: TargetPreset, extra: list[str | Path], scratch: Path, committed: bool = True):
+    """The databases of `log_folders` as one, earlier folders taking precedence (None if none)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    databases = [open_database(folder, scratch) for folder in log_folders(preset, extra, committed)]
+    if not databases:
         return None
-    databases = [open_database(folder, scratch) for folder in folders]
     return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
 
 
@@ -155,16 +160,18 @@ def coverage(mod: tvm.IRModule, preset: TargetPreset, extra_logs: list[str | Pat
     target = preset.target()
     tasks = extract_tasks(mod, target)
     with tempfile.TemporaryDirectory() as scratch:
-        database = databases_for(preset, list(extra_logs), Path(scratch))
+        # Queried one by one: MetaSchedule's union databases answer only schedule queries.
+        databases = [open_database(folder, Path(scratch)) for folder in log_folders(preset, list(extra_logs))]
         result = []
         for task in tasks:
             best = None
-            if database is not None:
-                workload_mod = task.dispatched[0]
+            workload_mod = task.dispatched[0]
+            for database in databases:
                 if database.has_workload(workload_mod):
                     top = database.get_top_k(database.commit_workload(workload_mod), 1)
                     if top and top[0].run_secs:
                         best = float(sum(float(s) for s in top[0].run_secs) / len(top[0].run_secs))
+                        break
             result.append(TaskCoverage(task.task_name, int(task.weight), best))
     return result
 
@@ -223,33 +230,6 @@ def _nameless_handlers_detached():
             logger.addHandler(handler)
 
 
-class _TimeBudgetReached(Exception):
-    pass
-
-
-def _progress_callback(total: int, max_minutes: float | None):
-    """A MetaSchedule measure callback: progress line per batch; stops tuning past `max_minutes`."""
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-
-    @derived_object
-    class ProgressCallback(ms.measure_callback.PyMeasureCallback):
-        def __init__(self):
-            self.done = 0
-            self.stopped = False
-            self.start = time.perf_counter()
-            self.progress = Progress("tune (trials)", total)
-
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            self.done += len(runner_results)
-            self.progress(min(self.done, total))
-            if max_minutes is not None and time.perf_counter() - self.start > max_minutes * 60:
-                self.stopped = True
-                raise _TimeBudgetReached()
-
-    return ProgressCallback()
-
-
 def tune(
     mod: tvm.IRModule,
     preset: TargetPreset,
@@ -261,9 +241,10 @@ def tune(
 ) -> list[TaskCoverage]:
     """Tune the model's kernels into `log_dir` for `trials` more measurements (or `max_minutes`).
 
-    One MetaSchedule run with the gradient task scheduler; each task first gets a batch of
-    `trials_per_iter` candidates, sized so that every task is reached within the budget.
-    Records are appended as they are measured, so an interrupted run keeps them all.
+    Tuning runs in rounds; each round gives every task `per_iter` candidates (sized so that the
+    budget reaches every task) and resumes from the records of earlier rounds and runs. The
+    time budget and the progress line are checked between rounds, so a round always completes
+    and records every measurement it made.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -274,24 +255,26 @@ def tune(
     log_dir.mkdir(parents=True, exist_ok=True)
     if (log_dir / RECORDS).exists():  # resuming: drop a line an interrupted run may have cut short
         _write_database(log_dir, *_readable_lines(log_dir))
-    if trials > 0:
-        fused = fused_module(mod, target)
-        num_tasks = len(ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY))
-        per_iter = max(2, min(preset.tuning.trials_per_iter, trials // max(1, 2 * num_tasks)))
-        log.info("tune: %d tasks, %d trials, %d candidates per task per iteration", num_tasks, trials, per_iter)
-        progress = _progress_callback(trials, max_minutes)
-        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), progress]
-        try:
-            with _nameless_handlers_detached():
-                ms.relax_integration.tune_relax(
-                    fused, {}, target, work_dir=str(log_dir), max_trials_global=trials, num_trials_per_iter=per_iter,
-                    builder=builder, runner=runner, measure_callbacks=callbacks,
-                    cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
-                                                      adaptive_training=True),
-                    module_equality=MODULE_EQUALITY,
-                )
-        except Exception:  # the time budget surfaces as a TVM error raised through C++
-            if not progress.stopped:
-                raise
-            log.info("tune: --max-time %.1f min reached; records so far are kept", max_minutes)
+    fused = fused_module(mod, target)
+    num_tasks = len(ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY))
+    per_iter = max(2, min(preset.tuning.trials_per_iter, trials // max(1, 2 * num_tasks)))
+    round_size = per_iter * num_tasks
+    log.info("tune: %d tasks, %d trials in rounds of %d (%d per task)", num_tasks, trials, round_size, per_iter)
+    progress = Progress("tune (trials)", trials)
+    done, start = 0, time.perf_counter()
+    while done < trials:
+        if max_minutes is not None and time.perf_counter() - start > max_minutes * 60:
+            log.info("tune: --max-time %.1f min reached after %d trials", max_minutes, done)
+            break
+        budget = min(round_size, trials - done)
+        with _nameless_handlers_detached():
+            ms.relax_integration.tune_relax(
+                fused, {}, target, work_dir=str(log_dir), max_trials_global=budget,
+                num_trials_per_iter=min(per_iter, budget), builder=builder, runner=runner,
+                cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
+                                                  adaptive_training=True),
+                module_equality=MODULE_EQUALITY,
+            )
+        done += budget
+        progress(done)
     return coverage(mod, preset, [log_dir])
