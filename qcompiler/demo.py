@@ -180,6 +180,7 @@ def run_demo(workdir: Path, target: str = "x86", threads: int = 0, repeat: int =
     print(f"\naccuracy on the rotated pages: fp32 {correct['fp32']}/4, int8 {correct['int8']}/4")
     print(f"artifact size: fp32 {sizes['fp32']:.2f} MB, int8 {sizes['int8']:.2f} MB "
           f"({sizes['int8'] / sizes['fp32']:.0%} of fp32)")
-    print(f"latency (batch 1, {threads} threads, median of {repeat}, untuned kernels): "
+    print(f"latency (batch 1, {threads} threads, median of {repeat}; kernels with records in tuning_logs/{target}/ "
+          f"are tuned, the rest untuned): "
           f"qcompiler via C runtime fp32 {ms['qc fp32']:.2f} ms, int8 {ms['qc int8']:.2f} ms; "
           f"onnxruntime fp32 {ms['ort fp32']:.2f} ms, int8 {ms['ort int8']:.2f} ms")
