@@ -134,11 +134,8 @@ class Realizer:
         return None if value is None else np.asarray(value)
 
     def state(self, expr):
-        if isinstance(expr, relax.Var):
-            return self.env[expr]
-        if isinstance(expr, Constant):
-            return Float(expr)
-        return Float(expr)
+        """The tracked state of a var; any other argument (a constant, a tuple) is a Float."""
+        return self.env[expr] if isinstance(expr, relax.Var) else Float(expr)
 
     def float_of(self, expr) -> relax.Expr:
         """The value of `expr` as a float tensor, emitting a dequantize once if needed."""

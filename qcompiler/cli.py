@@ -149,7 +149,7 @@ def _cmd_inspect(args) -> None:
         from .targets import resolve
         from .tuning import coverage
 
-        args.model, args.input_shape = args.path, args.input_shape
+        args.model = args.path  # _model_to_tune reads the model from args.model
         _print_coverage(coverage(_model_to_tune(args), resolve(args.target), args.tuning_log))
         return
     print(inspect_path(args.path))
