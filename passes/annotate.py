@@ -87,10 +87,16 @@ def _macs(binding_var, value, weight) -> int:
 
 
 def _is_global_pool(call) -> bool:
-    """mean over H and W of an NCHW tensor (ONNX GlobalAveragePool); not LayerNorm statistics."""
+    """mean over H and W of an NCHW or NHWC tensor (ONNX GlobalAveragePool); not LayerNorm statistics."""
     axes = call.attrs.axis
     rank = len(shape_of(call.args[0]))
-    return rank == 4 and axes is not None and sorted(int(a) % rank for a in axes) == [2, 3]
+    return rank == 4 and axes is not None and sorted(int(a) % rank for a in axes) in ([2, 3], [1, 2])
+
+
+def _conv_layout(call) -> int | None:
+    """The channel axis of a conv2d's output for the layouts realize supports (NCHW/OIHW, NHWC/OHWI)."""
+    layouts = (str(call.attrs.data_layout), str(call.attrs.kernel_layout), str(call.attrs.out_layout))
+    return {("NCHW", "OIHW", "NCHW"): 1, ("NHWC", "OHWI", "NHWC"): 3}.get(layouts)
 
 
 def _is_activation(view: FunctionView, expr) -> bool:
@@ -154,7 +160,7 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         inputs: list = []
         if name == "relax.nn.conv2d":
             weight = view.constant(value.args[1])
-            if weight is None or str(value.attrs.data_layout) != "NCHW" or str(value.attrs.kernel_layout) != "OIHW":
+            if weight is None or _conv_layout(value) is None:
                 continue
             weight_axis, inputs = 0, [value.args[0]]
         elif name == "relax.matmul":
@@ -191,7 +197,7 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         epilogue = []
         if weight is not None:
             channels = weight.shape[weight_axis]
-            epilogue = _epilogue(view, var, channels, 1 if name == "relax.nn.conv2d" else -1)
+            epilogue = _epilogue(view, var, channels, _conv_layout(value) if name == "relax.nn.conv2d" else -1)
             absorbed.update(epilogue)
         output = epilogue[-1] if epilogue else var
         for tensor in inputs:

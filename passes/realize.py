@@ -311,26 +311,31 @@ class Realizer:
         x, w = self.state(call.args[0]), self.state(call.args[1])
         attrs = call.attrs
         if not (isinstance(x, QTensor) and x.axis is None and x.values is None and isinstance(w, QTensor)
-                and w.values is not None and w.zero_point == 0 and w.dtype == "int8"
-                and str(attrs.data_layout) == "NCHW" and str(attrs.kernel_layout) == "OIHW"):
+                and w.values is not None and w.zero_point == 0 and w.dtype == "int8"):
+            return None
+        layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+        channel_axis = {("NCHW", "OIHW", "NCHW"): 1, ("NHWC", "OHWI", "NHWC"): 3}.get(layouts)
+        if channel_axis is None:
             return None
         padding = [int(p) for p in attrs.padding]
         data = x.expr
         if x.zero_point and any(padding):
             top, left, bottom, right = padding
-            data = self.emit(relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(x.zero_point)))
+            spatial = [top, bottom, left, right]
+            pad_width = [0, 0, 0, 0, *spatial] if channel_axis == 1 else [0, 0, *spatial, 0, 0]
+            data = self.emit(relax.op.nn.pad(data, pad_width, pad_value=float(x.zero_point)))
             padding = [0, 0, 0, 0]
         acc = self.emit(relax.op.nn.conv2d(
             data, w.expr, strides=[int(s) for s in attrs.strides], padding=padding,
             dilation=[int(d) for d in attrs.dilation], groups=int(attrs.groups),
-            data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32"))
-        if x.zero_point:
-            correction = x.zero_point * w.values.astype(np.int64).reshape(w.values.shape[0], -1).sum(axis=1)
-            acc = self.emit(relax.op.subtract(acc, const(correction.reshape(1, -1, 1, 1), "int32")))
+            data_layout=layouts[0], kernel_layout=layouts[1], out_layout=layouts[2], out_dtype="int32"))
         channels = w.values.shape[0]
+        if x.zero_point:
+            correction = x.zero_point * w.values.astype(np.int64).reshape(channels, -1).sum(axis=1)
+            acc = self.emit(relax.op.subtract(acc, const(_broadcast(correction, channel_axis, 4), "int32")))
         scale = float(x.scale) * (w.scale if w.axis is not None else np.full(channels, float(w.scale)))
         self.stats.integer_ops["conv2d"] = self.stats.integer_ops.get("conv2d", 0) + 1
-        return Accumulator(acc, scale, 1)
+        return Accumulator(acc, scale, channel_axis)
 
     def on_matmul(self, var, call):
         a, b = self.state(call.args[0]), self.state(call.args[1])

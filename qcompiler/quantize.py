@@ -20,6 +20,7 @@ from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
 from .passes.calibrate import CalibrationResult, load_cache, run_observers, save_cache
 from .passes.graph import FunctionView, op_name
+from .passes.layout import channels_last
 from .passes.qconfig import QConfig
 from .passes.realize import RealizeStats, realize
 from .passes.simulate import insert_qdq
@@ -98,9 +99,12 @@ def quantize(
         mod, stats = realize(imported.mod)
         holdout = load_calibration(calib, imported.inputs)[-max(config.holdout, 1):] if calib is not None else []
         return Quantized(mod, imported.mod, imported.mod, config, None, None, stats, {}, holdout)
-    fp32 = relax.transform.FoldConstant()(imported.mod)
+    # Channels-last first, so that int8 convolutions get the layout of dot-product kernels and
+    # consecutive int8 ops need no layout transform between them.
+    fp32, renamed = channels_last(relax.transform.FoldConstant()(imported.mod))
+    node_of = {renamed[var]: node for var, node in onnx_node_of(imported).items() if var in renamed}
 
-    plan = annotate(fp32, config, onnx_node_of(imported), imported.node_op_types)
+    plan = annotate(fp32, config, node_of, imported.node_op_types)
     if not plan.ops:
         raise QCompilerError("nothing to quantize: the model has no conv, matmul or other quantizable op "
                              "(or all of them are skipped)")
