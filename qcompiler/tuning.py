@@ -44,13 +44,30 @@ def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """The CPU pipeline up to fusion: what tuning extracts tasks from and compile schedules."""
     from tvm.relax.backend import cpu_generic
 
+    from .kernels.dispatch import dispatch_int8_kernels
+
+    mod = dispatch_int8_kernels(mod, target)
     with target:
         passes = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
         return tvm.transform.Sequential(passes)(mod)
 
 
-def cpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass:
-    """TVM's CPU pipeline, with `database`'s schedules applied to the fused kernels they match."""
+def with_default_schedules(mod: tvm.IRModule) -> tvm.IRModule:
+    """Every kernel no record scheduled gets qcompiler's default schedule (kernels/schedules.py)."""
+    from .kernels.schedules import default_schedule
+
+    scheduled = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tir.is_scheduled")):
+            new = default_schedule(func)
+            if new is not None:
+                scheduled[gvar] = new
+    return scheduled
+
+
+def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bool = True) -> tvm.transform.Pass:
+    """TVM's CPU pipeline, with `database`'s schedules applied to the fused kernels they match
+    and (if `default_schedules`) default schedules for the others."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0)
@@ -60,6 +77,8 @@ def cpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass
             if database is not None:
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            if default_schedules:
+                mod = with_default_schedules(mod)
             rest = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
             return tvm.transform.Sequential(rest)(mod)
 

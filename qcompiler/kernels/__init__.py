@@ -1,0 +1,1 @@
+"""Integer CPU kernels: the VNNI tensor intrinsic, kernel computes and their default schedules."""

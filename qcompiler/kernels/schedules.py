@@ -1,0 +1,198 @@
+"""Default CPU schedules for fused kernels that no tuning record covers.
+
+Without a schedule TVM lowers every kernel to its naive loop nest (single-threaded, scalar).
+`default_schedule` gives each fused PrimFunc a reasonable schedule by the op class of its
+anchor block, so an untuned model is already usable; tuning records, where they exist, win.
+
+  VNNI conv2d / dense   16 output channels × 4 reduction elements per `vpdpbusd` (tensorized),
+                        a tile of up to 8 output pixels kept in registers, the epilogue
+                        (requantize, clamp, residual add ...) computed per tile from registers,
+                        outer spatial loops parallel
+  depthwise conv2d      channels vectorized (16 int32 lanes), same tiling and epilogue fusion
+  injective ops         producers inlined into consumers, outer loop parallel, inner vectorized
+  anything else         outer spatial loop parallel
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tvm import tirx
+from tvm.s_tir import Schedule, ScheduleError
+
+from .compute import CONV_BLOCK, DENSE_BLOCK, DEPTHWISE_BLOCK
+from .vnni import LANES, REDUCE, register
+
+log = logging.getLogger("qcompiler")
+
+MAX_TILE = 8        # output pixels per register tile (8 zmm accumulators)
+VECTOR_BYTES = 64   # AVX-512
+
+
+def _extent(sch: Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _tile(extent: int, limit: int = MAX_TILE) -> int:
+    """The largest divisor of `extent` not above `limit`."""
+    return max(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
+
+
+def _is_spatial(sch: Schedule, block) -> bool:
+    return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
+
+
+def _blocks(sch: Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _inline_consumers(sch: Schedule, anchor) -> list:
+    """Inline the elementwise chain after `anchor` into its last block(s); returns those blocks."""
+    blocks = _blocks(sch)
+    after = blocks[[sch.get(b).name_hint for b in blocks].index(sch.get(anchor).name_hint) + 1:]
+    kept = []
+    for block in after:
+        try:
+            sch.compute_inline(block)
+        except ScheduleError:
+            kept.append(block)
+    return kept
+
+
+def _with_epilogue(sch: Schedule, block, at_loop) -> None:
+    """Accumulate `block` in a register tile and run its elementwise consumers per tile at `at_loop`."""
+    consumers = _inline_consumers(sch, block)
+    writeback = sch.cache_write(block, 0, "global")  # tensorize matches global buffers; a tile-sized stack array
+    rest = []
+    tile_shape = _write_shape(sch, writeback)
+    for consumer in consumers:
+        try:
+            if _write_shape(sch, consumer) != tile_shape:  # e.g. a slice of padded channels
+                raise ScheduleError("not elementwise")
+            sch.reverse_compute_inline(consumer)  # the epilogue reads the registers directly
+        except ScheduleError:
+            rest.append(consumer)
+    sch.reverse_compute_at(writeback, at_loop)
+    _vectorize_inner(sch, writeback)
+    for consumer in rest:
+        try:
+            sch.reverse_compute_at(consumer, at_loop)
+            _vectorize_inner(sch, consumer)
+        except ScheduleError:
+            _parallel_outer(sch, sch.get_loops(consumer))
+
+
+def _write_shape(sch: Schedule, block) -> list[int]:
+    return [int(d) for d in sch.get(block).writes[0].source.shape]
+
+
+def _vectorize_inner(sch: Schedule, block) -> None:
+    """Vectorize the innermost loop, split to at most 16 lanes (longer vectors only bloat the code)."""
+    loops = sch.get_loops(block)
+    if not loops or _extent(sch, loops[-1]) <= 1:
+        return
+    inner = loops[-1]
+    if _extent(sch, inner) > LANES:
+        lanes = _tile(_extent(sch, inner), LANES)
+        if lanes < 4:
+            return
+        inner = sch.split(inner, [None, lanes])[1]
+    sch.vectorize(inner)
+
+
+def _parallel_outer(sch: Schedule, loops: list) -> None:
+    """Fuse the leading loops (up to a few thousand iterations) and run them in parallel."""
+    chosen, total = [], 1
+    for loop in loops:
+        chosen.append(loop)
+        total *= _extent(sch, loop)
+        if total >= 64:
+            break
+    if total > 1:
+        sch.parallel(sch.fuse(*chosen) if len(chosen) > 1 else chosen[0])
+
+
+def schedule_conv_vnni(sch: Schedule, block) -> None:
+    b, h, w, o, r, s, c = sch.get_loops(block)
+    tile = _tile(_extent(sch, w))
+    oo, oi = sch.split(o, [None, LANES])
+    co, ci = sch.split(c, [None, REDUCE])
+    wo, wi = sch.split(w, [None, tile])
+    sch.reorder(b, h, wo, oo, r, s, co, wi, oi, ci)
+    _with_epilogue(sch, block, oo)
+    _parallel_outer(sch, [b, h, wo])
+    init = sch.decompose_reduction(block, r)
+    _vectorize_inner(sch, init)
+    sch.tensorize(oi, register())
+    sch.unroll(wi)
+
+
+def schedule_dense_vnni(sch: Schedule, block) -> None:
+    m, o, k = sch.get_loops(block)
+    tile = _tile(_extent(sch, m), 4)
+    mo, mi = sch.split(m, [None, tile])
+    oo, oi = sch.split(o, [None, LANES])
+    ko, ki = sch.split(k, [None, REDUCE])
+    sch.reorder(mo, oo, ko, mi, oi, ki)
+    _with_epilogue(sch, block, oo)
+    _parallel_outer(sch, [mo, oo])
+    init = sch.decompose_reduction(block, ko)
+    _vectorize_inner(sch, init)
+    sch.tensorize(oi, register())
+    sch.unroll(mi)
+
+
+def schedule_depthwise(sch: Schedule, block) -> None:
+    b, h, w, ch, r, s = sch.get_loops(block)
+    lanes = _tile(_extent(sch, ch), VECTOR_BYTES // 4)
+    tile = _tile(_extent(sch, w), 4)
+    co, ci = sch.split(ch, [None, lanes])
+    wo, wi = sch.split(w, [None, tile])
+    sch.reorder(b, h, wo, co, r, s, wi, ci)
+    _with_epilogue(sch, block, co)
+    _parallel_outer(sch, [b, h, wo])
+    sch.vectorize(ci)
+    sch.unroll(wi)
+    init = sch.decompose_reduction(block, r)
+    _vectorize_inner(sch, init)
+
+
+def schedule_generic(sch: Schedule) -> None:
+    """Inline injective producers; parallel outer loops; vectorize fully spatial blocks."""
+    for block in _blocks(sch)[:-1]:
+        if _is_spatial(sch, block):
+            try:
+                sch.compute_inline(block)
+            except ScheduleError:
+                pass
+    for block in _blocks(sch):
+        loops = sch.get_loops(block)
+        if not loops:
+            continue
+        spatial = _is_spatial(sch, block)
+        if spatial and len(loops) > 1 and _extent(sch, loops[-1]) >= 4:
+            _vectorize_inner(sch, block)
+            loops = sch.get_loops(block)[:-1]
+        kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+        if spatial or kinds[0] == tirx.IterVar.DataPar:
+            _parallel_outer(sch, loops[:1] if not spatial else loops)
+
+
+ANCHORS = {CONV_BLOCK: schedule_conv_vnni, DENSE_BLOCK: schedule_dense_vnni, DEPTHWISE_BLOCK: schedule_depthwise}
+
+
+def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """`func` with a default schedule, or None where none applies (it then stays naive)."""
+    sch = Schedule(func)
+    try:
+        for block in _blocks(sch):
+            rule = ANCHORS.get(sch.get(block).name_hint)
+            if rule is not None:
+                rule(sch, block)
+                break
+        else:
+            schedule_generic(sch)
+    except (ScheduleError, RuntimeError, ValueError, TypeError) as err:
+        log.debug("no default schedule: %s", str(err).strip().splitlines()[-1])
+        return None
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)

@@ -1,0 +1,47 @@
+"""The x86 VNNI dot product `vpdpbusd` as a TIR tensor intrinsic, in a form the bundled LLVM accepts.
+
+    C[i] += Σ_{k<4} int32(A[k]) · int32(B[i, k])     for i < 16
+    A: 4 uint8 (one pixel's 4 consecutive input channels), B: 16×4 int8 (16 output channels),
+    C: 16 int32 accumulators = one 512-bit register.
+
+TVM registers `dot_16x4_vnni` with this description, but its implementation passes the operands
+of `llvm.x86.avx512.vpdpbusd.512` as `<16 x i32>`, while the LLVM inside the wheel declares
+`(<16 x i32>, <64 x i8>, <64 x i8>)`: every tensorized kernel then fails LLVM verification, and
+MetaSchedule silently drops those candidates. `register()` replaces the implementation under the
+same name (so MetaSchedule's own x86 design space picks it up) with one whose operands are the
+4 activation bytes broadcast to 64 and the 64 weight bytes, both as byte vectors.
+"""
+
+from __future__ import annotations
+
+from tvm.s_tir import TensorIntrin
+from tvm.s_tir.tensor_intrin.x86 import VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc
+from tvm.script import tirx as T
+
+INTRIN = VNNI_DOT_16x4_INTRIN  # "dot_16x4_vnni"
+LANES, REDUCE = 16, 4          # int32 outputs per register, uint8·int8 products summed into each
+
+
+@T.prim_func(s_tir=True)
+def dot_product_16x4_u8i8i32_vnni(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        A_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(A_i32, 16), dtype="uint8x64"),
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16",
+        )
+
+
+def register() -> str:
+    """(Re-)register the working implementation under TVM's name; idempotent. Returns the name."""
+    TensorIntrin.register(INTRIN, dot_product_16x4_u8i8i32_desc, dot_product_16x4_u8i8i32_vnni, override=True)
+    return INTRIN
