@@ -41,6 +41,7 @@ demo: $(STAMP) deploy
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_latency.py
+	$(PY) benchmarks/bench_x86.py
 	$(PY) benchmarks/bench_accuracy.py
 
 clean:

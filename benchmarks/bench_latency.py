@@ -52,14 +52,21 @@ else:
         start = time.perf_counter()
         session.run(None, feed)
         times.append(time.perf_counter() - start)
-print(json.dumps({"median_ms": statistics.median(times) * 1e3}))
+import resource
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"median_ms": statistics.median(times) * 1e3, "peak_mb": peak_mb}))
 """
 
 
-def measure(kind: str, path: Path, threads: int, repeat: int, feed_path: Path) -> float:
+def measure_run(kind: str, path: Path, threads: int, repeat: int, feed_path: Path) -> dict:
+    """{"median_ms", "peak_mb"} of running `path` (a qcompiler .so or an ONNX model) in a fresh process."""
     proc = subprocess.run([sys.executable, "-c", _WORKER, kind, str(path), str(threads), str(repeat), str(feed_path)],
                           capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])["median_ms"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(kind: str, path: Path, threads: int, repeat: int, feed_path: Path) -> float:
+    return measure_run(kind, path, threads, repeat, feed_path)["median_ms"]
 
 
 def calibration_for(name: str) -> np.ndarray:

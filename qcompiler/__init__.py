@@ -46,6 +46,7 @@ def compile(  # noqa: A001 - the public verb of this package
     simulate: bool = False,
     tuning_logs: "Sequence[str | os.PathLike]" = (),
     committed_logs: bool = True,
+    default_schedules: bool = True,
 ) -> Artifact:
     """Compile an ONNX model (path or `onnx.ModelProto`) for a target preset or raw TVM target JSON.
 
@@ -54,7 +55,9 @@ def compile(  # noqa: A001 - the public verb of this package
     calibration ranges; `report` writes a per-layer quantization report (JSON) and prints its
     table; `simulate` builds the fake-quant (QDQ, float) model instead, for debugging.
     `tuning_logs` are MetaSchedule databases (from `qcompiler tune`) applied before the
-    committed `tuning_logs/<preset>/` (skipped when `committed_logs` is False).
+    committed `tuning_logs/<preset>/` (skipped when `committed_logs` is False). CPU kernels
+    without records get qcompiler's default schedules, or with `default_schedules=False` TVM's
+    naive loop nests (for comparison).
     """
     import logging
 
@@ -68,12 +71,13 @@ def compile(  # noqa: A001 - the public verb of this package
         raise QCompilerError("calibration data, a calibration cache, a report or simulate need quantize='int8'")
     imported = load_onnx(model, input_shapes, on_note=log.warning)
     if quantize is None:
-        return build(imported, preset, tuning_logs=list(tuning_logs), committed_logs=committed_logs)
+        return build(imported, preset, tuning_logs=list(tuning_logs), committed_logs=committed_logs,
+                     default_schedules=default_schedules)
     from .quantize import quantize as run_quantization
 
     quantized = run_quantization(imported, config or QConfig(), calib, calib_cache)
     artifact = build(imported, preset, quantized, simulate=simulate, tuning_logs=list(tuning_logs),
-                     committed_logs=committed_logs)
+                     committed_logs=committed_logs, default_schedules=default_schedules)
     if report is not None:
         from .report import quantization_report
 

@@ -37,11 +37,13 @@ def stage(name: str) -> Iterator[None]:
     log.info("%s done in %.1f s", name, time.perf_counter() - start)
 
 
-def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), committed_logs: bool = True):
+def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), committed_logs: bool = True,
+          default_schedules: bool = True):
     """Relax → executable: TVM's pipeline for the target (legalize, fold, fuse, lower).
 
     On CPU presets, fused kernels that `tuning_logs` or (if `committed_logs`) the committed
-    `tuning_logs/<preset>/` have records for get their tuned schedules. For CUDA targets the
+    `tuning_logs/<preset>/` have records for get their tuned schedules, the others (if
+    `default_schedules`) qcompiler's default schedules (kernels/schedules.py). For CUDA targets the
     pipeline applies dlight's GPU schedules; device code is then compiled to binary by
     `cuda_binary.embed_device_binary`.
     """
@@ -55,7 +57,7 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
         with tempfile.TemporaryDirectory() as scratch:
             if preset.device is DeviceKind.CPU:
                 database = databases_for(preset, list(tuning_logs), Path(scratch), committed_logs)
-                pipeline = cpu_pipeline(target, database)
+                pipeline = cpu_pipeline(target, database, default_schedules)
             else:
                 pipeline = relax.get_default_pipeline(target)
             with target:
@@ -134,7 +136,8 @@ class Artifact:
 
 
 def build(imported: ImportedModel, preset: TargetPreset, quantized: "Quantized | None" = None,
-          simulate: bool = False, tuning_logs: list[str | os.PathLike] = (), committed_logs: bool = True) -> Artifact:
+          simulate: bool = False, tuning_logs: list[str | os.PathLike] = (), committed_logs: bool = True,
+          default_schedules: bool = True) -> Artifact:
     """Compile an imported model for a preset: fp32, or the integer module of `quantized`
     (its fake-quant QDQ module when `simulate`, a debugging mode), with tuned schedules from
     `tuning_logs/<preset>/` and `tuning_logs`."""
@@ -142,7 +145,7 @@ def build(imported: ImportedModel, preset: TargetPreset, quantized: "Quantized |
         preset.cross_compiler.require()  # fail before minutes of compilation, not after
     mod = imported.mod if quantized is None else (quantized.qdq if simulate else quantized.mod)
     with stage(f"compile for {preset.name}"):
-        executable = lower(mod, preset, tuning_logs, committed_logs)
+        executable = lower(mod, preset, tuning_logs, committed_logs, default_schedules)
     metadata = ArtifactMetadata(
         inputs=list(imported.inputs),
         outputs=list(imported.outputs),

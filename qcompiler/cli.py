@@ -61,7 +61,7 @@ def _cmd_compile(args) -> None:
     artifact = compile_model(args.model, target=args.target, input_shapes=shapes, quantize=args.quantize,
                              calib=args.calib, config=config, calib_cache=args.calib_cache, report=args.report,
                              simulate=args.simulate, tuning_logs=args.tuning_log,
-                             committed_logs=not args.no_tuning_logs)
+                             committed_logs=not args.no_tuning_logs, default_schedules=not args.naive_schedules)
     artifact.export(args.output)
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
 
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuning-log", action="append", default=[], metavar="DIR",
                    help="MetaSchedule database from `qcompiler tune`, applied with tuning_logs/<target>/ (repeatable)")
     p.add_argument("--no-tuning-logs", action="store_true", help="ignore the committed tuning_logs/<target>/")
+    p.add_argument("--naive-schedules", action="store_true",
+                   help="no default schedules: kernels without tuning records stay TVM's naive loop nests")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("tune", help="tune the model's kernels with MetaSchedule (XGBoost cost model)")

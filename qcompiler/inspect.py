@@ -11,6 +11,7 @@ import networkx as nx
 import numpy as np
 import onnx
 
+from .disasm import DOT_PRODUCT, compute_kernel_usage
 from .elf import ElfFile
 from .errors import QCompilerError
 from .frontend import read_model
@@ -121,7 +122,24 @@ def describe_artifact(so_path: Path) -> str:
     lines += [f"output {s.name} {s.describe()}" for s in signature.outputs]
     lines.append(f"host kernels: {len(kernels)}")
     lines += [f"  {kind:<40}{n:>5}" for kind, n in kernel_kinds.most_common()]
+    lines += _dot_product_lines(so_path, elf.machine)
     return "\n".join(lines)
+
+
+def _dot_product_lines(so_path: Path, machine: str) -> list[str]:
+    """Per conv/dense/matmul kernel: the integer dot-product instructions its code contains."""
+    try:
+        usage = compute_kernel_usage(so_path, machine)
+    except QCompilerError as err:
+        return [f"dot-product instructions: not checked ({err})"]
+    if not usage:
+        return []
+    using = sum(1 for _, mnemonics in usage if mnemonics)
+    lines = [f"compute kernels using integer dot-product instructions: {using} of {len(usage)}"]
+    for name, mnemonics in usage:
+        isa = ", ".join(f"{m} ({DOT_PRODUCT[m]})" for m in mnemonics) if mnemonics else "none"
+        lines.append(f"  {name[:60]:<62}{isa}")
+    return lines
 
 
 def inspect_path(path: str | Path) -> str:

@@ -28,6 +28,9 @@ import tvm
 from tvm import relax
 
 from .errors import QCompilerError
+from .kernels.vnni import TVM_INTRIN as TVM_VNNI
+from .kernels.vnni import register as register_vnni
+from .kernels.vnni import repair_tvm_intrinsics
 from .progress import Progress
 from .targets import DeviceKind, TargetPreset
 
@@ -132,7 +135,11 @@ def open_database(folder: str | Path, scratch: Path):
 
     folder = Path(folder)
     copy = Path(tempfile.mkdtemp(dir=scratch))
-    _write_database(copy, *_readable_lines(folder))
+    workloads, records = _readable_lines(folder)
+    register_vnni()  # replaying a trace that tensorizes needs its intrinsic registered
+    if any(f'"{TVM_VNNI}"' in line for line in records):
+        repair_tvm_intrinsics()
+    _write_database(copy, workloads, records)
     try:
         return ms.database.JSONDatabase(work_dir=str(copy), module_equality=MODULE_EQUALITY)
     except Exception as err:  # a line that is JSON but not a valid workload or record
@@ -233,6 +240,16 @@ def _builder(preset: TargetPreset):
     return ms.builder.LocalBuilder(f_export=functools.partial(export_with, preset.cross_compiler.require()))
 
 
+def _search_space():
+    """MetaSchedule's own design space plus qcompiler's default schedule as a candidate."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .kernels.schedules import default_space
+
+    return ms.space_generator.SpaceGeneratorUnion([ms.space_generator.PostOrderApply(),
+                                                   ms.space_generator.ScheduleFn(default_space)])
+
+
 @contextlib.contextmanager
 def _nameless_handlers_detached():
     """MetaSchedule rebuilds its logging with dictConfig from the names of the handlers on its
@@ -274,6 +291,7 @@ def tune(
     log_dir.mkdir(parents=True, exist_ok=True)
     if (log_dir / RECORDS).exists():  # resuming: drop a line an interrupted run may have cut short
         _write_database(log_dir, *_readable_lines(log_dir))
+    repair_tvm_intrinsics()  # MetaSchedule's x86 design space tensorizes with TVM's VNNI intrinsic
     fused = fused_module(mod, target)
     num_tasks = len(ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY))
     per_iter = max(2, min(preset.tuning.trials_per_iter, trials // max(1, 2 * num_tasks)))
@@ -292,7 +310,7 @@ def tune(
                 num_trials_per_iter=min(per_iter, budget), builder=builder, runner=runner,
                 cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
                                                   adaptive_training=True),
-                module_equality=MODULE_EQUALITY,
+                module_equality=MODULE_EQUALITY, space=_search_space(),
             )
         done += budget
         progress(done)

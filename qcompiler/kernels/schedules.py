@@ -10,7 +10,7 @@ anchor block, so an untuned model is already usable; tuning records, where they 
                         outer spatial loops parallel
   depthwise conv2d      channels vectorized (16 int32 lanes), same tiling and epilogue fusion
   injective ops         producers inlined into consumers, outer loop parallel, inner vectorized
-  anything else         outer spatial loop parallel
+  anything else         leading spatial loops parallel (reductions stay serial)
 """
 
 from __future__ import annotations
@@ -173,26 +173,43 @@ def schedule_generic(sch: Schedule) -> None:
         if spatial and len(loops) > 1 and _extent(sch, loops[-1]) >= 4:
             _vectorize_inner(sch, block)
             loops = sch.get_loops(block)[:-1]
-        kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
-        if spatial or kinds[0] == tirx.IterVar.DataPar:
-            _parallel_outer(sch, loops[:1] if not spatial else loops)
+        if spatial:
+            _parallel_outer(sch, loops)
+        elif len(loops) == len(sch.get(block).iter_vars):  # an untransformed nest: spatial loops first
+            leading = [iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars]
+            count = leading.index(False) if False in leading else len(leading)
+            _parallel_outer(sch, loops[:count])
 
 
 ANCHORS = {CONV_BLOCK: schedule_conv_vnni, DENSE_BLOCK: schedule_dense_vnni, DEPTHWISE_BLOCK: schedule_depthwise}
 
 
-def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-    """`func` with a default schedule, or None where none applies (it then stays naive)."""
-    sch = Schedule(func)
+def apply_default_schedule(sch: Schedule) -> bool:
+    """Schedule the PrimFunc of `sch` in place by its anchor block; False where no rule applies
+    (`sch` may then be partly transformed: work on a copy)."""
     try:
         for block in _blocks(sch):
             rule = ANCHORS.get(sch.get(block).name_hint)
             if rule is not None:
                 rule(sch, block)
-                break
-        else:
-            schedule_generic(sch)
+                return True
+        schedule_generic(sch)
+        return True
     except (ScheduleError, RuntimeError, ValueError, TypeError) as err:
         log.debug("no default schedule: %s", str(err).strip().splitlines()[-1])
+        return False
+
+
+def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """`func` with a default schedule, or None where none applies (it then stays naive)."""
+    sch = Schedule(func)
+    if not apply_default_schedule(sch):
         return None
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def default_space(sch: Schedule) -> list[Schedule]:
+    """MetaSchedule space generator (`ScheduleFn`): the default schedule as one more candidate,
+    so that tuning measures it and a tuned record is never a regression from it."""
+    candidate = sch.copy()
+    return [candidate] if apply_default_schedule(candidate) else []

@@ -1,0 +1,61 @@
+"""Which dot-product instructions each kernel of an artifact executes, read from its machine code.
+
+`objdump -d` (GNU binutils) disassembles the `.so`; each kernel's code is the symbol
+`<kernel>_compute_` (the `__tvm_ffi_<kernel>` symbol is its calling wrapper). This is the
+evidence that a quantized kernel really runs on the int8 hardware path.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from .errors import QCompilerError
+
+# Mnemonics of the integer dot-product instructions, per instruction set.
+DOT_PRODUCT = {"vpdpbusd": "x86 AVX-512 VNNI", "vpdpbusds": "x86 AVX-512 VNNI",
+               "sdot": "ARM dot product", "udot": "ARM dot product"}
+COMPUTE_KERNELS = re.compile(r"conv|dense|matmul|depthwise")
+_SYMBOL = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)>:$")
+
+
+def objdump_for(machine: str) -> str:
+    """The objdump that reads `machine` code (the host's, or the aarch64 cross binutils)."""
+    candidates = ["aarch64-linux-gnu-objdump"] if machine == "aarch64" else ["objdump"]
+    for tool in candidates:
+        if shutil.which(tool):
+            return tool
+    package = "binutils-aarch64-linux-gnu" if machine == "aarch64" else "binutils"
+    raise QCompilerError(f"disassembling {machine} code needs {candidates[0]} (Debian package {package})")
+
+
+def dot_product_counts(so_path: Path, machine: str = "x86_64") -> dict[str, Counter]:
+    """For each kernel of `so_path`, how many times each dot-product mnemonic occurs in its code."""
+    listing = subprocess.run([objdump_for(machine), "-d", "--no-show-raw-insn", str(so_path)],
+                             capture_output=True, text=True, check=True).stdout
+    counts: dict[str, Counter] = {}
+    current = None
+    for line in listing.splitlines():
+        symbol = _SYMBOL.match(line)
+        if symbol:
+            name = symbol.group("name")
+            current = name[: -len("_compute_")] if name.endswith("_compute_") else None
+            if current is not None:
+                counts.setdefault(current, Counter())
+            continue
+        if current is not None:
+            fields = line.split("\t")
+            if len(fields) > 1:
+                mnemonic = fields[1].split()[0] if fields[1].split() else ""
+                if mnemonic in DOT_PRODUCT:
+                    counts[current][mnemonic] += 1
+    return counts
+
+
+def compute_kernel_usage(so_path: Path, machine: str = "x86_64") -> list[tuple[str, list[str]]]:
+    """(kernel, dot-product mnemonics it uses) for each conv/dense/matmul kernel, sorted by name."""
+    counts = dot_product_counts(so_path, machine)
+    return [(name, sorted(counts[name])) for name in sorted(counts) if COMPUTE_KERNELS.search(name)]

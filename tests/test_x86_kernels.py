@@ -1,0 +1,151 @@
+"""x86 int8 kernels: VNNI conv/dense and depthwise, bit-exact against numpy; default schedules;
+`vpdpbusd` present in exported artifacts; the channels-last layout pass keeps fp32 numerics."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+import qcompiler
+from conftest import make_model
+from qcompiler.disasm import compute_kernel_usage
+from qcompiler.frontend import load_onnx
+from qcompiler.inspect import inspect_path
+from qcompiler.kernels.dispatch import dispatch_int8_kernels, has_vnni
+from qcompiler.passes.graph import const
+from qcompiler.passes.layout import channels_last
+from qcompiler.quantize import quantize
+from qcompiler.targets import resolve
+from qcompiler.tuning import cpu_pipeline, fused_module, with_default_schedules
+from test_quantize import residual_net, samples
+
+TARGET = resolve("x86").target()
+pytestmark = pytest.mark.skipif(not has_vnni(TARGET), reason="this CPU has no AVX-512 VNNI")
+rng = np.random.default_rng(7)
+
+
+def run_relax(func_body, inputs: list[np.ndarray], default_schedules: bool = True) -> np.ndarray:
+    """Build `func_body(*vars)` as `main` through qcompiler's CPU pipeline and run it."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(list(a.shape), str(a.dtype))) for i, a in enumerate(inputs)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(func_body(*params))
+        bb.emit_func_output(out)
+    with TARGET:
+        lowered = cpu_pipeline(TARGET, None, default_schedules)(bb.get())
+    vm = relax.VirtualMachine(tvm.compile(lowered, TARGET), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+
+
+def conv_reference(x, w, stride, padding, groups):
+    """int64 NHWC/OHWI convolution, zero padding."""
+    top, left, bottom, right = padding
+    x = np.pad(x.astype(np.int64), [(0, 0), (top, bottom), (left, right), (0, 0)])
+    out_c, kh, kw, per_group = w.shape
+    oh = (x.shape[1] - kh) // stride + 1
+    ow = (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], oh, ow, out_c), np.int64)
+    out_per_group = out_c // groups
+    for o in range(out_c):
+        g = o // out_per_group
+        for r in range(kh):
+            for s in range(kw):
+                patch = x[:, r:r + stride * oh:stride, s:s + stride * ow:stride, g * per_group:(g + 1) * per_group]
+                out[..., o] += patch @ w[o, r, s].astype(np.int64)
+    return out
+
+
+CONVS = [  # (H, in channels, out channels, kernel, stride, padding, groups)
+    (9, 16, 32, 3, 1, (1, 1, 1, 1), 1),    # regular 3×3
+    (8, 3, 8, 3, 2, (1, 1, 1, 1), 1),      # 3 input channels (padded to 4), 8 outputs (of 16 computed)
+    (7, 64, 20, 1, 1, (0, 0, 0, 0), 1),    # pointwise
+    (10, 32, 32, 3, 2, (1, 1, 1, 1), 32),  # depthwise, stride 2
+    (6, 24, 24, 5, 1, (2, 2, 2, 2), 24),   # depthwise 5×5, channels not a multiple of 16
+]
+
+
+@pytest.mark.parametrize("h,cin,cout,k,stride,padding,groups", CONVS)
+def test_int8_conv_kernels_bit_exact(h, cin, cout, k, stride, padding, groups):
+    x = rng.integers(0, 256, (1, h, h, cin), dtype=np.uint8)
+    w = rng.integers(-127, 128, (cout, k, k, cin // groups), dtype=np.int8)
+
+    def body(data):
+        return relax.op.nn.conv2d(data, const(w), strides=[stride, stride], padding=list(padding), groups=groups,
+                                  data_layout="NHWC", kernel_layout="OHWI", out_layout="NHWC", out_dtype="int32")
+
+    np.testing.assert_array_equal(run_relax(body, [x]), conv_reference(x, w, stride, padding, groups))
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 64, 10), (3, 30, 48)])
+def test_int8_dense_kernel_bit_exact(m, k, n):
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    b = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    out = run_relax(lambda data: relax.op.matmul(data, const(b), out_dtype="int32"), [a])
+    np.testing.assert_array_equal(out, a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_dispatch_replaces_int8_ops_and_every_kernel_gets_a_default_schedule():
+    quantized = quantize(load_onnx(residual_net()), qcompiler.QConfig(), samples())
+    dispatched = dispatch_int8_kernels(quantized.mod, TARGET)
+    kernels = sorted(gv.name_hint for gv, f in dispatched.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert kernels == ["conv2d_nhwc_u8s8_vnni", "conv2d_nhwc_u8s8_vnni1", "dense_u8s8_vnni", "depthwise_nhwc_u8s8"]
+    with TARGET:
+        scheduled = with_default_schedules(fused_module(quantized.mod, TARGET))
+    unscheduled = [gv.name_hint for gv, f in scheduled.functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc) and not f.attrs.get("tir.is_scheduled")]
+    assert unscheduled == []
+    # A non-VNNI target keeps TVM's own kernels.
+    assert dispatch_int8_kernels(quantized.mod, resolve("x86-avx2").target()).same_as(quantized.mod)
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (Debian binutils) not installed")
+def test_int8_artifact_runs_vpdpbusd_and_matches_generic_kernels(tmp_path):
+    model = residual_net()
+    artifact = qcompiler.compile(model, target="x86-avx512-vnni", quantize="int8", calib=samples())
+    so = artifact.export(tmp_path / "int8.so")
+    usage = dict(compute_kernel_usage(so))
+    convs = [name for name in usage if "u8s8_vnni" in name]
+    assert len(convs) == 3 and all(usage[name] == ["vpdpbusd"] for name in convs)
+    # The same quantized module through TVM's generic int8 kernels gives bit-identical outputs.
+    quantized = quantize(load_onnx(model), qcompiler.QConfig(), samples())
+    generic = tvm.compile(cpu_pipeline(resolve("x86-avx2").target(), None, False)(quantized.mod),
+                          resolve("x86-avx2").target())
+    x = samples(1, seed=9)[0]["x"]
+    expected = relax.VirtualMachine(generic, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(qcompiler.load(so).run({"x": x})["y"], expected)
+    assert "vpdpbusd (x86 AVX-512 VNNI)" in inspect_path(so)
+
+
+def test_channels_last_keeps_fp32_numerics_and_adds_two_transposes():
+    from qcompiler.passes.graph import FunctionView, op_name
+
+    nodes = residual_net().graph.node
+    assert any(n.op_type == "Concat" for n in nodes)
+    mod = relax.transform.FoldConstant()(load_onnx(residual_net()).mod)
+    converted, renamed = channels_last(mod)
+    ops = [op_name(b.value) for b in FunctionView(converted["main"]).bindings]
+    assert ops.count("relax.permute_dims") == 2  # at the input and before Flatten
+    assert all(str(b.value.attrs.data_layout) == "NHWC" for b in FunctionView(converted["main"]).bindings
+               if op_name(b.value) == "relax.nn.conv2d")
+    assert set(renamed) == {b.var for b in FunctionView(mod["main"]).bindings}
+    x = samples(1)[0]["x"]
+    run = lambda m: relax.VirtualMachine(tvm.compile(m, "llvm"), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(run(converted), run(mod), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_leaves_non_convolution_models_alone():
+    model = make_model([onnx_node("Relu", ["x"], ["y"])], [("x", [1, 4, 3, 3])], [("y", [1, 4, 3, 3])])
+    mod = load_onnx(model).mod
+    converted, _ = channels_last(mod)
+    assert tvm.ir.structural_equal(converted["main"].body, mod["main"].body, map_free_vars=True)
+
+
+def onnx_node(op, inputs, outputs, **attrs):
+    from onnx import helper
+
+    return helper.make_node(op, inputs, outputs, **attrs)
