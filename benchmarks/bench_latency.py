@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_latency.py [--threads 1 2] [--repeat 50] [--models ...]
 
 Per real model and thread count, batch 1: the median latency of
-  qc fp32 naive / qc int8 naive   TVM's default (untuned) schedules
-  qc fp32 tuned / qc int8 tuned   with the committed tuning_logs/<target>/ records
+  qc fp32/int8 naive     no tuning records, no default schedules: TVM's naive loop nests
+  qc fp32/int8 default   no tuning records: qcompiler's default schedules (the untuned fallback)
+  qc fp32/int8 tuned     the committed tuning_logs/<target>/ records, default schedules elsewhere
   ort fp32 / ort int8             onnxruntime, int8 = quantize_static QDQ per-channel on the same
                                   calibration samples as qcompiler's int8
 and each latency as a ratio to onnxruntime's at the same precision. Every measurement runs in
@@ -52,8 +53,8 @@ else:
         start = time.perf_counter()
         session.run(None, feed)
         times.append(time.perf_counter() - start)
-import resource
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+status = open("/proc/self/status").read().splitlines()
+peak_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # not ru_maxrss: it survives fork
 print(json.dumps({"median_ms": statistics.median(times) * 1e3, "peak_mb": peak_mb}))
 """
 
@@ -87,7 +88,10 @@ def main() -> None:
     logging.getLogger().setLevel(logging.ERROR)
     from bench_accuracy import ort_int8
 
-    columns = ["qc fp32 naive", "qc fp32 tuned", "ort fp32", "qc int8 naive", "qc int8 tuned", "ort int8"]
+    columns = ["qc fp32 naive", "qc fp32 default", "qc fp32 tuned", "ort fp32",
+               "qc int8 naive", "qc int8 default", "qc int8 tuned", "ort int8"]
+    variants = {"naive": dict(committed_logs=False, default_schedules=False),
+                "default": dict(committed_logs=False), "tuned": dict(committed_logs=True)}
     print(f"{'model':<18}{'thr':>4}" + "".join(f"{c:>15}" for c in columns) + f"{'fp32 ratio':>12}{'int8 ratio':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -98,15 +102,14 @@ def main() -> None:
             calib = calibration_for(name)
             samples = [{input_name: x[None]} for x in calib]
             paths, compile_s = {}, {}
-            for tuned in (False, True):
-                label = "tuned" if tuned else "naive"
+            for label, options in variants.items():
                 start = time.perf_counter()
                 paths[f"qc fp32 {label}"] = qcompiler.compile(
-                    onnx_path, target=args.target, input_shapes=shapes, committed_logs=tuned
+                    onnx_path, target=args.target, input_shapes=shapes, **options
                 ).export(work / f"{name}_fp32_{label}.so")
                 paths[f"qc int8 {label}"] = qcompiler.compile(
-                    onnx_path, target=args.target, input_shapes=shapes, committed_logs=tuned, quantize="int8",
-                    calib=samples, config=qcompiler.QConfig(holdout=0)).export(work / f"{name}_int8_{label}.so")
+                    onnx_path, target=args.target, input_shapes=shapes, quantize="int8", calib=samples,
+                    config=qcompiler.QConfig(holdout=0), **options).export(work / f"{name}_int8_{label}.so")
                 compile_s[label] = time.perf_counter() - start
             paths["ort fp32"] = onnx_path
             paths["ort int8"] = ort_int8(onnx_path, input_name, calib, work / f"{name}_ort_int8.onnx")
@@ -118,7 +121,7 @@ def main() -> None:
                 print(f"{name:<18}{threads:>4}" + "".join(f"{ms[c]:>15.2f}" for c in columns)
                       + f"{ms['qc fp32 tuned'] / ms['ort fp32']:>12.2f}{ms['qc int8 tuned'] / ms['ort int8']:>12.2f}",
                       flush=True)
-            print(f"{'':<22}compile s: naive {compile_s['naive']:.0f}, tuned {compile_s['tuned']:.0f}")
+            print(f"{'':<22}compile s (fp32 + int8): " + ", ".join(f"{k} {v:.0f}" for k, v in compile_s.items()))
 
 
 if __name__ == "__main__":

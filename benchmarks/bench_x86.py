@@ -10,16 +10,20 @@ its own process:
                 calibrated on the same samples as qcompiler's int8
   ort fp32      onnxruntime on the original model
 and the ratios qc int8 / ort int8 (target ≤ 1) and qc fp32 / qc int8 (target ≥ 2), plus the
-peak resident memory of the qcompiler int8 and onnxruntime int8 processes. Models: the demo
+peak resident memory of the int8 model run by `qcompiler bench`'s Python runtime (which loads
+all of TVM), by the C runtime `deploy/build/qc_run`, and by onnxruntime. Models: the demo
 model (PP-LCNet), rapidocr's MobileNetV3 classifier and a ResNet-style conv stack built here
 (random weights, calibrated on random images). Last, the largest convolution of the ResNet
-stack alone, qcompiler int8 vs onnxruntime int8, in GOP/s.
+stack alone (with the quantize / dequantize of its float input and output, on both sides),
+qcompiler int8 vs onnxruntime int8, in GOP/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -51,12 +55,12 @@ def resnet_stack(path: Path, size: int = 112, widths=(32, 64, 128), seed: int = 
     def conv(x, out, cin, cout, k, stride, relu=True):
         name = f"conv{len(nodes)}"
         weight(name, cout, cin, k, k)
-        nodes.append(helper.make_node("Conv", [x, name, name + "_b"], [name], kernel_shape=[k, k], strides=[stride] * 2,
-                                      pads=[k // 2] * 4, name=name))
+        nodes.append(helper.make_node("Conv", [x, name, name + "_b"], [name + "_out"], kernel_shape=[k, k],
+                                      strides=[stride] * 2, pads=[k // 2] * 4, name=name))
         if relu:
-            nodes.append(helper.make_node("Relu", [name], [out], name=out))
+            nodes.append(helper.make_node("Relu", [name + "_out"], [out], name=out))
             return out
-        return name
+        return name + "_out"
 
     x = conv("x", "stem", 3, widths[0], 3, 2)
     cin = widths[0]
@@ -96,6 +100,18 @@ def single_conv(path: Path, channels: int, size: int) -> tuple[Path, float]:
     return path, 2 * channels * channels * 9 * size * size / 1e9
 
 
+QC_RUN = Path(__file__).resolve().parent.parent / "deploy" / "build" / "qc_run"
+
+
+def c_runtime_peak_mb(so: Path, threads: int, repeat: int) -> float | None:
+    """Peak RSS (MB) of the C runtime `qc_run` running `so`, from GNU time; None if either is missing."""
+    if not QC_RUN.exists() or not Path("/usr/bin/time").exists():
+        return None
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", str(QC_RUN), str(so), "--zero-inputs", "--repeat", str(repeat)],
+                          capture_output=True, text=True, check=True, env={**os.environ, "TVM_NUM_THREADS": str(threads)})
+    return int(proc.stderr.strip().splitlines()[-1]) / 1024
+
+
 def case(name: str, work: Path) -> tuple[Path, dict, np.ndarray]:
     """(ONNX path, input shapes, calibration samples [N, *shape]) of a benchmark model."""
     if name == RESNET:
@@ -119,7 +135,7 @@ def main() -> None:
 
     columns = ["qc int8", "qc fp32", "ort int8", "ort fp32"]
     print(f"{'model':<18}{'thr':>4}" + "".join(f"{c + ' ms':>12}" for c in columns)
-          + f"{'int8/ort':>10}{'fp32/int8':>10}{'qc MB':>8}{'ort MB':>8}")
+          + f"{'int8/ort':>10}{'fp32/int8':>10}{'qc MB':>8}{'qc_run MB':>10}{'ort MB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.models:
@@ -143,7 +159,8 @@ def main() -> None:
                 ms = {c: r["median_ms"] for c, r in runs.items()}
                 print(f"{name:<18}{threads:>4}" + "".join(f"{ms[c]:>12.3f}" for c in columns)
                       + f"{ms['qc int8'] / ms['ort int8']:>10.2f}{ms['qc fp32'] / ms['qc int8']:>10.2f}"
-                      + f"{runs['qc int8']['peak_mb']:>8.0f}{runs['ort int8']['peak_mb']:>8.0f}", flush=True)
+                      + f"{runs['qc int8']['peak_mb']:>8.0f}{c_runtime_peak_mb(paths['qc int8'], threads, 10) or 0:>10.0f}"
+                      + f"{runs['ort int8']['peak_mb']:>8.0f}", flush=True)
 
         # The ResNet stack's largest convolutions: 3×3, 128 channels at 14×14 and 64 at 28×28 ...
         print("\nlargest conv alone (3×3, same in/out channels, uint8 × int8), GOP/s")

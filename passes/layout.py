@@ -127,7 +127,7 @@ class _ChannelsLast:
 
     def visit(self, var, value):
         if isinstance(value, relax.Var):
-            self.env[var] = self.env.get(value, value)
+            self.env[var] = self.renamed[var] = self.env.get(value, value)
             if value in self.last:
                 self.last.add(var)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from pathlib import Path
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -28,7 +29,16 @@ def random_feed(inputs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MB.
+
+    Linux's VmHWM (/proc/self/status) where available: unlike `ru_maxrss`, which survives
+    fork + exec, it belongs to this program alone."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -24,10 +24,18 @@ def _file_sha256(path: Path) -> str:
 
 
 def set_num_threads(threads: int) -> None:
-    """Size TVM's CPU thread pool for this process (0 = one thread per core)."""
-    import tvm
+    """Size TVM's CPU thread pool for this process (0 = one thread per core).
 
-    tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
+    TVM reads TVM_NUM_THREADS when it starts its pool, at the first parallel kernel: call this
+    before running a model. (TVM's `runtime.config_threadpool` is not used: on this build it
+    pins the workers so that two threads run no faster than one.)
+    """
+    import os
+
+    if threads > 0:
+        os.environ["TVM_NUM_THREADS"] = str(int(threads))
+    else:
+        os.environ.pop("TVM_NUM_THREADS", None)
 
 
 def _device(kind: str):
