@@ -92,7 +92,7 @@ def main() -> None:
                "qc int8 naive", "qc int8 default", "qc int8 tuned", "ort int8"]
     variants = {"naive": dict(committed_logs=False, default_schedules=False),
                 "default": dict(committed_logs=False), "tuned": dict(committed_logs=True)}
-    print(f"{'model':<18}{'thr':>4}" + "".join(f"{c:>15}" for c in columns) + f"{'fp32 ratio':>12}{'int8 ratio':>12}")
+    print(f"{'model':<18}{'thr':>4}" + "".join(f"{c:>17}" for c in columns) + f"{'fp32 ratio':>12}{'int8 ratio':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.models:
@@ -118,7 +118,7 @@ def main() -> None:
             for threads in args.threads:
                 ms = {c: measure("onnxruntime" if c.startswith("ort") else "qcompiler", paths[c], threads, args.repeat,
                                  feed_path) for c in columns}
-                print(f"{name:<18}{threads:>4}" + "".join(f"{ms[c]:>15.2f}" for c in columns)
+                print(f"{name:<18}{threads:>4}" + "".join(f"{ms[c]:>17.2f}" for c in columns)
                       + f"{ms['qc fp32 tuned'] / ms['ort fp32']:>12.2f}{ms['qc int8 tuned'] / ms['ort int8']:>12.2f}",
                       flush=True)
             print(f"{'':<22}compile s (fp32 + int8): " + ", ".join(f"{k} {v:.0f}" for k, v in compile_s.items()))

@@ -158,9 +158,12 @@ def schedule_depthwise(sch: Schedule, block) -> None:
 
 
 def schedule_generic(sch: Schedule) -> None:
-    """Inline injective producers; parallel outer loops; vectorize fully spatial blocks."""
+    """Inline injective producers into injective consumers (not into reductions, where e.g. an
+    inlined pad would be re-evaluated at every reduction step); parallel outer loops; vectorize
+    fully spatial blocks."""
     for block in _blocks(sch)[:-1]:
-        if _is_spatial(sch, block):
+        consumers = sch.get_consumers(block)
+        if _is_spatial(sch, block) and consumers and all(_is_spatial(sch, c) for c in consumers):
             try:
                 sch.compute_inline(block)
             except ScheduleError:
