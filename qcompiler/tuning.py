@@ -240,11 +240,14 @@ def _builder(preset: TargetPreset):
     return ms.builder.LocalBuilder(f_export=functools.partial(export_with, preset.cross_compiler.require()))
 
 
-def _search_space():
-    """MetaSchedule's own design space plus qcompiler's default schedule as a candidate."""
+def _search_space(preset: TargetPreset):
+    """MetaSchedule's own design space, plus qcompiler's default schedule as a candidate on CPUs."""
     from tvm.s_tir import meta_schedule as ms
 
     from .kernels.schedules import default_space
+
+    if preset.device is not DeviceKind.CPU:
+        return "post-order-apply"
 
     return ms.space_generator.SpaceGeneratorUnion([ms.space_generator.PostOrderApply(),
                                                    ms.space_generator.ScheduleFn(default_space)])
@@ -310,7 +313,7 @@ def tune(
                 num_trials_per_iter=min(per_iter, budget), builder=builder, runner=runner,
                 cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
                                                   adaptive_training=True),
-                module_equality=MODULE_EQUALITY, space=_search_space(),
+                module_equality=MODULE_EQUALITY, space=_search_space(preset),
             )
         done += budget
         progress(done)
