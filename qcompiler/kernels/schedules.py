@@ -66,9 +66,10 @@ def _with_epilogue(sch: Schedule, block, at_loop) -> None:
     rest = []
     tile_shape = _write_shape(sch, writeback)
     for consumer in consumers:
+        if _write_shape(sch, consumer) != tile_shape:  # e.g. dropping padded channels: not elementwise
+            rest.append(consumer)
+            continue
         try:
-            if _write_shape(sch, consumer) != tile_shape:  # e.g. a slice of padded channels
-                raise ScheduleError("not elementwise")
             sch.reverse_compute_inline(consumer)  # the epilogue reads the registers directly
         except ScheduleError:
             rest.append(consumer)
@@ -101,7 +102,7 @@ def _vectorize_inner(sch: Schedule, block) -> None:
 
 
 def _parallel_outer(sch: Schedule, loops: list) -> None:
-    """Fuse the leading loops (up to a few thousand iterations) and run them in parallel."""
+    """Fuse the leading loops until they have 64 or more iterations, and run them in parallel."""
     chosen, total = [], 1
     for loop in loops:
         chosen.append(loop)
