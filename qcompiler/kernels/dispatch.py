@@ -43,7 +43,6 @@ class _Int8KernelDispatch(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
         self.mod_ = mod
-        self.replaced = 0
 
     def kernel(self, name: str, compute, inputs: list, arrays: list) -> relax.Expr:
         """call_tir of `compute` over Relax `inputs` (tensors) and constant `arrays`."""
@@ -52,7 +51,6 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         out = compute(*holders)
         gvar = self.builder_.add_func(te.create_prim_func([*holders, out]).without_attr("global_symbol"), name)
         out_ty = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
-        self.replaced += 1
         return relax.call_tir(gvar, [*inputs, *[const(a) for a in arrays]], out_ty)  # bound to the call's var
 
     def pad(self, data, pads: list[tuple[int, int]]):
