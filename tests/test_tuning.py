@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -143,7 +144,8 @@ def test_rpc_loopback(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                               "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)]
+                               "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)]
     logs = [tmp_path / "server0.log", tmp_path / "server1.log"]
     try:
         time.sleep(2)
@@ -152,7 +154,7 @@ def test_rpc_loopback(tmp_path):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "qc-loopback",
                  "--host", "127.0.0.1", "--port", str(server_port), "--port-end", str(server_port + 1)],
-                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env))
+                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True))
         deadline = time.time() + 30
         while time.time() < deadline and not all("bind to" in log.read_text() for log in logs):
             time.sleep(0.5)
@@ -163,7 +165,7 @@ def test_rpc_loopback(tmp_path):
         measured = [log.read_text().count("load_module") for log in logs]
         assert all(n > 0 for n in measured), measured
     finally:
-        for proc in procs:
-            proc.terminate()
+        for proc in procs:  # each in its own session: stop the workers it started too
+            os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=10)
