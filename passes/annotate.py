@@ -28,7 +28,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import FunctionView, expose, op_name, shape_of
+from .graph import FunctionView, conv_channel_axis, expose, op_name, shape_of
 from .qconfig import QConfig
 
 CARRY_OPS = frozenset({
@@ -93,12 +93,6 @@ def _is_global_pool(call) -> bool:
     return rank == 4 and axes is not None and sorted(int(a) % rank for a in axes) in ([2, 3], [1, 2])
 
 
-def _conv_layout(call) -> int | None:
-    """The channel axis of a conv2d's output for the layouts realize supports (NCHW/OIHW, NHWC/OHWI)."""
-    layouts = (str(call.attrs.data_layout), str(call.attrs.kernel_layout), str(call.attrs.out_layout))
-    return {("NCHW", "OIHW", "NCHW"): 1, ("NHWC", "OHWI", "NHWC"): 3}.get(layouts)
-
-
 def _is_activation(view: FunctionView, expr) -> bool:
     return isinstance(expr, relax.Var) and view.constant(expr) is None and isinstance(expr.ty, relax.TensorType) \
         and str(expr.ty.dtype) == "float32"
@@ -160,7 +154,7 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         inputs: list = []
         if name == "relax.nn.conv2d":
             weight = view.constant(value.args[1])
-            if weight is None or _conv_layout(value) is None:
+            if weight is None or conv_channel_axis(value) is None:
                 continue
             weight_axis, inputs = 0, [value.args[0]]
         elif name == "relax.matmul":
@@ -197,7 +191,7 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         epilogue = []
         if weight is not None:
             channels = weight.shape[weight_axis]
-            epilogue = _epilogue(view, var, channels, _conv_layout(value) if name == "relax.nn.conv2d" else -1)
+            epilogue = _epilogue(view, var, channels, conv_channel_axis(value) if name == "relax.nn.conv2d" else -1)
             absorbed.update(epilogue)
         output = epilogue[-1] if epilogue else var
         for tensor in inputs:

@@ -30,6 +30,16 @@ def op_name(expr) -> str | None:
     return None
 
 
+CONV_LAYOUTS = {("NCHW", "OIHW", "NCHW"): 1, ("NHWC", "OHWI", "NHWC"): 3}  # → the output's channel axis
+
+
+def conv_channel_axis(call) -> int | None:
+    """The output channel axis of a conv2d in a layout qcompiler handles (NCHW/OIHW: 1,
+    NHWC/OHWI: 3), or None for any other layout."""
+    attrs = call.attrs
+    return CONV_LAYOUTS.get((str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)))
+
+
 class FunctionView:
     """Bindings of `main` in order, each var's defining value and its users."""
 

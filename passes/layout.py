@@ -26,7 +26,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Constant, const, constant_value, op_name, with_main
+from .graph import Constant, const, constant_value, conv_channel_axis, op_name, with_main
 
 TO_NHWC = [0, 2, 3, 1]
 TO_NCHW = [0, 3, 1, 2]
@@ -86,8 +86,10 @@ class _ChannelsLast:
             return self.env[expr]
         if isinstance(expr, Constant):
             value = constant_value(expr)
-            if value.size == 1 or value.ndim > 4:
-                return expr if value.size == 1 else None
+            if value.size == 1:
+                return expr
+            if value.ndim > 4:
+                return None
             return const(np.transpose(value.reshape((1,) * (4 - value.ndim) + value.shape), TO_NHWC))
         if _rank(expr) == 4:
             return self.channels_last(expr)
@@ -97,8 +99,7 @@ class _ChannelsLast:
         """(new value, is channels-last) for ops with a channels-last form, else None."""
         name = op_name(call)
         attrs = call.attrs
-        if name == "relax.nn.conv2d" and str(attrs.data_layout) == "NCHW" and str(attrs.kernel_layout) == "OIHW" \
-                and str(attrs.out_layout) == "NCHW" and isinstance(call.args[1], Constant):
+        if name == "relax.nn.conv2d" and conv_channel_axis(call) == 1 and isinstance(call.args[1], Constant):
             weight = np.transpose(constant_value(call.args[1]), TO_NHWC)  # OIHW → OHWI
             return relax.op.nn.conv2d(
                 self.channels_last(call.args[0]), const(weight), strides=attrs.strides, padding=attrs.padding,

@@ -41,7 +41,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Constant, FunctionView, const, constant_value, op_name, shape_of, with_main
+from .graph import Constant, FunctionView, const, constant_value, conv_channel_axis, op_name, shape_of, with_main
 from .qconfig import fixed_point_multiplier
 
 LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -313,8 +313,7 @@ class Realizer:
         if not (isinstance(x, QTensor) and x.axis is None and x.values is None and isinstance(w, QTensor)
                 and w.values is not None and w.zero_point == 0 and w.dtype == "int8"):
             return None
-        layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
-        channel_axis = {("NCHW", "OIHW", "NCHW"): 1, ("NHWC", "OHWI", "NHWC"): 3}.get(layouts)
+        channel_axis = conv_channel_axis(call)
         if channel_axis is None:
             return None
         padding = [int(p) for p in attrs.padding]
@@ -328,7 +327,8 @@ class Realizer:
         acc = self.emit(relax.op.nn.conv2d(
             data, w.expr, strides=[int(s) for s in attrs.strides], padding=padding,
             dilation=[int(d) for d in attrs.dilation], groups=int(attrs.groups),
-            data_layout=layouts[0], kernel_layout=layouts[1], out_layout=layouts[2], out_dtype="int32"))
+            data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+            out_dtype="int32"))
         channels = w.values.shape[0]
         if x.zero_point:
             correction = x.zero_point * w.values.astype(np.int64).reshape(channels, -1).sum(axis=1)

@@ -24,12 +24,11 @@ _SYMBOL = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)>:$")
 
 def objdump_for(machine: str) -> str:
     """The objdump that reads `machine` code (the host's, or the aarch64 cross binutils)."""
-    candidates = ["aarch64-linux-gnu-objdump"] if machine == "aarch64" else ["objdump"]
-    for tool in candidates:
-        if shutil.which(tool):
-            return tool
-    package = "binutils-aarch64-linux-gnu" if machine == "aarch64" else "binutils"
-    raise QCompilerError(f"disassembling {machine} code needs {candidates[0]} (Debian package {package})")
+    tool, package = ("aarch64-linux-gnu-objdump", "binutils-aarch64-linux-gnu") if machine == "aarch64" \
+        else ("objdump", "binutils")
+    if shutil.which(tool) is None:
+        raise QCompilerError(f"disassembling {machine} code needs {tool} (Debian package {package})")
+    return tool
 
 
 def dot_product_counts(so_path: Path, machine: str = "x86_64") -> dict[str, Counter]:
@@ -46,12 +45,11 @@ def dot_product_counts(so_path: Path, machine: str = "x86_64") -> dict[str, Coun
             if current is not None:
                 counts.setdefault(current, Counter())
             continue
-        if current is not None:
-            fields = line.split("\t")
-            if len(fields) > 1:
-                mnemonic = fields[1].split()[0] if fields[1].split() else ""
-                if mnemonic in DOT_PRODUCT:
-                    counts[current][mnemonic] += 1
+        fields = line.split("\t")  # "  addr:", "mnemonic operands"
+        if current is not None and len(fields) > 1 and fields[1].split():
+            mnemonic = fields[1].split()[0]
+            if mnemonic in DOT_PRODUCT:
+                counts[current][mnemonic] += 1
     return counts
 
 

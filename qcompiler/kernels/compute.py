@@ -58,12 +58,16 @@ def _first_channels(out: te.Tensor, channels: int) -> te.Tensor:
     return te.compute(shape64(*shape[:-1], channels), lambda *i: out[i], name=out.op.name + "_channels")
 
 
+def _windows(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """How many positions a (dilated) kernel window takes along an already padded axis."""
+    return (size - (kernel - 1) * dilation - 1) // stride + 1
+
+
 def conv2d_nhwc_vnni(data: te.Tensor, packed: te.Tensor, strides, dilation, out_channels: int) -> te.Tensor:
     n, height, width, channels = (int(d) for d in data.shape)
     out_blocks, kh, kw, _, _, _ = (int(d) for d in packed.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    out_h = (height - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = _windows(height, kh, sh, dh), _windows(width, kw, sw, dw)
     r = te.reduce_axis((0, kh), "r")
     s = te.reduce_axis((0, kw), "s")
     c = te.reduce_axis((0, channels), "c")
@@ -94,8 +98,7 @@ def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.
     n, height, width, channels = (int(d) for d in data.shape)
     kh, kw, _ = (int(d) for d in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    out_h = (height - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = _windows(height, kh, sh, dh), _windows(width, kw, sw, dw)
     r = te.reduce_axis((0, kh), "r")
     s = te.reduce_axis((0, kw), "s")
     return te.compute(

@@ -20,7 +20,7 @@ import tvm
 from tvm import relax, te
 from tvm.target import codegen
 
-from ..passes.graph import Constant, const, constant_value, op_name
+from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
 from . import compute as kc
 from .vnni import REDUCE
 
@@ -61,8 +61,7 @@ class _Int8KernelDispatch(relax.PyExprMutator):
     def conv2d(self, call) -> relax.Expr | None:
         attrs = call.attrs
         data, weight = call.args
-        if not (str(attrs.data_layout) == "NHWC" and str(attrs.kernel_layout) == "OHWI"
-                and str(attrs.out_layout) == "NHWC" and str(attrs.out_dtype) == "int32"
+        if not (conv_channel_axis(call) == 3 and str(attrs.out_dtype) == "int32"
                 and _dtype(data) == "uint8" and isinstance(weight, Constant)):
             return None
         w = constant_value(weight)

@@ -26,6 +26,7 @@ TVM_INTRIN = "dot_16x4_vnni"  # tvm.s_tir.tensor_intrin.x86.VNNI_DOT_16x4_INTRIN
 LANES, REDUCE = 16, 4         # int32 outputs per register, uint8·int8 products summed into each
 
 
+# TVM's own description (tvm.s_tir.tensor_intrin.x86), restated: importing it costs the 16 s above.
 @T.prim_func(s_tir=True)
 def dot_product_16x4_u8i8i32_desc(
     A: T.Buffer((4,), "uint8", offset_factor=1),
