@@ -164,3 +164,14 @@ def test_arm_artifact_is_aarch64_elf(preset, tmp_path):
     with pytest.raises(QCompilerError) as err:
         qcompiler.load(path)
     assert "built for aarch64" in str(err.value)
+
+
+def test_inspect_without_objdump_says_what_is_missing(exported, monkeypatch):
+    from qcompiler import disasm
+    from qcompiler.inspect import inspect_path
+
+    monkeypatch.setattr(disasm.shutil, "which", lambda tool: None)
+    text = inspect_path(exported)
+    assert "dot-product instructions: not checked (disassembling x86_64 code needs objdump " \
+           "(Debian package binutils))" in text
+    assert "host kernels:" in text  # the rest of the description is still there
