@@ -9,14 +9,16 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-from .build import Artifact
 from .errors import QCompilerError
-from .frontend import TensorSpec, load_onnx
 from .passes.qconfig import ActivationDType, CalibrationMethod, QConfig
 from .runtime import Model, load
 from .targets import TargetPreset, all_presets, resolve
+from .tensor_spec import TensorSpec
+
+if TYPE_CHECKING:
+    from .build import Artifact
 
 __all__ = [
     "ActivationDType",
@@ -47,7 +49,7 @@ def compile(  # noqa: A001 - the public verb of this package
     tuning_logs: "Sequence[str | os.PathLike]" = (),
     committed_logs: bool = True,
     default_schedules: bool = True,
-) -> Artifact:
+) -> "Artifact":
     """Compile an ONNX model (path or `onnx.ModelProto`) for a target preset or raw TVM target JSON.
 
     `quantize="int8"` runs annotate → calibrate (on `calib`) → realize with `config`; a
@@ -62,6 +64,7 @@ def compile(  # noqa: A001 - the public verb of this package
     import logging
 
     from .build import build
+    from .frontend import load_onnx
 
     log = logging.getLogger("qcompiler")
     preset = resolve(target)
@@ -86,3 +89,13 @@ def compile(  # noqa: A001 - the public verb of this package
         print(result.render())
         artifact.metadata.quantization["agreement"] = result.model_metrics
     return artifact
+
+
+def __getattr__(name: str):
+    # `Artifact` lives with the compiler (onnx, TVM): imported on first use so that loading and
+    # running artifacts stays light.
+    if name == "Artifact":
+        from .build import Artifact
+
+        return Artifact
+    raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .frontend import TensorSpec
+from .tensor_spec import TensorSpec
 from .runtime import load, set_num_threads
 
 

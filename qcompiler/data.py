@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .errors import QCompilerError
-from .frontend import TensorSpec
+from .tensor_spec import TensorSpec
 
 
 def _fit(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:

@@ -22,29 +22,11 @@ from google.protobuf.message import DecodeError
 from .canonicalize import fold_batchnorm_into_conv
 from .errors import QCompilerError
 from .shape_folding import fold_shape_computations
+from .tensor_spec import TensorSpec
 
 # Ops handled by the importer itself rather than its converter map.
 _IMPORTER_BUILTIN_OPS = frozenset({"If", "Constant"})
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, static shape and dtype of a model input or output."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @staticmethod
-    def from_json(obj: Mapping) -> "TensorSpec":
-        return TensorSpec(str(obj["name"]), tuple(int(d) for d in obj["shape"]), str(obj["dtype"]))
-
-    def describe(self) -> str:
-        return f"{self.dtype}[{','.join(map(str, self.shape))}]"
 
 
 @dataclass

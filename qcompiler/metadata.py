@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import QCompilerError
-from .frontend import TensorSpec
+from .tensor_spec import TensorSpec
 
 FORMAT = "qcompiler-artifact"
 FORMAT_VERSION = 1

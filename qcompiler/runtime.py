@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import QCompilerError
-from .frontend import TensorSpec
+from .tensor_spec import TensorSpec
 from .metadata import ArtifactMetadata, metadata_path
 from .signature import Signature, read_signature
 
@@ -38,17 +39,60 @@ def set_num_threads(threads: int) -> None:
         os.environ.pop("TVM_NUM_THREADS", None)
 
 
-def _device(kind: str):
-    import tvm
+class _TvmRuntime:
+    """TVM's runtime library and the handful of its functions a loaded artifact needs.
 
-    if kind == "cpu":
-        return tvm.cpu(0)
-    if kind == "cuda":
-        dev = tvm.cuda(0)
-        if not dev.exist:
+    Only `libtvm_runtime.so` (and for CUDA artifacts `libtvm_runtime_cuda.so`) is loaded,
+    through tvm_ffi: not the `tvm` package, whose import maps TVM's 250 MB compiler. Loading a
+    library twice is harmless (the dynamic loader returns the same handle), so this also works in
+    a process that has imported `tvm` to compile.
+    """
+
+    def __init__(self, device_kind: str):
+        import importlib.util
+        import os
+
+        import tvm_ffi
+
+        spec = importlib.util.find_spec("tvm")
+        if spec is None or not spec.submodule_search_locations:
+            raise QCompilerError("the apache-tvm package is not installed: it provides libtvm_runtime.so")
+        lib_dir = os.path.join(list(spec.submodule_search_locations)[0], "lib")
+        ctypes.CDLL(os.path.join(lib_dir, "libtvm_runtime.so"), mode=ctypes.RTLD_GLOBAL)
+        if device_kind == "cuda":
+            try:
+                ctypes.CDLL(os.path.join(lib_dir, "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
+            except OSError as err:
+                raise QCompilerError(
+                    f"the artifact targets CUDA but no CUDA device is available on this machine "
+                    f"(TVM's CUDA runtime does not load: {err})"
+                ) from err
+        self.ffi = tvm_ffi
+        self.alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+        self.copy_from_bytes = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromBytes")
+        self.copy_to_bytes = tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")
+        self.stream_sync = tvm_ffi.get_global_func("runtime.Device_StreamSync")
+        self.device_attr = tvm_ffi.get_global_func("runtime.GetDeviceAttr")
+
+    def device(self, kind: str):
+        if kind not in ("cpu", "cuda"):
+            raise QCompilerError(f"unknown artifact device {kind!r}: expected 'cpu' or 'cuda'")
+        device = self.ffi.device(kind, 0)
+        device_exists = 0  # TVM's kExist device attribute
+        if kind == "cuda" and not self.device_attr(device.dlpack_device_type(), 0, device_exists):
             raise QCompilerError("the artifact targets CUDA but no CUDA device is available on this machine")
-        return dev
-    raise QCompilerError(f"unknown artifact device {kind!r}: expected 'cpu' or 'cuda'")
+        return device
+
+    def to_device(self, array: np.ndarray, device):
+        """A TVM tensor on `device` holding a copy of the C-contiguous `array` (TVM-aligned)."""
+        tensor = self.alloc(self.ffi.Shape(array.shape), self.ffi.dtype(str(array.dtype)), device, None)
+        self.copy_from_bytes(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
+        return tensor
+
+    def to_numpy(self, tensor) -> np.ndarray:
+        array = np.empty(tuple(tensor.shape), dtype=str(tensor.dtype))
+        self.copy_to_bytes(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
+        return array
 
 
 def check_feed(feed: Mapping[str, np.ndarray], inputs: list[TensorSpec], where: str) -> list[np.ndarray]:
@@ -81,37 +125,35 @@ class Model:
     outputs: list[TensorSpec]
     device_kind: str
     metadata: ArtifactMetadata | None
-    _vm: object
+    _runtime: _TvmRuntime
+    _main: object
     _device: object
 
-    def _call(self, arrays: list[np.ndarray]):
-        import tvm
+    def _device_args(self, feed: Mapping[str, np.ndarray]) -> list:
+        arrays = check_feed(feed, self.inputs, str(self.path))
+        return [self._runtime.to_device(a, self._device) for a in arrays]
 
-        args = [tvm.runtime.tensor(a, device=self._device) for a in arrays]
-        return self._vm["main"](*args)
+    def _sync(self) -> None:
+        self._runtime.stream_sync(self._device, 0)  # 0: the default stream
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._call(check_feed(feed, self.inputs, str(self.path)))
-        values = list(result) if not hasattr(result, "numpy") else [result]
-        return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
+        result = self._main(*self._device_args(feed))
+        values = list(result) if isinstance(result, self._runtime.ffi.Array) else [result]
+        return {spec.name: self._runtime.to_numpy(value) for spec, value in zip(self.outputs, values)}
 
     def time_run(self, feed: Mapping[str, np.ndarray], repeat: int, warmup: int = 3) -> list[float]:
         """Wall-clock seconds of `repeat` calls of `main` on device-resident inputs, after `warmup`."""
         import time
 
-        import tvm
-
-        arrays = check_feed(feed, self.inputs, str(self.path))
-        args = [tvm.runtime.tensor(a, device=self._device) for a in arrays]
-        main = self._vm["main"]
+        args = self._device_args(feed)
         for _ in range(warmup):
-            main(*args)
-        self._device.sync()
+            self._main(*args)
+        self._sync()
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            main(*args)
-            self._device.sync()
+            self._main(*args)
+            self._sync()
             times.append(time.perf_counter() - start)
         return times
 
@@ -121,11 +163,8 @@ def load(path: str | Path, *, verify: bool = True) -> Model:
 
     A `.so` is native code: loading one that differs from what qcompiler wrote runs unknown code.
     Pass `verify=False` only for artifacts you trust (the embedded signature is then used when
-    `NAME.json` is missing).
+    `NAME.json` is missing). Only TVM's runtime library is loaded (see `_TvmRuntime`).
     """
-    import tvm
-    from tvm import relax
-
     so_path = Path(path)
     if not so_path.is_file():
         raise QCompilerError(f"artifact not found: {so_path}")
@@ -147,11 +186,21 @@ def load(path: str | Path, *, verify: bool = True) -> Model:
     )
     if signature.device == "cpu" and metadata is not None and metadata.arch != "x86_64":
         raise QCompilerError(f"{so_path} is built for {metadata.arch}; it cannot run on this machine")
-    device = _device(signature.device)
+    runtime = _TvmRuntime(signature.device)
+    device = runtime.device(signature.device)
     try:
-        module = tvm.runtime.load_module(str(so_path.resolve()))
-        vm = relax.VirtualMachine(module, device)
+        library = runtime.ffi.load_module(str(so_path.resolve()))
+        vm = library["vm_load_executable"]()
+        # (device type, device id, allocator) per device; a non-CPU device is followed by the
+        # CPU host. Allocator 2 is TVM's pooled allocator (relax.VirtualMachine's default).
+        pooled = 2
+        init_args = [device.dlpack_device_type(), 0, pooled]
+        if signature.device != "cpu":
+            init_args += [runtime.ffi.device("cpu", 0).dlpack_device_type(), 0, pooled]
+        vm["vm_initialization"](*init_args)
+        main = vm["main"]
     except Exception as err:
         lines = str(err).strip().splitlines()
         raise QCompilerError(f"cannot load {so_path}: {lines[-1] if lines else err}") from err
-    return Model(so_path, list(signature.inputs), list(signature.outputs), signature.device, metadata, vm, device)
+    return Model(so_path, list(signature.inputs), list(signature.outputs), signature.device, metadata,
+                 runtime, main, device)

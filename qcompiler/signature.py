@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .elf import ElfFile
 from .errors import QCompilerError
-from .frontend import TensorSpec
+from .tensor_spec import TensorSpec
 
 SYMBOL = "qc_model_signature"
 _MAGIC = "qcompiler-signature 1"

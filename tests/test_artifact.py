@@ -107,11 +107,15 @@ def test_missing_metadata(exported, tmp_path):
 
 
 def test_reload_in_fresh_process(exported, tmp_path):
+    """A fresh process runs the artifact with TVM's runtime library alone: neither the `tvm`
+    package (its compiler) nor onnx is imported."""
     np.savez(tmp_path / "feed.npz", **feed())
     script = (
         "import sys, numpy as np, qcompiler\n"
         "feed = dict(np.load(sys.argv[2]))\n"
         "np.savez(sys.argv[3], **qcompiler.load(sys.argv[1]).run(feed))\n"
+        "heavy = sorted({'tvm', 'onnx'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", script, str(exported), str(tmp_path / "feed.npz"), str(tmp_path / "o.npz")],
                    check=True)
