@@ -10,7 +10,9 @@ Quantized ops (Relax op → role):
   reshape, permute_dims, squeeze, expand_dims, strided_slice     carry their input's quantization
 
 A conv/matmul anchor absorbs its epilogue: a per-channel constant bias `add`, then `relu`
-or `clip`, each bound to a single user; its quantized output is the end of that chain.
+or `clip`, each bound to a single user; its quantized output is the end of that chain. An
+add/multiply anchor absorbs a following `relu` or `clip` the same way (residual add + relu
+requantizes once).
 A chain of elementwise ops fed by a single quantized tensor (and scalar constants) — e.g.
 HardSwish, x · clip(x + 3, 0, 6) / 6 — is a unary region: its end is quantized, its inside
 is not (realize turns it into one lookup table).
@@ -110,10 +112,13 @@ def _epilogue(view: FunctionView, anchor, channels: int, channel_axis: int) -> l
                 and (bias.ndim == 0 or bias.shape[channel_axis] == channels or bias.ndim == 1):
             chain.append(user)
             current = user
-            user = view.single_user(current)
-    if user is not None and op_name(view.value[user]) in ACTIVATION_OPS:
-        chain.append(user)
-    return chain
+    return chain + _activation_after(view, current)
+
+
+def _activation_after(view: FunctionView, var) -> list:
+    """[relu or clip] if that is the single user of `var`, else []."""
+    user = view.single_user(var)
+    return [user] if user is not None and op_name(view.value[user]) in ACTIVATION_OPS else []
 
 
 def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict) -> AnnotationPlan:
@@ -192,7 +197,9 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         if weight is not None:
             channels = weight.shape[weight_axis]
             epilogue = _epilogue(view, var, channels, conv_channel_axis(value) if name == "relax.nn.conv2d" else -1)
-            absorbed.update(epilogue)
+        elif name in ("relax.add", "relax.multiply"):
+            epilogue = _activation_after(view, var)
+        absorbed.update(epilogue)
         output = epilogue[-1] if epilogue else var
         for tensor in inputs:
             key_for(tensor)

@@ -16,7 +16,9 @@ the relabelled tensors directly:
                                          corrected by −zp_x·Σq_w, folded into a constant
   add(acc, bias)                         bias folded into int32: round(bias / scale[c])
   relu / clip on an accumulator          integer clamp at requantization
-  add / multiply(QTensor, QTensor)       add: fixed-point rescale to max(scale)/2^14, in int32;
+  add / multiply(QTensor, QTensor)       add: fixed-point rescale to max(scale)/2^14, in int32
+                                         (multipliers < 2^22, rounding half up); a following
+                                         relu / clip is a clamp at requantization;
                                          multiply: (q_x − zp_x)·(q_y − zp_y), scale s_x·s_y
   mean (global average pooling)          int32 sum of (q − zp); scale / count
   max_pool2d, reshape, permute, ...      run on the integer tensor, parameters unchanged
@@ -108,6 +110,10 @@ def _broadcast(values: np.ndarray, axis: int | None, rank: int) -> np.ndarray:
     shape = [1] * rank
     shape[axis] = values.size
     return values.reshape(shape)
+
+
+# Multipliers of residual-add terms are below 2^22, so (q − zp) · m fits int32.
+_ADD_MULTIPLIER_BITS = 22
 
 
 def _qmin_qmax(dtype: str) -> tuple[int, int]:
@@ -244,6 +250,20 @@ class Realizer:
         wide = self.emit(relax.op.add(self.emit(relax.op.multiply(wide, multiplier)),
                                       const(np.int64(1) << np.int64(shift - 1), "int64")))
         return self.emit(relax.op.right_shift(wide, const(np.int64(shift), "int64")))
+
+    def residual_term(self, q: QTensor, common: float):
+        """round((q − zp) · scale / common) for scale/common ≤ 2^14, all in int32.
+
+        (v · m + 2^(s−1)) >> s with m = round(scale/common · 2^s) ≤ 2^22: as |v| ≤ 255 the
+        product stays below 2^30. The shift s ≥ 8 bounds the multiplier's error by 255 · 2^−9,
+        so the term is within 1 unit of `common` (2^−14 steps of the larger input scale) of exact.
+        """
+        ratio = float(q.scale) / common
+        shift = int(min(30, max(1, _ADD_MULTIPLIER_BITS - math.ceil(math.log2(ratio)))))
+        m = int(round(ratio * 2.0**shift))
+        product = self.emit(relax.op.multiply(self.to_accumulator(q).expr, const(np.int32(m))))
+        rounded = self.emit(relax.op.add(product, const(np.int32(1 << (shift - 1)))))
+        return self.emit(relax.op.right_shift(rounded, const(np.int32(shift))))
 
     def requantize(self, acc: Accumulator, scale: float, zero_point: int, dtype: str) -> QTensor:
         """q = clamp(round(acc · scale_acc / scale) + zp, clamps) as int8/uint8."""
@@ -394,12 +414,10 @@ class Realizer:
             return None
         if isinstance(x, QTensor) and isinstance(y, QTensor) and x.values is None and y.values is None \
                 and x.axis is None and y.axis is None and x is not y:
-            # Both terms in units of max(scale)/2^14: a rounding error of at most 2^-15 input steps,
-            # and |q − zp| · 2^14 < 2^22 keeps the int32 sum far from overflow.
+            # Both terms in units of max(scale)/2^14; |q − zp| · 2^14 < 2^22 keeps the sum far
+            # from int32 overflow.
             common = max(float(x.scale), float(y.scale)) / 2.0**14
-            rank = len(shape_of(var))
-            terms = [self.fixed_point_scale(self.to_accumulator(t).expr, t.scale, common, None, rank) for t in (x, y)]
-            total = self.emit(relax.op.astype(self.emit(relax.op.add(*terms)), "int32"))
+            total = self.emit(relax.op.add(self.residual_term(x, common), self.residual_term(y, common)))
             self.stats.integer_ops["add"] = self.stats.integer_ops.get("add", 0) + 1
             return Accumulator(total, np.float64(common), None)
         return None

@@ -66,27 +66,56 @@ CONVS = [  # (H, in channels, out channels, kernel, stride, padding, groups)
     (7, 64, 20, 1, 1, (0, 0, 0, 0), 1),    # pointwise
     (10, 32, 32, 3, 2, (1, 1, 1, 1), 32),  # depthwise, stride 2
     (6, 24, 24, 5, 1, (2, 2, 2, 2), 24),   # depthwise 5×5, channels not a multiple of 16
+    (8, 16, 32, 3, 1, (1, 1, 1, 1), 2),    # grouped: 8 → 16 channels per group
+    (7, 12, 24, 3, 2, (1, 0, 1, 0), 3),    # grouped: 4 → 8 per group (outputs padded per group)
+    (6, 6, 12, 1, 1, (0, 0, 0, 0), 2),     # grouped pointwise: 3 → 6 per group (inputs padded per group)
 ]
 
 
-@pytest.mark.parametrize("h,cin,cout,k,stride,padding,groups", CONVS)
-def test_int8_conv_kernels_bit_exact(h, cin, cout, k, stride, padding, groups):
-    x = rng.integers(0, 256, (1, h, h, cin), dtype=np.uint8)
-    w = rng.integers(-127, 128, (cout, k, k, cin // groups), dtype=np.int8)
+def random_activations(shape, dtype: str) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max + 1, shape, dtype=dtype)
 
+
+def conv_body(w, stride, padding, groups):
     def body(data):
         return relax.op.nn.conv2d(data, const(w), strides=[stride, stride], padding=list(padding), groups=groups,
                                   data_layout="NHWC", kernel_layout="OHWI", out_layout="NHWC", out_dtype="int32")
+    return body
 
-    np.testing.assert_array_equal(run_relax(body, [x]), conv_reference(x, w, stride, padding, groups))
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("h,cin,cout,k,stride,padding,groups", CONVS)
+def test_int8_conv_kernels_bit_exact(h, cin, cout, k, stride, padding, groups, dtype):
+    x = random_activations((1, h, h, cin), dtype)
+    w = rng.integers(-127, 128, (cout, k, k, cin // groups), dtype=np.int8)
+    expected = conv_reference(x, w, stride, padding, groups)
+    np.testing.assert_array_equal(run_relax(conv_body(w, stride, padding, groups), [x]), expected)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("m,k,n", [(1, 64, 10), (3, 30, 48)])
-def test_int8_dense_kernel_bit_exact(m, k, n):
-    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+def test_int8_dense_kernel_bit_exact(m, k, n, dtype):
+    a = random_activations((m, k), dtype)
     b = rng.integers(-127, 128, (k, n), dtype=np.int8)
     out = run_relax(lambda data: relax.op.matmul(data, const(b), out_dtype="int32"), [a])
     np.testing.assert_array_equal(out, a.astype(np.int64) @ b.astype(np.int64))
+
+
+@pytest.mark.parametrize("dtype,groups", [("int8", 1), ("uint8", 2), ("int8", 3)])
+def test_int8_activations_and_grouped_convs_are_tensorized(dtype, groups):
+    """int8 (shifted to uint8) and grouped convolutions reach `vpdpbusd` through the default schedule."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 8, 8, 12], dtype))
+    w = rng.integers(-127, 128, (24, 3, 3, 12 // groups), dtype=np.int8)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(conv_body(w, 1, (1, 1, 1, 1), groups)(x))
+        bb.emit_func_output(out)
+    with TARGET:
+        scheduled = with_default_schedules(fused_module(bb.get(), TARGET))
+    convs = [f for gv, f in scheduled.functions.items() if "conv2d_nhwc_u8s8_vnni" in gv.name_hint]
+    assert len(convs) == 1 and "vpdpbusd" in convs[0].script()
 
 
 def test_dispatch_replaces_int8_ops_and_every_kernel_gets_a_default_schedule():
@@ -104,15 +133,17 @@ def test_dispatch_replaces_int8_ops_and_every_kernel_gets_a_default_schedule():
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (Debian binutils) not installed")
-def test_int8_artifact_runs_vpdpbusd_and_matches_generic_kernels(tmp_path):
+@pytest.mark.parametrize("activations", list(qcompiler.ActivationDType))
+def test_int8_artifact_runs_vpdpbusd_and_matches_generic_kernels(tmp_path, activations):
     model = residual_net()
-    artifact = qcompiler.compile(model, target="x86-avx512-vnni", quantize="int8", calib=samples())
+    config = qcompiler.QConfig(activation_dtype=activations)
+    artifact = qcompiler.compile(model, target="x86-avx512-vnni", quantize="int8", calib=samples(), config=config)
     so = artifact.export(tmp_path / "int8.so")
     usage = dict(compute_kernel_usage(so))
     convs = [name for name in usage if "u8s8_vnni" in name]
     assert len(convs) == 3 and all(usage[name] == ["vpdpbusd"] for name in convs)
     # The same quantized module through TVM's generic int8 kernels gives bit-identical outputs.
-    quantized = quantize(load_onnx(model), qcompiler.QConfig(), samples())
+    quantized = quantize(load_onnx(model), config, samples())
     generic = tvm.compile(cpu_pipeline(resolve("x86-avx2").target(), None, False)(quantized.mod),
                           resolve("x86-avx2").target())
     x = samples(1, seed=9)[0]["x"]

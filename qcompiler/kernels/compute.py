@@ -3,7 +3,9 @@
 All take uint8 activations already padded (spatially, and along channels to a multiple of 4)
 and int8 weights packed at compile time, and accumulate in int32:
 
-  conv2d_nhwc_vnni   out[n, h, w, o] = Σ_{r,s,c} x[n, h·sh + r·dh, w·sw + s·dw, c] · wp[o/16, r, s, c/4, o%16, c%4]
+  conv2d_nhwc_vnni   out[n, h, w, o] = Σ_{r,s,c} x[n, h·sh + r·dh, w·sw + s·dw, g(o)·I + c] · wp[o/16, r, s, c/4, o%16, c%4]
+                     with I input channels per group (padded to 4k), g(o) = o / O' the group of
+                     output channel o, O' its output channels per group (padded to 16k)
   dense_vnni         out[m, o]       = Σ_k a[m, k] · wp[o/16, k/4, o%16, k%4]
   depthwise_nhwc     out[n, h, w, c] = Σ_{r,s}   x[n, h·sh + r·dh, w·sw + s·dw, c] · wd[r, s, c]
 
@@ -32,8 +34,14 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def pack_conv_weight(weight: np.ndarray) -> np.ndarray:
-    """OHWI int8 → [O'/16, H, W, I'/4, 16, 4] with O, I zero-padded to O' = 16k, I' = 4k."""
+def pack_conv_weight(weight: np.ndarray, groups: int = 1) -> np.ndarray:
+    """OHWI int8 → [O'/16, H, W, I'/4, 16, 4] with O, I zero-padded to O' = 16k, I' = 4k.
+
+    Grouped: each group's [O/groups, H, W, I] slice is packed alone; the groups' blocks follow
+    each other along the first axis.
+    """
+    if groups > 1:
+        return np.concatenate([pack_conv_weight(part) for part in np.split(weight, groups, axis=0)])
     o, kh, kw, i = weight.shape
     padded = np.zeros((round_up(o, LANES), kh, kw, round_up(i, REDUCE)), np.int8)
     padded[:o, :, :, :i] = weight
@@ -50,12 +58,19 @@ def pack_dense_weight(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
 
 
-def _first_channels(out: te.Tensor, channels: int) -> te.Tensor:
-    """`out` without the zero-padded channels beyond `channels` on its last axis."""
+def _first_channels(out: te.Tensor, channels: int, groups: int = 1) -> te.Tensor:
+    """`out` without the zero-padded channels: of `groups` equal blocks along its last axis, the
+    first `channels / groups` of each."""
     shape = [int(d) for d in out.shape]
     if shape[-1] == channels:
         return out
-    return te.compute(shape64(*shape[:-1], channels), lambda *i: out[i], name=out.op.name + "_channels")
+    kept, block = channels // groups, shape[-1] // groups
+
+    def select(*index):
+        *outer, o = index
+        return out[(*outer, o // kept * block + o % kept)] if groups > 1 else out[index]
+
+    return te.compute(shape64(*shape[:-1], channels), select, name=out.op.name + "_channels")
 
 
 def _windows(size: int, kernel: int, stride: int, dilation: int) -> int:
@@ -63,22 +78,28 @@ def _windows(size: int, kernel: int, stride: int, dilation: int) -> int:
     return (size - (kernel - 1) * dilation - 1) // stride + 1
 
 
-def conv2d_nhwc_vnni(data: te.Tensor, packed: te.Tensor, strides, dilation, out_channels: int) -> te.Tensor:
+def conv2d_nhwc_vnni(data: te.Tensor, packed: te.Tensor, strides, dilation, out_channels: int,
+                     groups: int = 1) -> te.Tensor:
     n, height, width, channels = (int(d) for d in data.shape)
     out_blocks, kh, kw, _, _, _ = (int(d) for d in packed.shape)
     (sh, sw), (dh, dw) = strides, dilation
     out_h, out_w = _windows(height, kh, sh, dh), _windows(width, kw, sw, dw)
+    in_per_group, out_per_group = channels // groups, out_blocks * LANES // groups
     r = te.reduce_axis((0, kh), "r")
     s = te.reduce_axis((0, kw), "s")
-    c = te.reduce_axis((0, channels), "c")
+    c = te.reduce_axis((0, in_per_group), "c")
+
+    def channel(o, c):
+        return c if groups == 1 else o // out_per_group * in_per_group + c
+
     out = te.compute(
         shape64(n, out_h, out_w, out_blocks * LANES),
         lambda b, h, w, o: te.sum(
-            data[b, h * sh + r * dh, w * sw + s * dw, c].astype("int32")
+            data[b, h * sh + r * dh, w * sw + s * dw, channel(o, c)].astype("int32")
             * packed[o // LANES, r, s, c // REDUCE, o % LANES, c % REDUCE].astype("int32"),
             axis=[r, s, c]),
         name=CONV_BLOCK)
-    return _first_channels(out, out_channels)
+    return _first_channels(out, out_channels, groups)
 
 
 def dense_vnni(data: te.Tensor, packed: te.Tensor, out_channels: int) -> te.Tensor:

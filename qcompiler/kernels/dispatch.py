@@ -1,16 +1,23 @@
 """Replace realized int8 convolutions and matmuls by qcompiler's VNNI kernels (x86 with AVX-512 VNNI).
 
 Runs on the Relax module before legalization. A call is replaced when its operands are what
-the kernels take — uint8 activations, int8 constant weights, int32 output:
+the kernels take — uint8 or int8 activations, int8 constant weights, int32 output:
 
   conv2d NHWC/OHWI, groups = 1        → conv2d_nhwc_vnni, weights packed [O/16, H, W, I/4, 16, 4]
+  conv2d NHWC/OHWI, grouped           → conv2d_nhwc_vnni with groups, each group packed alone
   conv2d NHWC/OHWI, depthwise         → depthwise_nhwc, weights [H, W, C]
   matmul [M, K] × constant [K, N]     → dense_vnni, weights packed [N/16, K/4, 16, 4]
 
-Spatial padding becomes an explicit pad (value 0: realize has already padded asymmetric
-activations with their zero point), input channels are zero-padded to a multiple of 4 and
-output channels computed to a multiple of 16 (the kernel drops the padded ones). Other calls are left to TVM's
-legalization. Packing happens here, once, at compile time.
+`vpdpbusd` multiplies unsigned by signed bytes, so int8 (symmetric) activations x are fed as
+x + 128 (uint8) and the accumulator corrected by −128 · Σ w per output channel, a constant
+added in the kernel's epilogue: Σ (x + 128) · w − 128 · Σ w = Σ x · w exactly. The depthwise
+kernel multiplies in int32 and takes either type directly.
+
+Spatial padding becomes an explicit pad (value 0, before any shift: realize has already padded
+asymmetric activations with their zero point), input channels are zero-padded to a multiple of
+4 (per group) and output channels computed to a multiple of 16 (per group; the kernel drops the
+padded ones). Other calls are left to TVM's legalization. Packing happens here, once, at
+compile time.
 """
 
 from __future__ import annotations
@@ -58,11 +65,41 @@ class _Int8KernelDispatch(relax.PyExprMutator):
             return data
         return self.builder_.emit(relax.op.nn.pad(data, [p for pair in pads for p in pair], pad_value=0.0))
 
+    def as_uint8(self, data, weight_sums: np.ndarray, shape: list[int]):
+        """(uint8 data, int32 correction constant or None): int8 data shifted by +128, with
+        −128 · Σw (`weight_sums` per output channel, broadcast to `shape`) to add back."""
+        if _dtype(data) == "uint8":
+            return data, None
+        wide = self.builder_.emit(relax.op.add(relax.op.astype(data, "int32"), const(np.int32(128))))
+        shifted = self.builder_.emit(relax.op.astype(wide, "uint8"))
+        correction = (-128 * weight_sums.astype(np.int64)).astype(np.int32).reshape(shape)
+        return shifted, correction
+
+    def pad_group_channels(self, data, groups: int):
+        """Zero-pad each group's input channels to a multiple of 4 (the `vpdpbusd` reduction)."""
+        n, h, w, channels = _shape(data)
+        per_group = channels // groups
+        extra = -per_group % REDUCE
+        if not extra:
+            return data
+        if groups == 1:
+            return self.pad(data, [(0, 0), (0, 0), (0, 0), (0, extra)])
+        split = self.builder_.emit(relax.op.reshape(data, [n, h, w, groups, per_group]))
+        padded = self.builder_.emit(relax.op.nn.pad(split, [0, 0, 0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
+        return self.builder_.emit(relax.op.reshape(padded, [n, h, w, groups * (per_group + extra)]))
+
+    def corrected(self, kernel_call, correction):
+        """The kernel's result, plus the int8-activation correction where there is one (a
+        per-channel add that fuses into the kernel's epilogue)."""
+        if correction is None:
+            return kernel_call
+        return relax.op.add(self.builder_.emit(kernel_call), const(correction))
+
     def conv2d(self, call) -> relax.Expr | None:
         attrs = call.attrs
         data, weight = call.args
         if not (conv_channel_axis(call) == 3 and str(attrs.out_dtype) == "int32"
-                and _dtype(data) == "uint8" and isinstance(weight, Constant)):
+                and _dtype(data) in ("uint8", "int8") and isinstance(weight, Constant)):
             return None
         w = constant_value(weight)
         if w.dtype != np.int8:
@@ -73,30 +110,36 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         top, left, bottom, right = (int(p) for p in attrs.padding)
         strides = [int(s) for s in attrs.strides]
         dilation = [int(d) for d in attrs.dilation]
-        if groups == 1:
-            extra = -channels % REDUCE
-            data = self.pad(data, [(0, 0), (top, bottom), (left, right), (0, extra)])
-            return self.kernel("conv2d_nhwc_u8s8_vnni",
-                               lambda x, wp: kc.conv2d_nhwc_vnni(x, wp, strides, dilation, out_channels),
-                               [data], [kc.pack_conv_weight(w)])
-        if groups == channels == out_channels and in_per_group == 1:
-            data = self.pad(data, [(0, 0), (top, bottom), (left, right), (0, 0)])
+        spatial = [(0, 0), (top, bottom), (left, right), (0, 0)]
+        if groups > 1 and groups == channels == out_channels and in_per_group == 1:
+            data = self.pad(data, spatial)
             taps = np.ascontiguousarray(w[:, :, :, 0].transpose(1, 2, 0))
-            return self.kernel("depthwise_nhwc_u8s8",
+            return self.kernel(f"depthwise_nhwc_{'u8' if _dtype(data) == 'uint8' else 's8'}s8",
                                lambda x, wd: kc.depthwise_nhwc(x, wd, strides, dilation), [data], [taps])
-        return None
+        if channels != groups * in_per_group or out_channels % groups:
+            return None
+        data = self.pad(data, spatial)
+        data, correction = self.as_uint8(data, w.reshape(out_channels, -1).sum(axis=1), [1, 1, 1, out_channels])
+        data = self.pad_group_channels(data, groups)
+        name = "conv2d_nhwc_u8s8_vnni" if groups == 1 else "grouped_conv2d_nhwc_u8s8_vnni"
+        kernel = self.kernel(name,
+                             lambda x, wp: kc.conv2d_nhwc_vnni(x, wp, strides, dilation, out_channels, groups),
+                             [data], [kc.pack_conv_weight(w, groups)])
+        return self.corrected(kernel, correction)
 
     def matmul(self, call) -> relax.Expr | None:
         data, weight = call.args
-        if not (str(call.attrs.out_dtype) == "int32" and _dtype(data) == "uint8" and len(_shape(data)) == 2
-                and isinstance(weight, Constant)):
+        if not (str(call.attrs.out_dtype) == "int32" and _dtype(data) in ("uint8", "int8")
+                and len(_shape(data)) == 2 and isinstance(weight, Constant)):
             return None
         w = constant_value(weight)
         if w.dtype != np.int8 or w.ndim != 2:
             return None
+        data, correction = self.as_uint8(data, w.sum(axis=0), [1, w.shape[1]])
         data = self.pad(data, [(0, 0), (0, -w.shape[0] % REDUCE)])
-        return self.kernel("dense_u8s8_vnni", lambda x, wp: kc.dense_vnni(x, wp, w.shape[1]), [data],
-                           [kc.pack_dense_weight(w)])
+        kernel = self.kernel("dense_u8s8_vnni", lambda x, wp: kc.dense_vnni(x, wp, w.shape[1]), [data],
+                             [kc.pack_dense_weight(w)])
+        return self.corrected(kernel, correction)
 
     def visit_call_(self, call):
         call = super().visit_call_(call)

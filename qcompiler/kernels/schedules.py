@@ -79,7 +79,7 @@ def _with_epilogue(sch: Schedule, block, at_loop) -> None:
         try:
             sch.reverse_compute_at(consumer, at_loop)
             _vectorize_inner(sch, consumer)
-        except ScheduleError:
+        except (ScheduleError, ValueError):  # ValueError: an index TVM cannot match to a region
             _parallel_outer(sch, sch.get_loops(consumer))
 
 
