@@ -20,14 +20,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test]'
 	@touch $@
 
-# Debian packages the ARM presets need: the aarch64 cross compiler. Installed when running as
-# root; otherwise the ARM tests skip, naming the package.
+# Debian packages the ARM presets need: the aarch64 cross compilers (artifacts, C runtime) and
+# qemu user emulation (the ARM tests run the artifacts). Installed when running as root;
+# otherwise the ARM tests skip, naming the packages.
+ARM_PACKAGES := g++-aarch64-linux-gnu qemu-user-static
 system-deps:
-	@if ! command -v aarch64-linux-gnu-g++ >/dev/null; then \
+	@if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then \
 	  if [ "$(ROOT)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing g++-aarch64-linux-gnu (cross compiler for the arm64 presets)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu >/dev/null; \
-	  else echo "note: aarch64-linux-gnu-g++ not found (Debian package g++-aarch64-linux-gnu): ARM tests will skip"; fi; fi
+	    echo "installing $(ARM_PACKAGES) (cross compiler and emulator for the arm64 presets)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(ARM_PACKAGES) >/dev/null; \
+	  else echo "note: missing Debian packages $(ARM_PACKAGES): ARM tests will skip"; fi; fi
 
 # The C runtime (deploy/), built against the headers and libraries in the installed wheels.
 deploy: $(STAMP)

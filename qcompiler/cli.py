@@ -155,6 +155,18 @@ def _cmd_inspect(args) -> None:
     print(inspect_path(args.path))
 
 
+def _cmd_deploy_bundle(args) -> None:
+    from .bundle import deploy_bundle
+    from .runtime import verified_metadata
+
+    if args.target is not None:
+        built_for = verified_metadata(Path(args.artifact)).target_preset
+        if built_for != args.target:
+            raise QCompilerError(f"{args.artifact} was compiled for target {built_for}, not {args.target}")
+    out = deploy_bundle(args.artifact, args.output, wheel_dir=args.wheel_dir, log=log.info)
+    print(f"wrote {out}/ (see {out}/README.txt)")
+
+
 def _cmd_targets(args) -> None:
     from .targets import all_presets
 
@@ -244,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
     p.add_argument("--tuning-log", action="append", default=[], metavar="DIR")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("deploy-bundle", help="a folder to copy to the device: artifact, TVM runtime, C runtime (qc_run)")
+    p.add_argument("artifact", help="OUT.so (with OUT.json)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the bundle folder to write")
+    p.add_argument("--target", help="check that the artifact was compiled for this preset")
+    p.add_argument("--wheel-dir", metavar="DIR",
+                   help="offline: take the target architecture's apache-tvm / apache-tvm-ffi wheels from DIR")
+    p.set_defaults(func=_cmd_deploy_bundle)
 
     p = sub.add_parser("targets", help="list target presets")
     p.set_defaults(func=_cmd_targets)

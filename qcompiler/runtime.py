@@ -158,6 +158,21 @@ class Model:
         return times
 
 
+def verified_metadata(so_path: Path) -> ArtifactMetadata:
+    """`NAME.json` of the artifact `NAME.so`, after checking that the `.so` is the file it describes."""
+    if not so_path.is_file():
+        raise QCompilerError(f"artifact not found: {so_path}")
+    json_path = metadata_path(so_path)
+    metadata = ArtifactMetadata.read(json_path)
+    actual = _file_sha256(so_path)
+    if actual != metadata.artifact_sha256:
+        raise QCompilerError(
+            f"{so_path} does not match {json_path.name}: SHA-256 {actual[:16]}... != "
+            f"{str(metadata.artifact_sha256)[:16]}... (refusing to load modified native code; verify=False to override)"
+        )
+    return metadata
+
+
 def load(path: str | Path, *, verify: bool = True) -> Model:
     """Load `NAME.so`; with `verify`, refuse it unless its SHA-256 matches `NAME.json`.
 
@@ -166,19 +181,13 @@ def load(path: str | Path, *, verify: bool = True) -> Model:
     `NAME.json` is missing). Only TVM's runtime library is loaded (see `_TvmRuntime`).
     """
     so_path = Path(path)
-    if not so_path.is_file():
-        raise QCompilerError(f"artifact not found: {so_path}")
-    json_path = metadata_path(so_path)
-    metadata = None
-    if json_path.exists() or verify:
-        metadata = ArtifactMetadata.read(json_path)
     if verify:
-        actual = _file_sha256(so_path)
-        if actual != metadata.artifact_sha256:
-            raise QCompilerError(
-                f"{so_path} does not match {json_path.name}: SHA-256 {actual[:16]}... != "
-                f"{str(metadata.artifact_sha256)[:16]}... (refusing to load modified native code; verify=False to override)"
-            )
+        metadata = verified_metadata(so_path)
+    else:
+        if not so_path.is_file():
+            raise QCompilerError(f"artifact not found: {so_path}")
+        json_path = metadata_path(so_path)
+        metadata = ArtifactMetadata.read(json_path) if json_path.exists() else None
     signature = (
         Signature(metadata.device, tuple(metadata.inputs), tuple(metadata.outputs))
         if metadata is not None
