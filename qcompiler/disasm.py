@@ -1,4 +1,4 @@
-"""Which dot-product instructions each kernel of an artifact executes, read from its machine code.
+"""Which int8 multiply-accumulate instructions each kernel of an artifact executes, read from its machine code.
 
 `objdump -d` (GNU binutils) disassembles the `.so`; each kernel's code is the symbol
 `<kernel>_compute_` (the `__tvm_ffi_<kernel>` symbol is its calling wrapper). This is the
@@ -15,9 +15,11 @@ from pathlib import Path
 
 from .errors import QCompilerError
 
-# Mnemonics of the integer dot-product instructions, per instruction set.
-DOT_PRODUCT = {"vpdpbusd": "x86 AVX-512 VNNI", "vpdpbusds": "x86 AVX-512 VNNI",
-               "sdot": "ARM dot product", "udot": "ARM dot product"}
+# Mnemonics of the 8-bit integer multiply-accumulate instructions, per instruction set: dot
+# products, and NEON's widening multiply(-accumulate)s of 16-bit lanes (plain NEON, no dot product).
+INT8_MAC = {"vpdpbusd": "x86 AVX-512 VNNI", "vpdpbusds": "x86 AVX-512 VNNI",
+            "sdot": "ARM dot product", "udot": "ARM dot product",
+            **{m: "ARM NEON widening multiply" for m in ("smlal", "smlal2", "smull", "smull2")}}
 COMPUTE_KERNELS = re.compile(r"conv|dense|matmul|depthwise")
 _SYMBOL = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)>:$")
 
@@ -32,7 +34,7 @@ def objdump_for(machine: str) -> str:
 
 
 def dot_product_counts(so_path: Path, machine: str = "x86_64") -> dict[str, Counter]:
-    """For each kernel of `so_path`, how many times each dot-product mnemonic occurs in its code."""
+    """For each kernel of `so_path`, how many times each int8 multiply-accumulate mnemonic occurs in its code."""
     listing = subprocess.run([objdump_for(machine), "-d", "--no-show-raw-insn", str(so_path)],
                              capture_output=True, text=True, check=True).stdout
     counts: dict[str, Counter] = {}
@@ -48,12 +50,12 @@ def dot_product_counts(so_path: Path, machine: str = "x86_64") -> dict[str, Coun
         fields = line.split("\t")  # "  addr:", "mnemonic operands"
         if current is not None and len(fields) > 1 and fields[1].split():
             mnemonic = fields[1].split()[0]
-            if mnemonic in DOT_PRODUCT:
+            if mnemonic in INT8_MAC:
                 counts[current][mnemonic] += 1
     return counts
 
 
 def compute_kernel_usage(so_path: Path, machine: str = "x86_64") -> list[tuple[str, list[str]]]:
-    """(kernel, dot-product mnemonics it uses) for each conv/dense/matmul kernel, sorted by name."""
+    """(kernel, int8 multiply-accumulate mnemonics it uses) for each conv/dense/matmul kernel, sorted by name."""
     counts = dot_product_counts(so_path, machine)
     return [(name, sorted(counts[name])) for name in sorted(counts) if COMPUTE_KERNELS.search(name)]

@@ -28,8 +28,8 @@ import tvm
 from tvm import relax
 
 from .errors import QCompilerError
+from .kernels.isa import DOT_PRODUCTS
 from .kernels.vnni import TVM_INTRIN as TVM_VNNI
-from .kernels.vnni import register as register_vnni
 from .kernels.vnni import repair_tvm_intrinsics
 from .progress import Progress
 from .targets import DeviceKind, TargetPreset
@@ -136,7 +136,9 @@ def open_database(folder: str | Path, scratch: Path):
     folder = Path(folder)
     copy = Path(tempfile.mkdtemp(dir=scratch))
     workloads, records = _readable_lines(folder)
-    register_vnni()  # replaying a trace that tensorizes needs its intrinsic registered
+    for dp in DOT_PRODUCTS:  # replaying a trace that tensorizes needs its intrinsic registered
+        if dp.register is not None:
+            dp.register()
     if any(f'"{TVM_VNNI}"' in line for line in records):
         repair_tvm_intrinsics()
     _write_database(copy, workloads, records)

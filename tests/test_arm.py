@@ -124,3 +124,21 @@ def test_cli_deploy_bundle_checks_the_target(model_and_input, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"qcompiler: error: {artifact} was compiled for target arm64, not arm64-a72"]
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None,
+                    reason="aarch64-linux-gnu-objdump (Debian binutils-aarch64-linux-gnu) not installed")
+def test_arm_int8_kernels_use_sdot_or_neon_widening_multiplies(model_and_input, tmp_path):
+    """+dotprod: every conv/dense kernel runs `sdot`; plain NEON: `smlal`/`smull` (LLVM's choice
+    per loop: a reduction over too few channels may stay scalar, so at least one kernel)."""
+    from qcompiler.disasm import compute_kernel_usage
+
+    model, _ = model_and_input
+    usage = {}
+    for preset in ("arm64-a76-dotprod", "arm64"):
+        so = qcompiler.compile(model, target=preset, quantize="int8", calib=samples()).export(tmp_path / f"{preset}.so")
+        usage[preset] = dict(compute_kernel_usage(so, "aarch64"))
+    dot = {name: m for name, m in usage["arm64-a76-dotprod"].items() if "_sdot" in name}
+    assert len(dot) == 3 and all("sdot" in m for m in dot.values())
+    neon = {name: m for name, m in usage["arm64"].items() if "_neon" in name}
+    assert len(neon) == 3 and any({"smlal", "smull"} & set(m) for m in neon.values())

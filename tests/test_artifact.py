@@ -176,6 +176,6 @@ def test_inspect_without_objdump_says_what_is_missing(exported, monkeypatch):
 
     monkeypatch.setattr(disasm.shutil, "which", lambda tool: None)
     text = inspect_path(exported)
-    assert "dot-product instructions: not checked (disassembling x86_64 code needs objdump " \
+    assert "int8 multiply-accumulate instructions: not checked (disassembling x86_64 code needs objdump " \
            "(Debian package binutils))" in text
     assert "host kernels:" in text  # the rest of the description is still there

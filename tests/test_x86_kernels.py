@@ -15,7 +15,8 @@ from conftest import make_model
 from qcompiler.disasm import compute_kernel_usage
 from qcompiler.frontend import load_onnx
 from qcompiler.inspect import inspect_path
-from qcompiler.kernels.dispatch import dispatch_int8_kernels, has_vnni
+from qcompiler.kernels.dispatch import dispatch_int8_kernels
+from qcompiler.kernels.isa import VNNI, dot_product_of
 from qcompiler.passes.graph import const
 from qcompiler.passes.layout import channels_last
 from qcompiler.quantize import quantize
@@ -24,7 +25,7 @@ from qcompiler.tuning import cpu_pipeline, fused_module, with_default_schedules
 from test_quantize import residual_net, samples
 
 TARGET = resolve("x86").target()
-pytestmark = pytest.mark.skipif(not has_vnni(TARGET), reason="this CPU has no AVX-512 VNNI")
+pytestmark = pytest.mark.skipif(dot_product_of(TARGET) is not VNNI, reason="this CPU has no AVX-512 VNNI")
 rng = np.random.default_rng(7)
 
 

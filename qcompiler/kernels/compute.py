@@ -1,16 +1,18 @@
-"""Integer kernels as tensor expressions, in the layouts the x86 VNNI schedules tensorize.
+"""Integer kernels as tensor expressions, in the layouts the dot-product schedules tensorize.
 
-All take uint8 activations already padded (spatially, and along channels to a multiple of 4)
-and int8 weights packed at compile time, and accumulate in int32:
+All take 8-bit activations already padded (spatially, and along channels to a multiple of 4)
+and int8 weights packed at compile time, and accumulate in int32. With L the instruction's
+lanes (isa.py: 16 for VNNI, 4 for sdot):
 
-  conv2d_nhwc_vnni   out[n, h, w, o] = Σ_{r,s,c} x[n, h·sh + r·dh, w·sw + s·dw, g(o)·I + c] · wp[o/16, r, s, c/4, o%16, c%4]
+  conv2d_nhwc_<isa>  out[n, h, w, o] = Σ_{r,s,c} x[n, h·sh + r·dh, w·sw + s·dw, g(o)·I + c] · wp[o/L, r, s, c/4, o%L, c%4]
                      with I input channels per group (padded to 4k), g(o) = o / O' the group of
-                     output channel o, O' its output channels per group (padded to 16k)
-  dense_vnni         out[m, o]       = Σ_k a[m, k] · wp[o/16, k/4, o%16, k%4]
+                     output channel o, O' its output channels per group (padded to Lk)
+  dense_<isa>        out[m, o]       = Σ_k a[m, k] · wp[o/L, k/4, o%L, k%4]
   depthwise_nhwc     out[n, h, w, c] = Σ_{r,s}   x[n, h·sh + r·dh, w·sw + s·dw, c] · wd[r, s, c]
 
-The packed weight `wp` puts 16 output channels × 4 reduction elements in 64 consecutive bytes:
-exactly one `vpdpbusd` operand (see vnni.py). Block names identify the kernels to the schedules.
+The packed weight `wp` puts L output channels × 4 reduction elements in consecutive bytes:
+exactly one instruction's operand (`vpdpbusd`: 64 bytes, `sdot`: 16). Block names identify the
+kernels and their instruction to the schedules.
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from .vnni import LANES, REDUCE
+from .isa import DotProduct
 
-CONV_BLOCK = "conv2d_nhwc_vnni"
-DENSE_BLOCK = "dense_vnni"
 DEPTHWISE_BLOCK = "depthwise_nhwc_int8"
 
 
@@ -34,27 +34,29 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def pack_conv_weight(weight: np.ndarray, groups: int = 1) -> np.ndarray:
-    """OHWI int8 → [O'/16, H, W, I'/4, 16, 4] with O, I zero-padded to O' = 16k, I' = 4k.
+def pack_conv_weight(weight: np.ndarray, dp: DotProduct, groups: int = 1) -> np.ndarray:
+    """OHWI int8 → [O'/L, H, W, I'/4, L, 4] with O, I zero-padded to O' = Lk, I' = 4k (L = dp.lanes).
 
     Grouped: each group's [O/groups, H, W, I] slice is packed alone; the groups' blocks follow
     each other along the first axis.
     """
     if groups > 1:
-        return np.concatenate([pack_conv_weight(part) for part in np.split(weight, groups, axis=0)])
+        return np.concatenate([pack_conv_weight(part, dp) for part in np.split(weight, groups, axis=0)])
     o, kh, kw, i = weight.shape
-    padded = np.zeros((round_up(o, LANES), kh, kw, round_up(i, REDUCE)), np.int8)
+    lanes, reduce = dp.lanes, dp.reduce
+    padded = np.zeros((round_up(o, lanes), kh, kw, round_up(i, reduce)), np.int8)
     padded[:o, :, :, :i] = weight
-    blocks = padded.reshape(padded.shape[0] // LANES, LANES, kh, kw, padded.shape[3] // REDUCE, REDUCE)
+    blocks = padded.reshape(padded.shape[0] // lanes, lanes, kh, kw, padded.shape[3] // reduce, reduce)
     return np.ascontiguousarray(blocks.transpose(0, 2, 3, 4, 1, 5))
 
 
-def pack_dense_weight(weight: np.ndarray) -> np.ndarray:
-    """[K, N] int8 → [N'/16, K'/4, 16, 4], zero-padded to N' = 16k, K' = 4k."""
+def pack_dense_weight(weight: np.ndarray, dp: DotProduct) -> np.ndarray:
+    """[K, N] int8 → [N'/L, K'/4, L, 4], zero-padded to N' = Lk, K' = 4k (L = dp.lanes)."""
     k, n = weight.shape
-    padded = np.zeros((round_up(k, REDUCE), round_up(n, LANES)), np.int8)
+    lanes, reduce = dp.lanes, dp.reduce
+    padded = np.zeros((round_up(k, reduce), round_up(n, lanes)), np.int8)
     padded[:k, :n] = weight
-    blocks = padded.reshape(padded.shape[0] // REDUCE, REDUCE, padded.shape[1] // LANES, LANES)
+    blocks = padded.reshape(padded.shape[0] // reduce, reduce, padded.shape[1] // lanes, lanes)
     return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
 
 
@@ -73,18 +75,28 @@ def _first_channels(out: te.Tensor, channels: int, groups: int = 1) -> te.Tensor
     return te.compute(shape64(*shape[:-1], channels), select, name=out.op.name + "_channels")
 
 
+def _product(a, b, dp: DotProduct):
+    """a · b as int32. Without a dot-product instruction the bytes are multiplied as int16
+    (|a · b| ≤ 255 · 128 fits) and widened, which LLVM maps to widening multiply-accumulates
+    (`smlal`) instead of 32-bit multiplies of widened bytes."""
+    if dp.register is None:
+        return (a.astype("int16") * b.astype("int16")).astype("int32")
+    return a.astype("int32") * b.astype("int32")
+
+
 def _windows(size: int, kernel: int, stride: int, dilation: int) -> int:
     """How many positions a (dilated) kernel window takes along an already padded axis."""
     return (size - (kernel - 1) * dilation - 1) // stride + 1
 
 
-def conv2d_nhwc_vnni(data: te.Tensor, packed: te.Tensor, strides, dilation, out_channels: int,
-                     groups: int = 1) -> te.Tensor:
+def conv2d_nhwc_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, strides, dilation,
+                       out_channels: int, groups: int = 1) -> te.Tensor:
     n, height, width, channels = (int(d) for d in data.shape)
     out_blocks, kh, kw, _, _, _ = (int(d) for d in packed.shape)
     (sh, sw), (dh, dw) = strides, dilation
     out_h, out_w = _windows(height, kh, sh, dh), _windows(width, kw, sw, dw)
-    in_per_group, out_per_group = channels // groups, out_blocks * LANES // groups
+    lanes, reduce = dp.lanes, dp.reduce
+    in_per_group, out_per_group = channels // groups, out_blocks * lanes // groups
     r = te.reduce_axis((0, kh), "r")
     s = te.reduce_axis((0, kw), "s")
     c = te.reduce_axis((0, in_per_group), "c")
@@ -93,25 +105,26 @@ def conv2d_nhwc_vnni(data: te.Tensor, packed: te.Tensor, strides, dilation, out_
         return c if groups == 1 else o // out_per_group * in_per_group + c
 
     out = te.compute(
-        shape64(n, out_h, out_w, out_blocks * LANES),
+        shape64(n, out_h, out_w, out_blocks * lanes),
         lambda b, h, w, o: te.sum(
-            data[b, h * sh + r * dh, w * sw + s * dw, channel(o, c)].astype("int32")
-            * packed[o // LANES, r, s, c // REDUCE, o % LANES, c % REDUCE].astype("int32"),
+            _product(data[b, h * sh + r * dh, w * sw + s * dw, channel(o, c)],
+                     packed[o // lanes, r, s, c // reduce, o % lanes, c % reduce], dp),
             axis=[r, s, c]),
-        name=CONV_BLOCK)
+        name=dp.conv_block())
     return _first_channels(out, out_channels, groups)
 
 
-def dense_vnni(data: te.Tensor, packed: te.Tensor, out_channels: int) -> te.Tensor:
+def dense_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, out_channels: int) -> te.Tensor:
     rows, depth = (int(d) for d in data.shape)
     out_blocks = int(packed.shape[0])
+    lanes, reduce = dp.lanes, dp.reduce
     k = te.reduce_axis((0, depth), "k")
     out = te.compute(
-        shape64(rows, out_blocks * LANES),
+        shape64(rows, out_blocks * lanes),
         lambda m, o: te.sum(
-            data[m, k].astype("int32") * packed[o // LANES, k // REDUCE, o % LANES, k % REDUCE].astype("int32"),
+            _product(data[m, k], packed[o // lanes, k // reduce, o % lanes, k % reduce], dp),
             axis=k),
-        name=DENSE_BLOCK)
+        name=dp.dense_block())
     return _first_channels(out, out_channels)
 
 

@@ -1,21 +1,23 @@
-"""Replace realized int8 convolutions and matmuls by qcompiler's VNNI kernels (x86 with AVX-512 VNNI).
+"""Replace realized int8 convolutions and matmuls by qcompiler's dot-product kernels.
 
-Runs on the Relax module before legalization. A call is replaced when its operands are what
-the kernels take — uint8 or int8 activations, int8 constant weights, int32 output:
+Runs on the Relax module before legalization, for targets with an int8 dot-product instruction
+(isa.py: x86 AVX-512 VNNI, ARM +dotprod). A call is replaced when its operands are what the
+kernels take — uint8 or int8 activations, int8 constant weights, int32 output (L = the
+instruction's lanes):
 
-  conv2d NHWC/OHWI, groups = 1        → conv2d_nhwc_vnni, weights packed [O/16, H, W, I/4, 16, 4]
-  conv2d NHWC/OHWI, grouped           → conv2d_nhwc_vnni with groups, each group packed alone
+  conv2d NHWC/OHWI, groups = 1        → conv2d_nhwc_<isa>, weights packed [O/L, H, W, I/4, L, 4]
+  conv2d NHWC/OHWI, grouped           → the same with groups, each group packed alone
   conv2d NHWC/OHWI, depthwise         → depthwise_nhwc, weights [H, W, C]
-  matmul [M, K] × constant [K, N]     → dense_vnni, weights packed [N/16, K/4, 16, 4]
+  matmul [M, K] × constant [K, N]     → dense_<isa>, weights packed [N/L, K/4, L, 4]
 
-`vpdpbusd` multiplies unsigned by signed bytes, so int8 (symmetric) activations x are fed as
-x + 128 (uint8) and the accumulator corrected by −128 · Σ w per output channel, a constant
-added in the kernel's epilogue: Σ (x + 128) · w − 128 · Σ w = Σ x · w exactly. The depthwise
-kernel multiplies in int32 and takes either type directly.
+Activations x of the other signedness than the instruction takes (`vpdpbusd`: uint8, `sdot`:
+int8; NEON takes both) are fed as x ∓ 128 and the accumulator corrected by ±128 · Σ w per output channel, a
+constant added in the kernel's epilogue: Σ (x + t) · w − t · Σ w = Σ x · w exactly. The
+depthwise kernel multiplies in int32 and takes either type directly.
 
 Spatial padding becomes an explicit pad (value 0, before any shift: realize has already padded
 asymmetric activations with their zero point), input channels are zero-padded to a multiple of
-4 (per group) and output channels computed to a multiple of 16 (per group; the kernel drops the
+4 (per group) and output channels computed to a multiple of L (per group; the kernel drops the
 padded ones). Other calls are left to TVM's legalization. Packing happens here, once, at
 compile time.
 """
@@ -25,16 +27,10 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te
-from tvm.target import codegen
 
 from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
 from . import compute as kc
-from .vnni import REDUCE
-
-
-def has_vnni(target: tvm.target.Target) -> bool:
-    """True for LLVM x86 targets whose CPU has AVX-512 VNNI (`vpdpbusd`)."""
-    return target.kind.name == "llvm" and bool(codegen.target_has_features("avx512vnni", target))
+from .isa import DotProduct, dot_product_of
 
 
 def _shape(expr) -> list[int]:
@@ -47,9 +43,10 @@ def _dtype(expr) -> str:
 
 @relax.expr_functor.mutator
 class _Int8KernelDispatch(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule):
+    def __init__(self, mod: tvm.IRModule, dp: DotProduct):
         super().__init__(mod)
         self.mod_ = mod
+        self.dp = dp
 
     def kernel(self, name: str, compute, inputs: list, arrays: list) -> relax.Expr:
         """call_tir of `compute` over Relax `inputs` (tensors) and constant `arrays`."""
@@ -65,21 +62,23 @@ class _Int8KernelDispatch(relax.PyExprMutator):
             return data
         return self.builder_.emit(relax.op.nn.pad(data, [p for pair in pads for p in pair], pad_value=0.0))
 
-    def as_uint8(self, data, weight_sums: np.ndarray, shape: list[int]):
-        """(uint8 data, int32 correction constant or None): int8 data shifted by +128, with
-        −128 · Σw (`weight_sums` per output channel, broadcast to `shape`) to add back."""
-        if _dtype(data) == "uint8":
+    def as_instruction_dtype(self, data, weight_sums: np.ndarray, shape: list[int]):
+        """(data in the instruction's activation type, int32 correction constant or None):
+        data of the other signedness shifted by t = ±128, with −t · Σw (`weight_sums` per
+        output channel, broadcast to `shape`) to add back."""
+        if self.dp.data_dtype in (None, _dtype(data)):
             return data, None
-        wide = self.builder_.emit(relax.op.add(relax.op.astype(data, "int32"), const(np.int32(128))))
-        shifted = self.builder_.emit(relax.op.astype(wide, "uint8"))
-        correction = (-128 * weight_sums.astype(np.int64)).astype(np.int32).reshape(shape)
+        shift = 128 if self.dp.data_dtype == "uint8" else -128
+        wide = self.builder_.emit(relax.op.add(relax.op.astype(data, "int32"), const(np.int32(shift))))
+        shifted = self.builder_.emit(relax.op.astype(wide, self.dp.data_dtype))
+        correction = (-shift * weight_sums.astype(np.int64)).astype(np.int32).reshape(shape)
         return shifted, correction
 
     def pad_group_channels(self, data, groups: int):
-        """Zero-pad each group's input channels to a multiple of 4 (the `vpdpbusd` reduction)."""
+        """Zero-pad each group's input channels to a multiple of the instruction's reduction (4)."""
         n, h, w, channels = _shape(data)
         per_group = channels // groups
-        extra = -per_group % REDUCE
+        extra = -per_group % self.dp.reduce
         if not extra:
             return data
         if groups == 1:
@@ -119,12 +118,13 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         if channels != groups * in_per_group or out_channels % groups:
             return None
         data = self.pad(data, spatial)
-        data, correction = self.as_uint8(data, w.reshape(out_channels, -1).sum(axis=1), [1, 1, 1, out_channels])
+        data, correction = self.as_instruction_dtype(data, w.reshape(out_channels, -1).sum(axis=1),
+                                                     [1, 1, 1, out_channels])
         data = self.pad_group_channels(data, groups)
-        name = "conv2d_nhwc_u8s8_vnni" if groups == 1 else "grouped_conv2d_nhwc_u8s8_vnni"
-        kernel = self.kernel(name,
-                             lambda x, wp: kc.conv2d_nhwc_vnni(x, wp, strides, dilation, out_channels, groups),
-                             [data], [kc.pack_conv_weight(w, groups)])
+        name = f"{'' if groups == 1 else 'grouped_'}conv2d_nhwc_{self.operands(data)}_{self.dp.name}"
+        kernel = self.kernel(
+            name, lambda x, wp: kc.conv2d_nhwc_packed(x, wp, self.dp, strides, dilation, out_channels, groups),
+            [data], [kc.pack_conv_weight(w, self.dp, groups)])
         return self.corrected(kernel, correction)
 
     def matmul(self, call) -> relax.Expr | None:
@@ -135,11 +135,16 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         w = constant_value(weight)
         if w.dtype != np.int8 or w.ndim != 2:
             return None
-        data, correction = self.as_uint8(data, w.sum(axis=0), [1, w.shape[1]])
-        data = self.pad(data, [(0, 0), (0, -w.shape[0] % REDUCE)])
-        kernel = self.kernel("dense_u8s8_vnni", lambda x, wp: kc.dense_vnni(x, wp, w.shape[1]), [data],
-                             [kc.pack_dense_weight(w)])
+        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1, w.shape[1]])
+        data = self.pad(data, [(0, 0), (0, -w.shape[0] % self.dp.reduce)])
+        kernel = self.kernel(f"dense_{self.operands(data)}_{self.dp.name}",
+                             lambda x, wp: kc.dense_packed(x, wp, self.dp, w.shape[1]), [data],
+                             [kc.pack_dense_weight(w, self.dp)])
         return self.corrected(kernel, correction)
+
+    def operands(self, data) -> str:
+        """`u8s8` or `s8s8`: the activation and weight types the kernel multiplies."""
+        return ("u8" if _dtype(data) == "uint8" else "s8") + "s8"
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -159,8 +164,9 @@ class _Int8KernelDispatch(relax.PyExprMutator):
 
 
 def dispatch_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """`mod` with its int8 convolutions and matmuls on VNNI kernels, if `target` has VNNI."""
-    if not has_vnni(target):
+    """`mod` with its int8 convolutions and matmuls on dot-product kernels, if `target` has a
+    dot-product instruction (otherwise `mod` itself)."""
+    dp = dot_product_of(target)
+    if dp is None:
         return mod
-    return _Int8KernelDispatch(mod).run()
-
+    return _Int8KernelDispatch(mod, dp).run()

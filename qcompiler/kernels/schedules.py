@@ -4,10 +4,13 @@ Without a schedule TVM lowers every kernel to its naive loop nest (single-thread
 `default_schedule` gives each fused PrimFunc a reasonable schedule by the op class of its
 anchor block, so an untuned model is already usable; tuning records, where they exist, win.
 
-  VNNI conv2d / dense   16 output channels × 4 reduction elements per `vpdpbusd` (tensorized),
-                        a tile of up to 8 output pixels kept in registers, the epilogue
+  dot-product conv2d / dense
+                        L output channels × 4 reduction elements per `vpdpbusd` (L = 16) or
+                        `sdot` (L = 4), tensorized; a tile of up to 8 output pixels kept in registers, the epilogue
                         (requantize, clamp, residual add ...) computed per tile from registers,
                         outer spatial loops parallel
+  NEON conv2d / dense   (no dot product) pixels parallel, reduction over contiguous input
+                        channels innermost for LLVM's loop vectorizer, epilogue per pixel
   depthwise conv2d      channels vectorized (16 int32 lanes), same tiling and epilogue fusion
   injective ops         producers inlined into consumers, outer loop parallel, inner vectorized
   anything else         leading spatial loops parallel (reductions stay serial)
@@ -16,17 +19,18 @@ anchor block, so an untuned model is already usable; tuning records, where they 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
-from .compute import CONV_BLOCK, DENSE_BLOCK, DEPTHWISE_BLOCK
-from .vnni import LANES, REDUCE, register
+from .compute import DEPTHWISE_BLOCK
+from .isa import DOT_PRODUCTS, DotProduct
 
 log = logging.getLogger("qcompiler")
 
-MAX_TILE = 8        # output pixels per register tile (8 zmm accumulators)
-VECTOR_BYTES = 64   # AVX-512
+MAX_TILE = 8        # output pixels per register tile (8 accumulator registers)
+MAX_LANES = 16      # int32 lanes of an AVX-512 vector (NEON's 16-byte registers take one in 4)
 
 
 def _extent(sch: Schedule, loop) -> int:
@@ -93,8 +97,8 @@ def _vectorize_inner(sch: Schedule, block) -> None:
     if not loops or _extent(sch, loops[-1]) <= 1:
         return
     inner = loops[-1]
-    if _extent(sch, inner) > LANES:
-        lanes = _tile(_extent(sch, inner), LANES)
+    if _extent(sch, inner) > MAX_LANES:
+        lanes = _tile(_extent(sch, inner), MAX_LANES)
         if lanes < 4:
             return
         inner = sch.split(inner, [None, lanes])[1]
@@ -113,39 +117,54 @@ def _parallel_outer(sch: Schedule, loops: list) -> None:
         sch.parallel(sch.fuse(*chosen) if len(chosen) > 1 else chosen[0])
 
 
-def schedule_conv_vnni(sch: Schedule, block) -> None:
+def schedule_conv_dot(sch: Schedule, block, dp: DotProduct) -> None:
     b, h, w, o, r, s, c = sch.get_loops(block)
     tile = _tile(_extent(sch, w))
-    oo, oi = sch.split(o, [None, LANES])
-    co, ci = sch.split(c, [None, REDUCE])
+    oo, oi = sch.split(o, [None, dp.lanes])
+    co, ci = sch.split(c, [None, dp.reduce])
     wo, wi = sch.split(w, [None, tile])
     sch.reorder(b, h, wo, oo, r, s, co, wi, oi, ci)
     _with_epilogue(sch, block, oo)
     _parallel_outer(sch, [b, h, wo])
     init = sch.decompose_reduction(block, r)
     _vectorize_inner(sch, init)
-    sch.tensorize(oi, register())
+    sch.tensorize(oi, dp.register())
     sch.unroll(wi)
 
 
-def schedule_dense_vnni(sch: Schedule, block) -> None:
+def schedule_dense_dot(sch: Schedule, block, dp: DotProduct) -> None:
     m, o, k = sch.get_loops(block)
     tile = _tile(_extent(sch, m), 4)
     mo, mi = sch.split(m, [None, tile])
-    oo, oi = sch.split(o, [None, LANES])
-    ko, ki = sch.split(k, [None, REDUCE])
+    oo, oi = sch.split(o, [None, dp.lanes])
+    ko, ki = sch.split(k, [None, dp.reduce])
     sch.reorder(mo, oo, ko, mi, oi, ki)
     _with_epilogue(sch, block, oo)
     _parallel_outer(sch, [mo, oo])
     init = sch.decompose_reduction(block, ko)
     _vectorize_inner(sch, init)
-    sch.tensorize(oi, register())
+    sch.tensorize(oi, dp.register())
     sch.unroll(mi)
+
+
+def schedule_conv_reduction_inner(sch: Schedule, block) -> None:
+    """Without a dot-product instruction (plain NEON): output pixels in parallel, the epilogue
+    per pixel over its channels, and the reduction over contiguous input channels left
+    innermost, which LLVM's loop vectorizer turns into widening multiply-accumulates."""
+    b, h, w, _, _, _, _ = sch.get_loops(block)
+    _with_epilogue(sch, block, w)
+    _parallel_outer(sch, [b, h, w])
+
+
+def schedule_dense_reduction_inner(sch: Schedule, block) -> None:
+    m, o, _ = sch.get_loops(block)
+    _with_epilogue(sch, block, m)
+    _parallel_outer(sch, [m, o])
 
 
 def schedule_depthwise(sch: Schedule, block) -> None:
     b, h, w, ch, r, s = sch.get_loops(block)
-    lanes = _tile(_extent(sch, ch), VECTOR_BYTES // 4)
+    lanes = _tile(_extent(sch, ch), MAX_LANES)
     tile = _tile(_extent(sch, w), 4)
     co, ci = sch.split(ch, [None, lanes])
     wo, wi = sch.split(w, [None, tile])
@@ -185,7 +204,13 @@ def schedule_generic(sch: Schedule) -> None:
             _parallel_outer(sch, loops[:count])
 
 
-ANCHORS = {CONV_BLOCK: schedule_conv_vnni, DENSE_BLOCK: schedule_dense_vnni, DEPTHWISE_BLOCK: schedule_depthwise}
+ANCHORS = {
+    DEPTHWISE_BLOCK: schedule_depthwise,
+    **{dp.conv_block(): partial(schedule_conv_dot, dp=dp) if dp.register else schedule_conv_reduction_inner
+       for dp in DOT_PRODUCTS},
+    **{dp.dense_block(): partial(schedule_dense_dot, dp=dp) if dp.register else schedule_dense_reduction_inner
+       for dp in DOT_PRODUCTS},
+}
 
 
 def apply_default_schedule(sch: Schedule) -> bool:

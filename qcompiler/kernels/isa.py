@@ -1,0 +1,59 @@
+"""The int8 dot-product instructions qcompiler's kernels are built around, and which target has one.
+
+  vnni   x86 AVX-512 VNNI `vpdpbusd`: 16 int32 lanes, each += 4 products uint8 × int8
+  sdot   ARM +dotprod `sdot`:          4 int32 lanes, each += 4 products int8 × int8
+  neon   plain ARM NEON (no dot product): not an instruction; one lane, so each output
+         channel's weights are contiguous, and the reduction over input channels is left to
+         LLVM's loop vectorizer (int16 products widened: `smull`/`smlal`-family instructions)
+
+Kernels pack weights so that one instruction's weight operand is `lanes × reduce` consecutive
+bytes, and name their compute blocks after the instruction (`conv2d_nhwc_<name>`, `dense_<name>`)
+so that the default schedules know which tensor intrinsic to use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import tvm
+from tvm.target import codegen
+
+from . import sdot, vnni
+
+
+@dataclass(frozen=True)
+class DotProduct:
+    name: str                   # suffix of the kernels' block names
+    lanes: int                  # int32 accumulators (output channels) per instruction
+    reduce: int                 # products summed into each lane (input channels)
+    data_dtype: str | None      # the activation bytes it multiplies (None: uint8 or int8; weights are int8)
+    feature: str                # LLVM target feature that provides it
+    register: Callable[[], str] | None  # registers the tensor intrinsic, returns its name (None: vectorized)
+
+    def conv_block(self) -> str:
+        return f"conv2d_nhwc_{self.name}"
+
+    def dense_block(self) -> str:
+        return f"dense_{self.name}"
+
+
+VNNI = DotProduct("vnni", vnni.LANES, vnni.REDUCE, "uint8", "avx512vnni", vnni.register)
+SDOT = DotProduct("sdot", 4, 4, "int8", "dotprod", sdot.register)
+NEON = DotProduct("neon", 1, 4, None, "neon", None)
+DOT_PRODUCTS = (VNNI, SDOT, NEON)
+
+
+def dot_product_of(target: tvm.target.Target) -> DotProduct | None:
+    """The int8 kernel family for an LLVM CPU target: VNNI on x86 with AVX-512 VNNI; on
+    aarch64 `sdot` with +dotprod, else NEON; None otherwise."""
+    if target.kind.name != "llvm":
+        return None
+    if str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        candidates = (SDOT, NEON)
+    else:
+        candidates = (VNNI,)
+    for dp in candidates:
+        if codegen.target_has_features(dp.feature, target):
+            return dp
+    return None
