@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,6 +39,10 @@ static void usage(FILE* f) {
           "  --warmup N             untimed runs before timing (default 0)\n"
           "  --output-dir DIR       write each output as DIR/NAME.npy (NAME sanitized:\n"
           "                         characters outside [A-Za-z0-9._-] become '_')\n"
+          "  --expect NAME=FILE.npy after the runs, compare output NAME with FILE.npy (repeatable):\n"
+          "                         integer outputs must be equal, float outputs within\n"
+          "                         --tolerance; prints 'check NAME ... PASS|FAIL', exit 3 on FAIL\n"
+          "  --tolerance T          max |output - expected| <= T * max |expected| (default 1e-4)\n"
           "  --info                 print the signature and exit\n"
           "  -h, --help             this text\n"
           "\n"
@@ -107,17 +112,17 @@ static const char* dict_value(const char* hdr, const char* key) {
 }
 
 /*
- * Read FILE.npy for input `idx`; returns a malloc'ed buffer of exactly the
- * input's byte size, checking dtype and shape against the signature.
+ * Read FILE.npy holding `what` (e.g. "input 'x'"); returns a malloc'ed buffer of
+ * exactly `nbytes`, after checking its dtype and shape against the expected ones.
  */
-static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_nbytes) {
-  const char* iname = qc_input_name(m, idx);
+static void* read_npy(const char* path, const char* what, const char* want_dtype, int want_ndim,
+                      const int64_t* want_shape, size_t nbytes) {
   FILE* f = fopen(path, "rb");
-  if (f == NULL) die("input '%s': cannot open %s: %s", iname, path, strerror(errno));
+  if (f == NULL) die("%s: cannot open %s: %s", what, path, strerror(errno));
   unsigned char pre[12];
   if (fread(pre, 1, 8, f) != 8 || memcmp(pre, "\x93NUMPY", 6) != 0) {
     fclose(f);
-    die("input '%s': %s is not a .npy file", iname, path);
+    die("%s: %s is not a .npy file", what, path);
   }
   int major = pre[6];
   uint32_t hlen;
@@ -130,11 +135,11 @@ static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_
            ((uint32_t)pre[11] << 24);
   } else {
     fclose(f);
-    die("input '%s': %s: unsupported .npy version %d", iname, path, major);
+    die("%s: %s: unsupported .npy version %d", what, path, major);
   }
   if (hlen > (1u << 24)) {
     fclose(f);
-    die("input '%s': %s: .npy header too large", iname, path);
+    die("%s: %s: .npy header too large", what, path);
   }
   char* hdr = (char*)malloc(hlen + 1);
   if (hdr == NULL) die("out of memory");
@@ -150,7 +155,7 @@ static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_
   if (v == NULL || (*v != '\'' && *v != '"')) {
     free(hdr);
     fclose(f);
-    die("input '%s': %s: cannot parse .npy header (descr)", iname, path);
+    die("%s: %s: cannot parse .npy header (descr)", what, path);
   }
   {
     char q = *v++;
@@ -162,12 +167,12 @@ static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_
   if (v == NULL) {
     free(hdr);
     fclose(f);
-    die("input '%s': %s: cannot parse .npy header (fortran_order)", iname, path);
+    die("%s: %s: cannot parse .npy header (fortran_order)", what, path);
   }
   if (strncmp(v, "True", 4) == 0) {
     free(hdr);
     fclose(f);
-    die("input '%s': %s is Fortran-ordered; save it C-contiguous (np.ascontiguousarray)", iname,
+    die("%s: %s is Fortran-ordered; save it C-contiguous (np.ascontiguousarray)", what,
         path);
   }
   /* shape */
@@ -177,7 +182,7 @@ static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_
   if (v == NULL || *v != '(') {
     free(hdr);
     fclose(f);
-    die("input '%s': %s: cannot parse .npy header (shape)", iname, path);
+    die("%s: %s: cannot parse .npy header (shape)", what, path);
   }
   ++v;
   for (;;) {
@@ -188,7 +193,7 @@ static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_
     if (end == v || ndim == 64) {
       free(hdr);
       fclose(f);
-      die("input '%s': %s: cannot parse .npy header (shape)", iname, path);
+      die("%s: %s: cannot parse .npy header (shape)", what, path);
     }
     while (*end == 'L') ++end; /* python2-era '3L' */
     shape[ndim++] = (int64_t)d;
@@ -197,19 +202,18 @@ static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_
   free(hdr);
 
   /* dtype check */
-  const char* want_dtype = qc_input_dtype(m, idx);
   const char* want_descr = descr_for_dtype(want_dtype);
   char bo = descr[0];
   const char* body = descr + 1;
   if (bo == '>') {
     fclose(f);
-    die("input '%s': %s is big-endian (%s); only little-endian .npy is supported", iname, path,
+    die("%s: %s is big-endian (%s); only little-endian .npy is supported", what, path,
         descr);
   }
   if (bo != '<' && bo != '|' && bo != '=') body = descr;
   if (want_descr == NULL) {
     fclose(f);
-    die("input '%s': dtype %s cannot be read from .npy", iname, want_dtype);
+    die("%s: dtype %s cannot be read from .npy", what, want_dtype);
   }
   if (strcmp(body, want_descr) != 0) {
     const char* got = body;
@@ -217,12 +221,9 @@ static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_
       if (strcmp(k_npy_types[i].descr, body) == 0) got = k_npy_types[i].dtype;
     }
     fclose(f);
-    die("input '%s': %s has dtype %s, the model expects %s", iname, path, got, want_dtype);
+    die("%s: %s has dtype %s, the model expects %s", what, path, got, want_dtype);
   }
   /* shape check */
-  int want_ndim = 0;
-  const int64_t* want_shape = NULL;
-  qc_input_shape(m, idx, &want_ndim, &want_shape);
   int same = ndim == want_ndim;
   for (int d = 0; same && d < ndim; ++d) same = shape[d] == want_shape[d];
   if (!same) {
@@ -230,9 +231,8 @@ static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_
     shape_str(got, sizeof(got), shape, ndim);
     shape_str(want, sizeof(want), want_shape, want_ndim);
     fclose(f);
-    die("input '%s': %s has shape %s, the model expects %s", iname, path, got, want);
+    die("%s: %s has shape %s, the model expects %s", what, path, got, want);
   }
-  size_t nbytes = qc_input_nbytes(m, idx);
   void* data = malloc(nbytes ? nbytes : 1);
   if (data == NULL) die("out of memory");
   if (fread(data, 1, nbytes, f) != nbytes) {
@@ -240,11 +240,10 @@ static void* read_npy(const char* path, const qc_model* m, int idx, size_t* out_
     goto truncated;
   }
   fclose(f);
-  *out_nbytes = nbytes;
   return data;
 truncated:
   fclose(f);
-  die("input '%s': %s is truncated", iname, path);
+  die("%s: %s is truncated", what, path);
 }
 
 static void write_npy(const char* path, const char* dtype, const int64_t* shape, int ndim,
@@ -353,16 +352,71 @@ static long parse_count(const char* opt, const char* s, long min) {
   return v;
 }
 
+/* Output index of the spec NAME=FILE (NAME may itself contain '='); sets *file. */
+static int output_of_spec(const qc_model* m, const char* spec, const char** file) {
+  for (const char* eq = strchr(spec, '='); eq != NULL; eq = strchr(eq + 1, '=')) {
+    char name[1024];
+    size_t len = (size_t)(eq - spec);
+    if (len >= sizeof(name)) break;
+    memcpy(name, spec, len);
+    name[len] = '\0';
+    int idx = qc_find_output(m, name);
+    if (idx >= 0) {
+      *file = eq + 1;
+      return idx;
+    }
+  }
+  return -1;
+}
+
+/*
+ * Compare output `i` (in `got`) with FILE.npy: equal for integer dtypes; for float32/float64
+ * max |got - expected| <= tolerance * max |expected|. Prints one 'check' line; 1 on a pass.
+ */
+static int check_output(const qc_model* m, int i, const void* got, const char* file, double tolerance) {
+  int ndim = 0;
+  const int64_t* shape = NULL;
+  qc_output_shape(m, i, &ndim, &shape);
+  const char* dtype = qc_output_dtype(m, i);
+  size_t nbytes = qc_output_nbytes(m, i);
+  char what[1100];
+  snprintf(what, sizeof(what), "expected output '%s'", qc_output_name(m, i));
+  void* want = read_npy(file, what, dtype, ndim, shape, nbytes);
+  int pass;
+  if (strcmp(dtype, "float32") == 0 || strcmp(dtype, "float64") == 0) {
+    int f32 = dtype[5] == '3';
+    size_t n = nbytes / (f32 ? 4 : 8);
+    double max_diff = 0.0, max_want = 0.0;
+    for (size_t k = 0; k < n; ++k) {
+      double a = f32 ? ((const float*)got)[k] : ((const double*)got)[k];
+      double b = f32 ? ((const float*)want)[k] : ((const double*)want)[k];
+      double d = fabs(a - b);
+      if (!(d <= max_diff)) max_diff = d; /* NaN counts as a failure */
+      if (fabs(b) > max_want) max_want = fabs(b);
+    }
+    pass = max_diff <= tolerance * (max_want > 1e-12 ? max_want : 1e-12);
+    printf("check %s max_abs_diff=%.3g max_abs_expected=%.3g tolerance=%.3g %s\n", qc_output_name(m, i),
+           max_diff, max_want, tolerance, pass ? "PASS" : "FAIL");
+  } else {
+    pass = memcmp(got, want, nbytes) == 0;
+    printf("check %s %s\n", qc_output_name(m, i), pass ? "equal PASS" : "differs FAIL");
+  }
+  free(want);
+  return pass;
+}
+
 int main(int argc, char** argv) {
   const char* model_path = NULL;
   const char* device_arg = NULL;
   const char* out_dir = NULL;
   long repeat = 1, warmup = 0;
   int zero_inputs = 0, info_only = 0;
+  double tolerance = 1e-4;
   const char** named = (const char**)calloc((size_t)argc, sizeof(char*));
   const char** positional = (const char**)calloc((size_t)argc, sizeof(char*));
-  int n_named = 0, n_pos = 0;
-  if (named == NULL || positional == NULL) die("out of memory");
+  const char** expects = (const char**)calloc((size_t)argc, sizeof(char*));
+  int n_named = 0, n_pos = 0, n_expect = 0;
+  if (named == NULL || positional == NULL || expects == NULL) die("out of memory");
 
   for (int i = 1; i < argc; ++i) {
     const char* a = argv[i];
@@ -388,6 +442,16 @@ int main(int argc, char** argv) {
     } else if (strcmp(a, "--output-dir") == 0) {
       NEED_VALUE();
       out_dir = argv[++i];
+    } else if (strcmp(a, "--expect") == 0) {
+      NEED_VALUE();
+      expects[n_expect++] = argv[++i];
+    } else if (strcmp(a, "--tolerance") == 0) {
+      NEED_VALUE();
+      char* end = NULL;
+      tolerance = strtod(argv[++i], &end);
+      if (end == argv[i] || *end != '\0' || !(tolerance >= 0.0)) {
+        die("--tolerance: expected a number >= 0, got '%s'", argv[i]);
+      }
     } else if (strcmp(a, "--zero-inputs") == 0) {
       zero_inputs = 1;
     } else if (strcmp(a, "--info") == 0) {
@@ -433,6 +497,19 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  /* Outputs to check, resolved before the runs so that a bad name fails fast. */
+  const char** expect_file = (const char**)calloc((size_t)n_out + 1, sizeof(char*));
+  if (expect_file == NULL) die("out of memory");
+  for (int k = 0; k < n_expect; ++k) {
+    const char* file = NULL;
+    if (strchr(expects[k], '=') == NULL) die("--expect expects NAME=FILE.npy, got '%s'", expects[k]);
+    int idx = output_of_spec(m, expects[k], &file);
+    if (idx < 0) die("--expect %s: unknown output name", expects[k]);
+    if (expect_file[idx] != NULL) die("output '%s' expected twice", qc_output_name(m, idx));
+    expect_file[idx] = file;
+  }
+  free(expects);
+
   /* Bind input files. */
   const char** files = (const char**)calloc((size_t)n_in + 1, sizeof(char*));
   if (files == NULL) die("out of memory");
@@ -473,7 +550,13 @@ int main(int argc, char** argv) {
     void* data = NULL;
     size_t nbytes = 0;
     if (files[i] != NULL) {
-      data = read_npy(files[i], m, i, &nbytes);
+      char what[1100];
+      int ndim = 0;
+      const int64_t* shape = NULL;
+      qc_input_shape(m, i, &ndim, &shape);
+      snprintf(what, sizeof(what), "input '%s'", qc_input_name(m, i));
+      nbytes = qc_input_nbytes(m, i);
+      data = read_npy(files[i], what, qc_input_dtype(m, i), ndim, shape, nbytes);
     } else if (zero_inputs) {
       nbytes = qc_input_nbytes(m, i);
       data = calloc(1, nbytes ? nbytes : 1);
@@ -507,6 +590,7 @@ int main(int argc, char** argv) {
   free(times);
 
   /* Outputs. */
+  int failed_checks = 0;
   char** used = (char**)calloc((size_t)n_out + 1, sizeof(char*));
   if (used == NULL) die("out of memory");
   for (int i = 0; i < n_out; ++i) {
@@ -516,11 +600,16 @@ int main(int argc, char** argv) {
     char shp[512];
     shape_str(shp, sizeof(shp), shape, ndim);
     printf("output %s %s %s\n", qc_output_name(m, i), qc_output_dtype(m, i), shp);
-    if (out_dir == NULL) continue;
+    if (out_dir == NULL && expect_file[i] == NULL) continue;
     size_t nbytes = qc_output_nbytes(m, i);
     void* buf = malloc(nbytes ? nbytes : 1);
     if (buf == NULL) die("out of memory");
     if (qc_get_output(m, i, buf, nbytes) != 0) die("%s", qc_last_error());
+    if (expect_file[i] != NULL) failed_checks += !check_output(m, i, buf, expect_file[i], tolerance);
+    if (out_dir == NULL) {
+      free(buf);
+      continue;
+    }
     char fname[512], unique[600];
     sanitize(fname, sizeof(fname), qc_output_name(m, i));
     snprintf(unique, sizeof(unique), "%s", fname);
@@ -538,9 +627,10 @@ int main(int argc, char** argv) {
   }
   for (int i = 0; i < n_out; ++i) free(used[i]);
   free(used);
+  free(expect_file);
   fflush(stdout);
   fprintf(stderr, "latency_ms median=%.3f min=%.3f max=%.3f\n", median, tmin, tmax);
   qc_free(m);
   g_model = NULL;
-  return 0;
+  return failed_checks ? 3 : 0;
 }

@@ -7,6 +7,7 @@
                                      qcompiler runs (installed ones for this machine's
                                      architecture; otherwise downloaded once, or read from
                                      `wheel_dir` offline); CUDA artifacts add libtvm_runtime_cuda.so
+                                     and libcudart.so.13 (NVIDIA's redistributable wheel)
   DIR/qc_run, libqc_runtime.so, qc_runtime.h
                                      the C runtime (deploy/) built by that architecture's C
                                      compiler, with RUNPATH $ORIGIN: the libraries beside it
@@ -42,6 +43,9 @@ MANIFEST = "bundle.json"
 WHEEL_PLATFORMS = {"aarch64": "manylinux_2_28_aarch64", "x86_64": "manylinux_2_28_x86_64"}
 C_CROSS_COMPILERS = {"aarch64": CrossCompiler("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")}
 RUNTIME_PACKAGES = ("apache-tvm", "apache-tvm-ffi")
+# TVM's CUDA runtime links libcudart.so.13; NVIDIA's redistributable wheel ships it, so a GPU
+# machine needs only the driver (CUDA 13 capable, >= 580).
+CUDA_RUNTIME = ("nvidia-cuda-runtime==13.0.96", "nvidia/cu13/lib/libcudart.so.13", "manylinux_2_17_{arch}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,33 @@ def runtime_libraries(arch: str, *, cuda: bool = False, wheel_dir: Path | None =
     return RuntimeLibraries(arch, root / "tvm" / "lib", root / "tvm_ffi" / "lib", root / "tvm_ffi" / "include")
 
 
+def cuda_runtime_library(arch: str, *, wheel_dir: Path | None = None, cache_dir: Path | None = None,
+                         log=print) -> Path:
+    """libcudart.so.13 for `arch`, from NVIDIA's wheel (in `wheel_dir`, or downloaded into the cache once)."""
+    requirement, member, platform_tag = CUDA_RUNTIME
+    name, version = requirement.split("==")
+    target = (cache_dir or default_cache_dir()) / "runtime" / arch / f"{name}-{version}" / Path(member).name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        if wheel_dir is not None:
+            wheels = [w for w in sorted(Path(wheel_dir).glob(f"{name.replace('-', '_')}-{version}-*.whl")) if arch in w.name]
+            if not wheels:
+                raise QCompilerError(
+                    f"{wheel_dir} lacks the {arch} wheel of {requirement} (get it with: pip download --no-deps "
+                    f"--only-binary=:all: --platform {platform_tag.format(arch=arch)} {requirement})")
+        else:
+            log(f"downloading the CUDA runtime for {arch}: {requirement}")
+            wheels = download_wheels([requirement], Path(tmp), platform_tag.format(arch=arch))
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            if member not in wheel.namelist():
+                raise QCompilerError(f"{wheels[0].name} has no {member}")
+            wheel.extract(member, tmp)
+        os.replace(Path(tmp) / member, target)
+    return target
+
+
 def c_compiler(arch: str) -> str:
     """The C compiler that builds for `arch` (this machine's `cc`, or a Debian cross compiler)."""
     if arch == host_arch():
@@ -208,6 +239,9 @@ def deploy_bundle(artifact: str | os.PathLike, out_dir: str | os.PathLike, *, wh
         }
         if cuda:
             copies[libs.tvm_lib_dir / "libtvm_runtime_cuda.so"] = "libtvm_runtime_cuda.so"
+            cudart = cuda_runtime_library(meta.arch, wheel_dir=Path(wheel_dir) if wheel_dir else None,
+                                          cache_dir=cache_dir, log=log)
+            copies[cudart] = cudart.name
         for source, name in copies.items():
             shutil.copy2(source, staged / name)
         (staged / "README.txt").write_text(_readme(so_path.name, meta))

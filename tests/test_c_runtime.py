@@ -82,3 +82,29 @@ def test_c_runtime_errors(qc_run_binary, two_output_model, tmp_path):
     np.save(tmp_path / "img.npy", np.zeros((1, 3, 16, 16), np.float32))
     unknown = qc_run(qc_run_binary, two_output_model, "--input", f"image={tmp_path / 'img.npy'}")
     assert unknown.returncode != 0 and "image" in unknown.stderr
+
+
+def test_qc_run_checks_outputs_against_expected_files(qc_run_binary, two_output_model, tmp_path):
+    """--expect: float outputs within --tolerance of max |expected|; exit 3 and FAIL otherwise."""
+    rng = np.random.default_rng(4)
+    feed = {"img": rng.standard_normal((1, 3, 16, 16)).astype(np.float32),
+            "bias": rng.standard_normal((1, 8)).astype(np.float32)}
+    for name, value in feed.items():
+        np.save(tmp_path / f"{name}.npy", value)
+    logits = qcompiler.load(two_output_model).run(feed)["logits/out"]
+    inputs = ["--input", f"img={tmp_path / 'img.npy'}", "--input", f"bias={tmp_path / 'bias.npy'}"]
+    scale = float(np.abs(logits).max())
+    np.save(tmp_path / "near.npy", logits + np.float32(0.5e-4 * scale))
+    np.save(tmp_path / "far.npy", logits + np.float32(2e-4 * scale))
+    near = qc_run(qc_run_binary, two_output_model, *inputs, "--expect", f"logits/out={tmp_path / 'near.npy'}")
+    assert near.returncode == 0 and "check logits/out" in near.stdout and near.stdout.rstrip().endswith("PASS")
+    far = qc_run(qc_run_binary, two_output_model, *inputs, "--expect", f"logits/out={tmp_path / 'far.npy'}")
+    assert far.returncode == 3 and far.stdout.rstrip().endswith("FAIL")
+    loose = qc_run(qc_run_binary, two_output_model, *inputs, "--expect", f"logits/out={tmp_path / 'far.npy'}",
+                   "--tolerance", "1e-3")
+    assert loose.returncode == 0
+    np.save(tmp_path / "wrong_shape.npy", logits[0])
+    bad = qc_run(qc_run_binary, two_output_model, *inputs, "--expect", f"logits/out={tmp_path / 'wrong_shape.npy'}")
+    assert bad.returncode == 1 and "expected output 'logits/out'" in bad.stderr and "shape" in bad.stderr
+    unknown = qc_run(qc_run_binary, two_output_model, *inputs, "--expect", f"nope={tmp_path / 'near.npy'}")
+    assert unknown.returncode == 1 and "unknown output name" in unknown.stderr

@@ -102,3 +102,15 @@ def test_loading_cuda_artifact_without_gpu_is_refused(tmp_path):
     with pytest.raises(QCompilerError) as err:
         qcompiler.load(path)
     assert "no CUDA device" in str(err.value)
+
+
+@needs_compiler
+def test_cuda_deploy_bundle_carries_the_cuda_runtime(tmp_path):
+    """A GPU machine needs only the driver: TVM's CUDA runtime and libcudart.so.13 are in the bundle."""
+    from qcompiler.bundle import deploy_bundle
+
+    path = qcompiler.compile(conv_net(), target="cuda-sm90").export(tmp_path / "gpu.so")
+    bundle = deploy_bundle(path, tmp_path / "bundle", log=lambda _: None)
+    names = {p.name for p in bundle.iterdir()}
+    assert {"gpu.so", "qc_run", "libtvm_runtime.so", "libtvm_ffi.so", "libtvm_runtime_cuda.so", "libcudart.so.13"} <= names
+    assert "(x86_64, cuda)" in (bundle / "README.txt").read_text()
