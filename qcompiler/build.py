@@ -43,14 +43,14 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
 
     On CPU presets, fused kernels that `tuning_logs` or (if `committed_logs`) the committed
     `tuning_logs/<preset>/` have records for get their tuned schedules, the others (if
-    `default_schedules`) qcompiler's default schedules (kernels/schedules.py). For CUDA targets the
-    pipeline applies dlight's GPU schedules; device code is then compiled to binary by
-    `cuda_binary.embed_device_binary`.
+    `default_schedules`) qcompiler's default schedules (kernels/schedules.py). For CUDA targets
+    int8 convolutions and matmuls get qcompiler's dp4a kernels and everything else dlight's GPU
+    schedules; device code is then compiled to binary by `cuda_binary.embed_device_binary`.
     """
     import tvm
     from tvm import relax
 
-    from .tuning import cpu_pipeline, databases_for
+    from .tuning import cpu_pipeline, databases_for, gpu_pipeline
 
     target = preset.target()
     try:
@@ -59,7 +59,7 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
                 database = databases_for(preset, list(tuning_logs), Path(scratch), committed_logs)
                 pipeline = cpu_pipeline(target, database, default_schedules)
             else:
-                pipeline = relax.get_default_pipeline(target)
+                pipeline = gpu_pipeline(target)
             with target:
                 lowered = pipeline(mod)
         executable = tvm.compile(lowered, target)

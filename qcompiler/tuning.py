@@ -88,6 +88,30 @@ def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bo
     return pipeline
 
 
+def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CUDA pipeline, with int8 convolutions and matmuls on qcompiler's dp4a kernels
+    (kernels/gpu_schedules.py) and dlight's schedules for everything else."""
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    from .kernels.dispatch import dispatch_int8_kernels
+    from .kernels.gpu_schedules import schedule_gpu_int8
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            mod = dispatch_int8_kernels(mod, target)
+            *legalize, dlight = cuda.legalize_passes(target)
+            mod = tvm.transform.Sequential(cuda.library_dispatch_passes(target) + legalize)(mod)
+            scheduled = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+            for gvar, func in mod.functions.items():
+                if isinstance(func, tvm.tirx.PrimFunc) and (new := schedule_gpu_int8(func)) is not None:
+                    scheduled[gvar] = new
+            rest = [dlight] + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
+            return tvm.transform.Sequential(rest)(scheduled)
+
+    return pipeline
+
+
 def _clean_lines(path: Path, check) -> tuple[list[str], int]:
     """Lines of a JSON-lines file that parse and pass `check`, and how many were dropped."""
     good, dropped = [], 0

@@ -114,3 +114,38 @@ def test_cuda_deploy_bundle_carries_the_cuda_runtime(tmp_path):
     names = {p.name for p in bundle.iterdir()}
     assert {"gpu.so", "qc_run", "libtvm_runtime.so", "libtvm_ffi.so", "libtvm_runtime_cuda.so", "libcudart.so.13"} <= names
     assert "(x86_64, cuda)" in (bundle / "README.txt").read_text()
+
+
+def test_int8_cuda_kernels_use_dp4a():
+    """Every int8 conv/dense kernel of the CUDA module multiplies 4 bytes at a time with `__dp4a`,
+    reading each operand as one 32-bit word; nothing is widened to float."""
+    import re
+
+    import tvm
+
+    from qcompiler.frontend import load_onnx
+    from qcompiler.quantize import quantize
+    from qcompiler.targets import resolve
+    from qcompiler.tuning import gpu_pipeline
+    from test_quantize import residual_net, samples
+
+    quantized = quantize(load_onnx(residual_net()), qcompiler.QConfig(), samples(8))
+    target = resolve("cuda-sm80").target()
+    executable = tvm.compile(gpu_pipeline(target)(quantized.mod), target)
+
+    def modules(m):
+        yield m
+        for child in m.imports:
+            yield from modules(child)
+
+    source = next(m for m in modules(executable.mod) if m.kind == "cuda").inspect_source()
+    chunks = source.split('extern "C" __global__ void ')[1:]
+    kernels = {re.search(r"\) (\w+)\(", chunk).group(1): chunk for chunk in chunks}
+    int8 = {name: body for name, body in kernels.items() if "_dp4a" in name}
+    assert sorted(name.split("_dp4a")[0] for name in int8) == \
+        ["fused_conv2d_nhwc_s8s8", "fused_conv2d_nhwc_s8s8", "fused_dense_s8s8"]
+    for name, body in int8.items():
+        # the int32 accumulator's only update: acc = acc + __dp4a(4 activation bytes, 4 weight bytes, 0)
+        updates = re.findall(r"(\w+_local_ptr)\[0\] = \(\1\[0\] \+ (.*?)\);\n", body)
+        assert updates and all(re.fullmatch(r"__dp4a\(\*\(int\*\)\(.*\), \*\(int\*\)\(.*\), 0\)", u[1])
+                               for u in updates), name

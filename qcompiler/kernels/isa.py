@@ -2,6 +2,7 @@
 
   vnni   x86 AVX-512 VNNI `vpdpbusd`: 16 int32 lanes, each += 4 products uint8 × int8
   sdot   ARM +dotprod `sdot`:          4 int32 lanes, each += 4 products int8 × int8
+  dp4a   CUDA `__dp4a`:                1 int32 lane += 4 products int8 × int8 (one thread's output)
   neon   plain ARM NEON (no dot product): not an instruction; one lane, so each output
          channel's weights are contiguous, and the reduction over input channels is left to
          LLVM's loop vectorizer (int16 products widened: `smull`/`smlal`-family instructions)
@@ -19,7 +20,7 @@ from typing import Callable
 import tvm
 from tvm.target import codegen
 
-from . import sdot, vnni
+from . import dp4a, sdot, vnni
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class DotProduct:
     lanes: int                  # int32 accumulators (output channels) per instruction
     reduce: int                 # products summed into each lane (input channels)
     data_dtype: str | None      # the activation bytes it multiplies (None: uint8 or int8; weights are int8)
-    feature: str                # LLVM target feature that provides it
+    feature: str | None         # LLVM target feature that provides it (None: a GPU family)
     register: Callable[[], str] | None  # registers the tensor intrinsic, returns its name (None: vectorized)
 
     def conv_block(self) -> str:
@@ -41,16 +42,20 @@ class DotProduct:
 VNNI = DotProduct("vnni", vnni.LANES, vnni.REDUCE, "uint8", "avx512vnni", vnni.register)
 SDOT = DotProduct("sdot", 4, 4, "int8", "dotprod", sdot.register)
 NEON = DotProduct("neon", 1, 4, None, "neon", None)
-DOT_PRODUCTS = (VNNI, SDOT, NEON)
+DP4A = DotProduct("dp4a", 1, 4, "int8", None, dp4a.register)
+CPU_DOT_PRODUCTS = (VNNI, SDOT, NEON)
+DOT_PRODUCTS = (*CPU_DOT_PRODUCTS, DP4A)
 
 
 def dot_product_of(target: tvm.target.Target) -> DotProduct | None:
-    """The int8 kernel family for an LLVM CPU target: VNNI on x86 with AVX-512 VNNI; on
-    aarch64 `sdot` with +dotprod, else NEON; None otherwise."""
+    """The int8 kernel family for a target: VNNI on x86 with AVX-512 VNNI; on aarch64 `sdot`
+    with +dotprod, else NEON; `dp4a` on CUDA; None otherwise."""
+    if target.kind.name == "cuda":
+        return DP4A
     if target.kind.name != "llvm":
         return None
     if str(target.attrs.get("mtriple", "")).startswith("aarch64"):
-        candidates = (SDOT, NEON)
+        candidates: tuple[DotProduct, ...] = (SDOT, NEON)
     else:
         candidates = (VNNI,)
     for dp in candidates:

@@ -25,7 +25,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
 from .compute import DEPTHWISE_BLOCK
-from .isa import DOT_PRODUCTS, DotProduct
+from .isa import CPU_DOT_PRODUCTS, DotProduct
 
 log = logging.getLogger("qcompiler")
 
@@ -207,9 +207,9 @@ def schedule_generic(sch: Schedule) -> None:
 ANCHORS = {
     DEPTHWISE_BLOCK: schedule_depthwise,
     **{dp.conv_block(): partial(schedule_conv_dot, dp=dp) if dp.register else schedule_conv_reduction_inner
-       for dp in DOT_PRODUCTS},
+       for dp in CPU_DOT_PRODUCTS},
     **{dp.dense_block(): partial(schedule_dense_dot, dp=dp) if dp.register else schedule_dense_reduction_inner
-       for dp in DOT_PRODUCTS},
+       for dp in CPU_DOT_PRODUCTS},
 }
 
 
