@@ -352,15 +352,20 @@ static long parse_count(const char* opt, const char* s, long min) {
   return v;
 }
 
-/* Output index of the spec NAME=FILE (NAME may itself contain '='); sets *file. */
-static int output_of_spec(const qc_model* m, const char* spec, const char** file) {
+/*
+ * Index of the input or output (`find`: qc_find_input / qc_find_output) named by the spec
+ * NAME=FILE, where NAME may itself contain '=' (the first split naming one wins); sets *file.
+ * -1 if no split names one.
+ */
+static int index_of_spec(const qc_model* m, const char* spec, int (*find)(const qc_model*, const char*),
+                         const char** file) {
   for (const char* eq = strchr(spec, '='); eq != NULL; eq = strchr(eq + 1, '=')) {
     char name[1024];
     size_t len = (size_t)(eq - spec);
     if (len >= sizeof(name)) break;
     memcpy(name, spec, len);
     name[len] = '\0';
-    int idx = qc_find_output(m, name);
+    int idx = find(m, name);
     if (idx >= 0) {
       *file = eq + 1;
       return idx;
@@ -503,7 +508,7 @@ int main(int argc, char** argv) {
   for (int k = 0; k < n_expect; ++k) {
     const char* file = NULL;
     if (strchr(expects[k], '=') == NULL) die("--expect expects NAME=FILE.npy, got '%s'", expects[k]);
-    int idx = output_of_spec(m, expects[k], &file);
+    int idx = index_of_spec(m, expects[k], qc_find_output, &file);
     if (idx < 0) die("--expect %s: unknown output name", expects[k]);
     if (expect_file[idx] != NULL) die("output '%s' expected twice", qc_output_name(m, idx));
     expect_file[idx] = file;
@@ -518,20 +523,8 @@ int main(int argc, char** argv) {
   for (int k = 0; k < n_named; ++k) {
     /* NAME may itself contain '=': take the first split whose NAME is a model input. */
     const char* spec = named[k];
-    int idx = -1;
     const char* file = NULL;
-    for (const char* eq = strchr(spec, '='); eq != NULL; eq = strchr(eq + 1, '=')) {
-      char name[1024];
-      size_t len = (size_t)(eq - spec);
-      if (len >= sizeof(name)) break;
-      memcpy(name, spec, len);
-      name[len] = '\0';
-      idx = qc_find_input(m, name);
-      if (idx >= 0) {
-        file = eq + 1;
-        break;
-      }
-    }
+    int idx = index_of_spec(m, spec, qc_find_input, &file);
     if (strchr(spec, '=') == NULL) die("--input expects NAME=FILE.npy, got '%s'", spec);
     if (idx < 0) {
       char names[2048];

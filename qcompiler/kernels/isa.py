@@ -20,7 +20,7 @@ from typing import Callable
 import tvm
 from tvm.target import codegen
 
-from . import dp4a, sdot, vnni
+from . import dot_intrinsic, dp4a, sdot, vnni
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,10 @@ class DotProduct:
         return f"dense_{self.name}"
 
 
-VNNI = DotProduct("vnni", vnni.LANES, vnni.REDUCE, "uint8", "avx512vnni", vnni.register)
-SDOT = DotProduct("sdot", 4, 4, "int8", "dotprod", sdot.register)
-NEON = DotProduct("neon", 1, 4, None, "neon", None)
-DP4A = DotProduct("dp4a", 1, 4, "int8", None, dp4a.register)
+VNNI = DotProduct("vnni", vnni.LANES, dot_intrinsic.REDUCE, "uint8", "avx512vnni", vnni.register)
+SDOT = DotProduct("sdot", sdot.LANES, dot_intrinsic.REDUCE, "int8", "dotprod", sdot.register)
+NEON = DotProduct("neon", 1, dot_intrinsic.REDUCE, None, "neon", None)
+DP4A = DotProduct("dp4a", 1, dot_intrinsic.REDUCE, "int8", None, dp4a.register)
 CPU_DOT_PRODUCTS = (VNNI, SDOT, NEON)
 DOT_PRODUCTS = (*CPU_DOT_PRODUCTS, DP4A)
 
