@@ -41,8 +41,8 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
           default_schedules: bool = True):
     """Relax → executable: TVM's pipeline for the target (legalize, fold, fuse, lower).
 
-    On CPU presets, fused kernels that `tuning_logs` or (if `committed_logs`) the committed
-    `tuning_logs/<preset>/` have records for get their tuned schedules, the others (if
+    Fused kernels that `tuning_logs` or (if `committed_logs`) the committed `tuning_logs/<preset>/`
+    have records for get their tuned schedules; on CPU presets the others (if
     `default_schedules`) qcompiler's default schedules (kernels/schedules.py). For CUDA targets
     int8 convolutions and matmuls get qcompiler's dp4a kernels and everything else dlight's GPU
     schedules; device code is then compiled to binary by `cuda_binary.embed_device_binary`.
@@ -55,11 +55,11 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
     target = preset.target()
     try:
         with tempfile.TemporaryDirectory() as scratch:
+            database = databases_for(preset, list(tuning_logs), Path(scratch), committed_logs)
             if preset.device is DeviceKind.CPU:
-                database = databases_for(preset, list(tuning_logs), Path(scratch), committed_logs)
                 pipeline = cpu_pipeline(target, database, default_schedules)
             else:
-                pipeline = gpu_pipeline(target)
+                pipeline = gpu_pipeline(target, database)
             with target:
                 lowered = pipeline(mod)
         executable = tvm.compile(lowered, target)

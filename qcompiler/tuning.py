@@ -44,14 +44,21 @@ RECORDS = "database_tuning_record.json"
 
 
 def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """The CPU pipeline up to fusion: what tuning extracts tasks from and compile schedules."""
-    from tvm.relax.backend import cpu_generic
-
+    """The target's pipeline up to fusion (int8 kernels dispatched, ops legalized and fused, no
+    schedules yet): what tuning extracts tasks from and compile schedules."""
     from .kernels.dispatch import dispatch_int8_kernels
 
     mod = dispatch_int8_kernels(mod, target)
     with target:
-        passes = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+        if target.kind.name == "cuda":
+            from tvm.relax.backend.cuda import pipeline as cuda
+
+            *legalize, _dlight = cuda.legalize_passes(target)
+            passes = cuda.library_dispatch_passes(target) + legalize
+        else:
+            from tvm.relax.backend import cpu_generic
+
+            passes = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
         return tvm.transform.Sequential(passes)(mod)
 
 
@@ -88,24 +95,27 @@ def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bo
     return pipeline
 
 
-def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CUDA pipeline, with int8 convolutions and matmuls on qcompiler's dp4a kernels
-    (kernels/gpu_schedules.py) and dlight's schedules for everything else."""
+def gpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass:
+    """TVM's CUDA pipeline, with `database`'s schedules applied to the kernels they match, int8
+    convolutions and matmuls on qcompiler's dp4a kernels (kernels/gpu_schedules.py) and dlight's
+    schedules for everything else."""
     from tvm.relax.backend.cuda import pipeline as cuda
 
-    from .kernels.dispatch import dispatch_int8_kernels
     from .kernels.gpu_schedules import schedule_gpu_int8
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            mod = dispatch_int8_kernels(mod, target)
-            *legalize, dlight = cuda.legalize_passes(target)
-            mod = tvm.transform.Sequential(cuda.library_dispatch_passes(target) + legalize)(mod)
+            mod = fused_module(mod, target)
+            if database is not None:
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             scheduled = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
             for gvar, func in mod.functions.items():
-                if isinstance(func, tvm.tirx.PrimFunc) and (new := schedule_gpu_int8(func)) is not None:
+                if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tir.is_scheduled")) \
+                        and (new := schedule_gpu_int8(func)) is not None:
                     scheduled[gvar] = new
+            *_, dlight = cuda.legalize_passes(target)
             rest = [dlight] + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
             return tvm.transform.Sequential(rest)(scheduled)
 
