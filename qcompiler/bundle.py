@@ -28,13 +28,12 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata as package_metadata
-from importlib import util as import_util
 from pathlib import Path
 
 from .errors import QCompilerError
 from .metadata import ArtifactMetadata, metadata_path
 from .models import default_cache_dir
-from .runtime import verified_metadata
+from .runtime import installed_package_dir, verified_metadata
 from .targets.preset import CrossCompiler
 from .wheels import download_wheels
 
@@ -62,13 +61,6 @@ def host_arch() -> str:
     return platform.machine()
 
 
-def _installed_package_dir(module: str) -> Path:
-    spec = import_util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise QCompilerError(f"Python package {module} is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def runtime_versions() -> dict[str, str]:
     """The installed (pinned) versions of TVM and TVM-FFI; bundles ship these versions."""
     return {name: package_metadata.version(name) for name in RUNTIME_PACKAGES}
@@ -82,7 +74,7 @@ def _wheel_members(cuda: bool) -> dict[str, list[str]]:
 
 def _extract(wheels: list[Path], dest: Path, cuda: bool) -> None:
     for prefix, members in _wheel_members(cuda).items():
-        matches = [w for w in wheels if w.name.startswith(prefix) and not w.name.startswith(prefix + "ffi")]
+        matches = [w for w in wheels if w.name.startswith(prefix)]
         if not matches:
             raise QCompilerError(f"no {prefix.rstrip('-')} wheel among {', '.join(w.name for w in wheels) or 'none'}")
         with zipfile.ZipFile(matches[0]) as wheel:
@@ -101,8 +93,8 @@ def runtime_libraries(arch: str, *, cuda: bool = False, wheel_dir: Path | None =
     """TVM's runtime for `arch`: the installed wheels' on this architecture; otherwise the
     pinned wheels for `arch` (from `wheel_dir`, or downloaded into the cache once)."""
     if arch == host_arch() and wheel_dir is None:
-        ffi = _installed_package_dir("tvm_ffi")
-        return RuntimeLibraries(arch, _installed_package_dir("tvm") / "lib", ffi / "lib", ffi / "include")
+        ffi = installed_package_dir("tvm_ffi")
+        return RuntimeLibraries(arch, installed_package_dir("tvm") / "lib", ffi / "lib", ffi / "include")
     if arch not in WHEEL_PLATFORMS:
         raise QCompilerError(f"no TVM runtime wheels for architecture {arch!r}: expected one of {', '.join(WHEEL_PLATFORMS)}")
     versions = runtime_versions()

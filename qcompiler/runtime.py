@@ -39,6 +39,16 @@ def set_num_threads(threads: int) -> None:
         os.environ.pop("TVM_NUM_THREADS", None)
 
 
+def installed_package_dir(module: str) -> Path:
+    """The folder of an installed Python package, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise QCompilerError(f"Python package {module} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 class _TvmRuntime:
     """TVM's runtime library and the handful of its functions a loaded artifact needs.
 
@@ -49,19 +59,13 @@ class _TvmRuntime:
     """
 
     def __init__(self, device_kind: str):
-        import importlib.util
-        import os
-
         import tvm_ffi
 
-        spec = importlib.util.find_spec("tvm")
-        if spec is None or not spec.submodule_search_locations:
-            raise QCompilerError("the apache-tvm package is not installed: it provides libtvm_runtime.so")
-        lib_dir = os.path.join(list(spec.submodule_search_locations)[0], "lib")
-        ctypes.CDLL(os.path.join(lib_dir, "libtvm_runtime.so"), mode=ctypes.RTLD_GLOBAL)
+        lib_dir = installed_package_dir("tvm") / "lib"
+        ctypes.CDLL(str(lib_dir / "libtvm_runtime.so"), mode=ctypes.RTLD_GLOBAL)
         if device_kind == "cuda":
             try:
-                ctypes.CDLL(os.path.join(lib_dir, "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
+                ctypes.CDLL(str(lib_dir / "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
             except OSError as err:
                 raise QCompilerError(
                     f"the artifact targets CUDA but no CUDA device is available on this machine "

@@ -18,7 +18,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
 from .isa import DP4A
-from .schedules import _blocks, _extent, _inline_consumers, _tile
+from .schedules import child_blocks, inline_consumers, largest_divisor, loop_extent
 
 log = logging.getLogger("qcompiler")
 
@@ -26,7 +26,7 @@ MAX_THREADS = 256  # threads per block: output channels of one pixel (a divisor 
 
 
 def _schedule_dp4a(sch: Schedule, block) -> None:
-    consumers = _inline_consumers(sch, block)
+    consumers = inline_consumers(sch, block)
     writeback = sch.cache_write(block, 0, "local")
     for consumer in consumers:
         sch.reverse_compute_inline(consumer)  # the epilogue runs on the register accumulator
@@ -37,7 +37,7 @@ def _schedule_dp4a(sch: Schedule, block) -> None:
     channels = reduction[-1]  # input channels: the innermost reduction
     channel_words, products = sch.split(channels, [None, DP4A.reduce])
     *pixels, out_channels = outputs
-    threads = _tile(_extent(sch, out_channels), MAX_THREADS)
+    threads = largest_divisor(loop_extent(sch, out_channels), MAX_THREADS)
     channel_blocks, channel_threads = sch.split(out_channels, [None, threads])
     pixel = sch.fuse(*pixels)
     sch.reorder(pixel, channel_blocks, channel_threads, *reduction[:-1])
@@ -52,7 +52,7 @@ def _schedule_dp4a(sch: Schedule, block) -> None:
 def schedule_gpu_int8(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     """`func` scheduled for CUDA if its anchor is a dp4a kernel, else None (dlight's turn)."""
     sch = Schedule(func)
-    anchors = [b for b in _blocks(sch) if sch.get(b).name_hint in (DP4A.conv_block(), DP4A.dense_block())]
+    anchors = [b for b in child_blocks(sch) if sch.get(b).name_hint in (DP4A.conv_block(), DP4A.dense_block())]
     if not anchors:
         return None
     try:

@@ -33,11 +33,11 @@ MAX_TILE = 8        # output pixels per register tile (8 accumulator registers)
 MAX_LANES = 16      # int32 lanes of an AVX-512 vector (NEON's 16-byte registers take one in 4)
 
 
-def _extent(sch: Schedule, loop) -> int:
+def loop_extent(sch: Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def _tile(extent: int, limit: int = MAX_TILE) -> int:
+def largest_divisor(extent: int, limit: int = MAX_TILE) -> int:
     """The largest divisor of `extent` not above `limit`."""
     return max(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
 
@@ -46,13 +46,13 @@ def _is_spatial(sch: Schedule, block) -> bool:
     return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
 
 
-def _blocks(sch: Schedule) -> list:
+def child_blocks(sch: Schedule) -> list:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
-def _inline_consumers(sch: Schedule, anchor) -> list:
+def inline_consumers(sch: Schedule, anchor) -> list:
     """Inline the elementwise chain after `anchor` into its last block(s); returns those blocks."""
-    blocks = _blocks(sch)
+    blocks = child_blocks(sch)
     after = blocks[[sch.get(b).name_hint for b in blocks].index(sch.get(anchor).name_hint) + 1:]
     kept = []
     for block in after:
@@ -65,7 +65,7 @@ def _inline_consumers(sch: Schedule, anchor) -> list:
 
 def _with_epilogue(sch: Schedule, block, at_loop) -> None:
     """Accumulate `block` in a register tile and run its elementwise consumers per tile at `at_loop`."""
-    consumers = _inline_consumers(sch, block)
+    consumers = inline_consumers(sch, block)
     writeback = sch.cache_write(block, 0, "global")  # tensorize matches global buffers; a tile-sized stack array
     rest = []
     tile_shape = _write_shape(sch, writeback)
@@ -94,11 +94,11 @@ def _write_shape(sch: Schedule, block) -> list[int]:
 def _vectorize_inner(sch: Schedule, block) -> None:
     """Vectorize the innermost loop, split to at most 16 lanes (longer vectors only bloat the code)."""
     loops = sch.get_loops(block)
-    if not loops or _extent(sch, loops[-1]) <= 1:
+    if not loops or loop_extent(sch, loops[-1]) <= 1:
         return
     inner = loops[-1]
-    if _extent(sch, inner) > MAX_LANES:
-        lanes = _tile(_extent(sch, inner), MAX_LANES)
+    if loop_extent(sch, inner) > MAX_LANES:
+        lanes = largest_divisor(loop_extent(sch, inner), MAX_LANES)
         if lanes < 4:
             return
         inner = sch.split(inner, [None, lanes])[1]
@@ -110,7 +110,7 @@ def _parallel_outer(sch: Schedule, loops: list) -> None:
     chosen, total = [], 1
     for loop in loops:
         chosen.append(loop)
-        total *= _extent(sch, loop)
+        total *= loop_extent(sch, loop)
         if total >= 64:
             break
     if total > 1:
@@ -119,7 +119,7 @@ def _parallel_outer(sch: Schedule, loops: list) -> None:
 
 def schedule_conv_dot(sch: Schedule, block, dp: DotProduct) -> None:
     b, h, w, o, r, s, c = sch.get_loops(block)
-    tile = _tile(_extent(sch, w))
+    tile = largest_divisor(loop_extent(sch, w))
     oo, oi = sch.split(o, [None, dp.lanes])
     co, ci = sch.split(c, [None, dp.reduce])
     wo, wi = sch.split(w, [None, tile])
@@ -134,7 +134,7 @@ def schedule_conv_dot(sch: Schedule, block, dp: DotProduct) -> None:
 
 def schedule_dense_dot(sch: Schedule, block, dp: DotProduct) -> None:
     m, o, k = sch.get_loops(block)
-    tile = _tile(_extent(sch, m), 4)
+    tile = largest_divisor(loop_extent(sch, m), 4)
     mo, mi = sch.split(m, [None, tile])
     oo, oi = sch.split(o, [None, dp.lanes])
     ko, ki = sch.split(k, [None, dp.reduce])
@@ -164,8 +164,8 @@ def schedule_dense_reduction_inner(sch: Schedule, block) -> None:
 
 def schedule_depthwise(sch: Schedule, block) -> None:
     b, h, w, ch, r, s = sch.get_loops(block)
-    lanes = _tile(_extent(sch, ch), MAX_LANES)
-    tile = _tile(_extent(sch, w), 4)
+    lanes = largest_divisor(loop_extent(sch, ch), MAX_LANES)
+    tile = largest_divisor(loop_extent(sch, w), 4)
     co, ci = sch.split(ch, [None, lanes])
     wo, wi = sch.split(w, [None, tile])
     sch.reorder(b, h, wo, co, r, s, wi, ci)
@@ -181,19 +181,19 @@ def schedule_generic(sch: Schedule) -> None:
     """Inline injective producers into injective consumers (not into reductions, where e.g. an
     inlined pad would be re-evaluated at every reduction step); parallel outer loops; vectorize
     fully spatial blocks."""
-    for block in _blocks(sch)[:-1]:
+    for block in child_blocks(sch)[:-1]:
         consumers = sch.get_consumers(block)
         if _is_spatial(sch, block) and consumers and all(_is_spatial(sch, c) for c in consumers):
             try:
                 sch.compute_inline(block)
             except ScheduleError:
                 pass
-    for block in _blocks(sch):
+    for block in child_blocks(sch):
         loops = sch.get_loops(block)
         if not loops:
             continue
         spatial = _is_spatial(sch, block)
-        if spatial and len(loops) > 1 and _extent(sch, loops[-1]) >= 4:
+        if spatial and len(loops) > 1 and loop_extent(sch, loops[-1]) >= 4:
             _vectorize_inner(sch, block)
             loops = sch.get_loops(block)[:-1]
         if spatial:
@@ -217,7 +217,7 @@ def apply_default_schedule(sch: Schedule) -> bool:
     """Schedule the PrimFunc of `sch` in place by its anchor block; False where no rule applies
     (`sch` may then be partly transformed: work on a copy)."""
     try:
-        for block in _blocks(sch):
+        for block in child_blocks(sch):
             rule = ANCHORS.get(sch.get(block).name_hint)
             if rule is not None:
                 rule(sch, block)
