@@ -62,17 +62,31 @@ def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return tvm.transform.Sequential(passes)(mod)
 
 
+def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
+    """`mod` with `schedule(func)` in place of each kernel no record scheduled, where it gives one."""
+    scheduled = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tir.is_scheduled")):
+            new = schedule(func)
+            if new is not None:
+                scheduled[gvar] = new
+    return scheduled
+
+
 def with_default_schedules(mod: tvm.IRModule) -> tvm.IRModule:
     """Every kernel no record scheduled gets qcompiler's default schedule (kernels/schedules.py)."""
     from .kernels.schedules import default_schedule
 
-    scheduled = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-    for gvar, func in mod.functions.items():
-        if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tir.is_scheduled")):
-            new = default_schedule(func)
-            if new is not None:
-                scheduled[gvar] = new
-    return scheduled
+    return _unscheduled_kernels_through(mod, default_schedule)
+
+
+def _fused_and_tuned(mod: tvm.IRModule, target: tvm.target.Target, database) -> tvm.IRModule:
+    """The fused module, with `database`'s schedules applied to the kernels they match."""
+    mod = fused_module(mod, target)
+    if database is not None:
+        with database:
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    return mod
 
 
 def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bool = True) -> tvm.transform.Pass:
@@ -83,10 +97,7 @@ def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bo
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            mod = fused_module(mod, target)
-            if database is not None:
-                with database:
-                    mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            mod = _fused_and_tuned(mod, target, database)
             if default_schedules:
                 mod = with_default_schedules(mod)
             rest = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
@@ -106,18 +117,10 @@ def gpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            mod = fused_module(mod, target)
-            if database is not None:
-                with database:
-                    mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-            scheduled = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
-            for gvar, func in mod.functions.items():
-                if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tir.is_scheduled")) \
-                        and (new := schedule_gpu_int8(func)) is not None:
-                    scheduled[gvar] = new
+            mod = _unscheduled_kernels_through(_fused_and_tuned(mod, target, database), schedule_gpu_int8)
             *_, dlight = cuda.legalize_passes(target)
             rest = [dlight] + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
-            return tvm.transform.Sequential(rest)(scheduled)
+            return tvm.transform.Sequential(rest)(mod)
 
     return pipeline
 
