@@ -1,7 +1,7 @@
 """Replace realized int8 convolutions and matmuls by qcompiler's dot-product kernels.
 
-Runs on the Relax module before legalization, for targets with an int8 dot-product instruction
-(isa.py: x86 AVX-512 VNNI, ARM +dotprod). A call is replaced when its operands are what the
+Runs on the Relax module before legalization, for targets with an int8 kernel family (isa.py:
+x86 AVX-512 VNNI, ARM `sdot` or plain NEON, CUDA `__dp4a`). A call is replaced when its operands are what the
 kernels take — uint8 or int8 activations, int8 constant weights, int32 output (L = the
 instruction's lanes):
 
@@ -10,9 +10,9 @@ instruction's lanes):
   conv2d NHWC/OHWI, depthwise         → depthwise_nhwc, weights [H, W, C]
   matmul [M, K] × constant [K, N]     → dense_<isa>, weights packed [N/L, K/4, L, 4]
 
-Activations x of the other signedness than the instruction takes (`vpdpbusd`: uint8, `sdot`:
-int8; NEON takes both) are fed as x ∓ 128 and the accumulator corrected by ±128 · Σ w per output channel, a
-constant added in the kernel's epilogue: Σ (x + t) · w − t · Σ w = Σ x · w exactly. The
+Activations x of the other signedness than the instruction takes (`vpdpbusd`: uint8, `sdot`
+and `__dp4a`: int8; NEON takes both) are fed as x ∓ 128 and the accumulator corrected by
+±128 · Σ w per output channel, a constant added in the kernel's epilogue: Σ (x + t) · w − t · Σ w = Σ x · w exactly. The
 depthwise kernel multiplies in int32 and takes either type directly.
 
 Spatial padding becomes an explicit pad (value 0, before any shift: realize has already padded
@@ -113,7 +113,7 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         if groups > 1 and groups == channels == out_channels and in_per_group == 1:
             data = self.pad(data, spatial)
             taps = np.ascontiguousarray(w[:, :, :, 0].transpose(1, 2, 0))
-            return self.kernel(f"depthwise_nhwc_{'u8' if _dtype(data) == 'uint8' else 's8'}s8",
+            return self.kernel(f"depthwise_nhwc_{self.operands(data)}",
                                lambda x, wd: kc.depthwise_nhwc(x, wd, strides, dilation), [data], [taps])
         if channels != groups * in_per_group or out_channels % groups:
             return None
