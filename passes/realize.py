@@ -76,6 +76,7 @@ class Accumulator:
     axis: int | None
     lo: float = -math.inf
     hi: float = math.inf
+    bound: float = math.inf  # max |acc| known at compile time
 
 
 @dataclass(frozen=True)
@@ -265,13 +266,44 @@ class Realizer:
         rounded = self.emit(relax.op.add(product, const(np.int32(1 << (shift - 1)))))
         return self.emit(relax.op.right_shift(rounded, const(np.int32(shift))))
 
+    def narrow_rescale(self, values, ratio: float, bound: float):
+        """round(values · ratio) all in int32 for |values| ≤ bound, or None where that is not exact enough.
+
+        values are first rounded down to 15 bits, v = (values + 2^(p−1)) >> p, then
+        (v · m + 2^(s−1)) >> s with m = round(ratio · 2^p · 2^s) in [2^15, 2^16]: |v · m| ≤ 2^30.
+        Taken only when ratio · 2^p ≤ 1/8, so the first rounding moves the result by at most
+        1/16 of an output step (and the 16-bit multiplier by less than 2^−16 of it).
+        """
+        pre = max(0, math.ceil(math.log2(bound + 1)) - 14)
+        scaled = ratio * 2.0**pre
+        if not 0 < scaled <= 0.125:
+            return None
+        mantissa, exponent = math.frexp(scaled)
+        m, shift = int(round(mantissa * 2**16)), 16 - exponent
+        if m == 1 << 16:
+            m, shift = m >> 1, shift - 1
+        if not 1 <= shift <= 30:
+            return None
+        if pre:
+            values = self.emit(relax.op.right_shift(self.emit(relax.op.add(values, const(np.int32(1 << (pre - 1))))),
+                                                    const(np.int32(pre))))
+        product = self.emit(relax.op.add(self.emit(relax.op.multiply(values, const(np.int32(m)))),
+                                         const(np.int32(1 << (shift - 1)))))
+        return self.emit(relax.op.right_shift(product, const(np.int32(shift))))
+
     def requantize(self, acc: Accumulator, scale: float, zero_point: int, dtype: str) -> QTensor:
-        """q = clamp(round(acc · scale_acc / scale) + zp, clamps) as int8/uint8."""
+        """q = clamp(round(acc · scale_acc / scale) + zp, clamps) as int8/uint8: in int32 where
+        the accumulator's bound allows (narrow_rescale), else in int64 (fixed_point_scale)."""
         self.stats.requantize += 1
         rank = len(shape_of_expr(acc.expr))
-        shifted = self.fixed_point_scale(acc.expr, acc.scale, scale, acc.axis, rank)
+        shifted = None
+        if acc.axis is None and math.isfinite(acc.bound):
+            shifted = self.narrow_rescale(acc.expr, float(acc.scale) / scale, acc.bound)
+        wide = "int32" if shifted is not None else "int64"
+        if shifted is None:
+            shifted = self.fixed_point_scale(acc.expr, acc.scale, scale, acc.axis, rank)
         if zero_point:
-            shifted = self.emit(relax.op.add(shifted, const(np.int64(zero_point), "int64")))
+            shifted = self.emit(relax.op.add(shifted, const(np.asarray(zero_point, wide), wide)))
         qmin, qmax = _qmin_qmax(dtype)
         lo = qmin if not math.isfinite(acc.lo) else max(qmin, int(round(acc.lo / scale)) + zero_point)
         hi = qmax if not math.isfinite(acc.hi) else min(qmax, int(round(acc.hi / scale)) + zero_point)
@@ -419,7 +451,8 @@ class Realizer:
             common = max(float(x.scale), float(y.scale)) / 2.0**14
             total = self.emit(relax.op.add(self.residual_term(x, common), self.residual_term(y, common)))
             self.stats.integer_ops["add"] = self.stats.integer_ops.get("add", 0) + 1
-            return Accumulator(total, np.float64(common), None)
+            bound = sum(255 * float(t.scale) / common + 1 for t in (x, y))
+            return Accumulator(total, np.float64(common), None, bound=bound)
         return None
 
     def on_multiply(self, var, call):

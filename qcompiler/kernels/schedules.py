@@ -201,7 +201,30 @@ def schedule_generic(sch: Schedule) -> None:
         elif len(loops) == len(sch.get(block).iter_vars):  # an untransformed nest: spatial loops first
             leading = [iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars]
             count = leading.index(False) if False in leading else len(leading)
-            _parallel_outer(sch, loops[:count])
+            if not _reduce_around_contiguous_lanes(sch, block, loops, count):
+                _parallel_outer(sch, loops[:count])
+
+
+def _reduce_around_contiguous_lanes(sch: Schedule, block, loops: list, spatial: int) -> bool:
+    """A reduction over outer axes of a channels-last tensor (global average pooling: sum over
+    H, W of [N, H, W, C]): run the channels innermost, 16 at a time, so that each step adds one
+    contiguous vector (LLVM vectorizes it), with the channel groups in parallel. False (nothing
+    done) unless the block's last spatial axis is the innermost index of what it reads."""
+    iter_vars = sch.get(block).iter_vars
+    if spatial == 0 or spatial == len(loops) or not sch.get(block).reads:
+        return False
+    lanes_var = iter_vars[spatial - 1].var
+    if not all(isinstance(r.region[-1].min, tirx.Var) and r.region[-1].min.same_as(lanes_var)
+               for r in sch.get(block).reads):
+        return False
+    lanes = largest_divisor(loop_extent(sch, loops[spatial - 1]), MAX_LANES)
+    if lanes < 4:
+        return False
+    groups, inner = sch.split(loops[spatial - 1], [None, lanes])
+    sch.reorder(*loops[: spatial - 1], groups, *loops[spatial:], inner)
+    _parallel_outer(sch, [*loops[: spatial - 1], groups])
+    sch.decompose_reduction(block, loops[spatial])
+    return True
 
 
 ANCHORS = {
