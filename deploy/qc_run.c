@@ -389,7 +389,7 @@ static int check_output(const qc_model* m, int i, const void* got, const char* f
   void* want = read_npy(file, what, dtype, ndim, shape, nbytes);
   int pass;
   if (strcmp(dtype, "float32") == 0 || strcmp(dtype, "float64") == 0) {
-    int f32 = dtype[5] == '3';
+    int f32 = strcmp(dtype, "float32") == 0;
     size_t n = nbytes / (f32 ? 4 : 8);
     double max_diff = 0.0, max_want = 0.0;
     for (size_t k = 0; k < n; ++k) {

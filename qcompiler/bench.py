@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import resource
-from pathlib import Path
 import statistics
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 

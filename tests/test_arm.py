@@ -142,3 +142,21 @@ def test_arm_int8_kernels_use_sdot_or_neon_widening_multiplies(model_and_input, 
     assert len(dot) == 3 and all("sdot" in m for m in dot.values())
     neon = {name: m for name, m in usage["arm64"].items() if "_neon" in name}
     assert len(neon) == 3 and any({"smlal", "smull"} & set(m) for m in neon.values())
+
+
+@needs_qemu
+def test_runtime_libraries_from_a_wheel_folder_offline(tmp_path):
+    """--wheel-dir: the pinned aarch64 wheels in a folder serve without any download."""
+    from qcompiler.bundle import WHEEL_PLATFORMS, runtime_libraries, runtime_versions
+    from qcompiler.elf import ElfFile
+    from qcompiler.wheels import download_wheels
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    download_wheels([f"{n}=={v}" for n, v in runtime_versions().items()], wheels, WHEEL_PLATFORMS["aarch64"])
+    said = []
+    libs = runtime_libraries("aarch64", wheel_dir=wheels, cache_dir=tmp_path / "cache", log=said.append)
+    assert said == []  # nothing downloaded
+    for lib in (libs.tvm_lib_dir / "libtvm_runtime.so", libs.ffi_lib_dir / "libtvm_ffi.so"):
+        assert ElfFile(lib).machine == "aarch64"
+    assert (libs.ffi_include / "tvm" / "ffi" / "c_api.h").exists()
