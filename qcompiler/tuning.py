@@ -46,6 +46,7 @@ RECORDS = "database_tuning_record.json"
 def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """The target's pipeline up to fusion (int8 kernels dispatched, ops legalized and fused, no
     schedules yet): what tuning extracts tasks from and compile schedules."""
+    from .fusion import with_lookups_elementwise
     from .kernels.dispatch import dispatch_int8_kernels
 
     mod = dispatch_int8_kernels(mod, target)
@@ -54,11 +55,12 @@ def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
             from tvm.relax.backend.cuda import pipeline as cuda
 
             *legalize, _dlight = cuda.legalize_passes(target)
-            passes = cuda.library_dispatch_passes(target) + legalize
+            passes = cuda.library_dispatch_passes(target) + with_lookups_elementwise(legalize)
         else:
             from tvm.relax.backend import cpu_generic
 
-            passes = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+            passes = cpu_generic.library_dispatch_passes(target) + \
+                with_lookups_elementwise(cpu_generic.legalize_passes(target))
         return tvm.transform.Sequential(passes)(mod)
 
 
@@ -108,16 +110,17 @@ def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bo
 
 def gpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass:
     """TVM's CUDA pipeline, with `database`'s schedules applied to the kernels they match, int8
-    convolutions and matmuls on qcompiler's dp4a kernels (kernels/gpu_schedules.py) and dlight's
-    schedules for everything else."""
+    convolutions and matmuls on qcompiler's dp4a kernels, small reductions (depthwise convolutions,
+    pooling) one thread per output (kernels/gpu_schedules.py), and dlight's schedules for
+    everything else."""
     from tvm.relax.backend.cuda import pipeline as cuda
 
-    from .kernels.gpu_schedules import schedule_gpu_int8
+    from .kernels.gpu_schedules import schedule_gpu
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            mod = _unscheduled_kernels_through(_fused_and_tuned(mod, target, database), schedule_gpu_int8)
+            mod = _unscheduled_kernels_through(_fused_and_tuned(mod, target, database), schedule_gpu)
             *_, dlight = cuda.legalize_passes(target)
             rest = [dlight] + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
             return tvm.transform.Sequential(rest)(mod)

@@ -45,6 +45,36 @@ def residual_net(opset=17):
     return make_model(nodes, [("x", [1, 3, 16, 16])], [("y", [1, 10])], inits, opset=opset)
 
 
+def mobile_net():
+    """A MobileNetV3-style block: conv → hardswish → depthwise → hardswish → squeeze-excitation
+    (GAP → 1x1 conv → relu → 1x1 conv → hardsigmoid → broadcast multiply) → 1x1 conv → GAP → Gemm."""
+    r = np.random.default_rng(11)  # its own weights: leaves the module's rng to residual_net
+
+    def w(*shape):
+        return r.standard_normal(shape).astype(np.float32) * 0.5
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="stem", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("HardSwish", ["c"], ["h"], name="stem_hswish"),
+        helper.make_node("Conv", ["h", "dw"], ["d"], name="dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         strides=[2, 2], group=8),
+        helper.make_node("HardSwish", ["d"], ["dh"], name="dw_hswish"),
+        helper.make_node("GlobalAveragePool", ["dh"], ["se_pool"], name="se_pool"),
+        helper.make_node("Conv", ["se_pool", "se1", "se1b"], ["se_r"], name="se_reduce", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["se_r"], ["se_rr"], name="se_relu"),
+        helper.make_node("Conv", ["se_rr", "se2", "se2b"], ["se_e"], name="se_expand", kernel_shape=[1, 1]),
+        helper.make_node("HardSigmoid", ["se_e"], ["se_gate"], name="se_gate", alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["dh", "se_gate"], ["se"], name="se_scale"),
+        helper.make_node("Conv", ["se", "pw", "pb"], ["e"], name="pw", kernel_shape=[1, 1]),
+        helper.make_node("GlobalAveragePool", ["e"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
+    inits = {"w": w(8, 3, 3, 3), "b": w(8), "dw": w(8, 1, 3, 3), "se1": w(4, 8, 1, 1), "se1b": w(4),
+             "se2": w(8, 4, 1, 1), "se2b": w(8), "pw": w(16, 8, 1, 1), "pb": w(16), "fw": w(10, 16), "fb": w(10)}
+    return make_model(nodes, [("x", [1, 3, 16, 16])], [("y", [1, 10])], inits)
+
+
 def samples(n=24, seed=1):
     r = np.random.default_rng(seed)
     return [{"x": r.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(n)]

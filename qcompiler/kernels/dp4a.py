@@ -8,6 +8,9 @@ TVM registers the same computation as `dp4a_s8s8s32` with A and B in shared memo
 kernels read them from global memory (the L1 cache serves the reuse), so it is restated here
 with that scope. Each operand is loaded as one 32-bit word: the kernels keep the 4 bytes
 4-aligned (channels padded to a multiple of 4).
+
+The packed weights put LANES output channels' words side by side (compute.py's layout with
+L = LANES): the threads of a warp, one per output channel, then read whole 32-byte sectors.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 INTRIN = "qcompiler_dp4a_s8s8s32_global"
+LANES = 8  # output channels whose 4-byte weight words are contiguous: 32 bytes, one memory sector
 
 
 @T.prim_func(s_tir=True)

@@ -2,13 +2,15 @@
 
   vnni   x86 AVX-512 VNNI `vpdpbusd`: 16 int32 lanes, each += 4 products uint8 × int8
   sdot   ARM +dotprod `sdot`:          4 int32 lanes, each += 4 products int8 × int8
-  dp4a   CUDA `__dp4a`:                1 int32 lane += 4 products int8 × int8 (one thread's output)
+  dp4a   CUDA `__dp4a`:                1 int32 += 4 products int8 × int8 per thread (one output
+         channel each); packed in groups of 8 output channels, whose 8 threads read 32
+         consecutive bytes
   neon   plain ARM NEON (no dot product): not an instruction; one lane, so each output
          channel's weights are contiguous, and the reduction over input channels is left to
          LLVM's loop vectorizer (int16 products widened: `smull`/`smlal`-family instructions)
 
-Kernels pack weights so that one instruction's weight operand is `lanes × reduce` consecutive
-bytes, and name their compute blocks after the instruction (`conv2d_nhwc_<name>`, `dense_<name>`)
+Kernels pack weights so that one instruction's weight operand (dp4a: 8 neighbouring threads'
+operands) is `lanes × reduce` consecutive bytes, and name their compute blocks after the instruction (`conv2d_nhwc_<name>`, `dense_<name>`)
 so that the default schedules know which tensor intrinsic to use.
 """
 
@@ -42,7 +44,7 @@ class DotProduct:
 VNNI = DotProduct("vnni", vnni.LANES, dot_intrinsic.REDUCE, "uint8", "avx512vnni", vnni.register)
 SDOT = DotProduct("sdot", sdot.LANES, dot_intrinsic.REDUCE, "int8", "dotprod", sdot.register)
 NEON = DotProduct("neon", 1, dot_intrinsic.REDUCE, None, "neon", None)
-DP4A = DotProduct("dp4a", 1, dot_intrinsic.REDUCE, "int8", None, dp4a.register)
+DP4A = DotProduct("dp4a", dp4a.LANES, dot_intrinsic.REDUCE, "int8", None, dp4a.register)
 CPU_DOT_PRODUCTS = (VNNI, SDOT, NEON)
 DOT_PRODUCTS = (*CPU_DOT_PRODUCTS, DP4A)
 

@@ -68,9 +68,9 @@ def _with_epilogue(sch: Schedule, block, at_loop) -> None:
     consumers = inline_consumers(sch, block)
     writeback = sch.cache_write(block, 0, "global")  # tensorize matches global buffers; a tile-sized stack array
     rest = []
-    tile_shape = _write_shape(sch, writeback)
+    tile_shape = write_shape(sch, writeback)
     for consumer in consumers:
-        if _write_shape(sch, consumer) != tile_shape:  # e.g. dropping padded channels: not elementwise
+        if write_shape(sch, consumer) != tile_shape:  # e.g. dropping padded channels: not elementwise
             rest.append(consumer)
             continue
         try:
@@ -87,7 +87,7 @@ def _with_epilogue(sch: Schedule, block, at_loop) -> None:
             _parallel_outer(sch, sch.get_loops(consumer))
 
 
-def _write_shape(sch: Schedule, block) -> list[int]:
+def write_shape(sch: Schedule, block) -> list[int]:
     return [int(d) for d in sch.get(block).writes[0].source.shape]
 
 
