@@ -46,7 +46,7 @@ RECORDS = "database_tuning_record.json"
 def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """The target's pipeline up to fusion (int8 kernels dispatched, ops legalized and fused, no
     schedules yet): what tuning extracts tasks from and compile schedules."""
-    from .fusion import with_lookups_elementwise
+    from . import fusion
     from .kernels.dispatch import dispatch_int8_kernels
 
     mod = dispatch_int8_kernels(mod, target)
@@ -55,12 +55,13 @@ def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
             from tvm.relax.backend.cuda import pipeline as cuda
 
             *legalize, _dlight = cuda.legalize_passes(target)
-            passes = cuda.library_dispatch_passes(target) + with_lookups_elementwise(legalize)
+            passes = cuda.library_dispatch_passes(target) + legalize
         else:
             from tvm.relax.backend import cpu_generic
 
-            passes = cpu_generic.library_dispatch_passes(target) + \
-                with_lookups_elementwise(cpu_generic.legalize_passes(target))
+            passes = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+        if fusion.lookups_fuse_on(target):
+            passes = fusion.with_lookups_elementwise(passes)
         return tvm.transform.Sequential(passes)(mod)
 
 

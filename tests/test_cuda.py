@@ -116,9 +116,8 @@ def test_cuda_deploy_bundle_carries_the_cuda_runtime(tmp_path):
     assert "(x86_64, cuda)" in (bundle / "README.txt").read_text()
 
 
-def test_int8_cuda_kernels_use_dp4a():
-    """Every int8 conv/dense kernel of the CUDA module multiplies 4 bytes at a time with `__dp4a`,
-    reading each operand as one 32-bit word; nothing is widened to float."""
+def cuda_kernels(model) -> dict[str, str]:
+    """The CUDA source of each kernel of `model` quantized to int8 and built for sm_80."""
     import re
 
     import tvm
@@ -127,9 +126,9 @@ def test_int8_cuda_kernels_use_dp4a():
     from qcompiler.quantize import quantize
     from qcompiler.targets import resolve
     from qcompiler.tuning import gpu_pipeline
-    from test_quantize import residual_net, samples
+    from test_quantize import samples
 
-    quantized = quantize(load_onnx(residual_net()), qcompiler.QConfig(), samples(8))
+    quantized = quantize(load_onnx(model), qcompiler.QConfig(), samples(8))
     target = resolve("cuda-sm80").target()
     executable = tvm.compile(gpu_pipeline(target)(quantized.mod), target)
 
@@ -140,12 +139,40 @@ def test_int8_cuda_kernels_use_dp4a():
 
     source = next(m for m in modules(executable.mod) if m.kind == "cuda").inspect_source()
     chunks = source.split('extern "C" __global__ void ')[1:]
-    kernels = {re.search(r"\) (\w+)\(", chunk).group(1): chunk for chunk in chunks}
-    int8 = {name: body for name, body in kernels.items() if "_dp4a" in name}
-    assert sorted(name.split("_dp4a")[0] for name in int8) == \
-        ["fused_conv2d_nhwc_s8s8", "fused_conv2d_nhwc_s8s8", "fused_dense_s8s8"]
-    for name, body in int8.items():
+    return {re.search(r"\) (\w+)\(", chunk).group(1): chunk for chunk in chunks}
+
+
+def assert_dp4a_accumulation(kernels: dict[str, str]) -> None:
+    import re
+
+    for name, body in kernels.items():
         # the int32 accumulator's only update: acc = acc + __dp4a(4 activation bytes, 4 weight bytes, 0)
         updates = re.findall(r"(\w+_local_ptr)\[0\] = \(\1\[0\] \+ (.*?)\);\n", body)
         assert updates and all(re.fullmatch(r"__dp4a\(\*\(int\*\)\(.*\), \*\(int\*\)\(.*\), 0\)", u[1])
                                for u in updates), name
+
+
+def test_int8_cuda_kernels_use_dp4a():
+    """Every int8 conv/dense kernel of the CUDA module multiplies 4 bytes at a time with `__dp4a`,
+    reading each operand as one 32-bit word; nothing is widened to float."""
+    from test_quantize import residual_net
+
+    int8 = {name: body for name, body in cuda_kernels(residual_net()).items() if "_dp4a" in name}
+    assert sorted(name.split("_dp4a")[0] for name in int8) == \
+        ["fused_conv2d_nhwc_s8s8", "fused_conv2d_nhwc_s8s8", "fused_dense_s8s8"]
+    assert_dp4a_accumulation(int8)
+
+
+def test_cuda_mobile_block_kernels():
+    """Depthwise convolutions: one thread per output (no block-wide reduction in shared memory).
+    Table lookups (hardswish, hardsigmoid) run in the kernels that compute their indices, and the
+    squeeze-excitation gate is applied by a kernel of its own, one thread per element."""
+    from test_quantize import mobile_net
+
+    kernels = cuda_kernels(mobile_net())
+    depthwise = [body for name, body in kernels.items() if "depthwise" in name]
+    assert len(depthwise) == 1 and "__shared__" not in depthwise[0]
+    assert not any(name.startswith("take") for name in kernels)
+    assert sum("take" in name for name in kernels) >= 3
+    assert_dp4a_accumulation({name: body for name, body in kernels.items() if "_dp4a" in name and "kernel_1" not in name})
+    assert any(name.endswith("_kernel_1") for name in kernels if "_dp4a" in name)  # the SE gate times its map

@@ -19,6 +19,7 @@ anchor block, so an untuned model is already usable; tuning records, where they 
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 
 from tvm import tirx
@@ -81,14 +82,24 @@ def _with_epilogue(sch: Schedule, block, at_loop) -> None:
     _vectorize_inner(sch, writeback)
     for consumer in rest:
         try:
+            if broadcasts(sch, consumer, writeback):
+                raise ValueError("a broadcast over a larger tensor: a parallel loop nest of its own")
             sch.reverse_compute_at(consumer, at_loop)
             _vectorize_inner(sch, consumer)
         except (ScheduleError, ValueError):  # ValueError: an index TVM cannot match to a region
             _parallel_outer(sch, sch.get_loops(consumer))
+            _vectorize_inner(sch, consumer)
 
 
 def write_shape(sch: Schedule, block) -> list[int]:
     return [int(d) for d in sch.get(block).writes[0].source.shape]
+
+
+def broadcasts(sch: Schedule, consumer, producer) -> bool:
+    """Whether `consumer` writes more elements than `producer` (e.g. a squeeze-excitation gate
+    of one pixel multiplied into a whole feature map): computed per producer tile, it would run
+    serially inside the producer's few parallel iterations."""
+    return math.prod(write_shape(sch, consumer)) > math.prod(write_shape(sch, producer))
 
 
 def _vectorize_inner(sch: Schedule, block) -> None:
