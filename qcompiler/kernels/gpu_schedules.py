@@ -27,7 +27,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
 from .isa import DP4A
-from .schedules import broadcasts, child_blocks, inline_consumers, largest_divisor, loop_extent, write_shape
+from .schedules import child_blocks, inline_consumers, largest_divisor, loop_extent, write_shape
 
 log = logging.getLogger("qcompiler")
 
@@ -67,14 +67,12 @@ def _accumulate_in_register(sch: Schedule, block):
 
 def _finish_others(sch: Schedule, writeback, others: list, thread) -> None:
     """Each consumer of another shape runs in the thread that computed its input where it can
-    (dropping padded channels), else as a kernel of its own with one thread per element (always
-    for a broadcast over a larger tensor, such as a squeeze-excitation gate times its map). The write-back's output stays in registers unless
+    (dropping padded channels; a squeeze-excitation gate times its channel of the map), else as
+    a kernel of its own with one thread per element (one more launch, and the intermediate
+    between the two kernels goes through global memory). The write-back's output stays in registers unless
     another kernel reads it."""
     separate = []
     for block in others:
-        if broadcasts(sch, block, writeback):
-            separate.append(block)
-            continue
         try:
             sch.reverse_compute_at(block, thread)
         except ScheduleError:
