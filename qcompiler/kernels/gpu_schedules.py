@@ -49,8 +49,8 @@ def _split_axes(sch: Schedule, block) -> tuple[list, list]:
 
 def _accumulate_in_register(sch: Schedule, block):
     """Inline the elementwise epilogue into a register write-back of `block`. Returns the
-    write-back and the consumers of another shape (e.g. a squeeze-excitation product that
-    broadcasts a pooled vector over a feature map), which stay loop nests of their own."""
+    write-back and the consumers of another shape (dropping padded channels, a squeeze-excitation
+    gate broadcast over its feature map) for `_finish_others`."""
     consumers = inline_consumers(sch, block)
     writeback = sch.cache_write(block, 0, "local")
     others = []
@@ -66,11 +66,10 @@ def _accumulate_in_register(sch: Schedule, block):
 
 
 def _finish_others(sch: Schedule, writeback, others: list, thread) -> None:
-    """Each consumer of another shape runs in the thread that computed its input where it can
-    (dropping padded channels; a squeeze-excitation gate times its channel of the map), else as
-    a kernel of its own with one thread per element (one more launch, and the intermediate
-    between the two kernels goes through global memory). The write-back's output stays in registers unless
-    another kernel reads it."""
+    """Each consumer of another shape runs in the thread that computed its input where it can,
+    else as a kernel of its own with one thread per element (one more launch, and the
+    intermediate between the two kernels goes through global memory). The write-back's output
+    stays in registers unless another kernel reads it."""
     separate = []
     for block in others:
         try:
@@ -109,8 +108,8 @@ def _schedule_dp4a(sch: Schedule, block) -> None:
 
 
 def _schedule_thread_per_output(sch: Schedule, block) -> None:
-    blocks = child_blocks(sch)
-    for producer in blocks[:[sch.get(b).name_hint for b in blocks].index(sch.get(block).name_hint)]:
+    children = child_blocks(sch)
+    for producer in children[:[sch.get(b).name_hint for b in children].index(sch.get(block).name_hint)]:
         try:
             sch.compute_inline(producer)  # e.g. the spatial padding of a float convolution
         except ScheduleError:
@@ -139,7 +138,7 @@ def schedule_gpu(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     anchors = [b for b in blocks if sch.get(b).name_hint in (DP4A.conv_block(), DP4A.dense_block())]
     reductions = [b for b in blocks if _is_reduction(sch, b)]
     anchor = anchors[0] if anchors else reductions[0] if len(reductions) == 1 else None
-    if anchor is None or not anchors and _products_per_output(sch, anchor) > SMALL_REDUCTION:
+    if anchor is None or (not anchors and _products_per_output(sch, anchor) > SMALL_REDUCTION):
         return None
     name = sch.get(anchor).name_hint
     try:

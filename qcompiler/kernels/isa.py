@@ -10,8 +10,9 @@
          LLVM's loop vectorizer (int16 products widened: `smull`/`smlal`-family instructions)
 
 Kernels pack weights so that one instruction's weight operand (dp4a: 8 neighbouring threads'
-operands) is `lanes × reduce` consecutive bytes, and name their compute blocks after the instruction (`conv2d_nhwc_<name>`, `dense_<name>`)
-so that the default schedules know which tensor intrinsic to use.
+operands) is `lanes × reduce` consecutive bytes, and name their compute blocks after the
+instruction (`conv2d_nhwc_<name>`, `dense_<name>`) so that the default schedules know which
+tensor intrinsic to use.
 """
 
 from __future__ import annotations

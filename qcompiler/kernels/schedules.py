@@ -81,14 +81,14 @@ def _with_epilogue(sch: Schedule, block, at_loop) -> None:
     sch.reverse_compute_at(writeback, at_loop)
     _vectorize_inner(sch, writeback)
     for consumer in rest:
-        try:
-            if broadcasts(sch, consumer, writeback):
-                raise ValueError("a broadcast over a larger tensor: a parallel loop nest of its own")
-            sch.reverse_compute_at(consumer, at_loop)
-            _vectorize_inner(sch, consumer)
-        except (ScheduleError, ValueError):  # ValueError: an index TVM cannot match to a region
-            _parallel_outer(sch, sch.get_loops(consumer))
-            _vectorize_inner(sch, consumer)
+        if not broadcasts(sch, consumer, writeback):
+            try:
+                sch.reverse_compute_at(consumer, at_loop)
+                _vectorize_inner(sch, consumer)
+                continue
+            except (ScheduleError, ValueError):  # ValueError: an index TVM cannot match to a region
+                pass
+        _parallel_outer(sch, sch.get_loops(consumer))
 
 
 def write_shape(sch: Schedule, block) -> list[int]:
