@@ -1,5 +1,5 @@
 """Table lookups (int8 hardswish, hardsigmoid ...) fuse into the kernels that produce their
-indices, and the fused model computes exactly what the unfused one does."""
+indices (by default on GPUs only), and the fused model computes exactly what the unfused one does."""
 
 from __future__ import annotations
 
