@@ -67,8 +67,10 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
         # argument's rank, dtype, shape and strides, 75% of an int8 model's machine code (PP-LCNet:
         # 340 of 420 KB). Kernels are only called by the VM, whose entry function checks the
         # model's inputs, with tensors it allocated itself.
-        with tvm.transform.PassContext(opt_level=tvm.transform.PassContext.current().opt_level,
-                                       config={"tirx.disable_assert": True}):
+        outer = tvm.transform.PassContext.current()
+        with tvm.transform.PassContext(opt_level=outer.opt_level, required_pass=outer.required_pass,
+                                       disabled_pass=outer.disabled_pass,
+                                       config={**dict(outer.config), "tirx.disable_assert": True}):
             executable = tvm.compile(lowered, target)
     except QCompilerError:
         raise

@@ -15,7 +15,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
-ELEMWISE = 0  # relax's OpPatternKind kElemWise
+ELEMWISE, OPAQUE = 0, 8  # relax's OpPatternKind kElemWise, kOpaque
 
 
 def _point_access(region, iter_vars) -> bool:
@@ -45,10 +45,12 @@ def is_table_lookup(func: tirx.PrimFunc) -> bool:
 
 @tvm.transform.module_pass(opt_level=0, name="MarkTableLookupsElementwise")
 def mark_table_lookups_elementwise(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """Run after AnnotateTIROpPattern: table-lookup PrimFuncs get op_pattern kElemWise."""
+    """Run after AnnotateTIROpPattern: table-lookup PrimFuncs (which it classifies kOpaque) get
+    op_pattern kElemWise."""
     marked = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
     for gvar, func in mod.functions.items():
-        if isinstance(func, tirx.PrimFunc) and func.attrs and "op_pattern" in func.attrs and is_table_lookup(func):
+        if isinstance(func, tirx.PrimFunc) and func.attrs and int(func.attrs.get("op_pattern", -1)) == OPAQUE \
+                and is_table_lookup(func):
             marked[gvar] = func.with_attr("op_pattern", ELEMWISE)
     return marked
 

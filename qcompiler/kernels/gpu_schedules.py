@@ -65,6 +65,14 @@ def _accumulate_in_register(sch: Schedule, block):
     return writeback, others
 
 
+def _bind_thread_per_iteration(sch: Schedule, loop):
+    """One GPU thread per iteration of `loop`, in blocks of up to MAX_THREADS; returns the thread loop."""
+    blocks, threads = sch.split(loop, [None, min(MAX_THREADS, loop_extent(sch, loop))])
+    sch.bind(blocks, "blockIdx.x")
+    sch.bind(threads, "threadIdx.x")
+    return threads
+
+
 def _finish_others(sch: Schedule, writeback, others: list, thread) -> None:
     """Each consumer of another shape runs in the thread that computed its input where it can,
     else as a kernel of its own with one thread per element (one more launch, and the
@@ -79,10 +87,7 @@ def _finish_others(sch: Schedule, writeback, others: list, thread) -> None:
     if others and not separate:
         sch.set_scope(writeback, 0, "local")
     for block in separate:
-        loop = sch.fuse(*sch.get_loops(block))
-        blocks, threads = sch.split(loop, [None, min(MAX_THREADS, loop_extent(sch, loop))])
-        sch.bind(blocks, "blockIdx.x")
-        sch.bind(threads, "threadIdx.x")
+        _bind_thread_per_iteration(sch, sch.fuse(*sch.get_loops(block)))
 
 
 def _schedule_dp4a(sch: Schedule, block) -> None:
@@ -116,13 +121,10 @@ def _schedule_thread_per_output(sch: Schedule, block) -> None:
             pass
     writeback, others = _accumulate_in_register(sch, block)
     outputs, reduction = _split_axes(sch, block)
-    output = sch.fuse(*outputs)
-    blocks, threads = sch.split(output, [None, min(MAX_THREADS, loop_extent(sch, output))])
-    sch.bind(blocks, "blockIdx.x")
-    sch.bind(threads, "threadIdx.x")
-    sch.reverse_compute_at(writeback, threads)
+    thread = _bind_thread_per_iteration(sch, sch.fuse(*outputs))
+    sch.reverse_compute_at(writeback, thread)
     sch.decompose_reduction(block, reduction[0])
-    _finish_others(sch, writeback, others, threads)
+    _finish_others(sch, writeback, others, thread)
 
 
 def _products_per_output(sch: Schedule, block) -> int:
