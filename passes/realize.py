@@ -182,11 +182,14 @@ class Realizer:
         return np.broadcast_to(u.fn(real), real.shape).astype(np.float64)
 
     def lookup(self, u: Unary, table: np.ndarray):
+        """table[q − qmin] for each q of the source. The 8-bit q is the index itself (an int8 q read
+        as uint8, with the table rotated by 128 to match), so the kernel producing q writes one
+        byte per element, not a widened int32 index."""
         self.stats.integer_ops["lookup_table"] = self.stats.integer_ops.get("lookup_table", 0) + 1
-        index = self.emit(relax.op.astype(u.source.expr, "int32"))
-        qmin, _ = _qmin_qmax(u.source.dtype)
-        if qmin:
-            index = self.emit(relax.op.subtract(index, const(np.int32(qmin))))
+        index = u.source.expr
+        if u.source.dtype == "int8":  # q = -128..127 read as uint8: 128..255, 0..127
+            table = np.roll(table, -128)
+            index = self.emit(relax.op.astype(index, "uint8"))
         return self.emit(relax.op.take(const(table), index, axis=0, mode="clip"))
 
     def as_unary(self, call) -> Unary | None:

@@ -76,10 +76,14 @@ def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
     return scheduled
 
 
-def with_default_schedules(mod: tvm.IRModule) -> tvm.IRModule:
-    """Every kernel no record scheduled gets qcompiler's default schedule (kernels/schedules.py)."""
+def with_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Every kernel no record scheduled gets qcompiler's default schedule (kernels/schedules.py);
+    byte-table lookups get the VBMI kernel (kernels/lookup.py) where `target` has the instruction."""
+    from .kernels import lookup
     from .kernels.schedules import default_schedule
 
+    if lookup.has_byte_permute(target):
+        return _unscheduled_kernels_through(mod, lambda func: lookup.byte_lookup_kernel(func) or default_schedule(func))
     return _unscheduled_kernels_through(mod, default_schedule)
 
 
@@ -102,7 +106,7 @@ def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bo
         with target:
             mod = _fused_and_tuned(mod, target, database)
             if default_schedules:
-                mod = with_default_schedules(mod)
+                mod = with_default_schedules(mod, target)
             rest = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
             return tvm.transform.Sequential(rest)(mod)
 

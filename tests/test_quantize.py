@@ -126,13 +126,15 @@ def runner(mod):
     return lambda x: run([x])[0]
 
 
-@pytest.mark.parametrize("config", [
-    QConfig(),
-    QConfig(activation_dtype=ActivationDType.INT8),
-    QConfig(per_channel=False, calibration=CalibrationMethod.MINMAX),
+@pytest.mark.parametrize("model, config", [
+    (residual_net, QConfig()),
+    (residual_net, QConfig(activation_dtype=ActivationDType.INT8)),
+    (residual_net, QConfig(per_channel=False, calibration=CalibrationMethod.MINMAX)),
+    (mobile_net, QConfig()),  # table lookups indexed by uint8 q
+    (mobile_net, QConfig(activation_dtype=ActivationDType.INT8)),  # ... by int8 q read as uint8
 ])
-def test_realized_matches_simulated_within_one_step(config):
-    imported = load_onnx(residual_net())
+def test_realized_matches_simulated_within_one_step(model, config):
+    imported = load_onnx(model())
     q = quantize(imported, config, samples())
     fc = next(op for op in q.plan.ops if op.node == "fc")
     step = q.calibration.qparams(config)[q.plan.keys[fc.output]].scale

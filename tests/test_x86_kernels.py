@@ -103,6 +103,31 @@ def test_int8_dense_kernel_bit_exact(m, k, n, dtype):
     np.testing.assert_array_equal(out, a.astype(np.int64) @ b.astype(np.int64))
 
 
+@pytest.mark.parametrize("shape,dtype,vbmi", [
+    ((1, 2, 96, 200), "uint8", True),   # 600 chunks of 64
+    ((1, 3, 7, 13), "int8", True),      # 4 chunks and a tail of 17
+    ((64,), "uint8", True),
+    ((1, 5, 9), "uint8", False),        # under one register: the default schedule
+])
+def test_byte_table_lookups_are_exact(shape, dtype, vbmi):
+    """A 256-entry byte table read with uint8 indices (realize's activations) gets the `vpermi2b`
+    kernel where it holds a register of indices; both paths equal numpy's table[q]."""
+    q = rng.integers(0, 256, shape).astype(np.uint8)
+    table = rng.integers(-128, 128, 256).astype(dtype) if dtype == "int8" else rng.integers(0, 256, 256).astype(dtype)
+    body = lambda x: relax.op.take(const(table), x, axis=0, mode="clip")  # noqa: E731
+    np.testing.assert_array_equal(run_relax(body, [q]), table[q])
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(body(x))
+        bb.emit_func_output(out)
+    with TARGET:
+        scheduled = with_default_schedules(fused_module(bb.get(), TARGET), TARGET)
+    (kernel,) = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert ("vpermi2var" in kernel.script()) == vbmi
+
+
 @pytest.mark.parametrize("dtype,groups", [("int8", 1), ("uint8", 2), ("int8", 3)])
 def test_int8_activations_and_grouped_convs_are_tensorized(dtype, groups):
     """int8 (shifted to uint8) and grouped convolutions reach `vpdpbusd` through the default schedule."""
@@ -114,7 +139,7 @@ def test_int8_activations_and_grouped_convs_are_tensorized(dtype, groups):
             out = bb.emit_output(conv_body(w, 1, (1, 1, 1, 1), groups)(x))
         bb.emit_func_output(out)
     with TARGET:
-        scheduled = with_default_schedules(fused_module(bb.get(), TARGET))
+        scheduled = with_default_schedules(fused_module(bb.get(), TARGET), TARGET)
     convs = [f for gv, f in scheduled.functions.items() if "conv2d_nhwc_u8s8_vnni" in gv.name_hint]
     assert len(convs) == 1 and "vpdpbusd" in convs[0].script()
 
@@ -125,7 +150,7 @@ def test_dispatch_replaces_int8_ops_and_every_kernel_gets_a_default_schedule():
     kernels = sorted(gv.name_hint for gv, f in dispatched.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
     assert kernels == ["conv2d_nhwc_u8s8_vnni", "conv2d_nhwc_u8s8_vnni1", "dense_u8s8_vnni", "depthwise_nhwc_u8s8"]
     with TARGET:
-        scheduled = with_default_schedules(fused_module(quantized.mod, TARGET))
+        scheduled = with_default_schedules(fused_module(quantized.mod, TARGET), TARGET)
     unscheduled = [gv.name_hint for gv, f in scheduled.functions.items()
                    if isinstance(f, tvm.tirx.PrimFunc) and not f.attrs.get("tir.is_scheduled")]
     assert unscheduled == []

