@@ -77,14 +77,16 @@ def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
 
 
 def with_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Every kernel no record scheduled gets qcompiler's default schedule (kernels/schedules.py);
-    byte-table lookups get the VBMI kernel (kernels/lookup.py) where `target` has the instruction."""
-    from .kernels import lookup
+    """Every kernel no record scheduled gets qcompiler's default schedule (kernels/schedules.py),
+    or a kernel written for its kind: byte-table lookups the VBMI kernel (kernels/lookup.py) where
+    `target` has the instruction, channels-last pads the row copies of kernels/pad.py."""
+    from .kernels import lookup, pad
     from .kernels.schedules import default_schedule
 
-    if lookup.has_byte_permute(target):
-        return _unscheduled_kernels_through(mod, lambda func: lookup.byte_lookup_kernel(func) or default_schedule(func))
-    return _unscheduled_kernels_through(mod, default_schedule)
+    kernels = [lookup.byte_lookup_kernel] if lookup.has_byte_permute(target) else []
+    kernels += [pad.row_pad_kernel, default_schedule]
+    return _unscheduled_kernels_through(mod, lambda func: next(
+        (new for new in (kernel(func) for kernel in kernels) if new is not None), None))
 
 
 def _fused_and_tuned(mod: tvm.IRModule, target: tvm.target.Target, database) -> tvm.IRModule:

@@ -116,8 +116,14 @@ def test_byte_table_lookups_are_exact(shape, dtype, vbmi):
     table = rng.integers(-128, 128, 256).astype(dtype) if dtype == "int8" else rng.integers(0, 256, 256).astype(dtype)
     body = lambda x: relax.op.take(const(table), x, axis=0, mode="clip")  # noqa: E731
     np.testing.assert_array_equal(run_relax(body, [q]), table[q])
+    kernel = single_kernel(body, shape, "uint8")
+    assert ("vpermi2var" in kernel.script()) == vbmi
+
+
+def single_kernel(body, shape, dtype) -> tvm.tirx.PrimFunc:
+    """The one kernel `body` of a [shape] `dtype` tensor gets from the default schedules."""
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(list(shape), "uint8"))
+    x = relax.Var("x", relax.TensorType(list(shape), dtype))
     with bb.function("main", [x]):
         with bb.dataflow():
             out = bb.emit_output(body(x))
@@ -125,7 +131,23 @@ def test_byte_table_lookups_are_exact(shape, dtype, vbmi):
     with TARGET:
         scheduled = with_default_schedules(fused_module(bb.get(), TARGET), TARGET)
     (kernel,) = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert ("vpermi2var" in kernel.script()) == vbmi
+    return kernel
+
+
+@pytest.mark.parametrize("shape,pads,dtype,rows", [
+    ((1, 24, 96, 8), [0, 0, 1, 1, 1, 1, 0, 0], "uint8", True),
+    ((2, 7, 9, 16), [0, 0, 2, 0, 0, 3, 0, 0], "int8", True),
+    ((1, 3, 5, 4), [0, 0, 0, 0, 1, 0, 0, 0], "float32", True),
+    ((1, 7, 9, 16), [0, 0, 2, 1, 0, 3, 0, 1], "int8", False),  # pads channels too: the default schedule
+])
+def test_channels_last_pads_are_exact(shape, pads, dtype, rows):
+    """Pads of H and W of an [N, H, W, C] tensor run as row copies (no per-element test); both
+    paths equal numpy's pad with the same value."""
+    x = (rng.standard_normal(shape) * 50).astype(dtype)
+    body = lambda t: relax.op.nn.pad(t, pads, pad_value=7.0)  # noqa: E731
+    expected = np.pad(x, list(zip(pads[0::2], pads[1::2])), constant_values=7)
+    np.testing.assert_array_equal(run_relax(body, [x]), expected)
+    assert ("if_then_else" not in single_kernel(body, shape, dtype).script()) == rows
 
 
 @pytest.mark.parametrize("dtype,groups", [("int8", 1), ("uint8", 2), ("int8", 3)])

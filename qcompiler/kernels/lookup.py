@@ -60,22 +60,23 @@ def byte_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     @T.prim_func(private=True, s_tir=True)
     def kernel(table: T.Buffer((256,), dtype), index: T.Buffer(shape, "uint8"), out: T.Buffer(shape, dtype)):
         T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
-        flat_index = T.decl_buffer((size,), "uint8", data=index.data)
-        flat_out = T.decl_buffer((size,), dtype, data=out.data)
-        for chunk in range(chunks):  # serial: about 50 bytes per ns, less than starting threads
-            # One expression (q repeated): TVMScript would store named vector values in workspace
-            # buffers, allocated per iteration.
-            flat_out[T.ramp(chunk * CHUNK, 1, CHUNK)] = T.reinterpret(f"{dtype}x{CHUNK}", T.Select(
-                T.reinterpret(vector, flat_index.vload([chunk * CHUNK], f"uint8x{CHUNK}")) < T.broadcast(T.int8(0), CHUNK),
-                T.call_llvm_pure_intrin(
-                    vector, PERMUTE, T.reinterpret(vector, table.vload([2 * CHUNK], f"{dtype}x{CHUNK}")),
-                    T.reinterpret(vector, flat_index.vload([chunk * CHUNK], f"uint8x{CHUNK}")),
-                    T.reinterpret(vector, table.vload([3 * CHUNK], f"{dtype}x{CHUNK}"))),
-                T.call_llvm_pure_intrin(
-                    vector, PERMUTE, T.reinterpret(vector, table.vload([0], f"{dtype}x{CHUNK}")),
-                    T.reinterpret(vector, flat_index.vload([chunk * CHUNK], f"uint8x{CHUNK}")),
-                    T.reinterpret(vector, table.vload([CHUNK], f"{dtype}x{CHUNK}")))))
-        for i in range(chunks * CHUNK, size):
-            flat_out[i] = table[flat_index[i]]
+        with T.sblock("root"):  # TVM's Relax passes expect a root block
+            flat_index = T.decl_buffer((size,), "uint8", data=index.data)
+            flat_out = T.decl_buffer((size,), dtype, data=out.data)
+            for chunk in range(chunks):  # serial: about 50 bytes per ns, less than starting threads
+                # One expression (q repeated): TVMScript would store named vector values in workspace
+                # buffers, allocated per iteration.
+                flat_out[T.ramp(chunk * CHUNK, 1, CHUNK)] = T.reinterpret(f"{dtype}x{CHUNK}", T.Select(
+                    T.reinterpret(vector, flat_index.vload([chunk * CHUNK], f"uint8x{CHUNK}")) < T.broadcast(T.int8(0), CHUNK),
+                    T.call_llvm_pure_intrin(
+                        vector, PERMUTE, T.reinterpret(vector, table.vload([2 * CHUNK], f"{dtype}x{CHUNK}")),
+                        T.reinterpret(vector, flat_index.vload([chunk * CHUNK], f"uint8x{CHUNK}")),
+                        T.reinterpret(vector, table.vload([3 * CHUNK], f"{dtype}x{CHUNK}"))),
+                    T.call_llvm_pure_intrin(
+                        vector, PERMUTE, T.reinterpret(vector, table.vload([0], f"{dtype}x{CHUNK}")),
+                        T.reinterpret(vector, flat_index.vload([chunk * CHUNK], f"uint8x{CHUNK}")),
+                        T.reinterpret(vector, table.vload([CHUNK], f"{dtype}x{CHUNK}")))))
+            for i in range(chunks * CHUNK, size):
+                flat_out[i] = table[flat_index[i]]
 
     return kernel
