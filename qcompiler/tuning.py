@@ -318,6 +318,16 @@ def _nameless_handlers_detached():
             logger.addHandler(handler)
 
 
+def round_budget(wanted: int, done: int, elapsed_s: float, max_s: float | None) -> int:
+    """Trials for the next round: `wanted`, or after `done` trials in `elapsed_s` seconds as many
+    as fit in what is left of `max_s` at that pace; 0 once the time is up."""
+    if max_s is None:
+        return wanted
+    if elapsed_s >= max_s:
+        return 0
+    return min(wanted, int((max_s - elapsed_s) * done / elapsed_s)) if done else wanted
+
+
 def tune(
     mod: tvm.IRModule,
     preset: TargetPreset,
@@ -332,7 +342,8 @@ def tune(
     Tuning runs in rounds; each round gives every task `per_iter` candidates (sized so that the
     budget reaches every task) and resumes from the records of earlier rounds and runs. The
     time budget and the progress line are checked between rounds, so a round always completes
-    and records every measurement it made.
+    and records every measurement it made; after the first round, a round is shortened to the
+    trials that fit in the time left at the pace measured so far.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -352,10 +363,11 @@ def tune(
     progress = Progress("tune (trials)", trials)
     done, start = 0, time.perf_counter()
     while done < trials:
-        if max_minutes is not None and time.perf_counter() - start > max_minutes * 60:
+        budget = round_budget(min(round_size, trials - done), done, time.perf_counter() - start,
+                              None if max_minutes is None else max_minutes * 60)
+        if budget == 0:
             log.info("tune: --max-time %.1f min reached after %d trials", max_minutes, done)
             break
-        budget = min(round_size, trials - done)
         with _nameless_handlers_detached():
             ms.relax_integration.tune_relax(
                 fused, {}, target, work_dir=str(log_dir), max_trials_global=budget,

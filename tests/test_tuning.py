@@ -23,7 +23,7 @@ from conftest import make_model
 from qcompiler.errors import QCompilerError
 from qcompiler.frontend import load_onnx
 from qcompiler.targets import resolve
-from qcompiler.tuning import RECORDS, WORKLOADS, coverage, tune
+from qcompiler.tuning import RECORDS, WORKLOADS, coverage, round_budget, tune
 
 
 def conv_model():
@@ -32,6 +32,15 @@ def conv_model():
              helper.make_node("Relu", ["c"], ["y"], name="relu")]
     return make_model(nodes, [("x", [1, 16, 28, 28])], [("y", [1, 16, 28, 28])],
                       {"w": rng.standard_normal((16, 16, 3, 3))})
+
+
+def test_time_budget_shortens_rounds_to_the_measured_pace():
+    assert round_budget(42, 0, 0.0, None) == 42
+    assert round_budget(42, 0, 0.0, 540.0) == 42            # first round: no pace yet
+    assert round_budget(42, 100, 300.0, 540.0) == 42        # 3 s per trial, 240 s left: 80 fit
+    assert round_budget(42, 100, 480.0, 540.0) == 12        # 4.8 s per trial, 60 s left
+    assert round_budget(42, 100, 539.0, 540.0) == 0         # less than one trial left
+    assert round_budget(42, 100, 600.0, 540.0) == 0
 
 
 @pytest.fixture(scope="module")

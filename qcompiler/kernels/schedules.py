@@ -86,12 +86,18 @@ def _with_epilogue(sch: Schedule, block, at_loop) -> None:
             sch.reverse_compute_inline(consumer)  # the epilogue reads the registers directly
         except ScheduleError:
             rest.append(consumer)
+    # Consumers of another shape (dropping padded channels) run once per pixel tile, over all
+    # its channels, not per channel tile: there the channels beyond the last real one would need
+    # a per-lane test, and LLVM then turns the whole epilogue into scalar code (3-5x slower).
+    loops = sch.get_loops(block)
+    position = [sch.get(loop) for loop in loops].index(sch.get(at_loop))
+    pixel_tile = loops[position - 1] if position else at_loop
     sch.reverse_compute_at(writeback, at_loop)
     _vectorize_inner(sch, writeback)
     for consumer in rest:
         if not broadcasts(sch, consumer, writeback):
             try:
-                sch.reverse_compute_at(consumer, at_loop)
+                sch.reverse_compute_at(consumer, pixel_tile)
                 _vectorize_inner(sch, consumer)
                 continue
             except (ScheduleError, ValueError):  # ValueError: an index TVM cannot match to a region
