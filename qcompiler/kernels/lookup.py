@@ -57,6 +57,14 @@ def byte_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     size = math.prod(shape)
     chunks, vector = size // CHUNK, f"int8x{CHUNK}"
 
+    def bytes_at(buffer, start):
+        """64 bytes of `buffer` from `start`, as int8x64 (LLVM's operand type)."""
+        return T.reinterpret(vector, buffer.vload([start], f"{buffer.dtype}x{CHUNK}"))
+
+    def permute(low_table, q, high_table):
+        """vpermi2b: low_table[q & 63] where bit 6 of q is 0, high_table[q & 63] where it is 1."""
+        return T.call_llvm_pure_intrin(vector, PERMUTE, low_table, q, high_table)
+
     @T.prim_func(private=True, s_tir=True)
     def kernel(table: T.Buffer((256,), dtype), index: T.Buffer(shape, "uint8"), out: T.Buffer(shape, dtype)):
         T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
@@ -64,18 +72,12 @@ def byte_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
             flat_index = T.decl_buffer((size,), "uint8", data=index.data)
             flat_out = T.decl_buffer((size,), dtype, data=out.data)
             for chunk in range(chunks):  # serial: about 50 bytes per ns, less than starting threads
-                # One expression (q repeated): TVMScript would store named vector values in workspace
-                # buffers, allocated per iteration.
+                # One expression (q repeated): TVMScript would keep named vector values in
+                # workspace buffers allocated per iteration.
                 flat_out[T.ramp(chunk * CHUNK, 1, CHUNK)] = T.reinterpret(f"{dtype}x{CHUNK}", T.Select(
-                    T.reinterpret(vector, flat_index.vload([chunk * CHUNK], f"uint8x{CHUNK}")) < T.broadcast(T.int8(0), CHUNK),
-                    T.call_llvm_pure_intrin(
-                        vector, PERMUTE, T.reinterpret(vector, table.vload([2 * CHUNK], f"{dtype}x{CHUNK}")),
-                        T.reinterpret(vector, flat_index.vload([chunk * CHUNK], f"uint8x{CHUNK}")),
-                        T.reinterpret(vector, table.vload([3 * CHUNK], f"{dtype}x{CHUNK}"))),
-                    T.call_llvm_pure_intrin(
-                        vector, PERMUTE, T.reinterpret(vector, table.vload([0], f"{dtype}x{CHUNK}")),
-                        T.reinterpret(vector, flat_index.vload([chunk * CHUNK], f"uint8x{CHUNK}")),
-                        T.reinterpret(vector, table.vload([CHUNK], f"{dtype}x{CHUNK}")))))
+                    bytes_at(flat_index, chunk * CHUNK) < T.broadcast(T.int8(0), CHUNK),
+                    permute(bytes_at(table, 2 * CHUNK), bytes_at(flat_index, chunk * CHUNK), bytes_at(table, 3 * CHUNK)),
+                    permute(bytes_at(table, 0), bytes_at(flat_index, chunk * CHUNK), bytes_at(table, CHUNK))))
             for i in range(chunks * CHUNK, size):
                 flat_out[i] = table[flat_index[i]]
 

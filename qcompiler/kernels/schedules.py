@@ -11,9 +11,13 @@ anchor block, so an untuned model is already usable; tuning records, where they 
                         outer spatial loops parallel
   NEON conv2d / dense   (no dot product) pixels parallel, reduction over contiguous input
                         channels innermost for LLVM's loop vectorizer, epilogue per pixel
-  depthwise conv2d      channels vectorized (16 int32 lanes), same tiling and epilogue fusion
+  depthwise conv2d      channels vectorized (16, 8 or 4 int32 lanes), same tiling and epilogue fusion
   injective ops         producers inlined into consumers, outer loop parallel, inner vectorized
-  anything else         leading spatial loops parallel (reductions stay serial)
+  anything else         leading spatial loops parallel (reductions stay serial; point-wise
+                        producers such as a zero-point subtraction inlined into them)
+
+Byte-table lookups and channels-last pads get kernels of their own instead (lookup.py, pad.py;
+tuning.with_default_schedules chooses).
 """
 
 from __future__ import annotations
