@@ -25,14 +25,19 @@ def _point_access(region, iter_vars) -> bool:
         for r, iv in zip(region.region, iter_vars))
 
 
+def sole_block(func: tirx.PrimFunc):
+    """The block of a PrimFunc that has one block under its root, else None."""
+    sch = Schedule(func)
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    return sch.get(blocks[0]) if len(blocks) == 1 else None
+
+
 def is_table_lookup(func: tirx.PrimFunc) -> bool:
     """One spatial block that writes `out[v]` from `index[v]` (an integer tensor of out's shape,
     read at the same point) and a 1-D `table` read anywhere."""
-    sch = Schedule(func)
-    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
-    if len(blocks) != 1:
+    block = sole_block(func)
+    if block is None:
         return False
-    block = sch.get(blocks[0])
     ivs = block.iter_vars
     if any(iv.iter_type != tirx.IterVar.DataPar for iv in ivs) or len(block.writes) != 1 or len(block.reads) != 2:
         return False

@@ -85,8 +85,15 @@ def with_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.
 
     kernels = [lookup.byte_lookup_kernel] if lookup.has_byte_permute(target) else []
     kernels += [pad.row_pad_kernel, default_schedule]
-    return _unscheduled_kernels_through(mod, lambda func: next(
-        (new for new in (kernel(func) for kernel in kernels) if new is not None), None))
+
+    def first_that_applies(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
+        for kernel in kernels:
+            scheduled = kernel(func)
+            if scheduled is not None:
+                return scheduled
+        return None
+
+    return _unscheduled_kernels_through(mod, first_that_applies)
 
 
 def _fused_and_tuned(mod: tvm.IRModule, target: tvm.target.Target, database) -> tvm.IRModule:

@@ -18,20 +18,17 @@ import math
 
 from tvm import ir, tirx
 from tvm.sym.analyzer import Analyzer
-from tvm.s_tir import Schedule
 from tvm.script import tirx as T
 
 
-def _row_padding(func: tirx.PrimFunc) -> tuple[list[int], list[int], object] | None:
-    """(input shape, output shape, fill value) of a pad of the H and W axes of an [N, H, W, C]
-    tensor, else None."""
-    if len(func.params) != 2:
+def _row_padding(func: tirx.PrimFunc) -> tuple[list[int], list[int], ir.expr.Expr, list[int]] | None:
+    """(input shape, output shape, fill value, padding before each axis) of a pad of the H and W
+    axes of an [N, H, W, C] tensor, else None."""
+    from ..fusion import sole_block
+
+    block = sole_block(func) if len(func.params) == 2 else None
+    if block is None:
         return None
-    sch = Schedule(func)
-    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
-    if len(blocks) != 1:
-        return None
-    block = sch.get(blocks[0])
     store = block.body
     if len(block.reads) != 1 or len(block.writes) != 1 or not isinstance(store, tirx.BufferStore):
         return None
