@@ -33,7 +33,9 @@ def _row_padding(func: tirx.PrimFunc) -> tuple[list[int], list[int], ir.expr.Exp
     if len(block.reads) != 1 or len(block.writes) != 1 or not isinstance(store, tirx.BufferStore):
         return None
     value = store.value
-    if not (isinstance(value, ir.expr.Call) and value.op.name == "prim.if_then_else"
+    # TOPI's pad: block "PadInput", out = if_then_else(inside, data[...], constant)
+    if not (block.name_hint == "PadInput" and isinstance(value, ir.expr.Call)
+            and value.op.name == "prim.if_then_else" and isinstance(value.args[1], ir.expr.TensorLoad)
             and isinstance(value.args[2], (tirx.IntImm, tirx.FloatImm))):
         return None
     data, out = (param.ty for param in func.params)
