@@ -26,6 +26,7 @@ import logging
 import math
 from functools import partial
 
+import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
@@ -36,11 +37,12 @@ log = logging.getLogger("qcompiler")
 
 MAX_TILE = 8        # output pixels per register tile (8 accumulator registers)
 MAX_LANES = 16      # int32 lanes of an AVX-512 vector (NEON's 16-byte registers take one in 4)
-# Kernels of fewer loop iterations run serially. Measured (A/B, 1 and 2 threads): rapidocr's
-# MobileNetV3 classifier int8 8% faster at 2^16 (more small kernels than anything), PP-LCNet
-# unchanged, the ResNet stack 3% slower at 2 threads (its input quantization, 52K costly
-# iterations, then runs on one thread); 2^18 made PP-LCNet 7% slower at 2 threads.
-MIN_PARALLEL_ITERATIONS = 1 << 16
+# Kernels with less work than this (see `_work`) run serially: starting and joining threads
+# costs more than they save. Measured (A/B, 2 threads): rapidocr's MobileNetV3 classifier int8
+# 0.440 -> 0.400 ms (it has the most small kernels), PP-LCNet and the ResNet stack unchanged.
+# Counting iterations alone (not bytes) left the ResNet stack's input quantization, 52K
+# iterations reading float32, on one thread: 3% slower.
+MIN_PARALLEL_WORK = 1 << 16
 
 
 def loop_extent(sch: Schedule, loop) -> int:
@@ -139,11 +141,19 @@ def _vectorize_inner(sch: Schedule, block) -> None:
     sch.vectorize(inner)
 
 
+def _work(sch: Schedule, block) -> int:
+    """Loop iterations of `block` × the element size of the largest tensor it reads (bytes
+    through the loop nest, roughly: a float input costs 4 times a uint8 one)."""
+    sizes = [(math.prod(int(d) for d in r.source.shape), tvm.DataType(str(r.source.dtype)).bits)
+             for r in sch.get(block).reads]
+    element_bytes = max(sizes)[1] // 8 if sizes else 1
+    return math.prod(loop_extent(sch, loop) for loop in sch.get_loops(block)) * max(1, element_bytes)
+
+
 def _parallel_outer(sch: Schedule, loops: list, block) -> None:
     """Fuse the leading loops until they have 64 or more iterations, and run them in parallel;
-    unless `block` (whose nest `loops` are) runs fewer than MIN_PARALLEL_ITERATIONS iterations in
-    all: then starting and joining the threads costs more than they save."""
-    if math.prod(loop_extent(sch, loop) for loop in sch.get_loops(block)) < MIN_PARALLEL_ITERATIONS:
+    unless `block` (whose nest `loops` are) has less than MIN_PARALLEL_WORK of work."""
+    if _work(sch, block) < MIN_PARALLEL_WORK:
         return
     chosen, total = [], 1
     for loop in loops:
