@@ -29,16 +29,28 @@ pytestmark = pytest.mark.skipif(dot_product_of(TARGET) is not VNNI, reason="this
 rng = np.random.default_rng(7)
 
 
-def run_relax(func_body, inputs: list[np.ndarray], default_schedules: bool = True) -> np.ndarray:
-    """Build `func_body(*vars)` as `main` through qcompiler's CPU pipeline and run it."""
+def relax_main(func_body, specs: list[tuple[tuple[int, ...], str]]) -> tvm.IRModule:
+    """A module whose `main` takes tensors of `specs` (shape, dtype) and returns `func_body(*vars)`."""
     bb = relax.BlockBuilder()
-    params = [relax.Var(f"x{i}", relax.TensorType(list(a.shape), str(a.dtype))) for i, a in enumerate(inputs)]
+    params = [relax.Var(f"x{i}", relax.TensorType(list(shape), dtype)) for i, (shape, dtype) in enumerate(specs)]
     with bb.function("main", params):
         with bb.dataflow():
             out = bb.emit_output(func_body(*params))
         bb.emit_func_output(out)
+    return bb.get()
+
+
+def default_scheduled(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` fused for TARGET, every kernel with its default schedule."""
     with TARGET:
-        lowered = cpu_pipeline(TARGET, None, default_schedules)(bb.get())
+        return with_default_schedules(fused_module(mod, TARGET), TARGET)
+
+
+def run_relax(func_body, inputs: list[np.ndarray], default_schedules: bool = True) -> np.ndarray:
+    """Build `func_body(*vars)` as `main` through qcompiler's CPU pipeline and run it."""
+    mod = relax_main(func_body, [(a.shape, str(a.dtype)) for a in inputs])
+    with TARGET:
+        lowered = cpu_pipeline(TARGET, None, default_schedules)(mod)
     vm = relax.VirtualMachine(tvm.compile(lowered, TARGET), tvm.cpu())
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
 
@@ -122,14 +134,7 @@ def test_byte_table_lookups_are_exact(shape, dtype, vbmi):
 
 def single_kernel(body, shape, dtype) -> tvm.tirx.PrimFunc:
     """The one kernel `body` of a [shape] `dtype` tensor gets from the default schedules."""
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(list(shape), dtype))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(body(x))
-        bb.emit_func_output(out)
-    with TARGET:
-        scheduled = with_default_schedules(fused_module(bb.get(), TARGET), TARGET)
+    scheduled = default_scheduled(relax_main(body, [(shape, dtype)]))
     (kernel,) = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     return kernel
 
@@ -153,15 +158,8 @@ def test_channels_last_pads_are_exact(shape, pads, dtype, rows):
 @pytest.mark.parametrize("dtype,groups", [("int8", 1), ("uint8", 2), ("int8", 3)])
 def test_int8_activations_and_grouped_convs_are_tensorized(dtype, groups):
     """int8 (shifted to uint8) and grouped convolutions reach `vpdpbusd` through the default schedule."""
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType([1, 8, 8, 12], dtype))
     w = rng.integers(-127, 128, (24, 3, 3, 12 // groups), dtype=np.int8)
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(conv_body(w, 1, (1, 1, 1, 1), groups)(x))
-        bb.emit_func_output(out)
-    with TARGET:
-        scheduled = with_default_schedules(fused_module(bb.get(), TARGET), TARGET)
+    scheduled = default_scheduled(relax_main(conv_body(w, 1, (1, 1, 1, 1), groups), [((1, 8, 8, 12), dtype)]))
     convs = [f for gv, f in scheduled.functions.items() if "conv2d_nhwc_u8s8_vnni" in gv.name_hint]
     assert len(convs) == 1 and "vpdpbusd" in convs[0].script()
 
@@ -171,8 +169,7 @@ def test_dispatch_replaces_int8_ops_and_every_kernel_gets_a_default_schedule():
     dispatched = dispatch_int8_kernels(quantized.mod, TARGET)
     kernels = sorted(gv.name_hint for gv, f in dispatched.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
     assert kernels == ["conv2d_nhwc_u8s8_vnni", "conv2d_nhwc_u8s8_vnni1", "dense_u8s8_vnni", "depthwise_nhwc_u8s8"]
-    with TARGET:
-        scheduled = with_default_schedules(fused_module(quantized.mod, TARGET), TARGET)
+    scheduled = default_scheduled(quantized.mod)
     unscheduled = [gv.name_hint for gv, f in scheduled.functions.items()
                    if isinstance(f, tvm.tirx.PrimFunc) and not f.attrs.get("tir.is_scheduled")]
     assert unscheduled == []

@@ -23,6 +23,8 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import codegen
 
+from ..fusion import is_table_lookup
+
 FEATURE = "avx512vbmi"
 CHUNK = 64  # bytes per 512-bit register
 PERMUTE = "llvm.x86.avx512.vpermi2var.qi.512"
@@ -34,8 +36,6 @@ def has_byte_permute(target: tvm.target.Target) -> bool:
 
 def _lookup_buffers(func: tirx.PrimFunc):
     """(table, index, out) buffers of a 256-entry byte-table lookup with a uint8 index, else None."""
-    from ..fusion import is_table_lookup
-
     if len(func.params) != 3 or not is_table_lookup(func):
         return None
     table, index, out = (param.ty for param in func.params)  # buffer types: shape, dtype

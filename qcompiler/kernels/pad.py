@@ -20,12 +20,12 @@ from tvm import ir, tirx
 from tvm.sym.analyzer import Analyzer
 from tvm.script import tirx as T
 
+from ..fusion import sole_block
+
 
 def _row_padding(func: tirx.PrimFunc) -> tuple[list[int], list[int], ir.expr.Expr, list[int]] | None:
     """(input shape, output shape, fill value, padding before each axis) of a pad of the H and W
     axes of an [N, H, W, C] tensor, else None."""
-    from ..fusion import sole_block
-
     block = sole_block(func) if len(func.params) == 2 else None
     if block is None:
         return None
