@@ -5,7 +5,8 @@ Every value of the QDQ function is tracked as one of:
 * `Float`       — an ordinary float tensor;
 * `QTensor`     — int8/uint8 data q with real = scale · (q − zero_point) (weights may have a
                   per-channel scale along `axis`; activations are per tensor);
-* `Accumulator` — int32 data with real = scale[c] · acc (per channel along `axis`), plus a
+* `Accumulator` — int32 data with real = scale[c] · (acc + offset[c]) (per channel along
+                  `axis`): a constant offset (zero-point correction, bias) not yet added, plus a
                   pending clamp [lo, hi] in real units from an absorbed relu/clip.
 
 and re-emitted bottom-up. `dequantize` only relabels an integer tensor; integer ops consume
@@ -13,8 +14,8 @@ the relabelled tensors directly:
 
   conv2d / matmul(QTensor, int8 weight)  acc = Σ q_x·q_w in int32 (uint8 × int8 kernels); an
                                          asymmetric input is padded with its zero point and
-                                         corrected by −zp_x·Σq_w, folded into a constant
-  add(acc, bias)                         bias folded into int32: round(bias / scale[c])
+                                         corrected by −zp_x·Σq_w: a pending offset
+  add(acc, bias)                         bias added to the offset: round(bias / scale[c])
   relu / clip on an accumulator          integer clamp at requantization
   add / multiply(QTensor, QTensor)       add: fixed-point rescale to max(scale)/2^14, in int32
                                          (multipliers < 2^22, rounding half up); a following
@@ -22,7 +23,9 @@ the relabelled tensors directly:
                                          multiply: (q_x − zp_x)·(q_y − zp_y), scale s_x·s_y
   mean (global average pooling)          int32 sum of (q − zp); scale / count
   max_pool2d, reshape, permute, ...      run on the integer tensor, parameters unchanged
-  quantize(acc) → requantize             q = clamp(((acc·m_c + 2^(s−1)) >> s) + zp) in int64,
+  quantize(acc) → requantize             q = clamp(((acc + offset_c)·m_c + 2^(s−1)) >> s) + zp)
+                                           = clamp((acc·m_c + k_c) >> s) in int64, with
+                                         k_c = offset_c·m_c + 2^(s−1) + zp·2^s one constant;
                                          scale[c]/scale_out ≈ m_c·2^−s, m_c ≤ 2^31 per channel,
                                          one shift s per layer (rounding half up)
   quantize(QTensor with equal params)    nothing: consecutive int8 ops stay int8
@@ -77,6 +80,7 @@ class Accumulator:
     lo: float = -math.inf
     hi: float = math.inf
     bound: float = math.inf  # max |acc| known at compile time
+    offset: np.ndarray | None = None  # int64, () or (C,) along `axis`: added at requantization
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,7 @@ class Realizer:
         else:
             rank = len(shape_of_expr(state.expr))
             real = self.emit(relax.op.multiply(
-                self.emit(relax.op.astype(state.expr, "float32")),
+                self.emit(relax.op.astype(self.with_offset(state), "float32")),
                 const(_broadcast(state.scale, state.axis, rank).astype(np.float32))))
             if math.isfinite(state.lo) or math.isfinite(state.hi):
                 lo = state.lo if math.isfinite(state.lo) else -3.0e38
@@ -235,24 +239,42 @@ class Realizer:
             acc = self.emit(relax.op.subtract(acc, const(np.int32(q.zero_point))))
         return Accumulator(acc, q.scale, q.axis)
 
-    def fixed_point_scale(self, values, scale_in: np.ndarray, scale_out: float, axis, rank: int):
-        """round(values · scale_in / scale_out) via int64 (values · m + 2^(s−1)) >> s, rounding half up.
+    def with_offset(self, acc: Accumulator) -> relax.Expr:
+        """acc + offset as an int32 tensor."""
+        if acc.offset is None:
+            return acc.expr
+        offset = _broadcast(acc.offset, acc.axis, len(shape_of_expr(acc.expr)))
+        return self.emit(relax.op.add(acc.expr, const(offset, "int32")))
+
+    def fixed_point_scale(self, acc: Accumulator, scale_out: float, zero_point: int):
+        """round((acc + offset) · scale_acc / scale_out) + zero_point via int64
+        (acc · m + k) >> s, rounding half up, with k = offset · m + 2^(s−1) + zero_point · 2^s.
 
         One shift s serves all channels (that of the largest ratio, from fixed_point_multiplier);
         each channel's multiplier m_c = round(ratio_c · 2^s) is an int32, so only a per-channel
         int32 vector is stored. A channel whose ratio is 2^k times smaller keeps 31 − k bits.
+        Folding the offset and the zero point into k is exact (the shift floors, and zero_point ·
+        2^s is a multiple of 2^s); it leaves the kernel's epilogue a multiply, an add and a shift.
         """
-        ratios = np.atleast_1d(np.asarray(scale_in, np.float64) / scale_out)
+        rank = len(shape_of_expr(acc.expr))
+        ratios = np.atleast_1d(np.asarray(acc.scale, np.float64) / scale_out)
         _, shift = fixed_point_multiplier(float(ratios.max()))
         m = np.round(ratios * 2.0**shift).astype(np.int64)
-        if np.ndim(scale_in) == 0 or axis is None:
-            m = m.reshape(())
-        else:
-            m = _broadcast(m, axis, rank)
+        offset = np.zeros(1, np.int64) if acc.offset is None else np.atleast_1d(acc.offset)
+        # Python integers: exact, then checked to fit int64 with room for acc · m.
+        k = [int(o) * int(mc) + (1 << (shift - 1)) + zero_point * (1 << shift)
+             for o, mc in zip(np.broadcast_to(offset, np.broadcast_shapes(offset.shape, m.shape)).tolist(),
+                              np.broadcast_to(m, np.broadcast_shapes(offset.shape, m.shape)).tolist())]
+        values = acc.expr
+        if max(abs(v) for v in k) >= 1 << 62:  # unreachable for real layers; exact anyway
+            values, k = self.with_offset(acc), [(1 << (shift - 1)) + zero_point * (1 << shift)]
+        per_tensor = acc.axis is None
+        m = m.reshape(()) if np.ndim(acc.scale) == 0 or per_tensor else _broadcast(m, acc.axis, rank)
+        k = np.asarray(k, np.int64)
+        k = k.reshape(()) if k.size == 1 else _broadcast(k, acc.axis, rank)
         wide = self.emit(relax.op.astype(values, "int64"))
         multiplier = self.emit(relax.op.astype(const(m.astype(np.int32)), "int64"))
-        wide = self.emit(relax.op.add(self.emit(relax.op.multiply(wide, multiplier)),
-                                      const(np.int64(1) << np.int64(shift - 1), "int64")))
+        wide = self.emit(relax.op.add(self.emit(relax.op.multiply(wide, multiplier)), const(k, "int64")))
         return self.emit(relax.op.right_shift(wide, const(np.int64(shift), "int64")))
 
     def residual_term(self, q: QTensor, common: float):
@@ -298,15 +320,13 @@ class Realizer:
         """q = clamp(round(acc · scale_acc / scale) + zp, clamps) as int8/uint8: in int32 where
         the accumulator's bound allows (narrow_rescale), else in int64 (fixed_point_scale)."""
         self.stats.requantize += 1
-        rank = len(shape_of_expr(acc.expr))
         shifted = None
-        if acc.axis is None and math.isfinite(acc.bound):
+        if acc.axis is None and acc.offset is None and math.isfinite(acc.bound):
             shifted = self.narrow_rescale(acc.expr, float(acc.scale) / scale, acc.bound)
-        wide = "int32" if shifted is not None else "int64"
+            if shifted is not None and zero_point:
+                shifted = self.emit(relax.op.add(shifted, const(np.asarray(zero_point, "int32"), "int32")))
         if shifted is None:
-            shifted = self.fixed_point_scale(acc.expr, acc.scale, scale, acc.axis, rank)
-        if zero_point:
-            shifted = self.emit(relax.op.add(shifted, const(np.asarray(zero_point, wide), wide)))
+            shifted = self.fixed_point_scale(acc, scale, zero_point)
         qmin, qmax = _qmin_qmax(dtype)
         lo = qmin if not math.isfinite(acc.lo) else max(qmin, int(round(acc.lo / scale)) + zero_point)
         hi = qmax if not math.isfinite(acc.hi) else min(qmax, int(round(acc.hi / scale)) + zero_point)
@@ -385,12 +405,12 @@ class Realizer:
             data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
             out_dtype="int32"))
         channels = w.values.shape[0]
+        offset = None
         if x.zero_point:
-            correction = x.zero_point * w.values.astype(np.int64).reshape(channels, -1).sum(axis=1)
-            acc = self.emit(relax.op.subtract(acc, const(_broadcast(correction, channel_axis, 4), "int32")))
+            offset = -x.zero_point * w.values.astype(np.int64).reshape(channels, -1).sum(axis=1)
         scale = float(x.scale) * (w.scale if w.axis is not None else np.full(channels, float(w.scale)))
         self.stats.integer_ops["conv2d"] = self.stats.integer_ops.get("conv2d", 0) + 1
-        return Accumulator(acc, scale, channel_axis)
+        return Accumulator(acc, scale, channel_axis, offset=offset)
 
     def on_matmul(self, var, call):
         a, b = self.state(call.args[0]), self.state(call.args[1])
@@ -400,13 +420,11 @@ class Realizer:
             if b.values.ndim != 2 or b.zero_point != 0 or b.dtype != "int8" or b.axis not in (None, 1):
                 return None
             acc = self.emit(relax.op.matmul(a.expr, b.expr, out_dtype="int32"))
-            if a.zero_point:
-                correction = a.zero_point * b.values.astype(np.int64).sum(axis=0)
-                acc = self.emit(relax.op.subtract(acc, const(correction, "int32")))
+            offset = -a.zero_point * b.values.astype(np.int64).sum(axis=0) if a.zero_point else None
             channels = b.values.shape[1]
             scale = float(a.scale) * (b.scale if b.axis is not None else np.full(channels, float(b.scale)))
             self.stats.integer_ops["matmul"] = self.stats.integer_ops.get("matmul", 0) + 1
-            return Accumulator(acc, scale, len(shape_of(var)) - 1)
+            return Accumulator(acc, scale, len(shape_of(var)) - 1, offset=offset)
         if b.axis is not None:
             return None
         lhs, rhs = self.to_accumulator(a), self.to_accumulator(b)
@@ -443,9 +461,9 @@ class Realizer:
                 if flat.size in (1, channels) and (bias.ndim == 0 or bias.size == channels):
                     per_channel = np.broadcast_to(flat, (channels,))
                     q = np.round(per_channel / x.scale).astype(np.int64)
-                    if np.all(np.abs(q) < 2**31):
-                        acc = self.emit(relax.op.add(x.expr, const(_broadcast(q, x.axis, len(out_shape)), "int32")))
-                        return replace(x, expr=acc)
+                    offset = q if x.offset is None else x.offset + q
+                    if np.all(np.abs(q) < 2**31) and np.all(np.abs(offset) < 2**31):
+                        return replace(x, offset=offset)
             return None
         if isinstance(x, QTensor) and isinstance(y, QTensor) and x.values is None and y.values is None \
                 and x.axis is None and y.axis is None and x is not y:

@@ -149,9 +149,11 @@ def test_realized_matches_simulated_within_one_step(model, config):
 
 
 def test_integer_conv_bit_exact_against_numpy():
-    """A lone uint8 conv with zero point: the realized kernel equals the integer formula exactly."""
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
-    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 6, 6])], {"w": w(3, 2, 3, 3)})
+    """A lone uint8 conv with zero point and bias: the realized kernel equals the integer formula
+    exactly (zero-point correction, bias, rounding and output zero point folded into one constant)."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    bias = w(3) * 4
+    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 6, 6])], {"w": w(3, 2, 3, 3), "b": bias})
     imported = load_onnx(model)
     q = quantize(imported, QConfig(calibration=CalibrationMethod.MINMAX, holdout=0), samples_of(model, 8))
     qp = q.calibration.qparams(q.config)
@@ -168,8 +170,10 @@ def test_integer_conv_bit_exact_against_numpy():
     for i in range(3):
         for j in range(3):
             acc += np.einsum("nchw,oc->nohw", xpad[:, :, i:i + 6, j:j + 6], wq[:, :, i, j].astype(np.int64))
+    acc_scales = float(np.float32(x_params.scale)) * w_scales.astype(np.float64)
+    acc += np.round(bias.astype(np.float64) / acc_scales).astype(np.int64).reshape(1, 3, 1, 1)
     # Requantization: one shift per layer (that of the largest ratio), an int32 multiplier per channel.
-    ratios = float(np.float32(x_params.scale)) * w_scales.astype(np.float64) / float(np.float32(y_params.scale))
+    ratios = acc_scales / float(np.float32(y_params.scale))
     _, s = fixed_point_multiplier(float(ratios.max()))
     m = np.round(ratios * 2.0**s).astype(np.int64)
     expected = ((acc * m.reshape(1, 3, 1, 1) + (1 << (s - 1))) >> s) + y_params.zero_point

@@ -106,6 +106,51 @@ def test_int8_conv_kernels_bit_exact(h, cin, cout, k, stride, padding, groups, d
     np.testing.assert_array_equal(run_relax(conv_body(w, stride, padding, groups), [x]), expected)
 
 
+def depthwise_reference(x, taps, stride, dilation, padding):
+    """int64 NHWC depthwise convolution with taps [kh, kw, C], zero padding."""
+    top, left, bottom, right = padding
+    x = np.pad(x.astype(np.int64), [(0, 0), (top, bottom), (left, right), (0, 0)])
+    kh, kw, _ = taps.shape
+    oh = (x.shape[1] - (kh - 1) * dilation - 1) // stride + 1
+    ow = (x.shape[2] - (kw - 1) * dilation - 1) // stride + 1
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3]), np.int64)
+    for r in range(kh):
+        for s in range(kw):
+            rows, cols = r * dilation, s * dilation
+            out += x[:, rows:rows + stride * (oh - 1) + 1:stride, cols:cols + stride * (ow - 1) + 1:stride] * taps[r, s]
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("size,channels,kernel,stride,dilation,lanewise", [
+    (11, 40, 5, 2, 1, True),    # stride 2: tap groups 2 positions apart; a last block of 8 channels
+    (9, 16, 3, 1, 2, True),     # dilated: taps 2 columns apart, groups 8 positions apart
+    (12, 200, 7, 1, 1, True),   # two groups of 4 taps, the second padded by one zero weight
+    (9, 24, 3, 3, 1, False),    # stride 3: groups would start between positions, int32 kernel
+    (8, 8, 3, 1, 1, False),     # fewer channels than a vector: int32 kernel
+])
+def test_depthwise_kernels_bit_exact(size, channels, kernel, stride, dilation, lanewise, dtype):
+    """Depthwise convolutions on interleaved taps and the lane-wise `vpdpbusd` where the layout
+    applies, on 32-bit multiplies elsewhere: both equal numpy's integer convolution."""
+    x = random_activations((1, size, size + 3, channels), dtype)
+    w = rng.integers(-128, 128, (channels, kernel, kernel, 1), dtype=np.int8)
+    pad = dilation * (kernel - 1) // 2
+    padding = (pad, pad, pad, pad)
+
+    def body(data):
+        return relax.op.nn.conv2d(data, const(w), strides=[stride, stride], padding=list(padding),
+                                  dilation=[dilation, dilation], groups=channels, data_layout="NHWC",
+                                  kernel_layout="OHWI", out_layout="NHWC", out_dtype="int32")
+
+    expected = depthwise_reference(x, w[..., 0].transpose(1, 2, 0), stride, dilation, padding)
+    np.testing.assert_array_equal(run_relax(body, [x]), expected)
+    scheduled = default_scheduled(relax_main(body, [(x.shape, dtype)]))
+    kernels = {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert ("depthwise_taps" in kernels) == lanewise
+    depthwise = [f for name, f in kernels.items() if "depthwise_nhwc" in name]
+    assert len(depthwise) == 1 and ("vpdpbusd" in depthwise[0].script()) == lanewise
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("m,k,n", [(1, 64, 10), (3, 30, 48)])
 def test_int8_dense_kernel_bit_exact(m, k, n, dtype):

@@ -9,6 +9,8 @@ lanes (isa.py: 16 for VNNI, 4 for sdot):
                      output channel o, O' its output channels per group (padded to Lk)
   dense_<isa>        out[m, o]       = Σ_k a[m, k] · wp[o/L, k/4, o%L, k%4]
   depthwise_nhwc     out[n, h, w, c] = Σ_{r,s}   x[n, h·sh + r·dh, w·sw + s·dw, c] · wd[r, s, c]
+  depthwise_nhwc_<isa>  the same over taps interleaved 4 by 4 (taps.py), for the lane-wise dot
+                     product: out[n, h, w, c] = Σ_{r,g,k} t[n, h·sh + r·dh, w + g·step, c/L, c%L, k] · wt[r, g, c/L, c%L, k]
 
 The packed weight `wp` puts L output channels × 4 reduction elements in consecutive bytes:
 exactly one instruction's operand (`vpdpbusd`: 64 bytes, `sdot`: 16). Block names identify the
@@ -60,6 +62,16 @@ def pack_dense_weight(weight: np.ndarray, dp: DotProduct) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
 
 
+def pack_depthwise_weight(taps: np.ndarray, lanes: int, reduce: int) -> np.ndarray:
+    """[kh, kw, C] int8 → [kh, G, C'/L, L, 4]: wt[r, g, b, i, k] = taps[r, 4g + k, bL + i], zero
+    where 4g + k ≥ kw or bL + i ≥ C (G = ⌈kw/4⌉ groups of 4 horizontal taps, C' = Lk)."""
+    kh, kw, channels = taps.shape
+    padded = np.zeros((kh, round_up(kw, reduce), round_up(channels, lanes)), np.int8)
+    padded[:, :kw, :channels] = taps
+    groups = padded.reshape(kh, padded.shape[1] // reduce, reduce, padded.shape[2] // lanes, lanes)
+    return np.ascontiguousarray(groups.transpose(0, 1, 3, 4, 2))
+
+
 def _first_channels(out: te.Tensor, channels: int, groups: int = 1) -> te.Tensor:
     """`out` without the zero-padded channels: of `groups` equal blocks along its last axis, the
     first `channels / groups` of each."""
@@ -84,7 +96,7 @@ def _product(a, b, dp: DotProduct):
     return a.astype("int32") * b.astype("int32")
 
 
-def _windows(size: int, kernel: int, stride: int, dilation: int) -> int:
+def windows(size: int, kernel: int, stride: int, dilation: int) -> int:
     """How many positions a (dilated) kernel window takes along an already padded axis."""
     return (size - (kernel - 1) * dilation - 1) // stride + 1
 
@@ -94,7 +106,7 @@ def conv2d_nhwc_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, strid
     n, height, width, channels = (int(d) for d in data.shape)
     out_blocks, kh, kw, _, _, _ = (int(d) for d in packed.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    out_h, out_w = _windows(height, kh, sh, dh), _windows(width, kw, sw, dw)
+    out_h, out_w = windows(height, kh, sh, dh), windows(width, kw, sw, dw)
     lanes, reduce = dp.lanes, dp.reduce
     in_per_group, out_per_group = channels // groups, out_blocks * lanes // groups
     r = te.reduce_axis((0, kh), "r")
@@ -132,7 +144,7 @@ def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.
     n, height, width, channels = (int(d) for d in data.shape)
     kh, kw, _ = (int(d) for d in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    out_h, out_w = _windows(height, kh, sh, dh), _windows(width, kw, sw, dw)
+    out_h, out_w = windows(height, kh, sh, dh), windows(width, kw, sw, dw)
     r = te.reduce_axis((0, kh), "r")
     s = te.reduce_axis((0, kw), "s")
     return te.compute(
@@ -141,3 +153,23 @@ def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.
             data[b, h * sh + r * dh, w * sw + s * dw, ch].astype("int32") * weight[r, s, ch].astype("int32"),
             axis=[r, s]),
         name=DEPTHWISE_BLOCK)
+
+
+def depthwise_nhwc_lanewise(taps: te.Tensor, packed: te.Tensor, dp: DotProduct, stride_h: int, dilation_h: int,
+                            step: int, channels: int) -> te.Tensor:
+    """The depthwise convolution over interleaved taps [N, H, Q, C'/L, L, 4] (taps.py) and
+    weights packed by `pack_depthwise_weight`; `step` positions between tap groups."""
+    n, height, positions, blocks, lanes, reduce = (int(d) for d in taps.shape)
+    kh, groups = (int(d) for d in packed.shape[:2])
+    out_h, out_w = windows(height, kh, stride_h, dilation_h), positions - (groups - 1) * step
+    r = te.reduce_axis((0, kh), "r")
+    g = te.reduce_axis((0, groups), "g")
+    k = te.reduce_axis((0, reduce), "k")
+    out = te.compute(
+        shape64(n, out_h, out_w, blocks * lanes),
+        lambda b, h, w, c: te.sum(
+            taps[b, h * stride_h + r * dilation_h, w + g * step, c // lanes, c % lanes, k].astype("int32")
+            * packed[r, g, c // lanes, c % lanes, k].astype("int32"),
+            axis=[r, g, k]),
+        name=dp.depthwise_block())
+    return _first_channels(out, channels)

@@ -7,13 +7,16 @@ instruction's lanes):
 
   conv2d NHWC/OHWI, groups = 1        → conv2d_nhwc_<isa>, weights packed [O/L, H, W, I/4, L, 4]
   conv2d NHWC/OHWI, grouped           → the same with groups, each group packed alone
-  conv2d NHWC/OHWI, depthwise         → depthwise_nhwc, weights [H, W, C]
+  conv2d NHWC/OHWI, depthwise         → with a lane-wise dot product (VNNI) and ≥ L channels:
+                                        taps interleaved (taps.py), then depthwise_nhwc_<isa>,
+                                        weights packed [H, ⌈W/4⌉, C/L, L, 4]; else
+                                        depthwise_nhwc, weights [H, W, C]
   matmul [M, K] × constant [K, N]     → dense_<isa>, weights packed [N/L, K/4, L, 4]
 
 Activations x of the other signedness than the instruction takes (`vpdpbusd`: uint8, `sdot`
 and `__dp4a`: int8; NEON takes both) are fed as x ∓ 128 and the accumulator corrected by
-±128 · Σ w per output channel, a constant added in the kernel's epilogue: Σ (x + t) · w − t · Σ w = Σ x · w exactly. The
-depthwise kernel multiplies in int32 and takes either type directly.
+±128 · Σ w per output channel, a constant added in the kernel's epilogue: Σ (x + t) · w − t · Σ w = Σ x · w exactly
+(the tap interleaving shifts int8 activations itself). The int32 depthwise kernel takes either type directly.
 
 Spatial padding becomes an explicit pad (value 0, before any shift: realize has already padded
 asymmetric activations with their zero point), input channels are zero-padded to a multiple of
@@ -31,6 +34,8 @@ from tvm import relax, te
 from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
 from . import compute as kc
 from .isa import DotProduct, dot_product_of
+from .schedules import MIN_PARALLEL_WORK
+from .taps import group_step, interleaved_shape, interleaves, tap_interleave_kernel
 
 
 def _shape(expr) -> list[int]:
@@ -39,6 +44,11 @@ def _shape(expr) -> list[int]:
 
 def _dtype(expr) -> str:
     return str(expr.ty.dtype)
+
+
+def _shift_correction(shift: int, weight_sums: np.ndarray, shape: list[int]) -> np.ndarray:
+    """−shift · Σw per output channel (int32, in `shape`): what activations fed as x + shift add."""
+    return (-shift * weight_sums.astype(np.int64)).astype(np.int32).reshape(shape)
 
 
 @relax.expr_functor.mutator
@@ -71,8 +81,7 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         shift = 128 if self.dp.data_dtype == "uint8" else -128
         wide = self.builder_.emit(relax.op.add(relax.op.astype(data, "int32"), const(np.int32(shift))))
         shifted = self.builder_.emit(relax.op.astype(wide, self.dp.data_dtype))
-        correction = (-shift * weight_sums.astype(np.int64)).astype(np.int32).reshape(shape)
-        return shifted, correction
+        return shifted, _shift_correction(shift, weight_sums, shape)
 
     def pad_group_channels(self, data, groups: int):
         """Zero-pad each group's input channels to a multiple of the instruction's reduction (4)."""
@@ -113,6 +122,8 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         if groups > 1 and groups == channels == out_channels and in_per_group == 1:
             data = self.pad(data, spatial)
             taps = np.ascontiguousarray(w[:, :, :, 0].transpose(1, 2, 0))
+            if self.dp.register_lanewise is not None and interleaves(channels, strides[1], dilation[1], self.dp.lanes):
+                return self.depthwise_lanewise(data, taps, strides, dilation)
             return self.kernel(f"depthwise_nhwc_{self.operands(data)}",
                                lambda x, wd: kc.depthwise_nhwc(x, wd, strides, dilation), [data], [taps])
         if channels != groups * in_per_group or out_channels % groups:
@@ -126,6 +137,26 @@ class _Int8KernelDispatch(relax.PyExprMutator):
             name, lambda x, wp: kc.conv2d_nhwc_packed(x, wp, self.dp, strides, dilation, out_channels, groups),
             [data], [kc.pack_conv_weight(w, self.dp, groups)])
         return self.corrected(kernel, correction)
+
+    def depthwise_lanewise(self, data, taps: np.ndarray, strides: list[int], dilation: list[int]) -> relax.Expr:
+        """The depthwise convolution of (padded) `data` with `taps` [kh, kw, C] as taps.py's
+        interleaving followed by one lane-wise dot product per 4 taps of L channels."""
+        shape, dtype = _shape(data), _dtype(data)
+        kh, kw, channels = taps.shape
+        out_w = kc.windows(shape[2], kw, strides[1], dilation[1])
+        interleave = tap_interleave_kernel(tuple(shape), dtype, kw, strides[1], dilation[1], out_w, self.dp.lanes,
+                                           MIN_PARALLEL_WORK)
+        out_shape = interleaved_shape(tuple(shape), kw, strides[1], dilation[1], out_w, self.dp.lanes)
+        interleaved = self.builder_.emit(relax.call_tir(
+            self.builder_.add_func(interleave, "depthwise_taps"), [data], relax.TensorType(list(out_shape), "uint8")))
+        step = group_step(strides[1], dilation[1])
+        kernel = self.kernel(
+            f"depthwise_nhwc_u8s8_{self.dp.name}",
+            lambda t, wt: kc.depthwise_nhwc_lanewise(t, wt, self.dp, strides[0], dilation[0], step, channels),
+            [interleaved], [kc.pack_depthwise_weight(taps, self.dp.lanes, self.dp.reduce)])
+        if dtype == "uint8":
+            return kernel
+        return self.corrected(kernel, _shift_correction(128, taps.sum(axis=(0, 1)), [1, 1, 1, channels]))
 
     def matmul(self, call) -> relax.Expr | None:
         data, weight = call.args

@@ -8,6 +8,11 @@ int32 accumulators, each adding 4 products of activation bytes and int8 weight b
 The implementation broadcasts A's 4 bytes (as one int32) to every lane and passes A and B as
 byte vectors, which is how LLVM declares these intrinsics (`vpdpbusd`: <16 x i32>, <64 x i8>,
 <64 x i8>; `sdot`: <4 x i32>, <16 x i8>, <16 x i8>).
+
+The lane-wise variant gives each lane its own 4 activation bytes (depthwise convolutions, where
+a lane is a channel and its 4 bytes are 4 taps of that channel):
+
+    C[i] += Σ_{k<4} int32(A[i, k]) · int32(B[i, k])     for i < lanes
 """
 
 from __future__ import annotations
@@ -59,7 +64,47 @@ def dot_product_intrinsic(lanes: int, data_dtype: str, llvm_intrinsic: str):
     return description, implementation
 
 
-def register(name: str, lanes: int, data_dtype: str, llvm_intrinsic: str) -> str:
-    """Register the intrinsic under `name` (idempotent) and return the name."""
-    TensorIntrin.register(name, *dot_product_intrinsic(lanes, data_dtype, llvm_intrinsic), override=True)
+def lanewise_dot_intrinsic(lanes: int, data_dtype: str, llvm_intrinsic: str):
+    """(description, implementation) of the lane-wise dot product above for `llvm_intrinsic`."""
+    data_vector, weight_vector, accumulators = f"{data_dtype}x{lanes * REDUCE}", f"int8x{lanes * REDUCE}", f"int32x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def description(
+        A: T.Buffer((lanes, REDUCE), data_dtype, offset_factor=1),
+        B: T.Buffer((lanes, REDUCE), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:lanes, 0:REDUCE], B[0:lanes, 0:REDUCE])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, REDUCE):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def implementation(
+        A: T.Buffer((lanes, REDUCE), data_dtype, offset_factor=1),
+        B: T.Buffer((lanes, REDUCE), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:lanes, 0:REDUCE], B[0:lanes, 0:REDUCE])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_intrinsic),
+                C.vload([0], dtype=accumulators),
+                T.reinterpret(A.vload([0, 0], dtype=data_vector), dtype=weight_vector),
+                B.vload([0, 0], dtype=weight_vector),
+                dtype=accumulators,
+            )
+
+    return description, implementation
+
+
+def register(name: str, lanes: int, data_dtype: str, llvm_intrinsic: str, lanewise: bool = False) -> str:
+    """Register the (lane-wise) intrinsic under `name` (idempotent) and return the name."""
+    build = lanewise_dot_intrinsic if lanewise else dot_product_intrinsic
+    TensorIntrin.register(name, *build(lanes, data_dtype, llvm_intrinsic), override=True)
     return name

@@ -9,6 +9,9 @@
          channel's weights are contiguous, and the reduction over input channels is left to
          LLVM's loop vectorizer (int16 products widened: `smull`/`smlal`-family instructions)
 
+With VNNI, depthwise convolutions use the lane-wise `vpdpbusd` (each lane its own 4 bytes: 4 taps
+of one channel; taps.py interleaves them).
+
 Kernels pack weights so that one instruction's weight operand (dp4a: 8 neighbouring threads'
 operands) is `lanes × reduce` consecutive bytes, and name their compute blocks after the
 instruction (`conv2d_nhwc_<name>`, `dense_<name>`) so that the default schedules know which
@@ -34,15 +37,22 @@ class DotProduct:
     data_dtype: str | None      # the activation bytes it multiplies (None: uint8 or int8; weights are int8)
     feature: str | None         # LLVM target feature that provides it (None: a GPU family)
     register: Callable[[], str] | None  # registers the tensor intrinsic, returns its name (None: vectorized)
+    # registers its lane-wise variant (each lane its own 4 bytes) for depthwise convolutions;
+    # None: depthwise convolutions multiply in int32 instead
+    register_lanewise: Callable[[], str] | None = None
 
     def conv_block(self) -> str:
         return f"conv2d_nhwc_{self.name}"
+
+    def depthwise_block(self) -> str:
+        return f"depthwise_nhwc_{self.name}"
 
     def dense_block(self) -> str:
         return f"dense_{self.name}"
 
 
-VNNI = DotProduct("vnni", vnni.LANES, dot_intrinsic.REDUCE, "uint8", "avx512vnni", vnni.register)
+VNNI = DotProduct("vnni", vnni.LANES, dot_intrinsic.REDUCE, "uint8", "avx512vnni", vnni.register,
+                  vnni.register_lanewise)
 SDOT = DotProduct("sdot", sdot.LANES, dot_intrinsic.REDUCE, "int8", "dotprod", sdot.register)
 NEON = DotProduct("neon", 1, dot_intrinsic.REDUCE, None, "neon", None)
 DP4A = DotProduct("dp4a", dp4a.LANES, dot_intrinsic.REDUCE, "int8", None, dp4a.register)

@@ -11,7 +11,9 @@ anchor block, so an untuned model is already usable; tuning records, where they 
                         outer spatial loops parallel
   NEON conv2d / dense   (no dot product) pixels parallel, reduction over contiguous input
                         channels innermost for LLVM's loop vectorizer, epilogue per pixel
-  depthwise conv2d      channels vectorized (16, 8 or 4 int32 lanes), same tiling and epilogue fusion
+  depthwise conv2d      over interleaved taps (taps.py): L channels × 4 taps per lane-wise
+                        `vpdpbusd`, tensorized, with the dot-product convs' tiling and epilogue;
+                        without it: channels vectorized (16, 8 or 4 int32 lanes), the same tiling
   injective ops         producers inlined into consumers, outer loop parallel, inner vectorized
   anything else         leading spatial loops parallel (reductions stay serial; point-wise
                         producers such as a zero-point subtraction inlined into them)
@@ -210,6 +212,21 @@ def schedule_dense_reduction_inner(sch: Schedule, block) -> None:
     _parallel_outer(sch, [m, o], block)
 
 
+def schedule_depthwise_lanewise(sch: Schedule, block, dp: DotProduct) -> None:
+    b, h, w, c, r, g, k = sch.get_loops(block)
+    tile = largest_divisor(loop_extent(sch, w))
+    co, ci = sch.split(c, [None, dp.lanes])
+    wo, wi = sch.split(w, [None, tile])
+    # Column tiles outermost: threads split the columns as taps.py's kernel split their taps.
+    sch.reorder(wo, b, h, co, r, g, wi, ci, k)
+    _with_epilogue(sch, block, co)
+    _parallel_outer(sch, [wo, b, h], block)
+    init = sch.decompose_reduction(block, r)
+    _vectorize_inner(sch, init)
+    sch.tensorize(ci, dp.register_lanewise())
+    sch.unroll(wi)
+
+
 def schedule_depthwise(sch: Schedule, block) -> None:
     b, h, w, ch, r, s = sch.get_loops(block)
     lanes = vector_lanes(loop_extent(sch, ch))
@@ -299,6 +316,8 @@ ANCHORS = {
        for dp in CPU_DOT_PRODUCTS},
     **{dp.dense_block(): partial(schedule_dense_dot, dp=dp) if dp.register else schedule_dense_reduction_inner
        for dp in CPU_DOT_PRODUCTS},
+    **{dp.depthwise_block(): partial(schedule_depthwise_lanewise, dp=dp)
+       for dp in CPU_DOT_PRODUCTS if dp.register_lanewise},
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from . import dot_intrinsic
 
 INTRIN = "qcompiler_dot_16x4_u8i8i32_vnni"
+LANEWISE_INTRIN = "qcompiler_lanewise_dot_16x4_u8i8i32_vnni"  # depthwise: 4 bytes of its own per lane
 TVM_INTRIN = "dot_16x4_vnni"  # tvm.s_tir.tensor_intrin.x86.VNNI_DOT_16x4_INTRIN
 LANES, REDUCE = 16, dot_intrinsic.REDUCE  # int32 outputs per register, uint8·int8 products summed into each
 LLVM_INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
@@ -30,6 +31,11 @@ LLVM_INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
 def register(name: str = INTRIN) -> str:
     """Register the intrinsic under `name` (idempotent) and return the name."""
     return dot_intrinsic.register(name, LANES, "uint8", LLVM_INTRINSIC)
+
+
+def register_lanewise(name: str = LANEWISE_INTRIN) -> str:
+    """Register the lane-wise variant (dot_intrinsic.py) under `name` and return the name."""
+    return dot_intrinsic.register(name, LANES, "uint8", LLVM_INTRINSIC, lanewise=True)
 
 
 def repair_tvm_intrinsics() -> None:
