@@ -191,13 +191,15 @@ def single_kernel(body, shape, dtype) -> tvm.tirx.PrimFunc:
     ((1, 7, 9, 16), [0, 0, 2, 1, 0, 3, 0, 1], "int8", False),  # pads channels too: the default schedule
 ])
 def test_channels_last_pads_are_exact(shape, pads, dtype, rows):
-    """Pads of H and W of an [N, H, W, C] tensor run as row copies (no per-element test); both
-    paths equal numpy's pad with the same value."""
+    """Pads of H and W of an [N, H, W, C] tensor run as row copies, other pads as a fill and a
+    copy of the interior (neither with a per-element test); both equal numpy's pad."""
     x = (rng.standard_normal(shape) * 50).astype(dtype)
     body = lambda t: relax.op.nn.pad(t, pads, pad_value=7.0)  # noqa: E731
     expected = np.pad(x, list(zip(pads[0::2], pads[1::2])), constant_values=7)
     np.testing.assert_array_equal(run_relax(body, [x]), expected)
-    assert ("if_then_else" not in single_kernel(body, shape, dtype).script()) == rows
+    kernel = single_kernel(body, shape, dtype).script()
+    assert ("flat_out" in kernel) == rows  # pad.py's row copies
+    assert "if_then_else" not in kernel  # else the default schedule: a fill, then the interior
 
 
 @pytest.mark.parametrize("dtype,groups", [("int8", 1), ("uint8", 2), ("int8", 3)])
@@ -220,6 +222,17 @@ def test_dispatch_replaces_int8_ops_and_every_kernel_gets_a_default_schedule():
     assert unscheduled == []
     # A non-VNNI target keeps TVM's own kernels.
     assert dispatch_int8_kernels(quantized.mod, resolve("x86-avx2").target()).same_as(quantized.mod)
+
+
+def test_input_quantization_pads_once_and_vectorizes_the_interior():
+    """NCHW float → uint8 NHWC with the zero-point border and the 4th (zero-weight) channel: one
+    pad, written as a fill and a vectorized interior without per-element border tests. Its
+    results are checked bit-exact by the artifact test below."""
+    scheduled = default_scheduled(quantize(load_onnx(residual_net()), qcompiler.QConfig(), samples()).mod)
+    (name, kernel), = [(gv.name_hint, f) for gv, f in scheduled.functions.items() if "transpose_quantize" in gv.name_hint]
+    assert name.count("pad") == 1
+    script = kernel.script()
+    assert "if_then_else" not in script and "T.vectorized" in script
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (Debian binutils) not installed")

@@ -91,10 +91,23 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         if not extra:
             return data
         if groups == 1:
-            return self.pad(data, [(0, 0), (0, 0), (0, 0), (0, extra)])
+            return self.pad_last_axis(data, extra)
         split = self.builder_.emit(relax.op.reshape(data, [n, h, w, groups, per_group]))
         padded = self.builder_.emit(relax.op.nn.pad(split, [0, 0, 0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
         return self.builder_.emit(relax.op.reshape(padded, [n, h, w, groups * (per_group + extra)]))
+
+    def pad_last_axis(self, data, extra: int):
+        """`data` padded by `extra` channels, whose value does not matter (they meet zero weights):
+        a constant pad producing `data` (realize's zero-point border) is widened instead, so that
+        the fused input kernel has one border test, not two (kernels/schedules.py then writes
+        the border and the interior apart)."""
+        producer = self.lookup_binding(data) if isinstance(data, relax.Var) else None
+        if (isinstance(producer, relax.Call) and op_name(producer) == "relax.nn.pad"
+                and str(producer.attrs.pad_mode) == "constant"):
+            widths = [int(p) for p in producer.attrs.pad_width]
+            widths[-1] += extra
+            return self.builder_.emit(relax.op.nn.pad(producer.args[0], widths, pad_value=float(producer.attrs.pad_value)))
+        return self.pad(data, [(0, 0), (0, 0), (0, 0), (0, extra)])
 
     def corrected(self, kernel_call, correction):
         """The kernel's result, plus the int8-activation correction where there is one (a
@@ -200,4 +213,4 @@ def dispatch_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.I
     dp = dot_product_of(target)
     if dp is None:
         return mod
-    return _Int8KernelDispatch(mod, dp).run()
+    return relax.transform.DeadCodeElimination()(_Int8KernelDispatch(mod, dp).run())  # pads merged away

@@ -271,9 +271,10 @@ def schedule_generic(sch: Schedule) -> None:
                 sch.compute_inline(block)
             except ScheduleError:
                 pass
+    padded = _fill_and_interior(sch, child_blocks(sch)[-1])
     for block in child_blocks(sch):
         loops = sch.get_loops(block)
-        if not loops:
+        if not loops or any(sch.get(block).same_as(sch.get(p)) for p in padded):
             continue
         spatial = _is_spatial(sch, block)
         if spatial and len(loops) > 1 and loop_extent(sch, loops[-1]) >= 4:
@@ -286,6 +287,54 @@ def schedule_generic(sch: Schedule) -> None:
             count = leading.index(False) if False in leading else len(leading)
             if not _reduce_around_contiguous_lanes(sch, block, loops, count):
                 _parallel_outer(sch, loops[:count], block)
+
+
+def _fill_and_interior(sch: Schedule, block) -> list:
+    """A block that pads a computation with a constant (out = inside ? f(...) : c, its producers
+    inlined): split into a fill of the whole output with c and f over the interior alone,
+    without the per-element test, which keeps the block from being vectorized (TVM scalarizes a
+    vector if_then_else). The interior is vectorized along the axis its largest input is
+    contiguous in: an NCHW float → padded NHWC uint8 input quantization reads rows of floats,
+    then 1 thread takes 9 µs for a 3×48×192 image, against 34 µs vectorized over the 4 channels
+    of each pixel. Returns the two scheduled blocks (none if `block` pads nothing)."""
+    loops = sch.get_loops(block)
+    if not loops or not _is_spatial(sch, block) or not sch.can_decompose_padding(block, loops[0]):
+        return []
+    fill = sch.decompose_padding(block, loops[0])
+    fill_loops = sch.get_loops(fill)
+    if len(fill_loops) > 1:
+        sch.fuse(*fill_loops[-2:])
+    _vectorize_inner(sch, fill)
+    _parallel_outer(sch, sch.get_loops(fill)[:-1], fill)
+    loops = sch.get_loops(block)
+    rows = _contiguous_read_axis(sch, block)
+    if rows is None or rows == len(loops) - 1 or vector_lanes(loop_extent(sch, loops[rows])) < 4:
+        _vectorize_inner(sch, block)
+        _parallel_outer(sch, sch.get_loops(block)[:-1], block)
+        return [fill, block]
+    outer, lanes = sch.split(loops[rows], [None, vector_lanes(loop_extent(sch, loops[rows]))])
+    inner = loops[rows + 1:]
+    sch.reorder(*loops[:rows], outer, *inner, lanes)
+    for loop in inner:
+        if loop_extent(sch, loop) <= 4:
+            sch.unroll(loop)
+    sch.vectorize(lanes)
+    _parallel_outer(sch, [*loops[:rows], outer], block)
+    return [fill, block]
+
+
+def _contiguous_read_axis(sch: Schedule, block) -> int | None:
+    """The position of the block iteration variable that indexes the last axis of its largest
+    input (in bytes), if its loop nest is untransformed and there is one."""
+    iter_vars = [iv.var for iv in sch.get(block).iter_vars]
+    if len(sch.get_loops(block)) != len(iter_vars):
+        return None
+    reads = [r for r in sch.get(block).reads if not _is_constant_point(r)]
+    if not reads:
+        return None
+    largest = max(reads, key=lambda r: math.prod(int(d) for d in r.source.shape) * tvm.DataType(str(r.source.dtype)).bits)
+    last = largest.region[-1].min
+    return next((i for i, v in enumerate(iter_vars) if last.same_as(v)), None)
 
 
 def _reduce_around_contiguous_lanes(sch: Schedule, block, loops: list, spatial: int) -> bool:
