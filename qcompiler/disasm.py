@@ -20,7 +20,9 @@ from .errors import QCompilerError
 INT8_MAC = {"vpdpbusd": "x86 AVX-512 VNNI", "vpdpbusds": "x86 AVX-512 VNNI",
             "sdot": "ARM dot product", "udot": "ARM dot product",
             **{m: "ARM NEON widening multiply" for m in ("smlal", "smlal2", "smull", "smull2")}}
-COMPUTE_KERNELS = re.compile(r"conv|dense|matmul|depthwise")
+# Convolution, dense and matmul kernels; not the tap interleaving of depthwise convolutions
+# (kernels/taps.py), which moves bytes and multiplies nothing.
+COMPUTE_KERNELS = re.compile(r"conv|dense|matmul|depthwise(?!_taps)")
 _SYMBOL = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)>:$")
 
 

@@ -225,9 +225,17 @@ def databases_for(preset: TargetPreset, extra: list[str | Path], scratch: Path, 
 
 
 def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target):
+    return tunable_tasks(fused_module(mod, target), target)
+
+
+def tunable_tasks(fused: tvm.IRModule, target: tvm.target.Target):
+    """MetaSchedule's tasks for the fused kernels of `fused`, except kernels written already
+    scheduled (the tap interleaving of depthwise convolutions, kernels/taps.py): there is
+    nothing to tune in them, and MetaSchedule cannot analyse their vector shuffles."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.relax_integration.extract_tasks(fused_module(mod, target), target, module_equality=MODULE_EQUALITY)
+    tasks = ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY)
+    return [task for task in tasks if not task.dispatched[0]["main"].attrs.get("tir.is_scheduled")]
 
 
 @dataclass
@@ -362,8 +370,8 @@ def tune(
     if (log_dir / RECORDS).exists():  # resuming: drop a line an interrupted run may have cut short
         _write_database(log_dir, *_readable_lines(log_dir))
     repair_tvm_intrinsics()  # MetaSchedule's x86 design space tensorizes with TVM's VNNI intrinsic
-    fused = fused_module(mod, target)
-    num_tasks = len(ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY))
+    tasks = tunable_tasks(fused_module(mod, target), target)
+    num_tasks = len(tasks)
     per_iter = max(2, min(preset.tuning.trials_per_iter, trials // max(1, 2 * num_tasks)))
     round_size = per_iter * num_tasks
     log.info("tune: %d tasks, %d trials in rounds of %d (%d per task)", num_tasks, trials, round_size, per_iter)
@@ -376,12 +384,14 @@ def tune(
             log.info("tune: --max-time %.1f min reached after %d trials", max_minutes, done)
             break
         with _nameless_handlers_detached():
-            ms.relax_integration.tune_relax(
-                fused, {}, target, work_dir=str(log_dir), max_trials_global=budget,
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                tasks, work_dir=str(log_dir), space=_search_space(preset))
+            ms.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=budget,
                 num_trials_per_iter=min(per_iter, budget), builder=builder, runner=runner,
                 cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
                                                   adaptive_training=True),
-                module_equality=MODULE_EQUALITY, space=_search_space(preset),
+                module_equality=MODULE_EQUALITY,
             )
         done += budget
         progress(done)

@@ -178,3 +178,28 @@ def test_rpc_loopback(tmp_path):
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=10)
+
+
+def test_int8_tasks_skip_prescheduled_kernels_and_default_traces_print():
+    """An int8 model with a lane-wise depthwise conv and a 3-channel input: the tap interleaving
+    (written already scheduled) is no task, and every task's default-schedule candidate has a
+    trace MetaSchedule can print (it prints each one it records)."""
+    from tvm.s_tir import Schedule
+
+    from qcompiler.kernels.schedules import default_space
+    from qcompiler.quantize import quantize
+    from qcompiler.tuning import extract_tasks
+
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c", "dw"], ["y"], name="dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=16)]
+    model = make_model(nodes, [("x", [1, 3, 12, 12])], [("y", [1, 16, 12, 12])],
+                       {"w": rng.standard_normal((16, 3, 3, 3)), "dw": rng.standard_normal((16, 1, 3, 3))})
+    samples = [{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(2)]
+    quantized = quantize(load_onnx(model), qcompiler.QConfig(), samples)
+    tasks = extract_tasks(quantized.mod, resolve("x86").target())
+    names = [task.task_name for task in tasks]
+    assert any("depthwise_nhwc" in name for name in names) and not any("taps" in name for name in names)
+    for task in tasks:
+        for candidate in default_space(Schedule(task.dispatched[0])):
+            assert candidate.trace.as_python()

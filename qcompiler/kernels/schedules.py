@@ -258,11 +258,12 @@ def _reads_pointwise(sch: Schedule, block) -> bool:
                for region in sch.get(block).reads for r in region.region)
 
 
-def schedule_generic(sch: Schedule) -> None:
+def schedule_generic(sch: Schedule, split_pads: bool = True) -> None:
     """Inline injective producers into injective consumers, and point-wise ones into reductions too
     (a sum of x - zero_point reads x once, where a materialized int32 copy costs a pass over memory
     four times the size; an inlined pad, by contrast, would be re-evaluated with its branch at every
-    reduction step); parallel outer loops; vectorize fully spatial blocks."""
+    reduction step); parallel outer loops; vectorize fully spatial blocks. With `split_pads`, a
+    final constant pad becomes a fill and an interior (`_fill_and_interior`)."""
     for block in child_blocks(sch)[:-1]:
         consumers = sch.get_consumers(block)
         if _is_spatial(sch, block) and consumers and (all(_is_spatial(sch, c) for c in consumers)
@@ -271,7 +272,7 @@ def schedule_generic(sch: Schedule) -> None:
                 sch.compute_inline(block)
             except ScheduleError:
                 pass
-    padded = _fill_and_interior(sch, child_blocks(sch)[-1])
+    padded = _fill_and_interior(sch, child_blocks(sch)[-1]) if split_pads else []
     for block in child_blocks(sch):
         loops = sch.get_loops(block)
         if not loops or any(sch.get(block).same_as(sch.get(p)) for p in padded):
@@ -370,16 +371,16 @@ ANCHORS = {
 }
 
 
-def apply_default_schedule(sch: Schedule) -> bool:
+def apply_default_schedule(sch: Schedule, split_pads: bool = True) -> bool:
     """Schedule the PrimFunc of `sch` in place by its anchor block; False where no rule applies
-    (`sch` may then be partly transformed: work on a copy)."""
+    (`sch` may then be partly transformed: work on a copy). `split_pads`: see schedule_generic."""
     try:
         for block in child_blocks(sch):
             rule = ANCHORS.get(sch.get(block).name_hint)
             if rule is not None:
                 rule(sch, block)
                 return True
-        schedule_generic(sch)
+        schedule_generic(sch, split_pads)
         return True
     except (ScheduleError, RuntimeError, ValueError, TypeError) as err:
         log.debug("no default schedule: %s", str(err).strip().splitlines()[-1])
@@ -396,6 +397,9 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
 
 def default_space(sch: Schedule) -> list[Schedule]:
     """MetaSchedule space generator (`ScheduleFn`): the default schedule as one more candidate,
-    so that tuning measures it and a tuned record is never a regression from it."""
+    so that tuning measures it and a tuned record is never a regression from it. Pads stay
+    whole here: TVM 0.27 cannot print a trace with `decompose_padding` (its instruction's
+    AsPython takes the loop as a LoopRV where it is given a name), and MetaSchedule prints
+    every trace it records."""
     candidate = sch.copy()
-    return [candidate] if apply_default_schedule(candidate) else []
+    return [candidate] if apply_default_schedule(candidate, split_pads=False) else []
