@@ -9,7 +9,7 @@ instruction's lanes):
   conv2d NHWC/OHWI, grouped           → the same with groups, each group packed alone
   conv2d NHWC/OHWI, depthwise         → with a lane-wise dot product (VNNI) and ≥ L channels:
                                         taps interleaved (taps.py), then depthwise_nhwc_<isa>,
-                                        weights packed [H, ⌈W/4⌉, C/L, L, 4]; else
+                                        weights packed [H, ⌈W/4⌉, ⌈C/L⌉, L, 4]; else
                                         depthwise_nhwc, weights [H, W, C]
   matmul [M, K] × constant [K, N]     → dense_<isa>, weights packed [N/L, K/4, L, 4]
 

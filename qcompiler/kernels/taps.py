@@ -23,8 +23,9 @@ drops those channels. Each 4 × 16-byte group is one shuffle of four loads.
 
 Both kernels split their work between threads by columns (positions q here, output column tiles
 in the convolution's schedule), so each thread mostly reads back taps it wrote itself. Split by
-rows instead, rapidocr's MobileNetV3 classifier ran 15% slower at 2 threads, slower than with
-32-bit multiplies; at 1 thread the taps take it from 0.469 to 0.435 ms (Zen 4).
+rows instead, rapidocr's MobileNetV3 classifier ran 18% slower at 2 threads (0.487 against
+0.414 ms), slower than with 32-bit multiplies (0.431); at 1 thread the taps take it from 0.469
+to 0.435 ms (Zen 4).
 """
 
 from __future__ import annotations
