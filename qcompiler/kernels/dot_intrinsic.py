@@ -23,79 +23,53 @@ from tvm.script import tirx as T
 REDUCE = 4  # products summed into each lane
 
 
-def dot_product_intrinsic(lanes: int, data_dtype: str, llvm_intrinsic: str):
-    """(description, implementation) of the dot product above for `llvm_intrinsic`."""
+def dot_product_intrinsic(lanes: int, data_dtype: str, llvm_intrinsic: str, lanewise: bool = False):
+    """(description, implementation) of the dot product above for `llvm_intrinsic`: A is 4 bytes
+    broadcast to every lane, or (`lanewise`) 4 bytes per lane."""
     data_x4, data_vector = f"{data_dtype}x{REDUCE}", f"{data_dtype}x{lanes * REDUCE}"
     weight_vector, accumulators = f"int8x{lanes * REDUCE}", f"int32x{lanes}"
+    a_shape = (lanes, REDUCE) if lanewise else (REDUCE,)
+
+    def a_region(A):
+        return A[0:lanes, 0:REDUCE] if lanewise else A[0:REDUCE]
+
+    def a_at(A, vi, vk):
+        return A[vi, vk] if lanewise else A[vk]
+
+    def a_operand(A):
+        """A as the instruction's activation operand: its bytes, or its 4 bytes (as one int32) broadcast."""
+        if lanewise:
+            return A.vload([0, 0], dtype=data_vector)
+        return T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], data_x4), dtype="int32"), lanes), dtype=data_vector)
 
     @T.prim_func(s_tir=True)
     def description(
-        A: T.Buffer((REDUCE,), data_dtype, offset_factor=1),
+        A: T.Buffer(a_shape, data_dtype, offset_factor=1),
         B: T.Buffer((lanes, REDUCE), "int8", offset_factor=1),
         C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:REDUCE], B[0:lanes, 0:REDUCE])
+            T.reads(C[0:lanes], a_region(A), B[0:lanes, 0:REDUCE])
             T.writes(C[0:lanes])
             for i in T.serial(0, lanes):
                 for k in T.serial(0, REDUCE):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                        C[vi] = C[vi] + T.cast(a_at(A, vi, vk), "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def implementation(
-        A: T.Buffer((REDUCE,), data_dtype, offset_factor=1),
+        A: T.Buffer(a_shape, data_dtype, offset_factor=1),
         B: T.Buffer((lanes, REDUCE), "int8", offset_factor=1),
         C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:REDUCE], B[0:lanes, 0:REDUCE])
-            T.writes(C[0:lanes])
-            A_i32 = T.reinterpret(A.vload([0], data_x4), dtype="int32")
-            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(llvm_intrinsic),
-                C.vload([0], dtype=accumulators),
-                T.reinterpret(T.broadcast(A_i32, lanes), dtype=data_vector),
-                B.vload([0, 0], dtype=weight_vector),
-                dtype=accumulators,
-            )
-
-    return description, implementation
-
-
-def lanewise_dot_intrinsic(lanes: int, data_dtype: str, llvm_intrinsic: str):
-    """(description, implementation) of the lane-wise dot product above for `llvm_intrinsic`."""
-    data_vector, weight_vector, accumulators = f"{data_dtype}x{lanes * REDUCE}", f"int8x{lanes * REDUCE}", f"int32x{lanes}"
-
-    @T.prim_func(s_tir=True)
-    def description(
-        A: T.Buffer((lanes, REDUCE), data_dtype, offset_factor=1),
-        B: T.Buffer((lanes, REDUCE), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:lanes, 0:REDUCE], B[0:lanes, 0:REDUCE])
-            T.writes(C[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, REDUCE):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    @T.prim_func(s_tir=True)
-    def implementation(
-        A: T.Buffer((lanes, REDUCE), data_dtype, offset_factor=1),
-        B: T.Buffer((lanes, REDUCE), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:lanes, 0:REDUCE], B[0:lanes, 0:REDUCE])
+            T.reads(C[0:lanes], a_region(A), B[0:lanes, 0:REDUCE])
             T.writes(C[0:lanes])
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(llvm_intrinsic),
                 C.vload([0], dtype=accumulators),
-                T.reinterpret(A.vload([0, 0], dtype=data_vector), dtype=weight_vector),
+                a_operand(A),
                 B.vload([0, 0], dtype=weight_vector),
                 dtype=accumulators,
             )
@@ -105,6 +79,5 @@ def lanewise_dot_intrinsic(lanes: int, data_dtype: str, llvm_intrinsic: str):
 
 def register(name: str, lanes: int, data_dtype: str, llvm_intrinsic: str, lanewise: bool = False) -> str:
     """Register the (lane-wise) intrinsic under `name` (idempotent) and return the name."""
-    build = lanewise_dot_intrinsic if lanewise else dot_product_intrinsic
-    TensorIntrin.register(name, *build(lanes, data_dtype, llvm_intrinsic), override=True)
+    TensorIntrin.register(name, *dot_product_intrinsic(lanes, data_dtype, llvm_intrinsic, lanewise), override=True)
     return name
