@@ -260,16 +260,14 @@ class Realizer:
         ratios = np.atleast_1d(np.asarray(acc.scale, np.float64) / scale_out)
         _, shift = fixed_point_multiplier(float(ratios.max()))
         m = np.round(ratios * 2.0**shift).astype(np.int64)
-        offset = np.zeros(1, np.int64) if acc.offset is None else np.atleast_1d(acc.offset)
+        offsets, multipliers = np.broadcast_arrays(np.zeros(1, np.int64) if acc.offset is None else acc.offset, m)
         # Python integers: exact, then checked to fit int64 with room for acc · m.
-        k = [int(o) * int(mc) + (1 << (shift - 1)) + zero_point * (1 << shift)
-             for o, mc in zip(np.broadcast_to(offset, np.broadcast_shapes(offset.shape, m.shape)).tolist(),
-                              np.broadcast_to(m, np.broadcast_shapes(offset.shape, m.shape)).tolist())]
+        k = [o * mc + (1 << (shift - 1)) + zero_point * (1 << shift)
+             for o, mc in zip(offsets.ravel().tolist(), multipliers.ravel().tolist())]
         values = acc.expr
         if max(abs(v) for v in k) >= 1 << 62:  # unreachable for real layers; exact anyway
             values, k = self.with_offset(acc), [(1 << (shift - 1)) + zero_point * (1 << shift)]
-        per_tensor = acc.axis is None
-        m = m.reshape(()) if np.ndim(acc.scale) == 0 or per_tensor else _broadcast(m, acc.axis, rank)
+        m = m.reshape(()) if np.ndim(acc.scale) == 0 or acc.axis is None else _broadcast(m, acc.axis, rank)
         k = np.asarray(k, np.int64)
         k = k.reshape(()) if k.size == 1 else _broadcast(k, acc.axis, rank)
         wide = self.emit(relax.op.astype(values, "int64"))

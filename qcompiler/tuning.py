@@ -69,7 +69,7 @@ def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
     """`mod` with `schedule(func)` in place of each kernel no record scheduled, where it gives one."""
     scheduled = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
     for gvar, func in mod.functions.items():
-        if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tir.is_scheduled")):
+        if isinstance(func, tvm.tirx.PrimFunc) and not _is_scheduled(func):
             new = schedule(func)
             if new is not None:
                 scheduled[gvar] = new
@@ -235,7 +235,12 @@ def tunable_tasks(fused: tvm.IRModule, target: tvm.target.Target):
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY)
-    return [task for task in tasks if not task.dispatched[0]["main"].attrs.get("tir.is_scheduled")]
+    return [task for task in tasks if not _is_scheduled(task.dispatched[0]["main"])]
+
+
+def _is_scheduled(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether `func` is scheduled already (by a record, a default schedule, or as written)."""
+    return bool(func.attrs and func.attrs.get("tir.is_scheduled"))
 
 
 @dataclass

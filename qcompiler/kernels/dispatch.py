@@ -35,7 +35,7 @@ from ..passes.graph import Constant, const, constant_value, conv_channel_axis, o
 from . import compute as kc
 from .isa import DotProduct, dot_product_of
 from .schedules import MIN_PARALLEL_WORK
-from .taps import group_step, interleaved_shape, interleaves, tap_interleave_kernel
+from .taps import group_step, interleaves, tap_interleave_kernel
 
 
 def _shape(expr) -> list[int]:
@@ -159,9 +159,10 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         out_w = kc.windows(shape[2], kw, strides[1], dilation[1])
         interleave = tap_interleave_kernel(tuple(shape), dtype, kw, strides[1], dilation[1], out_w, self.dp.lanes,
                                            MIN_PARALLEL_WORK)
-        out_shape = interleaved_shape(tuple(shape), kw, strides[1], dilation[1], out_w, self.dp.lanes)
+        taps_type = interleave.params[1].ty  # the kernel's output buffer
         interleaved = self.builder_.emit(relax.call_tir(
-            self.builder_.add_func(interleave, "depthwise_taps"), [data], relax.TensorType(list(out_shape), "uint8")))
+            self.builder_.add_func(interleave, "depthwise_taps"), [data],
+            relax.TensorType([int(d) for d in taps_type.shape], str(taps_type.dtype))))
         step = group_step(strides[1], dilation[1])
         kernel = self.kernel(
             f"depthwise_nhwc_u8s8_{self.dp.name}",
