@@ -19,7 +19,8 @@ and `__dp4a`: int8; NEON takes both) are fed as x ∓ 128 and the accumulator co
 (the tap interleaving shifts int8 activations itself). The int32 depthwise kernel takes either type directly.
 
 Spatial padding becomes an explicit pad (value 0, before any shift: realize has already padded
-asymmetric activations with their zero point), input channels are zero-padded to a multiple of
+asymmetric activations with their zero point; the tap interleaving writes the border of a pad
+producing its input itself, leaving no pad kernel), input channels are zero-padded to a multiple of
 4 (per group) and output channels computed to a multiple of L (per group; the kernel drops the
 padded ones). Other calls are left to TVM's legalization. Packing happens here, once, at
 compile time.
@@ -96,14 +97,22 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         padded = self.builder_.emit(relax.op.nn.pad(split, [0, 0, 0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
         return self.builder_.emit(relax.op.reshape(padded, [n, h, w, groups * (per_group + extra)]))
 
+    def constant_pad_producing(self, data) -> relax.Call | None:
+        """The constant pad whose result `data` is (realize's zero-point border, or a pad of
+        this pass), if it is one."""
+        producer = self.lookup_binding(data) if isinstance(data, relax.Var) else None
+        if (isinstance(producer, relax.Call) and op_name(producer) == "relax.nn.pad"
+                and str(producer.attrs.pad_mode) == "constant"):
+            return producer
+        return None
+
     def pad_last_axis(self, data, extra: int):
         """`data` padded by `extra` channels, whose value does not matter (they meet zero weights):
         a constant pad producing `data` (realize's zero-point border) is widened instead, so that
         the fused input kernel has one border test, not two (kernels/schedules.py then writes
         the border and the interior apart)."""
-        producer = self.lookup_binding(data) if isinstance(data, relax.Var) else None
-        if (isinstance(producer, relax.Call) and op_name(producer) == "relax.nn.pad"
-                and str(producer.attrs.pad_mode) == "constant"):
+        producer = self.constant_pad_producing(data)
+        if producer is not None:
             widths = [int(p) for p in producer.attrs.pad_width]
             widths[-1] += extra
             return self.builder_.emit(relax.op.nn.pad(producer.args[0], widths, pad_value=float(producer.attrs.pad_value)))
@@ -153,12 +162,20 @@ class _Int8KernelDispatch(relax.PyExprMutator):
 
     def depthwise_lanewise(self, data, taps: np.ndarray, strides: list[int], dilation: list[int]) -> relax.Expr:
         """The depthwise convolution of (padded) `data` with `taps` [kh, kw, C] as taps.py's
-        interleaving followed by one lane-wise dot product per 4 taps of L channels."""
-        shape, dtype = _shape(data), _dtype(data)
+        interleaving followed by one lane-wise dot product per 4 taps of L channels. A constant
+        pad of rows and columns producing `data` is done by the interleaving instead."""
+        dtype = _dtype(data)
         kh, kw, channels = taps.shape
-        out_w = kc.windows(shape[2], kw, strides[1], dilation[1])
+        pads, pad_value = (0, 0, 0, 0), 0
+        producer = self.constant_pad_producing(data)
+        if producer is not None:
+            n0, n1, top, bottom, left, right, c0, c1 = (int(p) for p in producer.attrs.pad_width)
+            if not (n0 or n1 or c0 or c1):
+                data, pads, pad_value = producer.args[0], (top, left, bottom, right), int(producer.attrs.pad_value)
+        shape = _shape(data)
+        out_w = kc.windows(shape[2] + pads[1] + pads[3], kw, strides[1], dilation[1])
         interleave = tap_interleave_kernel(tuple(shape), dtype, kw, strides[1], dilation[1], out_w, self.dp.lanes,
-                                           MIN_PARALLEL_WORK)
+                                           MIN_PARALLEL_WORK, pads, pad_value)
         taps_type = interleave.params[1].ty  # the kernel's output buffer
         interleaved = self.builder_.emit(relax.call_tir(
             self.builder_.add_func(interleave, "depthwise_taps"), [data],
