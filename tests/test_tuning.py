@@ -56,6 +56,19 @@ def test_records_written(tuned_log):
     assert len(tasks) == 1 and tasks[0].best_seconds is not None and tasks[0].best_seconds > 0
 
 
+def test_default_schedule_is_measured_once(tuned_log):
+    """The default schedule is measured first, whatever the search picks, so the best record is
+    never slower than it as measured; a resumed run does not measure it again."""
+    from qcompiler.kernels.schedules import DEFAULT_CANDIDATE
+    from qcompiler.tuning import _default_candidates_measured, extract_tasks
+
+    log_dir, _ = tuned_log
+    records = (log_dir / RECORDS).read_text().splitlines()
+    assert sum(DEFAULT_CANDIDATE in record for record in records) == 1
+    tasks = extract_tasks(load_onnx(conv_model()).mod, resolve("x86").target())
+    assert _default_candidates_measured(tasks, log_dir) == {0}
+
+
 def test_records_applied_in_fresh_process_and_beat_naive(tuned_log, tmp_path):
     log_dir, _ = tuned_log
     onnx.save(conv_model(), tmp_path / "conv.onnx")
@@ -69,6 +82,25 @@ def test_records_applied_in_fresh_process_and_beat_naive(tuned_log, tmp_path):
     feed = {"x": np.random.default_rng(1).standard_normal((1, 16, 28, 28)).astype(np.float32)}
     np.testing.assert_allclose(tuned.run(feed)["y"], naive.run(feed)["y"], rtol=1e-5, atol=1e-4)
     assert np.median(tuned.time_run(feed, 20)) < np.median(naive.time_run(feed, 20))
+
+
+def test_weights_are_layout_free_and_their_tuned_layout_is_applied_at_compile_time(tuned_log, tmp_path):
+    """Tuning may store the conv weight in the layout its schedule reads (MetaSchedule's
+    RewriteLayout, recorded as TransformLayout); compile rewrites the constant weight once, so the
+    compiled model runs one kernel, on the prepacked weight, and no layout rewrite at run time."""
+    import tvm
+
+    from qcompiler.tuning import cpu_pipeline, databases_for
+
+    log_dir, _ = tuned_log
+    assert all('"TransformLayout"' in record for record in (log_dir / RECORDS).read_text().splitlines())
+    preset = resolve("x86")
+    target = preset.target()
+    database = databases_for(preset, [log_dir], tmp_path, committed=False)
+    with target:
+        lowered = cpu_pipeline(target, database)(load_onnx(conv_model()).mod)
+    kernels = [gvar.name_hint for gvar, func in lowered.functions.items() if isinstance(func, tvm.tirx.PrimFunc)]
+    assert len(kernels) == 1 and kernels[0].endswith("_prepacked"), kernels
 
 
 def test_inspect_reports_coverage(tuned_log, tmp_path):
@@ -181,9 +213,10 @@ def test_rpc_loopback(tmp_path):
 
 
 def test_int8_tasks_skip_prescheduled_kernels_and_default_traces_print():
-    """An int8 model with a lane-wise depthwise conv and a 3-channel input: the tap interleaving
-    (written already scheduled) is no task, and every task's default-schedule candidate has a
-    trace MetaSchedule can print (it prints each one it records)."""
+    """An int8 model with a lane-wise depthwise conv, a hard-swish and a 3-channel input: the tap
+    interleaving (written already scheduled) and the hard-swish's byte-table lookup (compile
+    gives it the VBMI kernel, whatever the records) are no tasks, and every task's
+    default-schedule candidate has a trace MetaSchedule can print (it prints each one it records)."""
     from tvm.s_tir import Schedule
 
     from qcompiler.kernels.schedules import default_space
@@ -192,7 +225,8 @@ def test_int8_tasks_skip_prescheduled_kernels_and_default_traces_print():
 
     rng = np.random.default_rng(1)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             helper.make_node("Conv", ["c", "dw"], ["y"], name="dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=16)]
+             helper.make_node("HardSwish", ["c"], ["h"], name="hswish"),
+             helper.make_node("Conv", ["h", "dw"], ["y"], name="dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=16)]
     model = make_model(nodes, [("x", [1, 3, 12, 12])], [("y", [1, 16, 12, 12])],
                        {"w": rng.standard_normal((16, 3, 3, 3)), "dw": rng.standard_normal((16, 1, 3, 3))})
     samples = [{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(2)]
@@ -200,6 +234,7 @@ def test_int8_tasks_skip_prescheduled_kernels_and_default_traces_print():
     tasks = extract_tasks(quantized.mod, resolve("x86").target())
     names = [task.task_name for task in tasks]
     assert any("depthwise_nhwc" in name for name in names) and not any("taps" in name for name in names)
+    assert not any(name.startswith("take") for name in names), names
     for task in tasks:
         for candidate in default_space(Schedule(task.dispatched[0])):
             assert candidate.trace.as_python()

@@ -45,6 +45,8 @@ MAX_LANES = 16      # int32 lanes of an AVX-512 vector (NEON's 16-byte registers
 # Counting iterations alone (not bytes) left the ResNet stack's input quantization, 52K
 # iterations reading float32, on one thread: 3% slower.
 MIN_PARALLEL_WORK = 1 << 16
+# Root-block annotation of the default schedule among tuning candidates (default_space).
+DEFAULT_CANDIDATE = "qcompiler.default_candidate"
 
 
 def loop_extent(sch: Schedule, loop) -> int:
@@ -392,9 +394,12 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
 
 def default_space(sch: Schedule) -> list[Schedule]:
     """MetaSchedule space generator (`ScheduleFn`): the default schedule as one more candidate,
-    so that tuning measures it and a tuned record is never a regression from it. Pads stay
-    whole here: TVM 0.27 cannot print a trace with `decompose_padding` (its instruction's
-    AsPython takes the loop as a LoopRV where it is given a name), and MetaSchedule prints
-    every trace it records."""
+    so that tuning measures it and a tuned record is never a regression from it. Its root block
+    is annotated DEFAULT_CANDIDATE, which marks its records. Pads stay whole here: TVM 0.27
+    cannot print a trace with `decompose_padding` (its instruction's AsPython takes the loop as
+    a LoopRV where it is given a name), and MetaSchedule prints every trace it records."""
     candidate = sch.copy()
-    return [candidate] if apply_default_schedule(candidate, split_pads=False) else []
+    if not apply_default_schedule(candidate, split_pads=False):
+        return []
+    candidate.annotate(candidate.get_sblock("root"), DEFAULT_CANDIDATE, 1)
+    return [candidate]
