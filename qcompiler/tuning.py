@@ -144,12 +144,17 @@ def with_hand_written_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> t
     return _unscheduled_kernels_through(mod, _first_that_applies(_hand_written_kernels(target)))
 
 
+def _with_only_default_schedules(mod: tvm.IRModule) -> tvm.IRModule:
+    """Every kernel not scheduled yet gets qcompiler's default schedule (kernels/schedules.py)."""
+    from .kernels.schedules import default_schedule
+
+    return _unscheduled_kernels_through(mod, default_schedule)
+
+
 def with_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Every kernel not scheduled yet gets a hand-written kernel for its kind, else qcompiler's
     default schedule (kernels/schedules.py)."""
-    from .kernels.schedules import default_schedule
-
-    return _unscheduled_kernels_through(mod, _first_that_applies(_hand_written_kernels(target) + [default_schedule]))
+    return _with_only_default_schedules(with_hand_written_kernels(mod, target))
 
 
 def _tuned(mod: tvm.IRModule, database) -> tvm.IRModule:
@@ -170,8 +175,7 @@ def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bo
         with target:
             mod = fused_module(mod, target)
             if default_schedules:
-                mod = _tuned(with_hand_written_kernels(mod, target), database)
-                mod = with_default_schedules(mod, target)
+                mod = _with_only_default_schedules(_tuned(with_hand_written_kernels(mod, target), database))
             else:
                 mod = _tuned(mod, database)
             mod = with_weight_layouts_folded(mod)
