@@ -29,6 +29,7 @@ from tvm import relax
 
 from .errors import QCompilerError
 from .kernels.isa import DOT_PRODUCTS
+from .kernels.schedules import SCHEDULED
 from .kernels.vnni import INTRIN as VNNI_INTRIN
 from .kernels.vnni import TVM_INTRIN as TVM_VNNI
 from .kernels.vnni import repair_tvm_intrinsics
@@ -315,7 +316,7 @@ def tunable_tasks(fused: tvm.IRModule, target: tvm.target.Target):
 
 def _is_scheduled(func: tvm.tirx.PrimFunc) -> bool:
     """Whether `func` is scheduled already (by a record, a default schedule, or as written)."""
-    return bool(func.attrs and func.attrs.get("tir.is_scheduled"))
+    return bool(func.attrs and func.attrs.get(SCHEDULED))
 
 
 @dataclass

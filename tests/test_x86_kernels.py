@@ -17,6 +17,7 @@ from qcompiler.frontend import load_onnx
 from qcompiler.inspect import inspect_path
 from qcompiler.kernels.dispatch import dispatch_int8_kernels
 from qcompiler.kernels.isa import VNNI, dot_product_of
+from qcompiler.kernels.schedules import SCHEDULED
 from qcompiler.passes.graph import const
 from qcompiler.passes.layout import channels_last
 from qcompiler.quantize import quantize
@@ -240,7 +241,7 @@ def test_dispatch_replaces_int8_ops_and_every_kernel_gets_a_default_schedule():
     assert kernels == ["conv2d_nhwc_u8s8_vnni", "conv2d_nhwc_u8s8_vnni1", "dense_u8s8_vnni", "depthwise_nhwc_u8s8"]
     scheduled = default_scheduled(quantized.mod)
     unscheduled = [gv.name_hint for gv, f in scheduled.functions.items()
-                   if isinstance(f, tvm.tirx.PrimFunc) and not f.attrs.get("tir.is_scheduled")]
+                   if isinstance(f, tvm.tirx.PrimFunc) and not f.attrs.get(SCHEDULED)]
     assert unscheduled == []
     # A non-VNNI target keeps TVM's own kernels.
     assert dispatch_int8_kernels(quantized.mod, resolve("x86-avx2").target()).same_as(quantized.mod)

@@ -15,7 +15,7 @@
                         block to sum a 3×3 window.
 
 Every other kernel of the module is left to dlight's GPU rules, which run afterwards and skip
-kernels scheduled here (`tir.is_scheduled`).
+kernels scheduled here (`SCHEDULED`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
 from .isa import DP4A
-from .schedules import child_blocks, inline_consumers, largest_divisor, loop_extent, write_shape
+from .schedules import SCHEDULED, child_blocks, inline_consumers, largest_divisor, loop_extent, write_shape
 
 log = logging.getLogger("qcompiler")
 
@@ -148,4 +148,4 @@ def schedule_gpu(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     except (ScheduleError, RuntimeError, ValueError, TypeError) as err:
         log.debug("no qcompiler GPU schedule for %s: %s", name, str(err).strip().splitlines()[-1])
         return None
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    return sch.mod["main"].with_attr(SCHEDULED, True)

@@ -67,7 +67,7 @@ def byte_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(table: T.Buffer((256,), dtype), index: T.Buffer(shape, "uint8"), out: T.Buffer(shape, dtype)):
-        T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         with T.sblock("root"):  # TVM's Relax passes expect a root block
             flat_index = T.decl_buffer((size,), "uint8", data=index.data)
             flat_out = T.decl_buffer((size,), dtype, data=out.data)

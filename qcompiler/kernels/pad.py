@@ -70,7 +70,7 @@ def row_pad_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(source: T.Buffer(in_shape, dtype), padded: T.Buffer(out_shape, dtype)):
-        T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         with T.sblock("root"):  # TVM's Relax passes expect a root block
             flat_data = T.decl_buffer((in_size,), dtype, data=source.data)
             flat_out = T.decl_buffer((out_size,), dtype, data=padded.data)

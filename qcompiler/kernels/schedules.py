@@ -47,6 +47,9 @@ MAX_LANES = 16      # int32 lanes of an AVX-512 vector (NEON's 16-byte registers
 MIN_PARALLEL_WORK = 1 << 16
 # Root-block annotation of the default schedule among tuning candidates (default_space).
 DEFAULT_CANDIDATE = "qcompiler.default_candidate"
+# Function attribute of a scheduled kernel, as TVM 0.27 writes and reads it (MetaSchedule's
+# ApplyDatabase and task extraction, dlight): kernels carrying it are left as they are.
+SCHEDULED = "tirx.is_scheduled"
 
 
 def loop_extent(sch: Schedule, loop) -> int:
@@ -389,7 +392,7 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     sch = Schedule(func)
     if not apply_default_schedule(sch):
         return None
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    return sch.mod["main"].with_attr(SCHEDULED, True)
 
 
 def default_space(sch: Schedule) -> list[Schedule]:

@@ -104,7 +104,7 @@ def tap_interleave_kernel(shape: tuple[int, int, int, int], dtype: str, kernel_w
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(x: T.Buffer(shape, dtype), taps: T.Buffer(out_shape, "uint8")):
-        T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True, "op_pattern": OPAQUE})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE})
         with T.sblock("root"):  # TVM's Relax passes expect a root block
             flat = T.decl_buffer((math.prod(out_shape),), "uint8", data=taps.data)
             for q in columns(positions):
