@@ -118,15 +118,18 @@ def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
 def _hand_written_kernels(target: tvm.target.Target) -> list:
     """qcompiler's kernels written for a kind of PrimFunc (each returns its kernel for a PrimFunc
     of its kind, else None): byte-table lookups on the VBMI kernel (kernels/lookup.py) where
-    `target` has the instruction, channels-last pads as the row copies of kernels/pad.py. They
-    beat what tuning finds for these memory-bound kernels, so they take precedence over tuning
-    records, and such kernels are no tuning tasks. None on GPUs (gpu_pipeline)."""
+    `target` has the instruction, channels-last pads as the row copies of kernels/pad.py, and
+    kernels that end in a pad with their default schedule, which splits it into a fill and an
+    interior (kernels/schedules.py). They beat what tuning finds for these memory-bound kernels,
+    so they take precedence over tuning records, and such kernels are no tuning tasks. None on
+    GPUs (gpu_pipeline)."""
     from .kernels import lookup, pad
+    from .kernels.schedules import split_pad_kernel
 
     if target.kind.name == "cuda":
         return []
     kernels = [lookup.byte_lookup_kernel] if lookup.has_byte_permute(target) else []
-    return kernels + [pad.row_pad_kernel]
+    return kernels + [pad.row_pad_kernel, split_pad_kernel]
 
 
 def _first_that_applies(kernels: list):
@@ -305,7 +308,7 @@ def tunable_tasks(fused: tvm.IRModule, target: tvm.target.Target):
     """MetaSchedule's tasks for the fused kernels of `fused`, except kernels written already
     scheduled (the tap interleaving of depthwise convolutions, kernels/taps.py: there is
     nothing to tune in them, and MetaSchedule cannot analyse their vector shuffles) and kernels
-    compile replaces by a hand-written one (byte-table lookups, row pads)."""
+    compile replaces by a hand-written one (byte-table lookups, pads)."""
     from tvm.s_tir import meta_schedule as ms
 
     hand_written = _first_that_applies(_hand_written_kernels(target))

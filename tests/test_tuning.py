@@ -222,14 +222,15 @@ def test_rpc_loopback(tmp_path):
 
 def test_int8_tasks_skip_prescheduled_kernels_and_default_traces_print():
     """An int8 model with a lane-wise depthwise conv, a hard-swish and a 3-channel input: the tap
-    interleaving (written already scheduled) and the hard-swish's byte-table lookup (compile
-    gives it the VBMI kernel, whatever the records) are no tasks, and every task's
+    interleaving (written already scheduled), the hard-swish's byte-table lookup (compile gives
+    it the VBMI kernel, whatever the records) and the input quantization into the first conv's
+    padded input (compile splits its pad, which no record can) are no tasks, and every task's
     default-schedule candidate has a trace MetaSchedule can print (it prints each one it records)."""
     from tvm.s_tir import Schedule
 
     from qcompiler.kernels.schedules import default_space
     from qcompiler.quantize import quantize
-    from qcompiler.tuning import extract_tasks
+    from qcompiler.tuning import extract_tasks, fused_module
 
     rng = np.random.default_rng(1)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
@@ -243,6 +244,9 @@ def test_int8_tasks_skip_prescheduled_kernels_and_default_traces_print():
     names = [task.task_name for task in tasks]
     assert any("depthwise_nhwc" in name for name in names) and not any("taps" in name for name in names)
     assert not any(name.startswith("take") for name in names), names
+    fused = fused_module(quantized.mod, resolve("x86").target())
+    input_quantization = [gvar.name_hint for gvar in fused.functions if "transpose_quantize_pad" in gvar.name_hint]
+    assert input_quantization and not set(input_quantization) & set(names), names
     for task in tasks:
         for candidate in default_space(Schedule(task.dispatched[0])):
             assert candidate.trace.as_python()
