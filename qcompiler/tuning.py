@@ -29,7 +29,7 @@ from tvm import relax
 
 from .errors import QCompilerError
 from .kernels.isa import DOT_PRODUCTS
-from .kernels.schedules import SCHEDULED
+from .kernels.schedules import SCHEDULED, split_pad_kernel
 from .kernels.vnni import INTRIN as VNNI_INTRIN
 from .kernels.vnni import TVM_INTRIN as TVM_VNNI
 from .kernels.vnni import repair_tvm_intrinsics
@@ -124,7 +124,6 @@ def _hand_written_kernels(target: tvm.target.Target) -> list:
     so they take precedence over tuning records, and such kernels are no tuning tasks. None on
     GPUs (gpu_pipeline)."""
     from .kernels import lookup, pad
-    from .kernels.schedules import split_pad_kernel
 
     if target.kind.name == "cuda":
         return []

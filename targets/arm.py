@@ -22,7 +22,7 @@ def _arm(name: str, description: str, mcpu: str, mattr: list[str], cores: int) -
         arch="aarch64",
         cross_compiler=AARCH64_GXX,
         # ARM boards are measured through an RPC tracker, never on the build host.
-        tuning=TuningDefaults(trials_per_task=64, runner="rpc"),
+        tuning=TuningDefaults(runner="rpc"),
     )
 
 

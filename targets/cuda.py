@@ -31,7 +31,7 @@ def cuda_presets() -> list[TargetPreset]:
             },
             device=DeviceKind.CUDA,
             arch="x86_64",
-            tuning=TuningDefaults(trials_per_task=64, runner="local"),
+            tuning=TuningDefaults(runner="local"),
         )
         for suffix, arch, what in _GENERATIONS
     ]

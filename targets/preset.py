@@ -47,7 +47,6 @@ class TuningDefaults:
     about 3 s for building and measuring 3 candidates.
     """
 
-    trials_per_task: int = 64
     trials_per_iter: int = 16
     runner: str = "local"
     population: int = 256

@@ -63,7 +63,7 @@ def host_preset() -> TargetPreset:
         tvm_target={"kind": "llvm", "mcpu": mcpu, "num-cores": cores},
         device=DeviceKind.CPU,
         arch="x86_64",
-        tuning=TuningDefaults(trials_per_task=64, runner="local"),
+        tuning=TuningDefaults(runner="local"),
     )
 
 
@@ -74,7 +74,7 @@ def _portable(name: str, mcpu: str, what: str) -> TargetPreset:
         tvm_target={"kind": "llvm", "mcpu": mcpu},
         device=DeviceKind.CPU,
         arch="x86_64",
-        tuning=TuningDefaults(trials_per_task=64, runner="rpc"),
+        tuning=TuningDefaults(runner="rpc"),
     )
 
 

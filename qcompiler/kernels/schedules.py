@@ -398,9 +398,10 @@ def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
 def split_pad_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     """`func` with its default schedule where it is element-wise and ends in a constant pad (an
     input quantization into the zero-point border of the first convolution, say), which that
-    schedule splits into a fill and a vectorized interior (`_fill_and_interior`); None for other kernels. Tuning
-    cannot record this schedule (see `default_space`), and what it finds instead is slower in
-    the network: these kernels are no tuning tasks, and keep this schedule (tuning.py)."""
+    schedule splits into a fill and a vectorized interior (`_fill_and_interior`); None for
+    other kernels. Tuning cannot record this schedule (see `default_space`), and what it finds
+    instead is slower in the network: these kernels are no tuning tasks, and keep this schedule
+    (tuning.py)."""
     sch = Schedule(func)
     blocks = child_blocks(sch)
     if not blocks or not all(_is_spatial(sch, block) for block in blocks):
