@@ -132,6 +132,20 @@ def _print_coverage(tasks) -> None:
     print(f"{tuned}/{len(tasks)} tasks have tuning records; their estimated share of a run: {total * 1e6:.4g} us")
 
 
+def _add_kernel_quantization(parser, purpose: str) -> None:
+    """The quantization flags of `compile` that decide which int8 kernels a model has."""
+    group = parser.add_argument_group(f"quantization ({purpose})")
+    group.add_argument("--quantize", choices=["int8"])
+    group.add_argument("--calib", metavar="DATA")
+    group.add_argument("--calib-cache", metavar="FILE")
+    group.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
+    group.add_argument("--percentile", type=float, default=99.99)
+    group.add_argument("--num-samples", type=int)
+    group.add_argument("--activation-dtype", default="uint8", choices=["uint8", "int8"])
+    group.add_argument("--per-tensor", action="store_true")
+    group.add_argument("--skip", action="append", default=[], metavar="NAME_OR_OPTYPE")
+
+
 def _cmd_tune(args) -> None:
     from .targets import resolve
     from .tuning import tune
@@ -145,6 +159,8 @@ def _cmd_tune(args) -> None:
 def _cmd_inspect(args) -> None:
     from .inspect import inspect_path
 
+    if args.quantize is not None and (args.target is None or args.path.endswith(".so")):
+        raise QCompilerError("inspect --quantize reports tuning coverage: it needs an ONNX model and --target")
     if args.target is not None and not args.path.endswith(".so"):
         from .targets import resolve
         from .tuning import coverage
@@ -222,16 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on devices registered with this RPC tracker")
     p.add_argument("--rpc-key", metavar="KEY", help="the device key the RPC servers registered with")
-    tq = p.add_argument_group("quantization (tune the int8 kernels compile will build)")
-    tq.add_argument("--quantize", choices=["int8"])
-    tq.add_argument("--calib", metavar="DATA")
-    tq.add_argument("--calib-cache", metavar="FILE")
-    tq.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
-    tq.add_argument("--percentile", type=float, default=99.99)
-    tq.add_argument("--num-samples", type=int)
-    tq.add_argument("--activation-dtype", default="uint8", choices=["uint8", "int8"])
-    tq.add_argument("--per-tensor", action="store_true")
-    tq.add_argument("--skip", action="append", default=[], metavar="NAME_OR_OPTYPE")
+    _add_kernel_quantization(p, "tune the int8 kernels compile will build")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("run", help="run an artifact on .npy inputs")
@@ -255,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="report how many of the model's kernels have tuning records for this target")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
     p.add_argument("--tuning-log", action="append", default=[], metavar="DIR")
+    _add_kernel_quantization(p, "with --target: the coverage of the int8 kernels compile will build")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("deploy-bundle", help="a folder to copy to the device: artifact, TVM runtime, C runtime (qc_run)")

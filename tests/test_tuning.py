@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -118,6 +119,22 @@ def test_inspect_reports_coverage(tuned_log, tmp_path):
                            "--tuning-log", log_dir], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "1/1 tasks have tuning records" in proc.stdout
+
+
+def test_inspect_reports_the_coverage_of_int8_kernels(tmp_path):
+    """With --quantize int8, inspect lists the kernels of the realized int8 model (what tune
+    --quantize int8 tunes), and refuses it where no coverage is reported."""
+    onnx.save(conv_model(), tmp_path / "conv.onnx")
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((4, 16, 28, 28)).astype(np.float32))
+    proc = subprocess.run([sys.executable, "-m", "qcompiler", "inspect", tmp_path / "conv.onnx", "--target", "x86",
+                           "--quantize", "int8", "--calib", tmp_path / "calib.npz"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "u8s8" in proc.stdout and re.search(r"\d+/\d+ tasks have tuning records", proc.stdout), proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "qcompiler", "inspect", tmp_path / "conv.onnx", "--quantize", "int8",
+                           "--calib", tmp_path / "calib.npz"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "needs an ONNX model and --target" in proc.stderr, proc.stderr
 
 
 def test_resume_after_interrupted_run(tuned_log, tmp_path):
