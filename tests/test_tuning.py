@@ -57,15 +57,17 @@ def test_records_written(tuned_log):
     assert len(tasks) == 1 and tasks[0].best_seconds is not None and tasks[0].best_seconds > 0
 
 
-def test_default_schedule_is_measured_once(tuned_log):
+def test_default_schedule_is_measured_first(tuned_log):
     """The default schedule is measured first, whatever the search picks, so the best record is
-    never slower than it as measured; a resumed run does not measure it again."""
+    never slower than it as measured; a resumed run does not measure it first again. (The
+    evolutionary search may still pick the same schedule later: it seeds its population with
+    measured records.)"""
     from qcompiler.kernels.schedules import DEFAULT_CANDIDATE
     from qcompiler.tuning import _default_candidates_measured, extract_tasks
 
     log_dir, _ = tuned_log
     records = (log_dir / RECORDS).read_text().splitlines()
-    assert sum(DEFAULT_CANDIDATE in record for record in records) == 1
+    assert DEFAULT_CANDIDATE in records[0]
     tasks = extract_tasks(load_onnx(conv_model()).mod, resolve("x86").target())
     assert _default_candidates_measured(tasks, log_dir) == {0}
 
