@@ -31,6 +31,7 @@ import numpy as np
 import qcompiler
 from qcompiler.bench import random_feed
 from qcompiler.models import ZOO, fetch
+from qcompiler.tuning import RECORDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -94,7 +95,7 @@ def main() -> None:
     for item in args.logs:
         label, _, folders = item.partition("=")
         extra_logs[label] = folders.split(",")
-        if not label or not all((Path(f) / "database_tuning_record.json").is_file() for f in extra_logs[label]):
+        if not label or not all((Path(f) / RECORDS).is_file() for f in extra_logs[label]):
             parser.error(f"--logs {item}: expected LABEL=DIR[,DIR...], each DIR a folder written by `qcompiler tune`")
     logging.getLogger().setLevel(logging.ERROR)
     from bench_accuracy import ort_int8

@@ -29,7 +29,7 @@ from tvm import relax
 
 from .errors import QCompilerError
 from .kernels.isa import DOT_PRODUCTS
-from .kernels.schedules import SCHEDULED, split_pad_kernel
+from .kernels.schedules import DEFAULT_CANDIDATE, SCHEDULED, default_schedule, default_space, split_pad_kernel
 from .kernels.vnni import INTRIN as VNNI_INTRIN
 from .kernels.vnni import TVM_INTRIN as TVM_VNNI
 from .kernels.vnni import repair_tvm_intrinsics
@@ -149,8 +149,6 @@ def with_hand_written_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> t
 
 def _with_only_default_schedules(mod: tvm.IRModule) -> tvm.IRModule:
     """Every kernel not scheduled yet gets qcompiler's default schedule (kernels/schedules.py)."""
-    from .kernels.schedules import default_schedule
-
     return _unscheduled_kernels_through(mod, default_schedule)
 
 
@@ -402,8 +400,6 @@ def _search_space(preset: TargetPreset):
     """MetaSchedule's own design space, plus qcompiler's default schedule as a candidate on CPUs."""
     from tvm.s_tir import meta_schedule as ms
 
-    from .kernels.schedules import default_space
-
     if preset.device is not DeviceKind.CPU:
         return "post-order-apply"
 
@@ -439,8 +435,6 @@ def _default_candidates_measured(tasks, log_dir: Path) -> set[int]:
     candidate (a record whose trace annotates DEFAULT_CANDIDATE)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from .kernels.schedules import DEFAULT_CANDIDATE
-
     if not (log_dir / RECORDS).exists():
         return set()
     database = ms.database.JSONDatabase(path_workload=str(log_dir / WORKLOADS),
@@ -463,8 +457,6 @@ def _measure_default_candidates(tasks, log_dir: Path, builder, runner, budget: i
     trials, 1.55 → 2.32 ms at 1 thread."""
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
-
-    from .kernels.schedules import default_space
 
     measured = _default_candidates_measured(tasks, log_dir)
     missing = [task for index, task in enumerate(tasks)

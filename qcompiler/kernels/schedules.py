@@ -289,6 +289,13 @@ def schedule_generic(sch: Schedule, split_pads: bool = True) -> None:
                 _parallel_outer(sch, loops[:count], block)
 
 
+def _is_constant_pad(sch: Schedule, block) -> bool:
+    """Whether `block` pads with a constant in a way `decompose_padding` splits into a fill and
+    an interior."""
+    loops = sch.get_loops(block)
+    return bool(loops) and _is_spatial(sch, block) and sch.can_decompose_padding(block, loops[0])
+
+
 def _fill_and_interior(sch: Schedule, block) -> list:
     """A block that pads a computation with a constant (out = inside ? f(...) : c, its producers
     inlined): split into a fill of the whole output with c and f over the interior alone,
@@ -299,10 +306,9 @@ def _fill_and_interior(sch: Schedule, block) -> list:
     for 3×48×192, against 34 µs vectorized over the 4 channels of each pixel (with 64 channels the
     channels stay the vector: 12 µs for 64×28×28, 23 µs along rows). Returns the blocks it
     scheduled (none if `block` pads nothing)."""
-    loops = sch.get_loops(block)
-    if not loops or not _is_spatial(sch, block) or not sch.can_decompose_padding(block, loops[0]):
+    if not _is_constant_pad(sch, block):
         return []
-    fill = sch.decompose_padding(block, loops[0])
+    fill = sch.decompose_padding(block, sch.get_loops(block)[0])
     fill_loops = sch.get_loops(fill)
     if len(fill_loops) > 1:
         sch.fuse(*fill_loops[-2:])
@@ -404,10 +410,7 @@ def split_pad_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     (tuning.py)."""
     sch = Schedule(func)
     blocks = child_blocks(sch)
-    if not blocks or not all(_is_spatial(sch, block) for block in blocks):
-        return None
-    loops = sch.get_loops(blocks[-1])
-    if not loops or not sch.can_decompose_padding(blocks[-1], loops[0]):
+    if not blocks or not all(_is_spatial(sch, block) for block in blocks) or not _is_constant_pad(sch, blocks[-1]):
         return None
     return default_schedule(func)
 
