@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,25 +122,3 @@ def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int | None) ->
         shape[axis] = -1
         scales = scales.reshape(shape)
     return np.clip(np.round(w / scales), -127, 127).astype(np.int8)
-
-
-def fixed_point_multiplier(real: float) -> tuple[int, int]:
-    """(m, shift) with real ≈ m · 2^−shift, m a positive int32 in [2^30, 2^31) (Q31).
-
-    Requantization computes (acc · m + 2^(shift−1)) >> shift in int64: round half up.
-    A multiplier below 2^−32 (e.g. a channel whose weights are all ~0) maps every int32
-    accumulator to 0, which (0, 31) does exactly.
-    """
-    if not real > 0:
-        raise ValueError(f"requantization multiplier must be positive, got {real}")
-    if real < 2.0**-32:
-        return 0, 31
-    mantissa, exponent = math.frexp(real)  # real = mantissa · 2^exponent, mantissa in [0.5, 1)
-    m = int(round(mantissa * (1 << 31)))  # in [2^30, 2^31]
-    if m == 1 << 31:
-        m //= 2
-        exponent += 1
-    shift = 31 - exponent
-    if not 0 < shift < 63:
-        raise ValueError(f"requantization multiplier {real} is out of range")
-    return m, shift

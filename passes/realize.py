@@ -23,11 +23,9 @@ the relabelled tensors directly:
                                          multiply: (q_x − zp_x)·(q_y − zp_y), scale s_x·s_y
   mean (global average pooling)          int32 sum of (q − zp); scale / count
   max_pool2d, reshape, permute, ...      run on the integer tensor, parameters unchanged
-  quantize(acc) → requantize             q = clamp(((acc + offset_c)·m_c + 2^(s−1)) >> s) + zp)
-                                           = clamp((acc·m_c + k_c) >> s) in int64, with
-                                         k_c = offset_c·m_c + 2^(s−1) + zp·2^s one constant;
-                                         scale[c]/scale_out ≈ m_c·2^−s, m_c ≤ 2^31 per channel,
-                                         one shift s per layer (rounding half up)
+  quantize(acc) → requantize             q = clamp(⌊fma(float32(acc), r_c, k_c)⌋) in float32, with
+                                         r_c = scale[c]/scale_out and k_c = offset_c·r_c + zp + ½
+                                         one constant per channel (rounding half up; float_scale)
   quantize(QTensor with equal params)    nothing: consecutive int8 ops stay int8
   elementwise chain of one QTensor       a 256-entry table of fn(real(q)), quantized (or float
   (hardswish, sigmoid, ...)              for a float consumer), read with `take`
@@ -47,7 +45,6 @@ import tvm
 from tvm import relax
 
 from .graph import Constant, FunctionView, const, constant_value, conv_channel_axis, op_name, shape_of, with_main
-from .qconfig import fixed_point_multiplier
 
 LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                         "relax.strided_slice", "relax.flatten"})
@@ -246,34 +243,29 @@ class Realizer:
         offset = _broadcast(acc.offset, acc.axis, len(shape_of_expr(acc.expr)))
         return self.emit(relax.op.add(acc.expr, const(offset, "int32")))
 
-    def fixed_point_scale(self, acc: Accumulator, scale_out: float, zero_point: int):
-        """round((acc + offset) · scale_acc / scale_out) + zero_point via int64
-        (acc · m + k) >> s, rounding half up, with k = offset · m + 2^(s−1) + zero_point · 2^s.
+    def float_scale(self, acc: Accumulator, scale_out: float, zero_point: int):
+        """⌊fma(float32(acc), r_c, k_c)⌋ as int32: (acc + offset) · scale_acc / scale_out + zero_point
+        rounded half up, with the ratio r_c = float32(scale_acc[c] / scale_out) and the offset, the
+        zero point and the rounding folded into one constant k_c = float32(offset_c · r_c + zp + ½).
 
-        One shift s serves all channels (that of the largest ratio, from fixed_point_multiplier);
-        each channel's multiplier m_c = round(ratio_c · 2^s) is an int32, so only a per-channel
-        int32 vector is stored. A channel whose ratio is 2^k times smaller keeps 31 − k bits.
-        Folding the offset and the zero point into k is exact (the shift floors, and zero_point ·
-        2^s is a multiple of 2^s); it leaves the kernel's epilogue a multiply, an add and a shift.
+        The multiply and the add are one fused multiply-add: LLVM and nvcc contract them on every
+        preset target (x86 AVX2 / AVX-512, AArch64, CUDA), so the sum is rounded to float32 once
+        and the floor is exact. Against exact arithmetic the result moves only where the true value
+        lies within 2^−24 (relative) of a rounding boundary. Four vector instructions per 16
+        outputs (convert, fma, floor, convert) against ten in int64 fixed point (x86 and
+        onnxruntime's MLAS requantize in float32 too); rapidocr's MobileNetV3 classifier took
+        0.375 → 0.333 ms at 1 thread (Zen 4).
         """
         rank = len(shape_of_expr(acc.expr))
-        ratios = np.atleast_1d(np.asarray(acc.scale, np.float64) / scale_out)
-        _, shift = fixed_point_multiplier(float(ratios.max()))
-        m = np.round(ratios * 2.0**shift).astype(np.int64)
-        offsets, multipliers = np.broadcast_arrays(np.zeros(1, np.int64) if acc.offset is None else acc.offset, m)
-        # Python integers: exact, then checked to fit int64 with room for acc · m.
-        k = [o * mc + (1 << (shift - 1)) + zero_point * (1 << shift)
-             for o, mc in zip(offsets.ravel().tolist(), multipliers.ravel().tolist())]
-        values = acc.expr
-        if max(abs(v) for v in k) >= 1 << 62:  # unreachable for real layers; exact anyway
-            values, k = self.with_offset(acc), [(1 << (shift - 1)) + zero_point * (1 << shift)]
-        m = m.reshape(()) if np.ndim(acc.scale) == 0 or acc.axis is None else _broadcast(m, acc.axis, rank)
-        k = np.asarray(k, np.int64)
-        k = k.reshape(()) if k.size == 1 else _broadcast(k, acc.axis, rank)
-        wide = self.emit(relax.op.astype(values, "int64"))
-        multiplier = self.emit(relax.op.astype(const(m.astype(np.int32)), "int64"))
-        wide = self.emit(relax.op.add(self.emit(relax.op.multiply(wide, multiplier)), const(k, "int64")))
-        return self.emit(relax.op.right_shift(wide, const(np.int64(shift), "int64")))
+        ratios = np.atleast_1d(np.asarray(acc.scale, np.float64) / scale_out).astype(np.float32)
+        offsets = np.zeros(1) if acc.offset is None else np.asarray(acc.offset, np.float64)
+        constants = (offsets * ratios.astype(np.float64) + zero_point + 0.5).astype(np.float32)
+        per_channel = ratios.size > 1 or constants.size > 1
+        r, k = np.broadcast_arrays(ratios, constants) if per_channel else (ratios, constants)
+        r, k = (_broadcast(v, acc.axis if per_channel else None, rank) for v in (r, k))
+        values = self.emit(relax.op.astype(acc.expr, "float32"))
+        values = self.emit(relax.op.add(self.emit(relax.op.multiply(values, const(r, "float32"))), const(k, "float32")))
+        return self.emit(relax.op.astype(self.emit(relax.op.floor(values)), "int32"))
 
     def residual_term(self, q: QTensor, common: float):
         """round((q − zp) · scale / common) for scale/common ≤ 2^14, all in int32.
@@ -316,7 +308,7 @@ class Realizer:
 
     def requantize(self, acc: Accumulator, scale: float, zero_point: int, dtype: str) -> QTensor:
         """q = clamp(round(acc · scale_acc / scale) + zp, clamps) as int8/uint8: in int32 where
-        the accumulator's bound allows (narrow_rescale), else in int64 (fixed_point_scale)."""
+        the accumulator's bound allows (narrow_rescale), else in float32 (float_scale)."""
         self.stats.requantize += 1
         shifted = None
         if acc.axis is None and acc.offset is None and math.isfinite(acc.bound):
@@ -324,7 +316,7 @@ class Realizer:
             if shifted is not None and zero_point:
                 shifted = self.emit(relax.op.add(shifted, const(np.asarray(zero_point, "int32"), "int32")))
         if shifted is None:
-            shifted = self.fixed_point_scale(acc, scale, zero_point)
+            shifted = self.float_scale(acc, scale, zero_point)
         qmin, qmax = _qmin_qmax(dtype)
         lo = qmin if not math.isfinite(acc.lo) else max(qmin, int(round(acc.lo / scale)) + zero_point)
         hi = qmax if not math.isfinite(acc.hi) else min(qmax, int(round(acc.hi / scale)) + zero_point)

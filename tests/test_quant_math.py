@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
+from conftest import fma_float32
 
 from qcompiler.passes.observers import (
     HistogramObserver,
@@ -20,7 +22,6 @@ from qcompiler.passes.qconfig import (
     CalibrationMethod,
     QConfig,
     activation_qparams,
-    fixed_point_multiplier,
     quantize_weight,
     weight_scales,
 )
@@ -44,26 +45,32 @@ def test_weight_quantization_per_channel():
     assert np.allclose(weight_scales(w, None), [2.0 / 127])
 
 
-@pytest.mark.parametrize("real", [0.5, 0.75, 1e-4, 3.3e-7, 0.999999, 1.0, 7.25])
-def test_fixed_point_multiplier(real):
-    m, shift = fixed_point_multiplier(real)
-    assert 2**30 <= m < 2**31
-    assert m * 2.0**-shift == pytest.approx(real, rel=2**-30)
-    # (acc * m + 2^(shift-1)) >> shift rounds acc * real half up.
-    for acc in [0, 1, -1, 12345, -98765, 2**20]:
-        got = (acc * m + (1 << (shift - 1))) >> shift
-        assert abs(got - acc * real) <= 0.5 + abs(acc) * real * 2**-29
+@pytest.mark.parametrize("a,b,c", [
+    (3.0, 1 / 3, 0.5),  # the product's rounding would decide: fma keeps it
+    (16777215.0, 1.0000001, -0.25),
+    (-12345.0, 0.1, 7.5),
+    (2.0**-30, 3.0, 1.0),  # the addend dominates, the product below its last bit
+    (5.0, 0.1, -0.5),
+])
+def test_fma_reference_is_correctly_rounded(a, b, c):
+    """The tests' float32 fused multiply-add (conftest.fma_float32) against exact rational
+    arithmetic rounded to float32 by hand (round half to even)."""
+    a32, b32, c32 = (np.float32(v) for v in (a, b, c))
+    exact = Fraction(float(a32)) * Fraction(float(b32)) + Fraction(float(c32))
+    assert fma_float32(a32, b32, c32) == _round_to_float32(exact)
 
 
-def test_fixed_point_multiplier_rejects_nonpositive():
-    with pytest.raises(ValueError):
-        fixed_point_multiplier(0.0)
-
-
-def test_tiny_multiplier_maps_accumulators_to_zero():
-    m, shift = fixed_point_multiplier(2.7e-12)
-    for acc in [0, 2**31 - 1, -(2**31)]:
-        assert (acc * m + (1 << (shift - 1))) >> shift == round(acc * 2.7e-12) == 0
+def _round_to_float32(value: Fraction) -> np.float32:
+    """The float32 nearest `value` (ties to even), by integer arithmetic."""
+    if value == 0:
+        return np.float32(0.0)
+    sign, value = (-1 if value < 0 else 1), abs(value)
+    exponent = math.floor(math.log2(value))
+    exponent += (value >= Fraction(2) ** (exponent + 1)) - (value < Fraction(2) ** exponent)
+    unit = Fraction(2) ** (max(exponent, -126) - 23)  # the spacing of float32s around value
+    steps, rest = divmod(value, unit)
+    steps += rest > unit / 2 or (rest == unit / 2 and steps % 2 == 1)
+    return np.float32(sign * float(steps * unit))
 
 
 def test_minmax_observer():

@@ -11,7 +11,7 @@ from onnx import helper
 from tvm import relax
 
 import qcompiler
-from conftest import make_model, ort_run
+from conftest import make_model, ort_run, requantize_reference
 from qcompiler import ActivationDType, CalibrationMethod, QConfig
 from qcompiler.errors import QCompilerError
 from qcompiler.frontend import load_onnx
@@ -150,7 +150,8 @@ def test_realized_matches_simulated_within_one_step(model, config):
 
 def test_integer_conv_bit_exact_against_numpy():
     """A lone uint8 conv with zero point and bias: the realized kernel equals the integer formula
-    exactly (zero-point correction, bias, rounding and output zero point folded into one constant)."""
+    exactly (int32 accumulation over the zero-point-padded input; the zero-point correction,
+    bias, output zero point and rounding folded into one float32 constant per channel)."""
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
     bias = w(3) * 4
     model = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 6, 6])], {"w": w(3, 2, 3, 3), "b": bias})
@@ -159,25 +160,22 @@ def test_integer_conv_bit_exact_against_numpy():
     qp = q.calibration.qparams(q.config)
     x_params = qp[q.plan.keys[q.plan.ops[0].inputs[0]]]
     y_params = qp[q.plan.keys[q.plan.ops[0].output]]
-    from qcompiler.passes.qconfig import fixed_point_multiplier
     from qcompiler.passes.simulate import quantized_weight
 
     wq, w_scales = quantized_weight(model_weight(model), 0, True)
     x = samples_of(model, 1, seed=5)[0]["x"]
     xq = x_params.quantize(x).astype(np.int64)
-    xpad = np.pad(xq, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=x_params.zero_point) - x_params.zero_point
+    xpad = np.pad(xq, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=x_params.zero_point)
     acc = np.zeros((1, 3, 6, 6), np.int64)
     for i in range(3):
         for j in range(3):
             acc += np.einsum("nchw,oc->nohw", xpad[:, :, i:i + 6, j:j + 6], wq[:, :, i, j].astype(np.int64))
     acc_scales = float(np.float32(x_params.scale)) * w_scales.astype(np.float64)
-    acc += np.round(bias.astype(np.float64) / acc_scales).astype(np.int64).reshape(1, 3, 1, 1)
-    # Requantization: one shift per layer (that of the largest ratio), an int32 multiplier per channel.
+    offset = (-x_params.zero_point * wq.astype(np.int64).reshape(3, -1).sum(axis=1)
+              + np.round(bias.astype(np.float64) / acc_scales).astype(np.int64))
     ratios = acc_scales / float(np.float32(y_params.scale))
-    _, s = fixed_point_multiplier(float(ratios.max()))
-    m = np.round(ratios * 2.0**s).astype(np.int64)
-    expected = ((acc * m.reshape(1, 3, 1, 1) + (1 << (s - 1))) >> s) + y_params.zero_point
-    expected = np.clip(expected, 0, 255)
+    expected = requantize_reference(acc, ratios.reshape(1, 3, 1, 1), offset.reshape(1, 3, 1, 1),
+                                    y_params.zero_point, 0, 255)
     realized = runner(q.mod)(x)
     got = np.round(realized / np.float32(y_params.scale)).astype(np.int64) + y_params.zero_point
     np.testing.assert_array_equal(got, expected)
