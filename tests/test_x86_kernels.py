@@ -108,17 +108,19 @@ def test_int8_conv_kernels_bit_exact(h, cin, cout, k, stride, padding, groups, d
 
 
 def depthwise_reference(x, taps, stride, dilation, padding):
-    """int64 NHWC depthwise convolution with taps [kh, kw, C], zero padding."""
+    """int64 NHWC depthwise convolution with taps [kh, kw, C], zero padding; `stride` one int
+    or (rows, columns)."""
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
     top, left, bottom, right = padding
     x = np.pad(x.astype(np.int64), [(0, 0), (top, bottom), (left, right), (0, 0)])
     kh, kw, _ = taps.shape
-    oh = (x.shape[1] - (kh - 1) * dilation - 1) // stride + 1
-    ow = (x.shape[2] - (kw - 1) * dilation - 1) // stride + 1
+    oh = (x.shape[1] - (kh - 1) * dilation - 1) // sh + 1
+    ow = (x.shape[2] - (kw - 1) * dilation - 1) // sw + 1
     out = np.zeros((x.shape[0], oh, ow, x.shape[3]), np.int64)
     for r in range(kh):
         for s in range(kw):
             rows, cols = r * dilation, s * dilation
-            out += x[:, rows:rows + stride * (oh - 1) + 1:stride, cols:cols + stride * (ow - 1) + 1:stride] * taps[r, s]
+            out += x[:, rows:rows + sh * (oh - 1) + 1:sh, cols:cols + sw * (ow - 1) + 1:sw] * taps[r, s]
     return out
 
 
@@ -127,19 +129,24 @@ def depthwise_reference(x, taps, stride, dilation, padding):
     (11, 40, 5, 2, 1, True),    # stride 2: tap groups 2 positions apart; a last block of 8 channels
     (9, 16, 3, 1, 2, True),     # dilated: taps 2 columns apart, groups 8 positions apart
     (12, 200, 7, 1, 1, True),   # two groups of 4 taps, the second padded by one zero weight
+    (10, 40, 5, 1, 1, True),    # aligned groups, 4 phases of 2 groups; a last block of 8 channels
+    (7, 24, 5, (2, 1), 1, True),  # aligned groups, rows strided (MobileNetV3 for text lines)
+    (13, 16, 9, 1, 1, True),    # aligned groups, 3 per phase
     (9, 24, 3, 3, 1, False),    # stride 3: groups would start between positions, int32 kernel
     (8, 8, 3, 1, 1, False),     # fewer channels than a vector: int32 kernel
 ])
 def test_depthwise_kernels_bit_exact(size, channels, kernel, stride, dilation, lanewise, dtype):
     """Depthwise convolutions on interleaved taps and the lane-wise `vpdpbusd` where the layout
-    applies, on 32-bit multiplies elsewhere: both equal numpy's integer convolution."""
+    applies (sliding, or aligned for stride-1 kernels of width 4k + 1), on 32-bit multiplies
+    elsewhere: all equal numpy's integer convolution."""
     x = random_activations((1, size, size + 3, channels), dtype)
     w = rng.integers(-128, 128, (channels, kernel, kernel, 1), dtype=np.int8)
     pad = dilation * (kernel - 1) // 2
     padding = (pad, pad, pad, pad)
+    strides = [stride, stride] if isinstance(stride, int) else list(stride)
 
     def body(data):
-        return relax.op.nn.conv2d(data, const(w), strides=[stride, stride], padding=list(padding),
+        return relax.op.nn.conv2d(data, const(w), strides=strides, padding=list(padding),
                                   dilation=[dilation, dilation], groups=channels, data_layout="NHWC",
                                   kernel_layout="OHWI", out_layout="NHWC", out_dtype="int32")
 
@@ -150,6 +157,11 @@ def test_depthwise_kernels_bit_exact(size, channels, kernel, stride, dilation, l
     assert any("depthwise_taps" in name for name in kernels) == lanewise
     depthwise = [f for name, f in kernels.items() if "depthwise_nhwc" in name]
     assert len(depthwise) == 1 and ("vpdpbusd" in depthwise[0].script()) == lanewise
+    if lanewise:  # the aligned layout holds each input column once, the sliding one 4 times
+        (taps,) = [f for name, f in kernels.items() if "depthwise_taps" in name]
+        positions = int(taps.params[1].ty.shape[2])
+        aligned = strides[1] == dilation == 1 and kernel % 4 == 1
+        assert (4 * positions <= size + 3 + 2 * pad + 4) == aligned, positions
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])

@@ -72,6 +72,18 @@ def pack_depthwise_weight(taps: np.ndarray, lanes: int, reduce: int) -> np.ndarr
     return np.ascontiguousarray(groups.transpose(0, 1, 3, 4, 2))
 
 
+def pack_depthwise_weight_phased(taps: np.ndarray, lanes: int, reduce: int) -> np.ndarray:
+    """[kh, kw, C] int8 → [4, kh, G', C'/L, L, 4]: wt[j, r, g, b, i, k] = taps[r, 4g + k − j, bL + i],
+    zero where 4g + k − j is outside [0, kw) or bL + i ≥ C (G' = ⌈(kw + 3)/4⌉; taps.py's aligned layout)."""
+    kh, kw, channels = taps.shape
+    groups = -(-(kw + reduce - 1) // reduce)
+    phases = np.zeros((reduce, kh, groups * reduce, round_up(channels, lanes)), np.int8)
+    for j in range(reduce):
+        phases[j, :, j:j + kw, :channels] = taps
+    blocks = phases.reshape(reduce, kh, groups, reduce, phases.shape[3] // lanes, lanes)
+    return np.ascontiguousarray(blocks.transpose(0, 1, 2, 4, 5, 3))
+
+
 def _first_channels(out: te.Tensor, channels: int, groups: int = 1) -> te.Tensor:
     """`out` without the zero-padded channels: of `groups` equal blocks along its last axis, the
     first `channels / groups` of each."""
@@ -170,6 +182,26 @@ def depthwise_nhwc_lanewise(taps: te.Tensor, packed: te.Tensor, dp: DotProduct, 
         lambda b, h, w, c: te.sum(
             taps[b, h * stride_h + r * dilation_h, w + g * step, c // lanes, c % lanes, k].astype("int32")
             * packed[r, g, c // lanes, c % lanes, k].astype("int32"),
+            axis=[r, g, k]),
+        name=dp.depthwise_block())
+    return _first_channels(out, channels)
+
+
+def depthwise_nhwc_phased(taps: te.Tensor, packed: te.Tensor, dp: DotProduct, stride_h: int, dilation_h: int,
+                          out_w: int, channels: int) -> te.Tensor:
+    """The stride-1 depthwise convolution over aligned taps [N, H, M, C'/L, L, 4] (taps.py) and
+    weights packed by `pack_depthwise_weight_phased`: output column w reads groups w // 4 + g
+    with the weights of its phase w % 4."""
+    n, height, _, blocks, lanes, reduce = (int(d) for d in taps.shape)
+    phases, kh, groups = (int(d) for d in packed.shape[:3])
+    r = te.reduce_axis((0, kh), "r")
+    g = te.reduce_axis((0, groups), "g")
+    k = te.reduce_axis((0, reduce), "k")
+    out = te.compute(
+        shape64(n, windows(height, kh, stride_h, dilation_h), out_w, blocks * lanes),
+        lambda b, h, w, c: te.sum(
+            taps[b, h * stride_h + r * dilation_h, w // phases + g, c // lanes, c % lanes, k].astype("int32")
+            * packed[w % phases, r, g, c // lanes, c % lanes, k].astype("int32"),
             axis=[r, g, k]),
         name=dp.depthwise_block())
     return _first_channels(out, channels)

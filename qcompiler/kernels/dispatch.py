@@ -9,7 +9,9 @@ instruction's lanes):
   conv2d NHWC/OHWI, grouped           → the same with groups, each group packed alone
   conv2d NHWC/OHWI, depthwise         → with a lane-wise dot product (VNNI) and ≥ L channels:
                                         taps interleaved (taps.py), then depthwise_nhwc_<isa>,
-                                        weights packed [H, ⌈W/4⌉, ⌈C/L⌉, L, 4]; else
+                                        weights packed [H, ⌈W/4⌉, ⌈C/L⌉, L, 4] (aligned
+                                        taps for stride-1 widths 4k + 1: one set per phase,
+                                        [4, H, ⌈(W+3)/4⌉, ⌈C/L⌉, L, 4]); else
                                         depthwise_nhwc, weights [H, W, C]
   matmul [M, K] × constant [K, N]     → dense_<isa>, weights packed [N/L, K/4, L, 4]
 
@@ -36,7 +38,7 @@ from ..passes.graph import Constant, const, constant_value, conv_channel_axis, o
 from . import compute as kc
 from .isa import DotProduct, dot_product_of
 from .schedules import MIN_PARALLEL_WORK
-from .taps import group_step, interleaves, tap_interleave_kernel
+from .taps import aligned_positions, group_step, interleaves, phased, tap_interleave_kernel
 
 
 def _shape(expr) -> list[int]:
@@ -174,17 +176,25 @@ class _Int8KernelDispatch(relax.PyExprMutator):
                 data, pads, pad_value = producer.args[0], (top, left, bottom, right), int(producer.attrs.pad_value)
         shape = _shape(data)
         out_w = kc.windows(shape[2] + pads[1] + pads[3], kw, strides[1], dilation[1])
-        interleave = tap_interleave_kernel(tuple(shape), dtype, kw, strides[1], dilation[1], out_w, self.dp.lanes,
-                                           MIN_PARALLEL_WORK, pads, pad_value)
+        lanes, reduce = self.dp.lanes, self.dp.reduce
+        if phased(kw, strides[1], dilation[1]):  # groups at multiples of 4 (a stride-4 interleaving)
+            interleave = tap_interleave_kernel(tuple(shape), dtype, reduce, reduce, 1, aligned_positions(out_w, kw),
+                                               lanes, MIN_PARALLEL_WORK, pads, pad_value)
+            compute = lambda t, wt: kc.depthwise_nhwc_phased(t, wt, self.dp, strides[0], dilation[0], out_w,  # noqa: E731
+                                                             channels)
+            packed = kc.pack_depthwise_weight_phased(taps, lanes, reduce)
+        else:
+            interleave = tap_interleave_kernel(tuple(shape), dtype, kw, strides[1], dilation[1], out_w, lanes,
+                                               MIN_PARALLEL_WORK, pads, pad_value)
+            step = group_step(strides[1], dilation[1])
+            compute = lambda t, wt: kc.depthwise_nhwc_lanewise(t, wt, self.dp, strides[0], dilation[0], step,  # noqa: E731
+                                                               channels)
+            packed = kc.pack_depthwise_weight(taps, lanes, reduce)
         taps_type = interleave.params[1].ty  # the kernel's output buffer
         interleaved = self.builder_.emit(relax.call_tir(
             self.builder_.add_func(interleave, "depthwise_taps"), [data],
             relax.TensorType([int(d) for d in taps_type.shape], str(taps_type.dtype))))
-        step = group_step(strides[1], dilation[1])
-        kernel = self.kernel(
-            f"depthwise_nhwc_u8s8_{self.dp.name}",
-            lambda t, wt: kc.depthwise_nhwc_lanewise(t, wt, self.dp, strides[0], dilation[0], step, channels),
-            [interleaved], [kc.pack_depthwise_weight(taps, self.dp.lanes, self.dp.reduce)])
+        kernel = self.kernel(f"depthwise_nhwc_u8s8_{self.dp.name}", compute, [interleaved], [packed])
         if dtype == "uint8":
             return kernel
         return self.corrected(kernel, _shift_correction(128, taps.sum(axis=(0, 1)), [1, 1, 1, channels]))
