@@ -78,6 +78,7 @@ CONVS = [  # (H, in channels, out channels, kernel, stride, padding, groups)
     (9, 16, 32, 3, 1, (1, 1, 1, 1), 1),    # regular 3×3
     (8, 3, 8, 3, 2, (1, 1, 1, 1), 1),      # 3 input channels (padded to 4), 8 outputs (of 16 computed)
     (7, 64, 20, 1, 1, (0, 0, 0, 0), 1),    # pointwise
+    (5, 32, 200, 1, 1, (0, 0, 0, 0), 1),   # pointwise, 200 outputs: 25 × 8 lanes (256-bit form), none padded
     (10, 32, 32, 3, 2, (1, 1, 1, 1), 32),  # depthwise, stride 2
     (6, 24, 24, 5, 1, (2, 2, 2, 2), 24),   # depthwise 5×5, channels not a multiple of 16
     (8, 16, 32, 3, 1, (1, 1, 1, 1), 2),    # grouped: 8 → 16 channels per group
@@ -133,7 +134,8 @@ def depthwise_reference(x, taps, stride, dilation, padding):
     (7, 24, 5, (2, 1), 1, True),  # aligned groups, rows strided (MobileNetV3 for text lines)
     (13, 16, 9, 1, 1, True),    # aligned groups, 3 per phase
     (9, 24, 3, 3, 1, False),    # stride 3: groups would start between positions, int32 kernel
-    (8, 8, 3, 1, 1, False),     # fewer channels than a vector: int32 kernel
+    (8, 8, 3, 1, 1, True),      # 8 channels: the 8-lane (256-bit) form
+    (8, 4, 3, 1, 1, False),     # fewer channels than the narrowest vector: int32 kernel
 ])
 def test_depthwise_kernels_bit_exact(size, channels, kernel, stride, dilation, lanewise, dtype):
     """Depthwise convolutions on interleaved taps and the lane-wise `vpdpbusd` where the layout
@@ -186,8 +188,27 @@ def test_depthwise_taps_write_a_zero_point_border_themselves(stride, dtype):
     assert any("depthwise_taps" in name for name in names) and not any("pad" in name for name in names), names
 
 
+@pytest.mark.parametrize("channels,narrow", [(200, True), (88, True), (48, False), (20, False)])
+def test_channel_counts_of_8_mod_16_take_the_256_bit_form(channels, narrow):
+    """Output channels that 8 lanes divide and 16 do not run on the 256-bit `vpdpbusd` (no
+    padded channels to drop after the kernel); others on the 512-bit one."""
+    w = rng.integers(-127, 128, (channels, 1, 1, 16), dtype=np.int8)
+    depthwise = rng.integers(-127, 128, (channels, 5, 5, 1), dtype=np.int8)
+
+    def body(data):
+        pointwise = conv_body(w, 1, (0, 0, 0, 0), 1)(data)
+        return conv_body(depthwise, 1, (2, 2, 2, 2), channels)(relax.op.astype(pointwise, "uint8"))
+
+    scheduled = default_scheduled(relax_main(body, [((1, 4, 12, 16), "uint8")]))
+    kernels = {gv.name_hint: f.script() for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    dot_kernels = [name for name in kernels if "conv2d_nhwc" in name or "depthwise_nhwc" in name]
+    assert len(dot_kernels) == 2, dot_kernels
+    wanted, other = ("vpdpbusd.256", "vpdpbusd.512") if narrow else ("vpdpbusd.512", "vpdpbusd.256")
+    assert all(wanted in kernels[name] and other not in kernels[name] for name in dot_kernels)
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])
-@pytest.mark.parametrize("m,k,n", [(1, 64, 10), (3, 30, 48)])
+@pytest.mark.parametrize("m,k,n", [(1, 64, 10), (3, 30, 48), (2, 16, 40)])
 def test_int8_dense_kernel_bit_exact(m, k, n, dtype):
     a = random_activations((m, k), dtype)
     b = rng.integers(-127, 128, (k, n), dtype=np.int8)
@@ -250,7 +271,9 @@ def test_dispatch_replaces_int8_ops_and_every_kernel_gets_a_default_schedule():
     quantized = quantize(load_onnx(residual_net()), qcompiler.QConfig(), samples())
     dispatched = dispatch_int8_kernels(quantized.mod, TARGET)
     kernels = sorted(gv.name_hint for gv, f in dispatched.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
-    assert kernels == ["conv2d_nhwc_u8s8_vnni", "conv2d_nhwc_u8s8_vnni1", "dense_u8s8_vnni", "depthwise_nhwc_u8s8"]
+    # 8 channels: the 256-bit form, and the depthwise conv on interleaved taps
+    assert kernels == ["conv2d_nhwc_u8s8_vnni8", "conv2d_nhwc_u8s8_vnni81", "dense_u8s8_vnni", "depthwise_nhwc_u8s8_vnni8",
+                       "depthwise_taps"]
     scheduled = default_scheduled(quantized.mod)
     unscheduled = [gv.name_hint for gv, f in scheduled.functions.items()
                    if isinstance(f, tvm.tirx.PrimFunc) and not f.attrs.get(SCHEDULED)]
@@ -279,7 +302,7 @@ def test_int8_artifact_runs_vpdpbusd_and_matches_generic_kernels(tmp_path, activ
     so = artifact.export(tmp_path / "int8.so")
     usage = dict(compute_kernel_usage(so))
     convs = [name for name in usage if "u8s8_vnni" in name]
-    assert len(convs) == 3 and all(usage[name] == ["vpdpbusd"] for name in convs)
+    assert len(convs) == 4 and all(usage[name] == ["vpdpbusd"] for name in convs)  # 2 convs, depthwise, dense
     # The same quantized module through TVM's generic int8 kernels gives bit-identical outputs.
     quantized = quantize(load_onnx(model), config, samples())
     generic = tvm.compile(cpu_pipeline(resolve("x86-avx2").target(), None, False)(quantized.mod),

@@ -2,7 +2,7 @@
 
 All take 8-bit activations already padded (spatially, and along channels to a multiple of 4)
 and int8 weights packed at compile time, and accumulate in int32. With L the instruction's
-lanes (isa.py: 16 for VNNI, 4 for sdot):
+lanes (isa.py: 16 for VNNI, 8 for its 256-bit form, 4 for sdot):
 
   conv2d_nhwc_<isa>  out[n, h, w, o] = Σ_{r,s,c} x[n, h·sh + r·dh, w·sw + s·dw, g(o)·I + c] · wp[o/L, r, s, c/4, o%L, c%4]
                      with I input channels per group (padded to 4k), g(o) = o / O' the group of

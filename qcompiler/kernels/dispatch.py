@@ -3,7 +3,8 @@
 Runs on the Relax module before legalization, for targets with an int8 kernel family (isa.py:
 x86 AVX-512 VNNI, ARM `sdot` or plain NEON, CUDA `__dp4a`). A call is replaced when its operands are what the
 kernels take — uint8 or int8 activations, int8 constant weights, int32 output (L = the
-instruction's lanes):
+instruction's lanes; VNNI's 256-bit form, L = 8, where 8 divides the output channels and 16 does
+not: DotProduct.for_channels):
 
   conv2d NHWC/OHWI, groups = 1        → conv2d_nhwc_<isa>, weights packed [O/L, H, W, I/4, L, 4]
   conv2d NHWC/OHWI, grouped           → the same with groups, each group packed alone
@@ -146,8 +147,9 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         if groups > 1 and groups == channels == out_channels and in_per_group == 1:
             data = self.pad(data, spatial)
             taps = np.ascontiguousarray(w[:, :, :, 0].transpose(1, 2, 0))
-            if self.dp.register_lanewise is not None and interleaves(channels, strides[1], dilation[1], self.dp.lanes):
-                return self.depthwise_lanewise(data, taps, strides, dilation)
+            dp = self.dp.for_channels(channels)
+            if dp.register_lanewise is not None and interleaves(channels, strides[1], dilation[1], dp.lanes):
+                return self.depthwise_lanewise(data, taps, strides, dilation, dp)
             return self.kernel(f"depthwise_nhwc_{self.operands(data)}",
                                lambda x, wd: kc.depthwise_nhwc(x, wd, strides, dilation), [data], [taps])
         if channels != groups * in_per_group or out_channels % groups:
@@ -156,16 +158,18 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         data, correction = self.as_instruction_dtype(data, w.reshape(out_channels, -1).sum(axis=1),
                                                      [1, 1, 1, out_channels])
         data = self.pad_group_channels(data, groups)
-        name = f"{'' if groups == 1 else 'grouped_'}conv2d_nhwc_{self.operands(data)}_{self.dp.name}"
+        dp = self.dp.for_channels(out_channels // groups)
+        name = f"{'' if groups == 1 else 'grouped_'}conv2d_nhwc_{self.operands(data)}_{dp.name}"
         kernel = self.kernel(
-            name, lambda x, wp: kc.conv2d_nhwc_packed(x, wp, self.dp, strides, dilation, out_channels, groups),
-            [data], [kc.pack_conv_weight(w, self.dp, groups)])
+            name, lambda x, wp: kc.conv2d_nhwc_packed(x, wp, dp, strides, dilation, out_channels, groups),
+            [data], [kc.pack_conv_weight(w, dp, groups)])
         return self.corrected(kernel, correction)
 
-    def depthwise_lanewise(self, data, taps: np.ndarray, strides: list[int], dilation: list[int]) -> relax.Expr:
+    def depthwise_lanewise(self, data, taps: np.ndarray, strides: list[int], dilation: list[int],
+                           dp: DotProduct) -> relax.Expr:
         """The depthwise convolution of (padded) `data` with `taps` [kh, kw, C] as taps.py's
-        interleaving followed by one lane-wise dot product per 4 taps of L channels. A constant
-        pad of rows and columns producing `data` is done by the interleaving instead."""
+        interleaving followed by one lane-wise dot product (`dp`'s) per 4 taps of L channels. A
+        constant pad of rows and columns producing `data` is done by the interleaving instead."""
         dtype = _dtype(data)
         kh, kw, channels = taps.shape
         pads, pad_value = (0, 0, 0, 0), 0
@@ -176,25 +180,25 @@ class _Int8KernelDispatch(relax.PyExprMutator):
                 data, pads, pad_value = producer.args[0], (top, left, bottom, right), int(producer.attrs.pad_value)
         shape = _shape(data)
         out_w = kc.windows(shape[2] + pads[1] + pads[3], kw, strides[1], dilation[1])
-        lanes, reduce = self.dp.lanes, self.dp.reduce
+        lanes, reduce = dp.lanes, dp.reduce
         if phased(kw, strides[1], dilation[1]):  # groups at multiples of 4 (a stride-4 interleaving)
             interleave = tap_interleave_kernel(tuple(shape), dtype, reduce, reduce, 1, aligned_positions(out_w, kw),
                                                lanes, MIN_PARALLEL_WORK, pads, pad_value)
-            compute = lambda t, wt: kc.depthwise_nhwc_phased(t, wt, self.dp, strides[0], dilation[0], out_w,  # noqa: E731
+            compute = lambda t, wt: kc.depthwise_nhwc_phased(t, wt, dp, strides[0], dilation[0], out_w,  # noqa: E731
                                                              channels)
             packed = kc.pack_depthwise_weight_phased(taps, lanes, reduce)
         else:
             interleave = tap_interleave_kernel(tuple(shape), dtype, kw, strides[1], dilation[1], out_w, lanes,
                                                MIN_PARALLEL_WORK, pads, pad_value)
             step = group_step(strides[1], dilation[1])
-            compute = lambda t, wt: kc.depthwise_nhwc_lanewise(t, wt, self.dp, strides[0], dilation[0], step,  # noqa: E731
+            compute = lambda t, wt: kc.depthwise_nhwc_lanewise(t, wt, dp, strides[0], dilation[0], step,  # noqa: E731
                                                                channels)
             packed = kc.pack_depthwise_weight(taps, lanes, reduce)
         taps_type = interleave.params[1].ty  # the kernel's output buffer
         interleaved = self.builder_.emit(relax.call_tir(
             self.builder_.add_func(interleave, "depthwise_taps"), [data],
             relax.TensorType([int(d) for d in taps_type.shape], str(taps_type.dtype))))
-        kernel = self.kernel(f"depthwise_nhwc_u8s8_{self.dp.name}", compute, [interleaved], [packed])
+        kernel = self.kernel(f"depthwise_nhwc_u8s8_{dp.name}", compute, [interleaved], [packed])
         if dtype == "uint8":
             return kernel
         return self.corrected(kernel, _shift_correction(128, taps.sum(axis=(0, 1)), [1, 1, 1, channels]))
@@ -209,9 +213,10 @@ class _Int8KernelDispatch(relax.PyExprMutator):
             return None
         data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1, w.shape[1]])
         data = self.pad(data, [(0, 0), (0, -w.shape[0] % self.dp.reduce)])
-        kernel = self.kernel(f"dense_{self.operands(data)}_{self.dp.name}",
-                             lambda x, wp: kc.dense_packed(x, wp, self.dp, w.shape[1]), [data],
-                             [kc.pack_dense_weight(w, self.dp)])
+        dp = self.dp.for_channels(w.shape[1])
+        kernel = self.kernel(f"dense_{self.operands(data)}_{dp.name}",
+                             lambda x, wp: kc.dense_packed(x, wp, dp, w.shape[1]), [data],
+                             [kc.pack_dense_weight(w, dp)])
         return self.corrected(kernel, correction)
 
     def operands(self, data) -> str:

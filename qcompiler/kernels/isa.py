@@ -1,6 +1,7 @@
 """The int8 dot-product instructions qcompiler's kernels are built around, and which target has one.
 
   vnni   x86 AVX-512 VNNI `vpdpbusd`: 16 int32 lanes, each += 4 products uint8 × int8
+  vnni8  its 256-bit form: 8 lanes, for channel counts of 8 (mod 16) (`DotProduct.narrow`)
   sdot   ARM +dotprod `sdot`:          4 int32 lanes, each += 4 products int8 × int8
   dp4a   CUDA `__dp4a`:                1 int32 += 4 products int8 × int8 per thread (one output
          channel each); packed in groups of 8 output channels, whose 8 threads read 32
@@ -40,6 +41,16 @@ class DotProduct:
     # registers its lane-wise variant (each lane its own 4 bytes) for depthwise convolutions;
     # None: depthwise convolutions multiply in int32 instead
     register_lanewise: Callable[[], str] | None = None
+    # the same instruction on fewer lanes, for output channel counts that are a multiple of its
+    # lanes but not of these: computed exactly, instead of padded to a multiple of `lanes` and
+    # then cut back, which leaves the kernel's epilogue to a separate pass over each pixel tile
+    narrow: DotProduct | None = None
+
+    def for_channels(self, channels: int) -> DotProduct:
+        """The variant whose lanes divide `channels` (this one unless only `narrow`'s do)."""
+        if channels % self.lanes and self.narrow is not None and channels % self.narrow.lanes == 0:
+            return self.narrow
+        return self
 
     def conv_block(self) -> str:
         return f"conv2d_nhwc_{self.name}"
@@ -51,12 +62,14 @@ class DotProduct:
         return f"dense_{self.name}"
 
 
+VNNI_YMM = DotProduct("vnni8", vnni.YMM_LANES, dot_intrinsic.REDUCE, "uint8", "avx512vnni", vnni.register_ymm,
+                      vnni.register_ymm_lanewise)
 VNNI = DotProduct("vnni", vnni.LANES, dot_intrinsic.REDUCE, "uint8", "avx512vnni", vnni.register,
-                  vnni.register_lanewise)
+                  vnni.register_lanewise, narrow=VNNI_YMM)
 SDOT = DotProduct("sdot", sdot.LANES, dot_intrinsic.REDUCE, "int8", "dotprod", sdot.register)
 NEON = DotProduct("neon", 1, dot_intrinsic.REDUCE, None, "neon", None)
 DP4A = DotProduct("dp4a", dp4a.LANES, dot_intrinsic.REDUCE, "int8", None, dp4a.register)
-CPU_DOT_PRODUCTS = (VNNI, SDOT, NEON)
+CPU_DOT_PRODUCTS = (VNNI, VNNI_YMM, SDOT, NEON)
 DOT_PRODUCTS = (*CPU_DOT_PRODUCTS, DP4A)
 
 

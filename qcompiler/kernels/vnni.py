@@ -26,6 +26,12 @@ LANEWISE_INTRIN = "qcompiler_lanewise_dot_16x4_u8i8i32_vnni"  # depthwise: 4 byt
 TVM_INTRIN = "dot_16x4_vnni"  # tvm.s_tir.tensor_intrin.x86.VNNI_DOT_16x4_INTRIN
 LANES, REDUCE = 16, dot_intrinsic.REDUCE  # int32 outputs per register, uint8·int8 products summed into each
 LLVM_INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
+# The 256-bit form (AVX-512 VL): 8 lanes, for channel counts that are a multiple of 8 but not of
+# 16, which the 512-bit form would compute padded and then drop (see isa.DotProduct.narrow).
+YMM_INTRIN = "qcompiler_dot_8x4_u8i8i32_vnni"
+YMM_LANEWISE_INTRIN = "qcompiler_lanewise_dot_8x4_u8i8i32_vnni"
+YMM_LANES = 8
+YMM_LLVM_INTRINSIC = "llvm.x86.avx512.vpdpbusd.256"
 
 
 def register(name: str = INTRIN) -> str:
@@ -36,6 +42,16 @@ def register(name: str = INTRIN) -> str:
 def register_lanewise(name: str = LANEWISE_INTRIN) -> str:
     """Register the lane-wise variant (dot_intrinsic.py) under `name` and return the name."""
     return dot_intrinsic.register(name, LANES, "uint8", LLVM_INTRINSIC, lanewise=True)
+
+
+def register_ymm() -> str:
+    """Register the 8-lane (256-bit) intrinsic and return its name."""
+    return dot_intrinsic.register(YMM_INTRIN, YMM_LANES, "uint8", YMM_LLVM_INTRINSIC)
+
+
+def register_ymm_lanewise() -> str:
+    """Register the 8-lane lane-wise variant and return its name."""
+    return dot_intrinsic.register(YMM_LANEWISE_INTRIN, YMM_LANES, "uint8", YMM_LLVM_INTRINSIC, lanewise=True)
 
 
 def repair_tvm_intrinsics() -> None:
