@@ -127,9 +127,9 @@ def depthwise_reference(x, taps, stride, dilation, padding):
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("size,channels,kernel,stride,dilation,lanewise", [
-    (11, 40, 5, 2, 1, True),    # stride 2: tap groups 2 positions apart; a last block of 8 channels
+    (11, 40, 5, 2, 1, True),    # stride 2, sliding groups 2 positions apart; a last block of 8 channels
     (9, 16, 3, 1, 2, True),     # dilated: taps 2 columns apart, groups 8 positions apart
-    (12, 200, 7, 1, 1, True),   # two groups of 4 taps, the second padded by one zero weight
+    (12, 200, 7, 1, 1, True),   # aligned groups, 3 per phase (the sliding layout takes 2)
     (10, 40, 5, 1, 1, True),    # aligned groups, 4 phases of 2 groups; a last block of 8 channels
     (7, 24, 5, (2, 1), 1, True),  # aligned groups, rows strided (MobileNetV3 for text lines)
     (13, 16, 9, 1, 1, True),    # aligned groups, 3 per phase
@@ -162,7 +162,7 @@ def test_depthwise_kernels_bit_exact(size, channels, kernel, stride, dilation, l
     if lanewise:  # the aligned layout holds each input column once, the sliding one 4 times
         (taps,) = [f for name, f in kernels.items() if "depthwise_taps" in name]
         positions = int(taps.params[1].ty.shape[2])
-        aligned = strides[1] == dilation == 1 and kernel % 4 == 1
+        aligned = strides[1] == dilation == 1
         assert (4 * positions <= size + 3 + 2 * pad + 4) == aligned, positions
 
 

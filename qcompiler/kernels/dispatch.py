@@ -11,7 +11,7 @@ not: DotProduct.for_channels):
   conv2d NHWC/OHWI, depthwise         → with a lane-wise dot product (VNNI) and ≥ L channels:
                                         taps interleaved (taps.py), then depthwise_nhwc_<isa>,
                                         weights packed [H, ⌈W/4⌉, ⌈C/L⌉, L, 4] (aligned
-                                        taps for stride-1 widths 4k + 1: one set per phase,
+                                        taps for stride 1: one set per phase,
                                         [4, H, ⌈(W+3)/4⌉, ⌈C/L⌉, L, 4]); else
                                         depthwise_nhwc, weights [H, W, C]
   matmul [M, K] × constant [K, N]     → dense_<isa>, weights packed [N/L, K/4, L, 4]
