@@ -23,6 +23,7 @@ import numpy as np
 from tvm import te, tirx
 
 from .isa import DotProduct
+from .taps import phase_groups
 
 DEPTHWISE_BLOCK = "depthwise_nhwc_int8"
 
@@ -76,7 +77,7 @@ def pack_depthwise_weight_phased(taps: np.ndarray, lanes: int, reduce: int) -> n
     """[kh, kw, C] int8 → [4, kh, G', C'/L, L, 4]: wt[j, r, g, b, i, k] = taps[r, 4g + k − j, bL + i],
     zero where 4g + k − j is outside [0, kw) or bL + i ≥ C (G' = ⌈(kw + 3)/4⌉; taps.py's aligned layout)."""
     kh, kw, channels = taps.shape
-    groups = -(-(kw + reduce - 1) // reduce)
+    groups = phase_groups(kw)
     phases = np.zeros((reduce, kh, groups * reduce, round_up(channels, lanes)), np.int8)
     for j in range(reduce):
         phases[j, :, j:j + kw, :channels] = taps
