@@ -12,7 +12,7 @@ Per real model and thread count, batch 1: the median latency of
   ort fp32 / ort int8             onnxruntime, int8 = quantize_static QDQ per-channel on the same
                                   calibration samples as qcompiler's int8
 and each latency as a ratio to onnxruntime's at the same precision. Every measurement runs in
-its own process (no shared thread pools), after warm-up.
+its own process (no shared thread pools), after at least 0.3 s of warm-up.
 """
 
 from __future__ import annotations
@@ -40,18 +40,25 @@ import json, statistics, sys, time
 import numpy as np
 kind, path, threads, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 feed = dict(np.load(sys.argv[5]))
+WARMUP_S = 0.3  # at least, and at least 5 runs: threads spun up and caches warm before timing
 if kind == "qcompiler":
     import qcompiler
     from qcompiler.runtime import set_num_threads
     set_num_threads(threads)
-    times = qcompiler.load(path).time_run(feed, repeat=repeat, warmup=5)
+    model = qcompiler.load(path)
+    start = time.perf_counter()
+    while time.perf_counter() - start < WARMUP_S:
+        model.time_run(feed, repeat=5, warmup=0)
+    times = model.time_run(feed, repeat=repeat, warmup=0)
 else:
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    for _ in range(5):
-        session.run(None, feed)
+    start = time.perf_counter()
+    while time.perf_counter() - start < WARMUP_S:
+        for _ in range(5):
+            session.run(None, feed)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_x86.py [--threads 1 2] [--repeat 100] [--rounds 3] [--models ...]
 
-Per model and thread count, batch 1, median of `--repeat` runs after warm-up, each measured in
+Per model and thread count, batch 1, median of `--repeat` runs after 0.3 s of warm-up, each measured in
 its own process; the four columns are measured in turn, `--rounds` times, and each cell is the
 median over rounds (a machine whose speed drifts during the run then shifts all four alike):
   qc int8       qcompiler int8 with the committed tuning_logs/ (default schedules elsewhere)
