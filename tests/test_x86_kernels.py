@@ -76,11 +76,11 @@ def conv_reference(x, w, stride, padding, groups):
 
 CONVS = [  # (H, in channels, out channels, kernel, stride, padding, groups)
     (9, 16, 32, 3, 1, (1, 1, 1, 1), 1),    # regular 3×3
-    (8, 3, 8, 3, 2, (1, 1, 1, 1), 1),      # 3 input channels (padded to 4), 8 outputs (of 16 computed)
+    (8, 3, 8, 3, 2, (1, 1, 1, 1), 1),      # 3 input channels (padded to 4), 8 outputs (256-bit form)
     (7, 64, 20, 1, 1, (0, 0, 0, 0), 1),    # pointwise
     (5, 32, 200, 1, 1, (0, 0, 0, 0), 1),   # pointwise, 200 outputs: 25 × 8 lanes (256-bit form), none padded
     (10, 32, 32, 3, 2, (1, 1, 1, 1), 32),  # depthwise, stride 2
-    (6, 24, 24, 5, 1, (2, 2, 2, 2), 24),   # depthwise 5×5, channels not a multiple of 16
+    (6, 24, 24, 5, 1, (2, 2, 2, 2), 24),   # depthwise 5×5, channels not a multiple of 16 (8 lanes)
     (8, 16, 32, 3, 1, (1, 1, 1, 1), 2),    # grouped: 8 → 16 channels per group
     (7, 12, 24, 3, 2, (1, 0, 1, 0), 3),    # grouped: 4 → 8 per group (outputs padded per group)
     (6, 6, 12, 1, 1, (0, 0, 0, 0), 2),     # grouped pointwise: 3 → 6 per group (inputs padded per group)
@@ -139,7 +139,7 @@ def depthwise_reference(x, taps, stride, dilation, padding):
 ])
 def test_depthwise_kernels_bit_exact(size, channels, kernel, stride, dilation, lanewise, dtype):
     """Depthwise convolutions on interleaved taps and the lane-wise `vpdpbusd` where the layout
-    applies (sliding, or aligned for stride-1 kernels of width 4k + 1), on 32-bit multiplies
+    applies (aligned taps for stride-1 kernels, sliding ones otherwise), on 32-bit multiplies
     elsewhere: all equal numpy's integer convolution."""
     x = random_activations((1, size, size + 3, channels), dtype)
     w = rng.integers(-128, 128, (channels, kernel, kernel, 1), dtype=np.int8)
