@@ -254,16 +254,16 @@ class Realizer:
         the product is rounded first.) Against exact arithmetic a result moves only where the true
         value lies within 2^−24 (relative) of a rounding boundary. Four vector instructions per 16
         outputs (convert, fma, floor, convert) against eight in int64 fixed point (widen, multiply,
-        add, shift, on two vectors of 8), as onnxruntime's MLAS requantizes in float32 too: rapidocr's MobileNetV3 classifier int8 took 0.363 →
-        0.315 ms at 1 thread and 0.304 → 0.274 ms at 2 (Zen 4, in-process A/B).
+        add, shift, on two vectors of 8), as onnxruntime's MLAS requantizes in float32 too:
+        rapidocr's MobileNetV3 classifier int8 took 0.363 → 0.315 ms at 1 thread and 0.304 →
+        0.274 ms at 2 (Zen 4, in-process A/B).
         """
-        rank = len(shape_of_expr(acc.expr))
         ratios = np.atleast_1d(np.asarray(acc.scale, np.float64) / scale_out).astype(np.float32)
         offsets = np.zeros(1) if acc.offset is None else np.asarray(acc.offset, np.float64)
         constants = (offsets * ratios.astype(np.float64) + zero_point + 0.5).astype(np.float32)
-        per_channel = ratios.size > 1 or constants.size > 1
-        r, k = np.broadcast_arrays(ratios, constants) if per_channel else (ratios, constants)
-        r, k = (_broadcast(v, acc.axis if per_channel else None, rank) for v in (r, k))
+        r, k = np.broadcast_arrays(ratios, constants)
+        axis = acc.axis if r.size > 1 else None  # one value: a scalar constant
+        r, k = (_broadcast(v, axis, len(shape_of_expr(acc.expr))) for v in (r, k))
         values = self.emit(relax.op.astype(acc.expr, "float32"))
         values = self.emit(relax.op.add(self.emit(relax.op.multiply(values, const(r, "float32"))), const(k, "float32")))
         return self.emit(relax.op.astype(self.emit(relax.op.floor(values)), "int32"))

@@ -168,24 +168,32 @@ def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.
         name=DEPTHWISE_BLOCK)
 
 
-def depthwise_nhwc_lanewise(taps: te.Tensor, packed: te.Tensor, dp: DotProduct, stride_h: int, dilation_h: int,
-                            step: int, channels: int) -> te.Tensor:
-    """The depthwise convolution over interleaved taps [N, H, Q, C'/L, L, 4] (taps.py) and
-    weights packed by `pack_depthwise_weight`; `step` positions between tap groups."""
-    n, height, positions, blocks, lanes, reduce = (int(d) for d in taps.shape)
-    kh, groups = (int(d) for d in packed.shape[:2])
-    out_h, out_w = windows(height, kh, stride_h, dilation_h), positions - (groups - 1) * step
+def _depthwise_over_taps(taps: te.Tensor, dp: DotProduct, stride_h: int, dilation_h: int, out_w: int,
+                         kh: int, groups: int, channels: int, group_at, weight) -> te.Tensor:
+    """Σ_{r<kh, g<groups, k<4} taps[n, h·sh + r·dh, group_at(w, g), c/L, c%L, k] · weight(w, r, g, c/L, c%L, k)
+    over taps [N, H, Q, C'/L, L, 4] (taps.py), without the padded channels."""
+    n, height, _, blocks, lanes, reduce = (int(d) for d in taps.shape)
     r = te.reduce_axis((0, kh), "r")
     g = te.reduce_axis((0, groups), "g")
     k = te.reduce_axis((0, reduce), "k")
     out = te.compute(
-        shape64(n, out_h, out_w, blocks * lanes),
+        shape64(n, windows(height, kh, stride_h, dilation_h), out_w, blocks * lanes),
         lambda b, h, w, c: te.sum(
-            taps[b, h * stride_h + r * dilation_h, w + g * step, c // lanes, c % lanes, k].astype("int32")
-            * packed[r, g, c // lanes, c % lanes, k].astype("int32"),
+            taps[b, h * stride_h + r * dilation_h, group_at(w, g), c // lanes, c % lanes, k].astype("int32")
+            * weight(w, r, g, c // lanes, c % lanes, k).astype("int32"),
             axis=[r, g, k]),
         name=dp.depthwise_block())
     return _first_channels(out, channels)
+
+
+def depthwise_nhwc_lanewise(taps: te.Tensor, packed: te.Tensor, dp: DotProduct, stride_h: int, dilation_h: int,
+                            step: int, channels: int) -> te.Tensor:
+    """The depthwise convolution over interleaved taps [N, H, Q, C'/L, L, 4] (taps.py) and
+    weights packed by `pack_depthwise_weight`; `step` positions between tap groups."""
+    kh, groups = (int(d) for d in packed.shape[:2])
+    out_w = int(taps.shape[2]) - (groups - 1) * step
+    return _depthwise_over_taps(taps, dp, stride_h, dilation_h, out_w, kh, groups, channels,
+                                lambda w, g: w + g * step, lambda w, *index: packed[index])
 
 
 def depthwise_nhwc_phased(taps: te.Tensor, packed: te.Tensor, dp: DotProduct, stride_h: int, dilation_h: int,
@@ -193,16 +201,6 @@ def depthwise_nhwc_phased(taps: te.Tensor, packed: te.Tensor, dp: DotProduct, st
     """The stride-1 depthwise convolution over aligned taps [N, H, M, C'/L, L, 4] (taps.py) and
     weights packed by `pack_depthwise_weight_phased`: output column w reads groups w // 4 + g
     with the weights of its phase w % 4."""
-    n, height, _, blocks, lanes, reduce = (int(d) for d in taps.shape)
     phases, kh, groups = (int(d) for d in packed.shape[:3])
-    r = te.reduce_axis((0, kh), "r")
-    g = te.reduce_axis((0, groups), "g")
-    k = te.reduce_axis((0, reduce), "k")
-    out = te.compute(
-        shape64(n, windows(height, kh, stride_h, dilation_h), out_w, blocks * lanes),
-        lambda b, h, w, c: te.sum(
-            taps[b, h * stride_h + r * dilation_h, w // phases + g, c // lanes, c % lanes, k].astype("int32")
-            * packed[w % phases, r, g, c // lanes, c % lanes, k].astype("int32"),
-            axis=[r, g, k]),
-        name=dp.depthwise_block())
-    return _first_channels(out, channels)
+    return _depthwise_over_taps(taps, dp, stride_h, dilation_h, out_w, kh, groups, channels,
+                                lambda w, g: w // phases + g, lambda w, *index: packed[(w % phases, *index)])

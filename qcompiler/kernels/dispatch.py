@@ -181,19 +181,18 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         shape = _shape(data)
         out_w = kc.windows(shape[2] + pads[1] + pads[3], kw, strides[1], dilation[1])
         lanes, reduce = dp.lanes, dp.reduce
-        if phased(kw, strides[1], dilation[1]):  # groups at multiples of 4 (a stride-4 interleaving)
-            interleave = tap_interleave_kernel(tuple(shape), dtype, reduce, reduce, 1, aligned_positions(out_w, kw),
-                                               lanes, MIN_PARALLEL_WORK, pads, pad_value)
+        if phased(kw, strides[1], dilation[1]):  # groups at multiples of 4: a stride-4 interleaving of 4 taps
+            grouping = (reduce, reduce, 1, aligned_positions(out_w, kw))
             compute = lambda t, wt: kc.depthwise_nhwc_phased(t, wt, dp, strides[0], dilation[0], out_w,  # noqa: E731
                                                              channels)
             packed = kc.pack_depthwise_weight_phased(taps, lanes, reduce)
         else:
-            interleave = tap_interleave_kernel(tuple(shape), dtype, kw, strides[1], dilation[1], out_w, lanes,
-                                               MIN_PARALLEL_WORK, pads, pad_value)
+            grouping = (kw, strides[1], dilation[1], out_w)
             step = group_step(strides[1], dilation[1])
             compute = lambda t, wt: kc.depthwise_nhwc_lanewise(t, wt, dp, strides[0], dilation[0], step,  # noqa: E731
                                                                channels)
             packed = kc.pack_depthwise_weight(taps, lanes, reduce)
+        interleave = tap_interleave_kernel(tuple(shape), dtype, *grouping, lanes, MIN_PARALLEL_WORK, pads, pad_value)
         taps_type = interleave.params[1].ty  # the kernel's output buffer
         interleaved = self.builder_.emit(relax.call_tir(
             self.builder_.add_func(interleave, "depthwise_taps"), [data],
