@@ -38,13 +38,19 @@ class CalibrationResult:
         return {key: activation_qparams(lo, hi, config.activation_dtype) for key, (lo, hi) in self.ranges.items()}
 
 
+def flatten_results(result) -> list[np.ndarray]:
+    """The tensors of a VM result in order, with (nested) tuples flattened depth first."""
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    return [array for item in result for array in flatten_results(item)]
+
+
 def host_runner(mod: tvm.IRModule, target: tvm.target.Target) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
-    """Compile `mod` for the host CPU; return a function from input arrays to output arrays."""
+    """Compile `mod` for the host CPU; return a function from input arrays to its flattened outputs."""
     vm = relax.VirtualMachine(tvm.compile(relax.get_default_pipeline(target)(mod), target), tvm.cpu())
 
     def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays])
-        return [result.numpy()] if hasattr(result, "numpy") else [r.numpy() for r in result]
+        return flatten_results(vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]))
 
     return run
 
@@ -60,11 +66,12 @@ def run_observers(
     """Calibrate: compile the observed module, feed every sample, keep streaming statistics."""
     observed, keys = observed_module(mod, plan)
     run = host_runner(observed, target)
-    num_outputs = len(observed["main"].body.body.fields) - len(keys)
     observers = {key: make_observer(config) for key in keys}
     count = 0
     for sample in samples:
-        for key, value in zip(keys, run(sample)[num_outputs:]):
+        # The observed tensors follow the model's own outputs (which may be nested tuples).
+        observed_values = run(sample)[-len(keys):] if keys else []
+        for key, value in zip(keys, observed_values):
             observers[key].update(value)
         count += 1
         if progress is not None:

@@ -84,7 +84,7 @@ def compile(  # noqa: A001 - the public verb of this package
     if report is not None:
         from .report import quantization_report
 
-        result = quantization_report(quantized)
+        result = quantization_report(quantized, [spec.name for spec in imported.outputs])
         result.write(report)
         print(result.render())
         artifact.metadata.quantization["agreement"] = result.model_metrics

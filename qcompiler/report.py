@@ -64,7 +64,8 @@ class QuantizationReport:
         return "\n".join(lines)
 
 
-def quantization_report(q: Quantized) -> QuantizationReport:
+def quantization_report(q: Quantized, output_names: list[str]) -> QuantizationReport:
+    """The report of `q`; model-level metrics per float output, named by `output_names`."""
     report = QuantizationReport(samples=len(q.holdout))
     integer = sum(q.stats.integer_ops.values())
     floating = sum(n for op, n in q.stats.float_ops.items() if op not in _LAYOUT_OR_QDQ)
@@ -109,18 +110,25 @@ def quantization_report(q: Quantized) -> QuantizationReport:
 
     if samples:
         fp32_run, int_run = _runner(q.fp32), _runner(q.mod)
-        agree, total, max_err, dots, norms_a, norms_b = 0, 0, 0.0, 0.0, 0.0, 0.0
-        for sample in samples:
-            ref, got = fp32_run(sample)[0].astype(np.float64), int_run(sample)[0].astype(np.float64)
-            max_err = max(max_err, float(np.abs(ref - got).max()))
-            dots += float(np.sum(ref * got))
-            norms_a += float(np.sum(ref * ref))
-            norms_b += float(np.sum(got * got))
-            if ref.ndim == 2 and ref.shape[1] > 1:
-                agree += int(np.sum(ref.argmax(1) == got.argmax(1)))
-                total += ref.shape[0]
-        report.model_metrics = {"cosine": dots / np.sqrt(norms_a * norms_b) if norms_a and norms_b else 1.0,
-                                "max_abs_error": max_err}
-        if total:
-            report.model_metrics["top1_agreement"] = agree / total
+        pairs = [(fp32_run(sample), int_run(sample)) for sample in samples]
+        per_output = {name: _agreement([ref[i] for ref, _ in pairs], [got[i] for _, got in pairs])
+                      for i, name in enumerate(output_names) if pairs[0][0][i].dtype.kind == "f"}
+        if per_output:
+            report.model_metrics = dict(next(iter(per_output.values())))
+            if len(per_output) > 1:
+                report.model_metrics["outputs"] = per_output
     return report
+
+
+def _agreement(refs: list[np.ndarray], gots: list[np.ndarray]) -> dict:
+    """cosine similarity and max |error| of one float output over the samples; top-1 agreement
+    for an [N, classes] output."""
+    ref = np.concatenate([r.astype(np.float64).ravel() for r in refs])
+    got = np.concatenate([g.astype(np.float64).ravel() for g in gots])
+    norms = float(np.sqrt(np.sum(ref * ref) * np.sum(got * got)))
+    metrics = {"cosine": float(np.sum(ref * got)) / norms if norms else 1.0,
+               "max_abs_error": float(np.abs(ref - got).max())}
+    if refs[0].ndim == 2 and refs[0].shape[1] > 1:
+        agree = sum(int(np.sum(r.argmax(1) == g.argmax(1))) for r, g in zip(refs, gots))
+        metrics["top1_agreement"] = agree / sum(r.shape[0] for r in refs)
+    return metrics
