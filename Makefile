@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
 	  else echo "error: $(PYTHON) cannot create virtual environments: install Debian package python3-venv"; exit 1; fi; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test,bench]'
 	@touch $@
 
 # Debian packages the ARM presets need: the aarch64 cross compilers (artifacts, C runtime) and
@@ -41,15 +41,18 @@ test: $(STAMP) system-deps deploy
 demo: $(STAMP) deploy
 	$(PY) -m qcompiler demo
 
-# Data the accuracy benchmark reads: real Fashion-MNIST and the DejaVu fonts it renders text lines in.
-BENCH_PACKAGES := dataset-fashion-mnist fonts-dejavu-core
+# Data the benchmarks read: real Fashion-MNIST, the DejaVu fonts text lines are rendered in, and
+# espeak-ng, which speaks the zoo's speech model's inputs.
+BENCH_PACKAGES := dataset-fashion-mnist fonts-dejavu-core espeak-ng
 bench-deps:
-	@if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] \
+	    || ! command -v espeak-ng >/dev/null; then \
 	  if [ "$(ROOT)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_PACKAGES) >/dev/null; \
-	  else echo "note: bench_accuracy.py needs Debian packages $(BENCH_PACKAGES)"; fi; fi
+	  else echo "note: the benchmarks need Debian packages $(BENCH_PACKAGES)"; fi; fi
 
 bench: $(STAMP) bench-deps
+	$(PY) benchmarks/bench_zoo.py
 	$(PY) benchmarks/bench_latency.py
 	$(PY) benchmarks/bench_x86.py
 	$(PY) benchmarks/bench_accuracy.py

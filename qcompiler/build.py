@@ -38,8 +38,9 @@ def stage(name: str) -> Iterator[None]:
 
 
 def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), committed_logs: bool = True,
-          default_schedules: bool = True):
-    """Relax → executable: TVM's pipeline for the target (legalize, fold, fuse, lower).
+          default_schedules: bool = True) -> tuple[object, dict[str, str]]:
+    """Relax → executable: TVM's pipeline for the target (legalize, fold, fuse, lower). Returns
+    the executable and, per CPU kernel, where its schedule came from (tuning.schedule_sources).
 
     Fused kernels that `tuning_logs` or (if `committed_logs`) the committed `tuning_logs/<preset>/`
     have records for get their tuned schedules; on CPU presets the others (if
@@ -51,7 +52,7 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
     import tvm
     from tvm import relax
 
-    from .tuning import cpu_pipeline, databases_for, gpu_pipeline
+    from .tuning import cpu_pipeline, databases_for, gpu_pipeline, schedule_sources
 
     target = preset.target()
     try:
@@ -63,6 +64,7 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
                 pipeline = gpu_pipeline(target, database)
             with target:
                 lowered = pipeline(mod)
+        kernels = schedule_sources(lowered)
         # Without TIR asserts: each kernel's packed-call wrapper would otherwise re-check every
         # argument's rank, dtype, shape and strides, 75% of an int8 model's machine code (PP-LCNet:
         # 340 of 420 KB). Kernels are only called by the VM, whose entry function checks the
@@ -84,7 +86,7 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
             executable = embed_device_binary(executable, target)
         except (RuntimeError, ValueError) as err:
             raise QCompilerError(f"CUDA device code for {preset.name}: {str(err).strip().splitlines()[0]}") from err
-    return executable
+    return executable, kernels
 
 
 @dataclass
@@ -154,7 +156,7 @@ def build(imported: ImportedModel, preset: TargetPreset, quantized: "Quantized |
         preset.cross_compiler.require()  # fail before minutes of compilation, not after
     mod = imported.mod if quantized is None else (quantized.qdq if simulate else quantized.mod)
     with stage(f"compile for {preset.name}"):
-        executable = lower(mod, preset, tuning_logs, committed_logs, default_schedules)
+        executable, kernels = lower(mod, preset, tuning_logs, committed_logs, default_schedules)
     metadata = ArtifactMetadata(
         inputs=list(imported.inputs),
         outputs=list(imported.outputs),
@@ -165,6 +167,7 @@ def build(imported: ImportedModel, preset: TargetPreset, quantized: "Quantized |
         source_model_sha256=imported.source_sha256,
         source_model_path=imported.source_path,
         onnx_opset=imported.opset,
+        kernels=kernels,
     )
     if quantized is not None:
         metadata.quantization = {**quantized.summary(), **({"mode": "int8-simulated"} if simulate else {})}

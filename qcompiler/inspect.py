@@ -122,8 +122,21 @@ def describe_artifact(so_path: Path) -> str:
     lines += [f"output {s.name} {s.describe()}" for s in signature.outputs]
     lines.append(f"host kernels: {len(kernels)}")
     lines += [f"  {kind:<40}{n:>5}" for kind, n in kernel_kinds.most_common()]
+    if json_path.exists():
+        lines += schedule_lines(meta.kernels)
     lines += _dot_product_lines(so_path, elf.machine)
     return "\n".join(lines)
+
+
+def schedule_lines(kernels: dict[str, str]) -> list[str]:
+    """Per kernel: where its schedule came from (a tuning record, qcompiler's default kernel for
+    the op, the generic parallel loop nest, a hand-written kernel, or TVM's naive loop nest)."""
+    if not kernels:
+        return ["kernel schedules: not recorded (a CUDA artifact, or one built before qcompiler recorded them)"]
+    counts = Counter(kernels.values())
+    lines = ["kernel schedules: " + ", ".join(f"{n} {source}" for source, n in counts.most_common())]
+    lines += [f"  {name[:72]:<74}{source}" for name, source in kernels.items()]
+    return lines
 
 
 def _dot_product_lines(so_path: Path, machine: str) -> list[str]:

@@ -44,6 +44,9 @@ class ArtifactMetadata:
     artifact_sha256: str | None = None
     artifact_bytes: int | None = None
     quantization: dict[str, Any] = field(default_factory=lambda: {"mode": "none"})
+    # Kernel name → where its schedule came from: "tuning record", "default", "hand-written" or
+    # "naive" (TVM's unscheduled loop nest); CPU artifacts only.
+    kernels: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,7 @@ class ArtifactMetadata:
             "source_model": {"path": self.source_model_path, "sha256": self.source_model_sha256},
             "artifact": {"file": self.artifact_file, "sha256": self.artifact_sha256, "bytes": self.artifact_bytes},
             "quantization": self.quantization,
+            "kernels": self.kernels,
         }
 
     @staticmethod
@@ -89,6 +93,7 @@ class ArtifactMetadata:
                 artifact_sha256=obj["artifact"]["sha256"],
                 artifact_bytes=obj["artifact"]["bytes"],
                 quantization=obj["quantization"],
+                kernels=dict(obj.get("kernels", {})),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise QCompilerError(f"{where}: malformed artifact metadata ({type(err).__name__}: {err})") from None

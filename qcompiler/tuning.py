@@ -22,6 +22,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import tvm
@@ -29,7 +30,8 @@ from tvm import relax
 
 from .errors import QCompilerError
 from .kernels.isa import DOT_PRODUCTS
-from .kernels.schedules import DEFAULT_CANDIDATE, SCHEDULED, default_schedule, default_space, split_pad_kernel
+from .kernels.schedules import (DEFAULT_CANDIDATE, DEFAULT_KERNEL, GENERIC_LOOPS, SCHEDULE_SOURCE, SCHEDULED,
+                                default_schedule, default_space, split_pad_kernel)
 from .kernels.vnni import INTRIN as VNNI_INTRIN
 from .kernels.vnni import TVM_INTRIN as TVM_VNNI
 from .kernels.vnni import repair_tvm_intrinsics
@@ -166,20 +168,52 @@ def _tuned(mod: tvm.IRModule, database) -> tvm.IRModule:
     return mod
 
 
+class ScheduleSource(str, Enum):
+    """Where a kernel's schedule came from (the PrimFunc attribute SCHEDULE_SOURCE)."""
+
+    HAND_WRITTEN = "hand-written"  # one of qcompiler's kernels for its kind, or written scheduled
+    TUNED = "tuning record"
+    DEFAULT = DEFAULT_KERNEL  # qcompiler's default schedule for the op (kernels/schedules.py)
+    GENERIC = GENERIC_LOOPS  # the op's loop nest, parallel and vectorized (schedule_generic)
+    NAIVE = "naive"  # TVM's loop nest as legalized: no schedule
+
+
+def _mark_new_schedules(mod: tvm.IRModule, source: ScheduleSource) -> tvm.IRModule:
+    """Each scheduled kernel without a SCHEDULE_SOURCE gets `source` (NAIVE: each unscheduled one)."""
+    marked = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and func.attrs.get(SCHEDULE_SOURCE)):
+            continue
+        if _is_scheduled(func) != (source is ScheduleSource.NAIVE):
+            marked[gvar] = func.with_attr(SCHEDULE_SOURCE, source.value)
+    return marked
+
+
+def schedule_sources(mod: tvm.IRModule) -> dict[str, str]:
+    """Kernel name → where its schedule came from, for the kernels of a lowered module."""
+    sources = {}
+    for gvar, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and func.attrs.get(SCHEDULE_SOURCE):
+            sources[str(func.attrs.get("global_symbol", gvar.name_hint))] = str(func.attrs[SCHEDULE_SOURCE])
+    return dict(sorted(sources.items()))
+
+
 def cpu_pipeline(target: tvm.target.Target, database=None, default_schedules: bool = True) -> tvm.transform.Pass:
     """TVM's CPU pipeline, with `database`'s schedules applied to the fused kernels they match
-    and (if `default_schedules`) default schedules for the others."""
+    and (if `default_schedules`) default schedules for the others. Each kernel is marked with
+    where its schedule came from (`schedule_sources`)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            mod = fused_module(mod, target)
+            mod = _mark_new_schedules(fused_module(mod, target), ScheduleSource.HAND_WRITTEN)
             if default_schedules:
-                mod = _with_only_default_schedules(_tuned(with_hand_written_kernels(mod, target), database))
-            else:
-                mod = _tuned(mod, database)
-            mod = with_weight_layouts_folded(mod)
+                mod = _mark_new_schedules(with_hand_written_kernels(mod, target), ScheduleSource.HAND_WRITTEN)
+            mod = _mark_new_schedules(_tuned(mod, database), ScheduleSource.TUNED)
+            if default_schedules:
+                mod = _mark_new_schedules(_with_only_default_schedules(mod), ScheduleSource.DEFAULT)
+            mod = _mark_new_schedules(with_weight_layouts_folded(mod), ScheduleSource.NAIVE)
             rest = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
             return tvm.transform.Sequential(rest)(mod)
 

@@ -13,11 +13,13 @@ from pathlib import Path
 from .errors import QCompilerError
 
 
-def download_wheels(requirements: list[str], dest: Path, platform: str | None = None) -> list[Path]:
+def download_wheels(requirements: list[str], dest: Path, platform: str | None = None,
+                    pattern: str = "*.whl") -> list[Path]:
     """`pip download` the wheels of `requirements` (no dependencies) into `dest`.
 
     With `platform` (e.g. "manylinux_2_28_aarch64") binary wheels for that platform and this
-    Python version are fetched, whatever this machine is.
+    Python version are fetched, whatever this machine is. `pattern` "*" also accepts source
+    distributions (`.tar.gz`), for packages published only as such.
     """
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
            "-d", str(dest)]
@@ -25,7 +27,7 @@ def download_wheels(requirements: list[str], dest: Path, platform: str | None = 
         cmd += ["--only-binary=:all:", "--platform", platform,
                 "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}"]
     proc = subprocess.run(cmd + requirements, capture_output=True, text=True)
-    wheels = sorted(Path(dest).glob("*.whl"))
+    wheels = sorted(Path(dest).glob(pattern))
     if proc.returncode != 0 or len(wheels) < len(requirements):
         reason = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
         where = f" for {platform}" if platform else ""

@@ -50,6 +50,11 @@ DEFAULT_CANDIDATE = "qcompiler.default_candidate"
 # Function attribute of a scheduled kernel, as TVM 0.27 writes and reads it (MetaSchedule's
 # ApplyDatabase and task extraction, dlight): kernels carrying it are left as they are.
 SCHEDULED = "tirx.is_scheduled"
+# Where a kernel's schedule came from (tuning.ScheduleSource), recorded in the artifact metadata;
+# the two values default schedules set themselves:
+SCHEDULE_SOURCE = "qcompiler.schedule_source"
+DEFAULT_KERNEL = "default"  # an anchor rule: a kernel written for the op (conv, dense, depthwise, ...)
+GENERIC_LOOPS = "generic"  # only the generic rule: the op's loop nest, parallel and vectorized
 
 
 def loop_extent(sch: Schedule, loop) -> int:
@@ -377,28 +382,32 @@ ANCHORS = {
 }
 
 
-def apply_default_schedule(sch: Schedule, split_pads: bool = True) -> bool:
-    """Schedule the PrimFunc of `sch` in place by its anchor block; False where no rule applies
-    (`sch` may then be partly transformed: work on a copy). `split_pads`: see schedule_generic."""
+def apply_default_schedule(sch: Schedule, split_pads: bool = True) -> str | None:
+    """Schedule the PrimFunc of `sch` in place by its anchor block. Returns DEFAULT_KERNEL where
+    an anchor rule applied (a kernel written for the op), GENERIC_LOOPS where only the generic
+    rule did (the loop nest parallelized and vectorized), None where no rule applies (`sch` may
+    then be partly transformed: work on a copy). `split_pads`: see schedule_generic."""
     try:
         for block in child_blocks(sch):
             rule = ANCHORS.get(sch.get(block).name_hint)
             if rule is not None:
                 rule(sch, block)
-                return True
+                return DEFAULT_KERNEL
         schedule_generic(sch, split_pads)
-        return True
+        return GENERIC_LOOPS
     except (ScheduleError, RuntimeError, ValueError, TypeError) as err:
         log.debug("no default schedule: %s", str(err).strip().splitlines()[-1])
-        return False
+        return None
 
 
 def default_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-    """`func` with a default schedule, or None where none applies (it then stays naive)."""
+    """`func` with a default schedule, marked with its SCHEDULE_SOURCE, or None where none
+    applies (it then stays naive)."""
     sch = Schedule(func)
-    if not apply_default_schedule(sch):
+    source = apply_default_schedule(sch)
+    if source is None:
         return None
-    return sch.mod["main"].with_attr(SCHEDULED, True)
+    return sch.mod["main"].with_attr(SCHEDULED, True).with_attr(SCHEDULE_SOURCE, source)
 
 
 def split_pad_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:

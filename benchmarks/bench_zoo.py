@@ -1,0 +1,240 @@
+"""The zoo: every real model we can get, qcompiler fp32 / int8 next to onnxruntime fp32 / int8.
+
+    .venv/bin/python benchmarks/bench_zoo.py [--threads 1 2] [--repeat 30] [--models ...]
+        [--profile] [--json OUT.json]
+
+What `compile` gives without tuning is the product: qcompiler compiles every model with no
+tuning records (`committed_logs=False`), its default schedules only. Per model (batch 1) and
+thread count, each latency is the median of `--repeat` runs after ≥ 0.3 s of warm-up, each
+variant measured in its own process (bench_latency.measure_run):
+
+  qc fp32     qcompiler fp32, no tuning records
+  qc int8     qcompiler static int8 (calibrated on the model's calibration samples, zoo_data.py)
+  ort fp32    onnxruntime on the original model
+  ort int8    onnxruntime int8: quantize_static (QDQ, per-channel, uint8 activations, same
+              calibration samples) for CNNs; quantize_dynamic for transformers (ZooModel.ort_quantization)
+
+and the ratios qc / ort at the same precision, qc int8 / ort fp32, with geometric means over the
+models measured. Per model also: compile time (fp32; int8 without calibration), calibration
+time, peak resident memory of each run, the output's cosine to onnxruntime fp32 on the
+evaluation samples, and how many kernels got a default schedule for their op, only the generic
+parallel loop nest, or none (naive). A model that fails to compile, quantize or run is a row
+that says so. `--profile` adds each artifact's 5 slowest kernels (`qcompiler bench --profile`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+import qcompiler
+from qcompiler.errors import QCompilerError
+from qcompiler.models import ZOO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_latency import measure_run  # noqa: E402
+from zoo_data import ZooCase, zoo_case  # noqa: E402
+
+VARIANTS = ("qc fp32", "ort fp32", "qc int8", "ort int8")
+
+
+def ort_int8(case: ZooCase, mode: str, out: Path) -> Path:
+    """onnxruntime's int8 model of the case: QDQ static per-channel, or dynamic."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+
+    if mode == "dynamic":
+        quantize_dynamic(str(case.onnx_path), str(out), weight_type=QuantType.QInt8)
+        return out
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(case.calib)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(case.onnx_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def cosine_to_reference(run, reference, feeds) -> float:
+    """Mean over the feeds of the cosine between the first outputs of `run` and `reference`."""
+    values = []
+    for feed in feeds:
+        a = np.asarray(run(feed), np.float64).ravel()
+        b = np.asarray(reference(feed), np.float64).ravel()
+        norm = np.linalg.norm(a) * np.linalg.norm(b)
+        values.append(float(a @ b / norm) if norm else 1.0)
+    return float(np.mean(values))
+
+
+def build_artifacts(case: ZooCase, work: Path, row: dict) -> dict[str, Path]:
+    """qcompiler's fp32 and int8 artifacts and onnxruntime's models; failures recorded in `row`."""
+    from qcompiler.build import build
+    from qcompiler.frontend import load_onnx
+    from qcompiler.quantize import quantize
+    from qcompiler.targets import resolve
+
+    shapes = ZOO[case.name].input_shapes
+    paths: dict[str, Path] = {"ort fp32": case.onnx_path}
+    preset = resolve("x86")
+    try:
+        start = time.perf_counter()
+        imported = load_onnx(case.onnx_path, shapes)
+        artifact = build(imported, preset, committed_logs=False)
+        row["compile_s fp32"] = time.perf_counter() - start
+        row["kernels fp32"] = dict(Counter(artifact.metadata.kernels.values()))
+        paths["qc fp32"] = artifact.export(work / f"{case.name}_fp32.so")
+    except QCompilerError as err:
+        row["error qc fp32"] = str(err)
+        return paths
+    try:
+        start = time.perf_counter()
+        quantized = quantize(imported, qcompiler.QConfig(holdout=0), case.calib)
+        row["calibration_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        artifact = build(imported, preset, quantized, committed_logs=False)
+        row["compile_s int8"] = time.perf_counter() - start
+        row["kernels int8"] = dict(Counter(artifact.metadata.kernels.values()))
+        paths["qc int8"] = artifact.export(work / f"{case.name}_int8.so")
+    except QCompilerError as err:
+        row["error qc int8"] = str(err)
+    try:
+        paths["ort int8"] = ort_int8(case, ZOO[case.name].ort_quantization, work / f"{case.name}_ort_int8.onnx")
+    except Exception as err:  # onnxruntime's quantizer raises anything
+        row["error ort int8"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+    return paths
+
+
+def accuracy(case: ZooCase, paths: dict[str, Path], row: dict) -> None:
+    """Cosine of each int8 model's first output to onnxruntime fp32 on the evaluation samples."""
+    import onnxruntime as ort
+
+    def session_run(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda feed: session.run(None, feed)[0]
+
+    reference = session_run(paths["ort fp32"])
+    runs = {"ort int8": session_run(paths["ort int8"])} if "ort int8" in paths else {}
+    for label in ("qc fp32", "qc int8"):
+        if label in paths:
+            model = qcompiler.load(paths[label])
+            runs[label] = lambda feed, model=model: next(iter(model.run(feed).values()))
+    for label, run in runs.items():
+        row[f"cosine {label}"] = cosine_to_reference(run, reference, case.evaluate)
+
+
+def top_kernels(path: Path, threads: int, repeat: int) -> list[dict]:
+    """The 5 slowest rows of `qcompiler bench --profile`, in a fresh process."""
+    proc = subprocess.run([sys.executable, "-m", "qcompiler", "bench", str(path), "--profile", "--json",
+                           "--threads", str(threads), "--repeat", str(repeat)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return [{"name": f"profile failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"}]
+    rows = json.loads(proc.stdout)["rows"][:5]
+    return [{k: row[k] for k in ("name", "kind", "calls", "total_us", "share")} for row in rows]
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
+    parser.add_argument("--profile", action="store_true", help="also list each artifact's 5 slowest kernels")
+    parser.add_argument("--json", metavar="OUT", help="write every measurement to this JSON file")
+    args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # errors only: not the quantizer's notes on unused initializers
+    rows = []
+    header = (f"{'model':<18}{'thr':>4}" + "".join(f"{v:>10}" for v in VARIANTS)
+              + f"{'fp32/ort':>10}{'int8/ort':>10}{'int8/ort32':>11}")
+    print(header, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in args.models:
+            row: dict = {"model": name, "latency_ms": {}, "peak_mb": {}}
+            rows.append(row)
+            try:
+                case = zoo_case(name)
+            except (QCompilerError, OSError, ImportError, SystemExit) as err:
+                row["error data"] = str(err)
+                print(f"{name:<18}  no inputs: {err}", flush=True)
+                continue
+            row["data"] = case.data
+            paths = build_artifacts(case, work, row)
+            try:
+                accuracy(case, paths, row)
+            except Exception as err:  # a run that fails here fails below too, with its own row
+                row["error accuracy"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"
+            feed_path = work / f"{name}.npz"
+            np.savez(feed_path, **case.evaluate[0])
+            for threads in args.threads:
+                ms = {}
+                for variant in VARIANTS:
+                    if variant not in paths:
+                        continue
+                    kind = "onnxruntime" if variant.startswith("ort") else "qcompiler"
+                    try:
+                        result = measure_run(kind, paths[variant], threads, args.repeat, feed_path)
+                    except subprocess.CalledProcessError as err:
+                        row[f"error {variant} run"] = (err.stderr.strip().splitlines() or [f"exit {err.returncode}"])[-1]
+                        continue
+                    ms[variant] = result["median_ms"]
+                    row["peak_mb"][variant] = result["peak_mb"]
+                row["latency_ms"][str(threads)] = ms
+                cells = "".join(f"{ms[v]:>10.3f}" if v in ms else f"{'failed':>10}" for v in VARIANTS)
+                ratios = [ms["qc fp32"] / ms["ort fp32"] if {"qc fp32", "ort fp32"} <= set(ms) else None,
+                          ms["qc int8"] / ms["ort int8"] if {"qc int8", "ort int8"} <= set(ms) else None,
+                          ms["qc int8"] / ms["ort fp32"] if {"qc int8", "ort fp32"} <= set(ms) else None]
+                row.setdefault("ratios", {})[str(threads)] = ratios
+                print(f"{name:<18}{threads:>4}{cells}" + "".join(
+                    f"{r:>10.2f}" if r is not None else f"{'-':>10}" for r in ratios[:2])
+                    + (f"{ratios[2]:>11.2f}" if ratios[2] is not None else f"{'-':>11}"), flush=True)
+            details = [f"compile {row.get('compile_s fp32', float('nan')):.0f} s fp32, "
+                       f"{row.get('compile_s int8', float('nan')):.0f} s int8 (+ {row.get('calibration_s', float('nan')):.0f} s "
+                       f"calibration, {len(case.calib)} samples)",
+                       "peak MB " + ", ".join(f"{k} {v:.0f}" for k, v in row["peak_mb"].items()),
+                       "cosine to ort fp32 " + ", ".join(f"{k[7:]} {row[k]:.4f}" for k in row if k.startswith("cosine ")),
+                       "kernels fp32 " + str(row.get("kernels fp32", {})) + ", int8 " + str(row.get("kernels int8", {}))]
+            print(f"{'':<22}" + "; ".join(details), flush=True)
+            for key in [k for k in row if k.startswith("error")]:
+                print(f"{'':<22}{key}: {row[key]}", flush=True)
+            if args.profile:
+                for variant in ("qc fp32", "qc int8"):
+                    if variant in paths:
+                        row[f"top kernels {variant}"] = top_kernels(paths[variant], max(args.threads), args.repeat)
+                        for k in row[f"top kernels {variant}"]:
+                            share = f"{k['share']:>6.1%}" if "share" in k else ""
+                            print(f"{'':<22}{variant} {share} {k['name'][:90]}", flush=True)
+    print()
+    for threads in args.threads:
+        means = []
+        for index, label in enumerate(("qc fp32 / ort fp32", "qc int8 / ort int8", "qc int8 / ort fp32")):
+            values = [r["ratios"][str(threads)][index] for r in rows
+                      if str(threads) in r.get("ratios", {}) and r["ratios"][str(threads)][index] is not None]
+            means.append(f"{label} {geomean(values):.2f} ({len(values)} models)")
+        print(f"geometric mean, {threads} thread(s): " + "; ".join(means))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
