@@ -23,7 +23,8 @@ static void usage(FILE* f) {
   fprintf(f,
           "usage: qc_run MODEL.so [options] [FILE.npy ...]\n"
           "\n"
-          "Runs a qcompiler model and reports latency.\n"
+          "Runs a qcompiler model and reports latency.  The model is verified before it is\n"
+          "loaded: its SHA-256 must match MODEL.json (see --no-verify).\n"
           "\n"
           "inputs:\n"
           "  FILE.npy ...           positional .npy files bind to the model inputs in signature\n"
@@ -44,6 +45,8 @@ static void usage(FILE* f) {
           "                         --tolerance; prints 'check NAME ... PASS|FAIL', exit 3 on FAIL\n"
           "  --tolerance T          max |output - expected| <= T * max |expected| (default 1e-4)\n"
           "  --info                 print the signature and exit\n"
+          "  --no-verify            load without checking the SHA-256 against MODEL.json (only\n"
+          "                         for a file you trust; the ELF checks still apply)\n"
           "  -h, --help             this text\n"
           "\n"
           "Prints 'output NAME DTYPE SHAPE' per output to stdout and\n"
@@ -415,7 +418,7 @@ int main(int argc, char** argv) {
   const char* device_arg = NULL;
   const char* out_dir = NULL;
   long repeat = 1, warmup = 0;
-  int zero_inputs = 0, info_only = 0;
+  int zero_inputs = 0, info_only = 0, no_verify = 0;
   double tolerance = 1e-4;
   const char** named = (const char**)calloc((size_t)argc, sizeof(char*));
   const char** positional = (const char**)calloc((size_t)argc, sizeof(char*));
@@ -461,6 +464,8 @@ int main(int argc, char** argv) {
       zero_inputs = 1;
     } else if (strcmp(a, "--info") == 0) {
       info_only = 1;
+    } else if (strcmp(a, "--no-verify") == 0) {
+      no_verify = 1;
     } else if (strncmp(a, "--", 2) == 0 && strlen(a) > 2) {
       die("unknown option %s (see --help)", a);
     } else if (model_path == NULL) {
@@ -491,7 +496,7 @@ int main(int argc, char** argv) {
 
   if (out_dir != NULL && !info_only) make_dirs(out_dir); /* fail before the (slow) load */
 
-  g_model = qc_load(model_path, dev_type, dev_id);
+  g_model = qc_load_ex(model_path, dev_type, dev_id, no_verify ? QC_LOAD_UNVERIFIED : 0);
   if (g_model == NULL) die("%s", qc_last_error());
   qc_model* m = g_model;
   int n_in = qc_num_inputs(m), n_out = qc_num_outputs(m);

@@ -3,26 +3,40 @@
  *
  * Only the TVM-FFI plain C ABI (tvm/ffi/c_api.h) is used.  Everything else is
  * reached through global functions registered by libtvm_ffi / libtvm_runtime:
- *   ffi.ModuleLoadFromFile, ffi.ModuleGetFunction, ffi.Shape, ffi.ArraySize,
- *   ffi.ArrayGetItem, runtime.TVMTensorAllocWithScope,
+ *   ffi.Module.load_from_file.so, ffi.ModuleGetFunction, ffi.Shape,
+ *   ffi.ArraySize, ffi.ArrayGetItem, runtime.TVMTensorAllocWithScope,
  *   runtime.TVMTensorCopyFromBytes, runtime.TVMTensorCopyToBytes,
  *   runtime.Device_StreamSync (non-CPU devices only),
  * plus the module functions vm_load_executable (library module) and
  * vm_initialization / main (VM module).
+ *
+ * Loading (qc_load_ex): the .so is read once; those bytes are checked
+ * (SHA-256 against NAME.json unless QC_LOAD_UNVERIFIED, then the ELF header and
+ * bounds, qc_verify.c) and written to a sealed memfd, and the library is mapped
+ * from that copy (/proc/self/fd/N), never from the path.
+ *
+ * Running: a Relax VM keeps its registers and frames in the VM object, so each
+ * concurrent run needs its own VM.  A model holds one library module and VM
+ * "slots" made from it: `fixed`, used by the stateful API (qc_set_input /
+ * qc_run / qc_get_output), and a pool of slots for qc_infer, a free list under a
+ * mutex, grown on demand to the peak number of concurrent qc_infer calls.
  */
-#define _GNU_SOURCE /* dladdr, realpath, strdup */
+#define _GNU_SOURCE /* dladdr, strdup */
 
 #include "qc_runtime.h"
 
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <tvm/ffi/c_api.h>
+
+#include "qc_verify.h"
 
 #define QC_MAX_NDIM 32
 #define QC_POOLED_ALLOCATOR 2 /* tvm::runtime::memory::AllocatorType::kPooled */
@@ -37,6 +51,13 @@ const char* qc_last_error(void) { return g_err; }
 
 static void set_err(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 static void set_err(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_err, sizeof(g_err), fmt, ap);
+  va_end(ap);
+}
+
+void qc_set_error(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(g_err, sizeof(g_err), fmt, ap);
@@ -204,24 +225,35 @@ typedef struct {
   size_t nbytes;
 } qc_tensor_info;
 
+/* One VM over the model's library, with the tensors a run binds.  Used by one caller at a time. */
+typedef struct qc_slot {
+  TVMFFIObjectHandle vm;      /* VM module (vm_load_executable) */
+  TVMFFIObjectHandle main_fn; /* vm["main"] */
+  TVMFFIObjectHandle* in_t;   /* device input tensors, n_in */
+  int* in_set;                /* whether input i has been set (stateful API) */
+  TVMFFIObjectHandle* out_t;  /* output tensors of the last run, n_out */
+  int have_outputs;
+  struct qc_slot* next_free; /* pool free list */
+} qc_slot;
+
 struct qc_model {
-  char* path;
+  char* path; /* as given to qc_load_ex (messages name it) */
   char* sig_text;
   int sig_device; /* device recorded in the signature */
   DLDevice dev;
   int n_in, n_out;
   qc_tensor_info* in;
   qc_tensor_info* out;
-  TVMFFIObjectHandle lib;       /* library module (ffi.ModuleLoadFromFile) */
-  TVMFFIObjectHandle vm;        /* VM module (vm_load_executable) */
-  TVMFFIObjectHandle main_fn;   /* vm["main"] */
+  TVMFFIObjectHandle lib;       /* library module (ffi.Module.load_from_file.so) */
   TVMFFIObjectHandle copy_from; /* runtime.TVMTensorCopyFromBytes */
   TVMFFIObjectHandle copy_to;   /* runtime.TVMTensorCopyToBytes */
   TVMFFIObjectHandle sync_fn;   /* runtime.Device_StreamSync (non-CPU only) */
-  TVMFFIObjectHandle* in_t;     /* device input tensors, n_in */
-  int* in_set;                  /* whether input i has been set */
-  TVMFFIObjectHandle* out_t;    /* output tensors of the last run, n_out */
-  int have_outputs;
+  qc_slot* fixed;               /* the stateful API's VM */
+  pthread_mutex_t pool_mu;      /* guards free_list and n_slots */
+  pthread_mutex_t create_mu;    /* serializes VM creation (library module lookups) */
+  int mutexes_ready;
+  qc_slot* free_list; /* idle qc_infer slots */
+  int n_slots;        /* slots created so far, fixed included */
 };
 
 static size_t data_size(const int64_t* shape, int ndim, DLDataType t) {
@@ -410,24 +442,16 @@ done:
   return rc;
 }
 
-/* Read qc_model_signature from the .so with dlopen/dlsym. */
-static int read_signature(qc_model* m) {
+
+/* Copy qc_model_signature out of the library mapped at `handle` and parse it. */
+static int read_signature(qc_model* m, void* handle) {
   dlerror();
-  void* h = dlopen(m->path, RTLD_NOW | RTLD_LOCAL);
-  if (h == NULL) {
-    const char* e = dlerror();
-    set_err("cannot load %s: %s", m->path, e ? e : "dlopen failed");
-    return -1;
-  }
-  dlerror();
-  const char* sig = (const char*)dlsym(h, "qc_model_signature");
+  const char* sig = (const char*)dlsym(handle, "qc_model_signature");
   if (sig == NULL) {
     set_err("%s has no qc_model_signature: not built by qcompiler", m->path);
-    dlclose(h);
     return -1;
   }
   m->sig_text = strdup(sig);
-  dlclose(h);
   if (m->sig_text == NULL) {
     set_err("out of memory");
     return -1;
@@ -494,19 +518,133 @@ static int alloc_tensor(const qc_tensor_info* info, DLDevice dev, TVMFFIObjectHa
   return 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* VM slots                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void slot_free(const qc_model* m, qc_slot* s) {
+  if (s == NULL) return;
+  if (s->out_t != NULL) {
+    for (int i = 0; i < m->n_out; ++i) obj_release(&s->out_t[i]);
+  }
+  if (s->in_t != NULL) {
+    for (int i = 0; i < m->n_in; ++i) obj_release(&s->in_t[i]);
+  }
+  obj_release(&s->main_fn);
+  obj_release(&s->vm);
+  free(s->in_t);
+  free(s->in_set);
+  free(s->out_t);
+  free(s);
+}
+
+/* A new VM over m->lib: vm_load_executable, vm_initialization, main. */
+static int make_vm(qc_model* m, qc_slot* s) {
+  TVMFFIObjectHandle f = module_get_function(m->lib, "vm_load_executable", m->path);
+  if (f == NULL) return -1;
+  TVMFFIAny ret;
+  int rc = call(f, NULL, 0, &ret, "vm_load_executable");
+  TVMFFIObjectDecRef(f);
+  if (rc != 0) return -1;
+  if (ret.type_index != kTVMFFIModule) {
+    any_release(&ret);
+    set_err("%s: vm_load_executable did not return a Module", m->path);
+    return -1;
+  }
+  s->vm = ret.v_obj;
+  /* Same arguments as tvm.runtime.vm.VirtualMachine._setup_device: each device as
+   * (device_type, device_id, allocator); a non-CPU device is followed by the CPU host
+   * device, which the VM uses for shape computations. */
+  TVMFFIAny args[6];
+  int n = 0;
+  args[n++] = any_int(m->dev.device_type);
+  args[n++] = any_int(m->dev.device_id);
+  args[n++] = any_int(QC_POOLED_ALLOCATOR);
+  if (m->dev.device_type != kDLCPU) {
+    args[n++] = any_int(QC_DEVICE_CPU);
+    args[n++] = any_int(0);
+    args[n++] = any_int(QC_POOLED_ALLOCATOR);
+  }
+  f = module_get_function(s->vm, "vm_initialization", "the VM module");
+  if (f == NULL) return -1;
+  rc = call(f, args, n, &ret, "vm_initialization");
+  TVMFFIObjectDecRef(f);
+  any_release(&ret);
+  if (rc != 0) return -1;
+  s->main_fn = module_get_function(s->vm, "main", m->path);
+  return s->main_fn != NULL ? 0 : -1;
+}
+
+/* A new slot: its own VM and input tensors. */
+static qc_slot* slot_create(qc_model* m) {
+  qc_slot* s = (qc_slot*)calloc(1, sizeof(qc_slot));
+  if (s == NULL) {
+    set_err("out of memory");
+    return NULL;
+  }
+  pthread_mutex_lock(&m->create_mu);
+  int rc = make_vm(m, s);
+  pthread_mutex_unlock(&m->create_mu);
+  if (rc != 0) goto fail;
+  s->in_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_in + 1, sizeof(TVMFFIObjectHandle));
+  s->in_set = (int*)calloc((size_t)m->n_in + 1, sizeof(int));
+  s->out_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_out + 1, sizeof(TVMFFIObjectHandle));
+  if (s->in_t == NULL || s->in_set == NULL || s->out_t == NULL) {
+    set_err("out of memory");
+    goto fail;
+  }
+  for (int i = 0; i < m->n_in; ++i) {
+    if (alloc_tensor(&m->in[i], m->dev, &s->in_t[i]) != 0) {
+      prepend_err("allocating input '%s': ", m->in[i].name);
+      goto fail;
+    }
+  }
+  pthread_mutex_lock(&m->pool_mu);
+  ++m->n_slots;
+  pthread_mutex_unlock(&m->pool_mu);
+  return s;
+fail:
+  slot_free(m, s);
+  return NULL;
+}
+
+/* An idle pool slot, or a new one. */
+static qc_slot* pool_acquire(qc_model* m) {
+  pthread_mutex_lock(&m->pool_mu);
+  qc_slot* s = m->free_list;
+  if (s != NULL) m->free_list = s->next_free;
+  pthread_mutex_unlock(&m->pool_mu);
+  return s != NULL ? s : slot_create(m);
+}
+
+/* Back to the free list; a slot whose run failed is dropped instead (its VM state is unknown). */
+static void pool_release(qc_model* m, qc_slot* s, int ok) {
+  pthread_mutex_lock(&m->pool_mu);
+  if (ok) {
+    s->next_free = m->free_list;
+    m->free_list = s;
+  } else {
+    --m->n_slots;
+  }
+  pthread_mutex_unlock(&m->pool_mu);
+  if (!ok) slot_free(m, s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* loading                                                                   */
+/* ------------------------------------------------------------------------ */
+
 void qc_free(qc_model* m) {
   if (m == NULL) return;
-  if (m->out_t != NULL) {
-    for (int i = 0; i < m->n_out; ++i) obj_release(&m->out_t[i]);
+  slot_free(m, m->fixed);
+  for (qc_slot* s = m->free_list; s != NULL;) {
+    qc_slot* next = s->next_free;
+    slot_free(m, s);
+    s = next;
   }
-  if (m->in_t != NULL) {
-    for (int i = 0; i < m->n_in; ++i) obj_release(&m->in_t[i]);
-  }
-  obj_release(&m->main_fn);
   obj_release(&m->copy_from);
   obj_release(&m->copy_to);
   obj_release(&m->sync_fn);
-  obj_release(&m->vm);
   obj_release(&m->lib);
   for (int i = 0; i < m->n_in; ++i) {
     free(m->in[i].name);
@@ -516,20 +654,105 @@ void qc_free(qc_model* m) {
     free(m->out[i].name);
     free(m->out[i].dtype_str);
   }
+  if (m->mutexes_ready) {
+    pthread_mutex_destroy(&m->pool_mu);
+    pthread_mutex_destroy(&m->create_mu);
+  }
   free(m->in);
   free(m->out);
-  free(m->in_t);
-  free(m->in_set);
-  free(m->out_t);
   free(m->sig_text);
   free(m->path);
   free(m);
 }
 
-qc_model* qc_load(const char* so_path, int device_type, int device_id) {
+/* Check the requested device against the signature and set m->dev. */
+static int choose_device(qc_model* m, int device_type, int device_id) {
+  if (device_type == QC_DEVICE_AUTO) device_type = m->sig_device;
+  if (device_type != QC_DEVICE_CPU && device_type != QC_DEVICE_CUDA) {
+    set_err("unsupported device type %d (expected %d=cpu or %d=cuda)", device_type, QC_DEVICE_CPU,
+            QC_DEVICE_CUDA);
+    return -1;
+  }
+  if (device_type != m->sig_device) {
+    set_err("%s was built for %s, cannot run it on %s", m->path,
+            m->sig_device == QC_DEVICE_CPU ? "cpu" : "cuda",
+            device_type == QC_DEVICE_CPU ? "cpu" : "cuda");
+    return -1;
+  }
+  if (device_id < 0) {
+    set_err("bad device id %d", device_id);
+    return -1;
+  }
+  m->dev.device_type = (DLDeviceType)device_type;
+  m->dev.device_id = device_id;
+  return 0;
+}
+
+/* The library module of the shared object at `path`.  The loader is called directly:
+ * ffi.ModuleLoadFromFile picks it by the file name's extension, and /proc/self/fd/N has none. */
+static int load_library(qc_model* m, const char* path) {
+  TVMFFIAny args[2] = {any_str(path), any_str("so")};
+  TVMFFIAny ret;
+  if (call_global("ffi.Module.load_from_file.so", args, 2, &ret) != 0) {
+    prepend_err("cannot load %s: ", m->path);
+    return -1;
+  }
+  if (ret.type_index != kTVMFFIModule) {
+    any_release(&ret);
+    set_err("cannot load %s: ffi.Module.load_from_file.so did not return a Module", m->path);
+    return -1;
+  }
+  m->lib = ret.v_obj;
+  return 0;
+}
+
+/*
+ * Map the checked bytes: a private copy, dlopen'ed by us first (to read the signature, and so
+ * that TVM's dlopen of the same name gets this very mapping), then TVM's library module.
+ */
+static int map_artifact(qc_model* m, const unsigned char* data, size_t n, int device_type,
+                        int device_id) {
+  qc_private_copy copy;
+  if (qc_private_copy_open(&copy, m->path, data, n) != 0) return -1;
+  int rc = -1;
+  dlerror();
+  void* handle = dlopen(copy.path, RTLD_NOW | RTLD_LOCAL);
+  if (handle == NULL) {
+    const char* e = dlerror();
+    set_err("cannot load %s (mapped from its in-memory copy %s): %s", m->path, copy.path,
+            e ? e : "dlopen failed");
+    goto done;
+  }
+  if (read_signature(m, handle) != 0) goto done;
+  if (choose_device(m, device_type, device_id) != 0) goto done;
+  if (m->dev.device_type == kDLCUDA && load_cuda_runtime() != 0) goto done;
+  rc = load_library(m, copy.path);
+done:
+  if (handle != NULL) dlclose(handle);
+  qc_private_copy_close(&copy);
+  return rc;
+}
+
+static int get_runtime_functions(qc_model* m) {
+  m->copy_from = get_global("runtime.TVMTensorCopyFromBytes");
+  if (m->copy_from == NULL) return -1;
+  m->copy_to = get_global("runtime.TVMTensorCopyToBytes");
+  if (m->copy_to == NULL) return -1;
+  if (m->dev.device_type != kDLCPU) {
+    m->sync_fn = get_global("runtime.Device_StreamSync");
+    if (m->sync_fn == NULL) return -1;
+  }
+  return 0;
+}
+
+qc_model* qc_load_ex(const char* so_path, int device_type, int device_id, unsigned flags) {
   g_err[0] = '\0';
   if (so_path == NULL) {
     set_err("qc_load: so_path is NULL");
+    return NULL;
+  }
+  if ((flags & ~(unsigned)QC_LOAD_UNVERIFIED) != 0) {
+    set_err("qc_load_ex: unknown flags 0x%x (expected 0 or QC_LOAD_UNVERIFIED)", flags);
     return NULL;
   }
   qc_model* m = (qc_model*)calloc(1, sizeof(qc_model));
@@ -537,115 +760,42 @@ qc_model* qc_load(const char* so_path, int device_type, int device_id) {
     set_err("out of memory");
     return NULL;
   }
-  /* An absolute path: dlopen does not search the current directory. */
-  char abs_path[PATH_MAX];
-  if (realpath(so_path, abs_path) == NULL) {
-    set_err("cannot open model %s: %s", so_path, strerror(errno));
+  unsigned char* data = NULL;
+  size_t n = 0;
+  if (pthread_mutex_init(&m->pool_mu, NULL) != 0) {
+    set_err("cannot create a mutex");
     goto fail;
   }
-  m->path = strdup(abs_path);
+  if (pthread_mutex_init(&m->create_mu, NULL) != 0) {
+    pthread_mutex_destroy(&m->pool_mu);
+    set_err("cannot create a mutex");
+    goto fail;
+  }
+  m->mutexes_ready = 1;
+  m->path = strdup(so_path);
   if (m->path == NULL) {
     set_err("out of memory");
     goto fail;
   }
-  if (read_signature(m) != 0) goto fail;
-
-  if (device_type == QC_DEVICE_AUTO) device_type = m->sig_device;
-  if (device_type != QC_DEVICE_CPU && device_type != QC_DEVICE_CUDA) {
-    set_err("unsupported device type %d (expected %d=cpu or %d=cuda)", device_type, QC_DEVICE_CPU,
-            QC_DEVICE_CUDA);
-    goto fail;
-  }
-  if (device_type != m->sig_device) {
-    set_err("%s was built for %s, cannot run it on %s", m->path,
-            m->sig_device == QC_DEVICE_CPU ? "cpu" : "cuda",
-            device_type == QC_DEVICE_CPU ? "cpu" : "cuda");
-    goto fail;
-  }
-  if (device_id < 0) {
-    set_err("bad device id %d", device_id);
-    goto fail;
-  }
-  m->dev.device_type = (DLDeviceType)device_type;
-  m->dev.device_id = device_id;
-  if (device_type == QC_DEVICE_CUDA && load_cuda_runtime() != 0) goto fail;
-
-  /* Library module -> VM executable -> VM. */
-  {
-    TVMFFIAny args[1] = {any_str(m->path)};
-    TVMFFIAny ret;
-    if (call_global("ffi.ModuleLoadFromFile", args, 1, &ret) != 0) goto fail;
-    if (ret.type_index != kTVMFFIModule) {
-      any_release(&ret);
-      set_err("ffi.ModuleLoadFromFile(%s) did not return a Module", m->path);
-      goto fail;
-    }
-    m->lib = ret.v_obj;
-  }
-  {
-    TVMFFIObjectHandle f = module_get_function(m->lib, "vm_load_executable", m->path);
-    if (f == NULL) goto fail;
-    TVMFFIAny ret;
-    int rc = call(f, NULL, 0, &ret, "vm_load_executable");
-    TVMFFIObjectDecRef(f);
-    if (rc != 0) goto fail;
-    if (ret.type_index != kTVMFFIModule) {
-      any_release(&ret);
-      set_err("vm_load_executable did not return a Module");
-      goto fail;
-    }
-    m->vm = ret.v_obj;
-  }
-  {
-    /* Same arguments as tvm.runtime.vm.VirtualMachine._setup_device: each device as
-     * (device_type, device_id, allocator); a non-CPU device is followed by the CPU host
-     * device, which the VM uses for shape computations. */
-    TVMFFIAny args[6];
-    int n = 0;
-    args[n++] = any_int(device_type);
-    args[n++] = any_int(device_id);
-    args[n++] = any_int(QC_POOLED_ALLOCATOR);
-    if (device_type != QC_DEVICE_CPU) {
-      args[n++] = any_int(QC_DEVICE_CPU);
-      args[n++] = any_int(0);
-      args[n++] = any_int(QC_POOLED_ALLOCATOR);
-    }
-    TVMFFIObjectHandle f = module_get_function(m->vm, "vm_initialization", "the VM module");
-    if (f == NULL) goto fail;
-    TVMFFIAny ret;
-    int rc = call(f, args, n, &ret, "vm_initialization");
-    TVMFFIObjectDecRef(f);
-    any_release(&ret);
-    if (rc != 0) goto fail;
-  }
-  m->main_fn = module_get_function(m->vm, "main", m->path);
-  if (m->main_fn == NULL) goto fail;
-  m->copy_from = get_global("runtime.TVMTensorCopyFromBytes");
-  if (m->copy_from == NULL) goto fail;
-  m->copy_to = get_global("runtime.TVMTensorCopyToBytes");
-  if (m->copy_to == NULL) goto fail;
-  if (device_type != QC_DEVICE_CPU) {
-    m->sync_fn = get_global("runtime.Device_StreamSync");
-    if (m->sync_fn == NULL) goto fail;
-  }
-
-  m->in_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_in + 1, sizeof(TVMFFIObjectHandle));
-  m->in_set = (int*)calloc((size_t)m->n_in + 1, sizeof(int));
-  m->out_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_out + 1, sizeof(TVMFFIObjectHandle));
-  if (m->in_t == NULL || m->in_set == NULL || m->out_t == NULL) {
-    set_err("out of memory");
-    goto fail;
-  }
-  for (int i = 0; i < m->n_in; ++i) {
-    if (alloc_tensor(&m->in[i], m->dev, &m->in_t[i]) != 0) {
-      prepend_err("allocating input '%s': ", m->in[i].name);
-      goto fail;
-    }
-  }
+  /* Everything below is checked on, and mapped from, these bytes. */
+  if (qc_read_file(so_path, "model", &data, &n) != 0) goto fail;
+  if (!(flags & QC_LOAD_UNVERIFIED) && qc_verify_sha256(so_path, data, n) != 0) goto fail;
+  if (qc_check_elf(so_path, data, n) != 0) goto fail;
+  if (map_artifact(m, data, n, device_type, device_id) != 0) goto fail;
+  free(data);
+  data = NULL;
+  if (get_runtime_functions(m) != 0) goto fail;
+  m->fixed = slot_create(m);
+  if (m->fixed == NULL) goto fail;
   return m;
 fail:
+  free(data);
   qc_free(m);
   return NULL;
+}
+
+qc_model* qc_load(const char* so_path, int device_type, int device_id) {
+  return qc_load_ex(so_path, device_type, device_id, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -721,19 +871,21 @@ int qc_find_output(const qc_model* m, const char* name) {
   return -1;
 }
 
+int qc_num_vms(const qc_model* m) {
+  if (m == NULL) return -1;
+  pthread_mutex_t* mu = (pthread_mutex_t*)&m->pool_mu; /* a lock is not a change of m */
+  pthread_mutex_lock(mu);
+  int n = m->n_slots;
+  pthread_mutex_unlock(mu);
+  return n;
+}
+
 /* ------------------------------------------------------------------------ */
 /* running                                                                   */
 /* ------------------------------------------------------------------------ */
 
-int qc_set_input_index(qc_model* m, int i, const void* data, size_t nbytes) {
-  if (m == NULL) {
-    set_err("qc_set_input: model is NULL");
-    return -1;
-  }
-  if (i < 0 || i >= m->n_in) {
-    set_err("qc_set_input: input index %d out of range (model has %d inputs)", i, m->n_in);
-    return -1;
-  }
+/* Check a caller's buffer for input i: nbytes must match the signature, data non-NULL. */
+static int check_input_buffer(const qc_model* m, int i, const void* data, size_t nbytes) {
   const qc_tensor_info* t = &m->in[i];
   if (nbytes != t->nbytes) {
     char sh[256];
@@ -746,14 +898,186 @@ int qc_set_input_index(qc_model* m, int i, const void* data, size_t nbytes) {
     set_err("input '%s': data is NULL", t->name);
     return -1;
   }
-  TVMFFIAny args[3] = {any_obj(m->in_t[i]), any_ptr(data), any_int((int64_t)nbytes)};
+  return 0;
+}
+
+static int check_output_buffer(const qc_model* m, int i, const void* dst, size_t nbytes) {
+  const qc_tensor_info* t = &m->out[i];
+  if (nbytes != t->nbytes) {
+    set_err("output '%s': buffer has %zu bytes, expected %zu", t->name, nbytes, t->nbytes);
+    return -1;
+  }
+  if (dst == NULL && nbytes != 0) {
+    set_err("output '%s': dst is NULL", t->name);
+    return -1;
+  }
+  return 0;
+}
+
+/* Host data -> the slot's input tensor i (buffer already checked). */
+static int copy_input(qc_model* m, qc_slot* s, int i, const void* data, size_t nbytes) {
+  TVMFFIAny args[3] = {any_obj(s->in_t[i]), any_ptr(data), any_int((int64_t)nbytes)};
   TVMFFIAny ret;
   if (call(m->copy_from, args, 3, &ret, "runtime.TVMTensorCopyFromBytes") != 0) {
-    prepend_err("input '%s': ", t->name);
+    prepend_err("input '%s': ", m->in[i].name);
     return -1;
   }
   any_release(&ret);
-  m->in_set[i] = 1;
+  return 0;
+}
+
+/* The slot's output tensor i -> host memory (buffer already checked). */
+static int copy_output(qc_model* m, qc_slot* s, int i, void* dst, size_t nbytes) {
+  TVMFFIAny args[3] = {any_obj(s->out_t[i]), any_ptr(dst), any_int((int64_t)nbytes)};
+  TVMFFIAny ret;
+  if (call(m->copy_to, args, 3, &ret, "runtime.TVMTensorCopyToBytes") != 0) {
+    prepend_err("output '%s': ", m->out[i].name);
+    return -1;
+  }
+  any_release(&ret);
+  return 0;
+}
+
+static void release_outputs(const qc_model* m, qc_slot* s) {
+  for (int i = 0; i < m->n_out; ++i) obj_release(&s->out_t[i]);
+  s->have_outputs = 0;
+}
+
+static void dtype_to_str(DLDataType t, char* buf, size_t cap) {
+  TVMFFIAny s = any_none();
+  snprintf(buf, cap, "dtype(code=%d, bits=%d, lanes=%d)", t.code, t.bits, t.lanes);
+  if (TVMFFIDataTypeToString(&t, &s) != 0) {
+    TVMFFIObjectHandle err = NULL;
+    TVMFFIErrorMoveFromRaised(&err);
+    if (err) TVMFFIObjectDecRef(err);
+    return;
+  }
+  if (s.type_index == kTVMFFISmallStr) {
+    snprintf(buf, cap, "%.*s", (int)s.small_str_len, s.v_bytes);
+  } else if (s.type_index == kTVMFFIStr) {
+    const TVMFFIByteArray* b = (const TVMFFIByteArray*)((const char*)s.v_obj + sizeof(TVMFFIObject));
+    snprintf(buf, cap, "%.*s", (int)b->size, b->data);
+  }
+  any_release(&s);
+}
+
+
+/* Take ownership of output value *v as the slot's output i, after checking it against the signature. */
+static int take_output(const qc_model* m, qc_slot* s, int i, TVMFFIAny* v) {
+  const qc_tensor_info* t = &m->out[i];
+  if (v->type_index != kTVMFFITensor) {
+    set_err("output %d ('%s') of main is not a tensor (type index %d); nested tuples are not "
+            "supported",
+            i, t->name, (int)v->type_index);
+    any_release(v);
+    return -1;
+  }
+  const DLTensor* dl = tensor_of(v->v_obj);
+  int ok = dl->ndim == t->ndim && dl->dtype.code == t->dtype.code &&
+           dl->dtype.bits == t->dtype.bits && dl->dtype.lanes == t->dtype.lanes;
+  for (int d = 0; ok && d < t->ndim; ++d) ok = dl->shape[d] == t->shape[d];
+  if (!ok) {
+    char got[256], want[256], dt[64];
+    format_shape(got, sizeof(got), dl->shape, dl->ndim);
+    format_shape(want, sizeof(want), t->shape, t->ndim);
+    dtype_to_str(dl->dtype, dt, sizeof(dt));
+    set_err("output %d ('%s'): main returned %s %s, the signature says %s %s", i, t->name, dt, got,
+            t->dtype_str, want);
+    any_release(v);
+    return -1;
+  }
+  s->out_t[i] = v->v_obj;
+  *v = any_none();
+  return 0;
+}
+
+/* Distribute main's result (one tensor, or an array of them) over the slot's outputs. */
+static int take_result(const qc_model* m, qc_slot* s, TVMFFIAny* ret) {
+  if (ret->type_index == kTVMFFITensor) {
+    if (m->n_out != 1) {
+      set_err("main returned 1 tensor, the signature lists %d outputs", m->n_out);
+      any_release(ret);
+      return -1;
+    }
+    return take_output(m, s, 0, ret);
+  }
+  if (ret->type_index != kTVMFFIArray) {
+    set_err("main returned an unsupported value (type index %d)", (int)ret->type_index);
+    any_release(ret);
+    return -1;
+  }
+  TVMFFIAny a1[1] = {any_obj(ret->v_obj)};
+  TVMFFIAny size;
+  if (call_global("ffi.ArraySize", a1, 1, &size) != 0) {
+    any_release(ret);
+    return -1;
+  }
+  if (size.type_index != kTVMFFIInt || size.v_int64 != m->n_out) {
+    set_err("main returned %lld outputs, the signature lists %d",
+            (long long)(size.type_index == kTVMFFIInt ? size.v_int64 : -1), m->n_out);
+    any_release(&size);
+    any_release(ret);
+    return -1;
+  }
+  for (int i = 0; i < m->n_out; ++i) {
+    TVMFFIAny a2[2] = {any_obj(ret->v_obj), any_int(i)};
+    TVMFFIAny item;
+    if (call_global("ffi.ArrayGetItem", a2, 2, &item) != 0 || take_output(m, s, i, &item) != 0) {
+      any_release(ret);
+      release_outputs(m, s);
+      return -1;
+    }
+  }
+  any_release(ret);
+  return 0;
+}
+
+/* Run main on the slot's input tensors; its outputs replace the slot's previous ones. */
+static int run_slot(qc_model* m, qc_slot* s) {
+  release_outputs(m, s);
+  TVMFFIAny stack_args[16];
+  TVMFFIAny* args = stack_args;
+  if (m->n_in > 16) {
+    args = (TVMFFIAny*)malloc(sizeof(TVMFFIAny) * (size_t)m->n_in);
+    if (args == NULL) {
+      set_err("out of memory");
+      return -1;
+    }
+  }
+  for (int i = 0; i < m->n_in; ++i) args[i] = any_obj(s->in_t[i]);
+  TVMFFIAny ret;
+  int rc = call(s->main_fn, args, m->n_in, &ret, "main");
+  if (args != stack_args) free(args);
+  if (rc != 0 || take_result(m, s, &ret) != 0) return -1;
+  if (m->sync_fn != NULL) {
+    /* Kernels are launched asynchronously: wait for the default stream. */
+    TVMFFIAny sargs[2] = {any_device(m->dev), any_int(0)};
+    TVMFFIAny sret;
+    if (call(m->sync_fn, sargs, 2, &sret, "runtime.Device_StreamSync") != 0) {
+      release_outputs(m, s);
+      return -1;
+    }
+    any_release(&sret);
+  }
+  s->have_outputs = 1;
+  return 0;
+}
+
+/* --- the stateful API: the fixed slot --- */
+
+int qc_set_input_index(qc_model* m, int i, const void* data, size_t nbytes) {
+  if (m == NULL) {
+    set_err("qc_set_input: model is NULL");
+    return -1;
+  }
+  if (i < 0 || i >= m->n_in) {
+    set_err("qc_set_input: input index %d out of range (model has %d inputs)", i, m->n_in);
+    return -1;
+  }
+  if (check_input_buffer(m, i, data, nbytes) != 0 || copy_input(m, m->fixed, i, data, nbytes) != 0) {
+    return -1;
+  }
+  m->fixed->in_set[i] = 1;
   return 0;
 }
 
@@ -777,135 +1101,18 @@ int qc_set_input(qc_model* m, const char* name, const void* data, size_t nbytes)
   return qc_set_input_index(m, i, data, nbytes);
 }
 
-static void release_outputs(qc_model* m) {
-  for (int i = 0; i < m->n_out; ++i) obj_release(&m->out_t[i]);
-  m->have_outputs = 0;
-}
-
-static void dtype_to_str(DLDataType t, char* buf, size_t cap) {
-  TVMFFIAny s = any_none();
-  snprintf(buf, cap, "dtype(code=%d, bits=%d, lanes=%d)", t.code, t.bits, t.lanes);
-  if (TVMFFIDataTypeToString(&t, &s) != 0) {
-    TVMFFIObjectHandle err = NULL;
-    TVMFFIErrorMoveFromRaised(&err);
-    if (err) TVMFFIObjectDecRef(err);
-    return;
-  }
-  if (s.type_index == kTVMFFISmallStr) {
-    snprintf(buf, cap, "%.*s", (int)s.small_str_len, s.v_bytes);
-  } else if (s.type_index == kTVMFFIStr) {
-    const TVMFFIByteArray* b = (const TVMFFIByteArray*)((const char*)s.v_obj + sizeof(TVMFFIObject));
-    snprintf(buf, cap, "%.*s", (int)b->size, b->data);
-  }
-  any_release(&s);
-}
-
-/* Take ownership of output value *v as output slot i, after checking it against the signature. */
-static int take_output(qc_model* m, int i, TVMFFIAny* v) {
-  const qc_tensor_info* t = &m->out[i];
-  if (v->type_index != kTVMFFITensor) {
-    set_err("output %d ('%s') of main is not a tensor (type index %d); nested tuples are not "
-            "supported",
-            i, t->name, (int)v->type_index);
-    any_release(v);
-    return -1;
-  }
-  const DLTensor* dl = tensor_of(v->v_obj);
-  int ok = dl->ndim == t->ndim && dl->dtype.code == t->dtype.code &&
-           dl->dtype.bits == t->dtype.bits && dl->dtype.lanes == t->dtype.lanes;
-  for (int d = 0; ok && d < t->ndim; ++d) ok = dl->shape[d] == t->shape[d];
-  if (!ok) {
-    char got[256], want[256], dt[64];
-    format_shape(got, sizeof(got), dl->shape, dl->ndim);
-    format_shape(want, sizeof(want), t->shape, t->ndim);
-    dtype_to_str(dl->dtype, dt, sizeof(dt));
-    set_err("output %d ('%s'): main returned %s %s, the signature says %s %s", i, t->name, dt, got,
-            t->dtype_str, want);
-    any_release(v);
-    return -1;
-  }
-  m->out_t[i] = v->v_obj;
-  *v = any_none();
-  return 0;
-}
-
 int qc_run(qc_model* m) {
   if (m == NULL) {
     set_err("qc_run: model is NULL");
     return -1;
   }
   for (int i = 0; i < m->n_in; ++i) {
-    if (!m->in_set[i]) {
+    if (!m->fixed->in_set[i]) {
       set_err("input '%s' was not set", m->in[i].name);
       return -1;
     }
   }
-  release_outputs(m);
-
-  TVMFFIAny stack_args[16];
-  TVMFFIAny* args = stack_args;
-  if (m->n_in > 16) {
-    args = (TVMFFIAny*)malloc(sizeof(TVMFFIAny) * (size_t)m->n_in);
-    if (args == NULL) {
-      set_err("out of memory");
-      return -1;
-    }
-  }
-  for (int i = 0; i < m->n_in; ++i) args[i] = any_obj(m->in_t[i]);
-  TVMFFIAny ret;
-  int rc = call(m->main_fn, args, m->n_in, &ret, "main");
-  if (args != stack_args) free(args);
-  if (rc != 0) return -1;
-
-  if (ret.type_index == kTVMFFITensor) {
-    if (m->n_out != 1) {
-      set_err("main returned 1 tensor, the signature lists %d outputs", m->n_out);
-      any_release(&ret);
-      return -1;
-    }
-    if (take_output(m, 0, &ret) != 0) return -1;
-  } else if (ret.type_index == kTVMFFIArray) {
-    TVMFFIAny a1[1] = {any_obj(ret.v_obj)};
-    TVMFFIAny size;
-    if (call_global("ffi.ArraySize", a1, 1, &size) != 0) {
-      any_release(&ret);
-      return -1;
-    }
-    if (size.type_index != kTVMFFIInt || size.v_int64 != m->n_out) {
-      set_err("main returned %lld outputs, the signature lists %d",
-              (long long)(size.type_index == kTVMFFIInt ? size.v_int64 : -1), m->n_out);
-      any_release(&size);
-      any_release(&ret);
-      return -1;
-    }
-    for (int i = 0; i < m->n_out; ++i) {
-      TVMFFIAny a2[2] = {any_obj(ret.v_obj), any_int(i)};
-      TVMFFIAny item;
-      if (call_global("ffi.ArrayGetItem", a2, 2, &item) != 0 || take_output(m, i, &item) != 0) {
-        any_release(&ret);
-        release_outputs(m);
-        return -1;
-      }
-    }
-    any_release(&ret);
-  } else {
-    set_err("main returned an unsupported value (type index %d)", (int)ret.type_index);
-    any_release(&ret);
-    return -1;
-  }
-
-  if (m->sync_fn != NULL) {
-    /* Kernels are launched asynchronously: wait for the default stream. */
-    TVMFFIAny sargs[2] = {any_device(m->dev), any_int(0)};
-    TVMFFIAny sret;
-    if (call(m->sync_fn, sargs, 2, &sret, "runtime.Device_StreamSync") != 0) {
-      release_outputs(m);
-      return -1;
-    }
-    any_release(&sret);
-  }
-  m->have_outputs = 1;
-  return 0;
+  return run_slot(m, m->fixed);
 }
 
 int qc_get_output(qc_model* m, int i, void* dst, size_t nbytes) {
@@ -917,25 +1124,52 @@ int qc_get_output(qc_model* m, int i, void* dst, size_t nbytes) {
     set_err("qc_get_output: output index %d out of range (model has %d outputs)", i, m->n_out);
     return -1;
   }
-  if (!m->have_outputs) {
+  if (!m->fixed->have_outputs) {
     set_err("qc_get_output: no outputs (qc_run has not succeeded)");
     return -1;
   }
-  const qc_tensor_info* t = &m->out[i];
-  if (nbytes != t->nbytes) {
-    set_err("output '%s': buffer has %zu bytes, expected %zu", t->name, nbytes, t->nbytes);
+  if (check_output_buffer(m, i, dst, nbytes) != 0) return -1;
+  return copy_output(m, m->fixed, i, dst, nbytes);
+}
+
+/* --- the thread-safe one-shot call: a pool slot --- */
+
+static int check_infer_buffers(const qc_model* m, const void* const* inputs,
+                               const size_t* input_nbytes, void* const* outputs,
+                               const size_t* output_nbytes) {
+  if (m->n_in > 0 && (inputs == NULL || input_nbytes == NULL)) {
+    set_err("qc_infer: inputs and input_nbytes must list the model's %d inputs", m->n_in);
     return -1;
   }
-  if (dst == NULL && nbytes != 0) {
-    set_err("output '%s': dst is NULL", t->name);
+  if (outputs == NULL || output_nbytes == NULL) {
+    set_err("qc_infer: outputs and output_nbytes must list the model's %d outputs", m->n_out);
     return -1;
   }
-  TVMFFIAny args[3] = {any_obj(m->out_t[i]), any_ptr(dst), any_int((int64_t)nbytes)};
-  TVMFFIAny ret;
-  if (call(m->copy_to, args, 3, &ret, "runtime.TVMTensorCopyToBytes") != 0) {
-    prepend_err("output '%s': ", t->name);
-    return -1;
+  for (int i = 0; i < m->n_in; ++i) {
+    if (check_input_buffer(m, i, inputs[i], input_nbytes[i]) != 0) return -1;
   }
-  any_release(&ret);
+  for (int i = 0; i < m->n_out; ++i) {
+    if (check_output_buffer(m, i, outputs[i], output_nbytes[i]) != 0) return -1;
+  }
   return 0;
+}
+
+int qc_infer(qc_model* m, const void* const* inputs, const size_t* input_nbytes,
+             void* const* outputs, const size_t* output_nbytes) {
+  if (m == NULL) {
+    set_err("qc_infer: model is NULL");
+    return -1;
+  }
+  if (check_infer_buffers(m, inputs, input_nbytes, outputs, output_nbytes) != 0) return -1;
+  qc_slot* s = pool_acquire(m);
+  if (s == NULL) return -1;
+  int ok = 1;
+  for (int i = 0; ok && i < m->n_in; ++i) ok = copy_input(m, s, i, inputs[i], input_nbytes[i]) == 0;
+  ok = ok && run_slot(m, s) == 0;
+  for (int i = 0; ok && i < m->n_out; ++i) {
+    ok = copy_output(m, s, i, outputs[i], output_nbytes[i]) == 0;
+  }
+  release_outputs(m, s);
+  pool_release(m, s, ok);
+  return ok ? 0 : -1;
 }

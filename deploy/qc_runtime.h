@@ -10,11 +10,35 @@
  * Conventions
  *  - Functions that do work return an int status: 0 on success, -1 on error.
  *    Accessors return their value directly (NULL / -1 on a bad argument).
- *    On any failure the message is available from qc_last_error().
- *  - The error buffer is thread-local; a qc_model is NOT thread-safe (use one
- *    model per thread, or serialize calls).
+ *    On any failure the message is available from qc_last_error(): one line
+ *    naming the file or tensor concerned and what was expected.
+ *  - The error buffer is thread-local.
  *  - All data buffers are host memory, C-contiguous, in the dtype and shape of
  *    the signature.  Copies to/from the device are done internally.
+ *
+ * Loading is verified
+ *  qc_load reads NAME.so once and, before any of it is mapped, checks those
+ *  bytes: their SHA-256 must equal `artifact.sha256` of NAME.json (and, in a
+ *  deploy bundle, the entry for NAME.so in the folder's bundle.json), and they
+ *  must be a little-endian ELF64 shared object for this machine (x86-64 or
+ *  aarch64, as the runtime is built) whose program headers and segments lie
+ *  inside the file.  The library is then mapped from a sealed private
+ *  in-memory copy of exactly those bytes (memfd; a temporary file unlinked
+ *  after loading where memfd is unavailable), never from the path: what runs is
+ *  what was checked, a truncated or foreign file is an error (never SIGBUS),
+ *  and loading a path again after the file was replaced maps the new file.
+ *  qc_load_ex(..., QC_LOAD_UNVERIFIED) skips only the SHA-256 check.
+ *
+ * Threads
+ *  - qc_infer may be called on one model from any number of threads at once:
+ *    each call takes its own VM from the model's pool (a new one is created
+ *    when all are busy, so the pool grows to the peak number of concurrent
+ *    calls), and calls do not wait for each other.
+ *  - The stateful calls (qc_set_input*, qc_run, qc_get_output) share one VM
+ *    and its bound inputs/outputs: one caller at a time per model (serialize
+ *    them yourself).  They may run concurrently with qc_infer calls.
+ *  - Accessors may be called from any thread at any time.  qc_free must not
+ *    overlap any other call on the same model.
  */
 #ifndef QC_RUNTIME_H_
 #define QC_RUNTIME_H_
@@ -37,13 +61,23 @@ typedef struct qc_model qc_model;
 const char* qc_last_error(void);
 
 /*
- * Load a model.  so_path: the qcompiler .so (a relative path is fine).
+ * Load a model, verified (see "Loading is verified" above): so_path is the
+ * qcompiler .so (a relative path is fine); NAME.json must lie beside it.
  * device_type: QC_DEVICE_AUTO, QC_DEVICE_CPU or QC_DEVICE_CUDA; it must match
  * the `device` line of the signature.  For CUDA, libtvm_runtime_cuda.so is
  * dlopen'ed from the directory of libtvm_runtime.so (override the path with the
- * environment variable QC_TVM_RUNTIME_CUDA).  Returns NULL on error.
+ * environment variable QC_TVM_RUNTIME_CUDA).  Returns NULL on error, e.g.
+ * "m.so does not match m.json: SHA-256 1f2e... != 9a8b... (refusing to load
+ * modified native code; ...)".
  */
 qc_model* qc_load(const char* so_path, int device_type, int device_id);
+
+/* Flags of qc_load_ex. */
+#define QC_LOAD_UNVERIFIED 1u /* skip the SHA-256 check (NAME.json need not exist); the ELF
+                                 checks and the private copy remain.  Trusted files only. */
+
+/* qc_load with flags (0 or QC_LOAD_UNVERIFIED); qc_load(p, t, i) == qc_load_ex(p, t, i, 0). */
+qc_model* qc_load_ex(const char* so_path, int device_type, int device_id, unsigned flags);
 
 /* Release the model and every tensor it owns.  NULL is accepted. */
 void qc_free(qc_model* m);
@@ -93,6 +127,25 @@ int qc_run(qc_model* m);
 
 /* Copy output i of the last qc_run() into dst; nbytes must equal qc_output_nbytes(). */
 int qc_get_output(qc_model* m, int i, void* dst, size_t nbytes);
+
+/*
+ * Thread-safe one-shot run: copy inputs[i] (input_nbytes[i] bytes, which must
+ * equal qc_input_nbytes(m, i)) for every input in signature order, run `main`,
+ * and copy every output o into outputs[o] (output_nbytes[o] bytes, equal to
+ * qc_output_nbytes(m, o)).  Any number of threads may call this on the same
+ * model at once (see "Threads" above); it neither uses nor changes what the
+ * stateful calls bound.  Returns 0, or -1 with qc_last_error() set (buffers
+ * are checked before anything runs; outputs are unspecified after a failure).
+ */
+int qc_infer(qc_model* m, const void* const* inputs, const size_t* input_nbytes,
+             void* const* outputs, const size_t* output_nbytes);
+
+/*
+ * Number of VMs the model holds now: 1 for the stateful calls plus the
+ * qc_infer pool (which grows to the peak number of concurrent qc_infer calls;
+ * a VM whose run failed is dropped).  A diagnostic; -1 if m is NULL.
+ */
+int qc_num_vms(const qc_model* m);
 
 #ifdef __cplusplus
 }

@@ -1,12 +1,30 @@
-"""Load an exported artifact and run it from Python: `qcompiler.load(path).run({name: array})`."""
+"""Load an exported artifact and run it from Python: `qcompiler.load(path).run({name: array})`.
+
+Loading runs only the bytes that were checked: the `.so` is read once, those bytes are hashed
+(against `NAME.json`) and their ELF header checked, and the library is then mapped from a sealed
+in-memory copy of exactly those bytes (`memfd_create`), never from the path. Re-exporting to the
+same path and loading again therefore maps the new code, and a file changed or truncated after the
+check cannot be what runs.
+
+A loaded `Model` may be run from any number of threads at once: each concurrent run takes its own
+TVM VirtualMachine from a per-model pool over the one loaded library (see `_VMPool`).
+"""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
+import json
+import os
+import platform
+import struct
+import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 
@@ -14,6 +32,9 @@ from .errors import QCompilerError
 from .tensor_spec import TensorSpec
 from .metadata import ArtifactMetadata, metadata_path
 from .signature import Signature, read_signature
+
+if TYPE_CHECKING:
+    from .profile import Profile
 
 
 def file_sha256(path: Path) -> str:
@@ -78,6 +99,14 @@ class _TvmRuntime:
         self.copy_to_bytes = tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")
         self.stream_sync = tvm_ffi.get_global_func("runtime.Device_StreamSync")
         self.device_attr = tvm_ffi.get_global_func("runtime.GetDeviceAttr")
+        # The `.so` loader itself: ffi.ModuleLoadFromFile picks the loader by the file name's
+        # extension, and a private copy's path (/proc/self/fd/N) has none.
+        self.load_so = tvm_ffi.get_global_func("ffi.Module.load_from_file.so")
+
+    def load_library(self, path: str):
+        """The library module of the shared object at `path` (dlopen), owned by the caller (not
+        kept alive for the whole process as `tvm_ffi.load_module` does)."""
+        return self.load_so(path, "so")
 
     def device(self, kind: str):
         if kind not in ("cpu", "cuda"):
@@ -121,9 +150,298 @@ def check_feed(feed: Mapping[str, np.ndarray], inputs: list[TensorSpec], where: 
     return arrays
 
 
+# --------------------------------------------------------------------------------------------
+# What is loaded is what was checked
+# --------------------------------------------------------------------------------------------
+
+ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm", 243: "riscv"}
+_HOST_ELF_MACHINE = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
+_ET_DYN = 3
+_PT_LOAD = 1
+_PHDR_SIZE = 56  # sizeof(Elf64_Phdr)
+_SHDR_SIZE = 64  # sizeof(Elf64_Shdr)
+
+
+def host_elf_machine() -> int | None:
+    """ELF `e_machine` of the code this machine runs (62 x86-64, 183 aarch64); None if unknown."""
+    return _HOST_ELF_MACHINE.get(platform.machine().lower())
+
+
+def read_artifact(so_path: Path) -> bytes:
+    """The bytes of `so_path`, read once (everything `load` checks and maps comes from them)."""
+    try:
+        with so_path.open("rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise QCompilerError(f"artifact not found: {so_path}") from None
+    except IsADirectoryError:
+        raise QCompilerError(f"{so_path} is a directory, expected an artifact .so") from None
+    except OSError as err:
+        raise QCompilerError(f"cannot read {so_path}: {err.strerror or err}") from None
+
+
+def check_elf(data: bytes, where: str | Path, machine: int | None = None) -> None:
+    """Raise `QCompilerError` unless `data` is a little-endian ELF64 shared object for `machine`
+    (default: this machine) whose program header table, every segment's file bytes and the section
+    header table lie inside `data`.
+
+    This is what makes a truncated or foreign file an error instead of a crash: the dynamic loader
+    maps segments without checking them against the file size, and touching a page past the end
+    of a file raises SIGBUS.
+    """
+    size = len(data)
+    if size == 0:
+        raise QCompilerError(f"{where} is empty: expected an ELF shared object")
+    if size < 64 or data[:4] != b"\x7fELF":
+        raise QCompilerError(f"{where} is not an ELF shared object (no ELF header)")
+    if data[4] != 2:
+        raise QCompilerError(f"{where} is a 32-bit ELF file: expected ELF64")
+    if data[5] != 1:
+        raise QCompilerError(f"{where} is a big-endian ELF file: expected little-endian")
+    e_type, e_machine = struct.unpack_from("<HH", data, 16)
+    if e_type != _ET_DYN:
+        raise QCompilerError(f"{where} is not a shared object (ELF type {e_type}, expected {_ET_DYN} ET_DYN)")
+    want = host_elf_machine() if machine is None else machine
+    if want is not None and e_machine != want:
+        built = ELF_MACHINES.get(e_machine, "an unknown architecture")
+        raise QCompilerError(
+            f"{where} is built for {built} (ELF machine {e_machine}); it cannot run on this machine "
+            f"({ELF_MACHINES.get(want, '?')}, ELF machine {want})"
+        )
+    (phoff, shoff) = struct.unpack_from("<QQ", data, 32)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 54)
+    if phnum == 0 or phentsize != _PHDR_SIZE:
+        raise QCompilerError(f"{where}: malformed ELF program header table ({phnum} entries of {phentsize} bytes, "
+                             f"expected entries of {_PHDR_SIZE})")
+    if phoff + phnum * phentsize > size:
+        raise QCompilerError(f"{where} is truncated: its program header table ends at byte "
+                             f"{phoff + phnum * phentsize}, the file has {size} bytes")
+    loads = 0
+    for i in range(phnum):
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
+        loads += p_type == _PT_LOAD
+        if p_filesz and p_offset + p_filesz > size:
+            raise QCompilerError(f"{where} is truncated: segment {i} ends at byte {p_offset + p_filesz}, "
+                                 f"the file has {size} bytes")
+    if loads == 0:
+        raise QCompilerError(f"{where} has no loadable segment: not a shared object")
+    if shnum and (shentsize != _SHDR_SIZE or shoff + shnum * shentsize > size):
+        raise QCompilerError(f"{where} is truncated: its section header table ends at byte "
+                             f"{shoff + shnum * shentsize}, the file has {size} bytes")
+
+
+BUNDLE_MANIFEST = "bundle.json"  # qcompiler.bundle.MANIFEST (not imported: bundle imports this module)
+
+
+def _check_bundle_manifest(so_path: Path, digest: str) -> None:
+    """If the artifact's folder holds a deploy bundle manifest that lists the file, `digest`
+    must match its entry too."""
+    manifest = so_path.parent / BUNDLE_MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        obj = json.loads(manifest.read_text())
+    except (OSError, ValueError) as err:
+        raise QCompilerError(f"{manifest} is not valid JSON: expected a deploy bundle manifest ({err})") from None
+    files = obj.get("files") if isinstance(obj, dict) else None
+    expected = files.get(so_path.name) if isinstance(files, dict) else None
+    if isinstance(expected, str) and expected != digest:
+        raise QCompilerError(
+            f"{so_path} does not match {manifest.name}: SHA-256 {digest[:16]}... != {expected[:16]}... "
+            f"(refusing to load modified native code; verify=False to override)"
+        )
+
+
+def verified_metadata(so_path: Path, data: bytes | None = None) -> ArtifactMetadata:
+    """`NAME.json` of the artifact `NAME.so`, after checking that `data` (default: the file's
+    current bytes) has the SHA-256 that `NAME.json` records, and the one the folder's
+    `bundle.json` records for it, if the folder is a deploy bundle that lists it."""
+    so_path = Path(so_path)
+    if data is None and not so_path.is_file():
+        raise QCompilerError(f"artifact not found: {so_path}")
+    json_path = metadata_path(so_path)
+    metadata = ArtifactMetadata.read(json_path)
+    actual = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(so_path)
+    if actual != metadata.artifact_sha256:
+        raise QCompilerError(
+            f"{so_path} does not match {json_path.name}: SHA-256 {actual[:16]}... != "
+            f"{str(metadata.artifact_sha256)[:16]}... (refusing to load modified native code; verify=False to override)"
+        )
+    _check_bundle_manifest(so_path, actual)
+    return metadata
+
+
+class _Dl:
+    """libc's dlopen/dlclose (ctypes.CDLL never closes what it opens)."""
+
+    def __init__(self):
+        libc = ctypes.CDLL(None)
+        self.dlopen = libc.dlopen
+        self.dlopen.restype, self.dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+        self.dlclose = libc.dlclose
+        self.dlclose.restype, self.dlclose.argtypes = ctypes.c_int, [ctypes.c_void_p]
+
+    def is_loaded(self, path: str) -> bool:
+        """Whether the dynamic loader already has an object it would return for `path`."""
+        handle = self.dlopen(path.encode(), os.RTLD_LAZY | os.RTLD_NOLOAD)
+        if handle:
+            self.dlclose(handle)
+        return bool(handle)
+
+
+class _PrivateCopy:
+    """A private, unmodifiable copy of an artifact's bytes with a path for dlopen.
+
+    The copy is an anonymous sealed memfd (`memfd_create`; writes, growing and shrinking sealed
+    off) named by `/proc/self/fd/N`; where memfd is unavailable, a temporary file that is unlinked
+    on `close`. glibc's dlopen returns an already-loaded object whose name equals the path, and fd
+    numbers are reused, so the path is checked (RTLD_NOLOAD) not to name a loaded object: another
+    descriptor of the same copy is taken until it does not. Close the copy once the library is
+    loaded; the mapping stays valid.
+    """
+
+    _MAX_TRIES = 64
+
+    def __init__(self, data: bytes, origin: Path):
+        self._fds: list[int] = []
+        self._temp: str | None = None
+        fd = self._memfd(data)
+        if fd is None:
+            self._tempfile(data, origin)
+        else:
+            self._fds.append(fd)
+        dl = _Dl()
+        for _ in range(self._MAX_TRIES):
+            if not dl.is_loaded(self.path):
+                return
+            if self._temp is not None:
+                break  # a random temporary name that is taken: do not guess further
+            self._fds.append(os.dup(self._fds[0]))  # a different number, so a different name
+        path = self.path
+        self.close()
+        raise QCompilerError(f"cannot load {origin}: the path of its private copy ({path}) names a library "
+                             f"that is already loaded")
+
+    @staticmethod
+    def _memfd(data: bytes) -> int | None:
+        create = getattr(os, "memfd_create", None)
+        if create is None:
+            return None
+        try:
+            fd = create("qcompiler-artifact", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        except OSError as err:
+            if err.errno in (errno.ENOSYS, errno.EINVAL, errno.EPERM):
+                return None
+            raise QCompilerError(f"cannot create an in-memory copy of the artifact: {err.strerror}") from None
+        try:
+            _write_all(fd, data)
+            import fcntl
+
+            seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _tempfile(self, data: bytes, origin: Path) -> None:
+        """The fallback: a temporary file, read-only once written (unlinked by `close`)."""
+        try:
+            fd, self._temp = tempfile.mkstemp(prefix=f".qc-{origin.stem}-", suffix=".so")
+            self._fds.append(fd)
+            _write_all(fd, data)
+            os.fchmod(fd, 0o500)
+        except OSError as err:
+            self.close()
+            raise QCompilerError(f"cannot write a private copy of {origin}: {err.strerror or err}") from None
+
+    @property
+    def path(self) -> str:
+        return self._temp if self._temp is not None else f"/proc/self/fd/{self._fds[-1]}"
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        if self._temp is not None:
+            os.unlink(self._temp)
+            self._temp = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# --------------------------------------------------------------------------------------------
+# One VM per concurrent run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _VM:
+    module: object  # the VirtualMachine module
+    main: object  # its `main`
+
+
+class _VMPool:
+    """TVM VirtualMachines over one loaded library module, handed out one per concurrent run.
+
+    A Relax VM keeps its registers and call frames in the VM object, so one VM must never run two
+    calls at once. `vm()` lends an idle VM, creating one (`vm_load_executable` +
+    `vm_initialization`) when none is idle, so the pool grows to the peak number of concurrent
+    callers and never shrinks. A VM whose call raised is dropped, not reused. The executable's
+    constants and the (pooled, thread-safe) allocator are shared by all VMs.
+    """
+
+    def __init__(self, library, init_args: list[int]):
+        self._library = library
+        self._init_args = init_args
+        self._idle: list[_VM] = []
+        self._lock = threading.Lock()  # guards _idle and created
+        self._create_lock = threading.Lock()  # serializes VM creation (library module lookups)
+        self.created = 0
+
+    def _create(self) -> _VM:
+        with self._create_lock:
+            module = self._library["vm_load_executable"]()
+            module["vm_initialization"](*self._init_args)
+            main = module["main"]
+        if hasattr(main, "release_gil"):
+            main.release_gil = True  # runs of different VMs proceed in parallel
+        with self._lock:
+            self.created += 1
+        return _VM(module, main)
+
+    def prime(self) -> None:
+        """Create one idle VM now (so that `load` reports a broken artifact)."""
+        vm = self._create()
+        with self._lock:
+            self._idle.append(vm)
+
+    @contextmanager
+    def vm(self) -> Iterator[_VM]:
+        """A VM (`.main`, and `.module` for other VM functions) that no other caller uses until
+        the block ends. A block that changes the VM's state (e.g. `set_instrument`) must restore
+        it before it ends, or raise: an exception from the block drops the VM."""
+        with self._lock:
+            vm = self._idle.pop() if self._idle else None
+        if vm is None:
+            vm = self._create()
+        yield vm
+        with self._lock:
+            self._idle.append(vm)
+
+
 @dataclass
 class Model:
-    """A loaded artifact. `run` takes and returns `{name: ndarray}`."""
+    """A loaded artifact. `run` takes and returns `{name: ndarray}`.
+
+    Thread safety: `run` and `time_run` may be called from any number of threads at once; each
+    call runs on its own VM from the model's pool (calls do not wait for each other, and TVM-FFI
+    releases the GIL while `main` runs).
+    """
 
     path: Path
     inputs: list[TensorSpec]
@@ -131,7 +449,8 @@ class Model:
     device_kind: str
     metadata: ArtifactMetadata | None
     _runtime: _TvmRuntime
-    _main: object
+    _library: object
+    _pool: _VMPool
     _device: object
 
     def _device_args(self, feed: Mapping[str, np.ndarray]) -> list:
@@ -142,7 +461,10 @@ class Model:
         self._runtime.stream_sync(self._device, 0)  # 0: the default stream
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._main(*self._device_args(feed))
+        """The outputs of `main` on `feed` (inputs checked against the signature), as fresh arrays."""
+        args = self._device_args(feed)
+        with self._pool.vm() as vm:
+            result = vm.main(*args)
         values = list(result) if isinstance(result, self._runtime.ffi.Array) else [result]
         return {spec.name: self._runtime.to_numpy(value) for spec, value in zip(self.outputs, values)}
 
@@ -151,70 +473,87 @@ class Model:
         import time
 
         args = self._device_args(feed)
-        for _ in range(warmup):
-            self._main(*args)
-        self._sync()
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self._main(*args)
+        with self._pool.vm() as vm:
+            for _ in range(warmup):
+                vm.main(*args)
             self._sync()
-            times.append(time.perf_counter() - start)
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                vm.main(*args)
+                self._sync()
+                times.append(time.perf_counter() - start)
         return times
 
+    def profile(self, feed: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> "Profile":
+        """Per-kernel profile of `repeat` runs on `feed` (qcompiler.profile): every kernel and
+        runtime call of `main`, slowest first, next to the uninstrumented run time."""
+        from .profile import profile_vm
 
-def verified_metadata(so_path: Path) -> ArtifactMetadata:
-    """`NAME.json` of the artifact `NAME.so`, after checking that the `.so` is the file it describes."""
-    if not so_path.is_file():
-        raise QCompilerError(f"artifact not found: {so_path}")
-    json_path = metadata_path(so_path)
-    metadata = ArtifactMetadata.read(json_path)
-    actual = file_sha256(so_path)
-    if actual != metadata.artifact_sha256:
-        raise QCompilerError(
-            f"{so_path} does not match {json_path.name}: SHA-256 {actual[:16]}... != "
-            f"{str(metadata.artifact_sha256)[:16]}... (refusing to load modified native code; verify=False to override)"
-        )
-    return metadata
+        args = self._device_args(feed)
+        with self._pool.vm() as vm:  # profile_vm removes its instrument before the VM goes back
+            threads = int(os.environ.get("TVM_NUM_THREADS", 0)) or (os.cpu_count() or 1)  # see set_num_threads
+            result = profile_vm(vm.module["set_instrument"], vm.main, args, repeat, threads, sync=self._sync,
+                                warmup=warmup)
+        result.artifact = str(self.path)
+        return result
+
+
+def _signature_of(copy: _PrivateCopy, so_path: Path) -> Signature:
+    """The signature embedded in the private copy (error messages name `so_path`)."""
+    try:
+        return read_signature(copy.path)
+    except QCompilerError as err:
+        raise QCompilerError(str(err).replace(copy.path, str(so_path))) from None
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as err:
+        raise QCompilerError(f"{so_path}: cannot read its qc_model_signature ({type(err).__name__}: {err})") from None
 
 
 def load(path: str | Path, *, verify: bool = True) -> Model:
     """Load `NAME.so`; with `verify`, refuse it unless its SHA-256 matches `NAME.json`.
 
     A `.so` is native code: loading one that differs from what qcompiler wrote runs unknown code.
-    Pass `verify=False` only for artifacts you trust (the embedded signature is then used when
-    `NAME.json` is missing). Only TVM's runtime library is loaded (see `_TvmRuntime`).
+    The file is read once; the hash (with `verify`) and the ELF checks (always: an ELF64 shared
+    object for this machine whose segments lie inside the file) are made on those bytes, and the
+    library is mapped from a private in-memory copy of them, so what runs is what was checked, and
+    each call maps the file's current contents (a re-exported artifact loads its new code). Pass
+    `verify=False` only for artifacts you trust (the embedded signature is then used when
+    `NAME.json` is missing). Only TVM's runtime library is loaded (see `_TvmRuntime`). Every
+    failure is a `QCompilerError` with a one-line message.
     """
     so_path = Path(path)
+    data = read_artifact(so_path)
     if verify:
-        metadata = verified_metadata(so_path)
+        metadata = verified_metadata(so_path, data)
     else:
-        if not so_path.is_file():
-            raise QCompilerError(f"artifact not found: {so_path}")
         json_path = metadata_path(so_path)
         metadata = ArtifactMetadata.read(json_path) if json_path.exists() else None
-    signature = (
-        Signature(metadata.device, tuple(metadata.inputs), tuple(metadata.outputs))
-        if metadata is not None
-        else read_signature(so_path)
-    )
-    if signature.device == "cpu" and metadata is not None and metadata.arch != "x86_64":
+    if metadata is not None and metadata.device == "cpu" and metadata.arch != platform.machine():
         raise QCompilerError(f"{so_path} is built for {metadata.arch}; it cannot run on this machine")
-    runtime = _TvmRuntime(signature.device)
-    device = runtime.device(signature.device)
+    check_elf(data, so_path)
+    copy = _PrivateCopy(data, so_path)
     try:
-        library = runtime.ffi.load_module(str(so_path.resolve()))
-        vm = library["vm_load_executable"]()
+        signature = (
+            Signature(metadata.device, tuple(metadata.inputs), tuple(metadata.outputs))
+            if metadata is not None
+            else _signature_of(copy, so_path)
+        )
+        runtime = _TvmRuntime(signature.device)
+        device = runtime.device(signature.device)
         # (device type, device id, allocator) per device; a non-CPU device is followed by the
         # CPU host. Allocator 2 is TVM's pooled allocator (relax.VirtualMachine's default).
         pooled = 2
         init_args = [device.dlpack_device_type(), 0, pooled]
         if signature.device != "cpu":
             init_args += [runtime.ffi.device("cpu", 0).dlpack_device_type(), 0, pooled]
-        vm["vm_initialization"](*init_args)
-        main = vm["main"]
-    except Exception as err:
-        lines = str(err).strip().splitlines()
-        raise QCompilerError(f"cannot load {so_path}: {lines[-1] if lines else err}") from err
+        try:
+            library = runtime.load_library(copy.path)
+            pool = _VMPool(library, init_args)
+            pool.prime()
+        except Exception as err:
+            lines = str(err).replace(copy.path, str(so_path)).strip().splitlines()
+            raise QCompilerError(f"cannot load {so_path}: {lines[-1] if lines else err}") from err
+    finally:
+        copy.close()
     return Model(so_path, list(signature.inputs), list(signature.outputs), signature.device, metadata,
-                 runtime, main, device)
+                 runtime, library, pool, device)

@@ -9,7 +9,19 @@ import pytest
 from onnx import helper
 
 import qcompiler
-from conftest import make_model
+from conftest import REPO, make_model
+
+
+@pytest.fixture(scope="module")
+def qc_run_binary():
+    """deploy/build/qc_run, rebuilt by make when a deploy/ source changed (conftest's fixture
+    builds it only when it is missing)."""
+    import sys
+
+    proc = subprocess.run(["make", "-C", str(REPO / "deploy"), f"PYTHON={sys.executable}"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return REPO / "deploy" / "build" / "qc_run"
 
 
 @pytest.fixture(scope="module")
