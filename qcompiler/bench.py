@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .tensor_spec import TensorSpec
+from .profile import Profile
 from .runtime import load, set_num_threads
 
 
@@ -88,3 +89,10 @@ def bench(path: str, repeat: int = 50, threads: int = 0, warmup: int = 5, verify
         peak_rss_mb=peak_rss_mb(),
         rss_before_load_mb=before,
     )
+
+
+def profile(path: str, repeat: int = 50, threads: int = 0, warmup: int = 5, verify: bool = True) -> "Profile":
+    """Per-kernel profile of the artifact on random inputs (qcompiler.profile), `repeat` runs."""
+    set_num_threads(threads)
+    model = load(path, verify=verify)
+    return model.profile(random_feed(model.inputs), repeat=repeat, warmup=warmup)

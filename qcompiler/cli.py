@@ -102,10 +102,16 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_bench(args) -> None:
-    from .bench import bench
+    from .bench import bench, profile
 
-    result = bench(args.artifact, repeat=args.repeat, threads=args.threads, warmup=args.warmup, verify=not args.no_verify)
-    print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+    if args.repeat < 1:
+        raise QCompilerError(f"--repeat must be at least 1, got {args.repeat}")
+    run = profile if args.profile else bench
+    result = run(args.artifact, repeat=args.repeat, threads=args.threads, warmup=args.warmup, verify=not args.no_verify)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.render(limit=args.top) if args.profile else result.render())
 
 
 def _model_to_tune(args):
@@ -248,12 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check against OUT.json")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("bench", help="latency and peak memory of an artifact")
+    p = sub.add_parser("bench", help="latency and peak memory of an artifact; --profile: per-kernel times")
     p.add_argument("artifact", help="OUT.so")
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="per-kernel table: each kernel and runtime call (allocations, copies) with its calls per "
+                        "run, time per run and share of the run, slowest first")
+    p.add_argument("--top", type=int, metavar="N", help="with --profile: show the N slowest rows (and the rest summed)")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check against OUT.json")
     p.set_defaults(func=_cmd_bench)
 
