@@ -48,15 +48,21 @@ RECORDS = "database_tuning_record.json"
 
 
 def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """The target's pipeline up to fusion (int8 kernels dispatched, ops legalized and fused, no
+    """The target's pipeline up to fusion (int8 and float32 kernels dispatched, ops legalized and fused, no
     schedules yet): what tuning extracts tasks from and compile schedules. Each kernel's weight
     buffers are marked layout-free (`layout_free_buffers`), so a tuned schedule may store them
     in the layout it reads them in; `with_weight_layouts_folded` then applies that layout to
     the weights at compile time."""
     from . import fusion
     from .kernels.dispatch import dispatch_int8_kernels
+    from .kernels.fp32 import dispatch_float_kernels
+    from .passes.layout import channels_last
 
-    mod = dispatch_int8_kernels(mod, target)
+    if target.kind.name != "cuda":
+        # Constant weights folded (Gemm's transposed weight), float convolutions channels-last (a
+        # quantized model is already), before the kernels that pack those weights are chosen.
+        mod = channels_last(relax.transform.FoldConstant()(mod))[0]
+    mod = dispatch_float_kernels(dispatch_int8_kernels(mod, target), target)
     with target:
         if target.kind.name == "cuda":
             from tvm.relax.backend.cuda import pipeline as cuda

@@ -85,7 +85,7 @@ def pack_depthwise_weight_phased(taps: np.ndarray, lanes: int, reduce: int) -> n
     return np.ascontiguousarray(blocks.transpose(0, 1, 2, 4, 5, 3))
 
 
-def _first_channels(out: te.Tensor, channels: int, groups: int = 1) -> te.Tensor:
+def first_channels(out: te.Tensor, channels: int, groups: int = 1) -> te.Tensor:
     """`out` without the zero-padded channels: of `groups` equal blocks along its last axis, the
     first `channels / groups` of each."""
     shape = [int(d) for d in out.shape]
@@ -136,7 +136,7 @@ def conv2d_nhwc_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, strid
                      packed[o // lanes, r, s, c // reduce, o % lanes, c % reduce], dp),
             axis=[r, s, c]),
         name=dp.conv_block())
-    return _first_channels(out, out_channels, groups)
+    return first_channels(out, out_channels, groups)
 
 
 def dense_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, out_channels: int) -> te.Tensor:
@@ -150,7 +150,7 @@ def dense_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, out_channel
             _product(data[m, k], packed[o // lanes, k // reduce, o % lanes, k % reduce], dp),
             axis=k),
         name=dp.dense_block())
-    return _first_channels(out, out_channels)
+    return first_channels(out, out_channels)
 
 
 def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.Tensor:
@@ -183,7 +183,7 @@ def _depthwise_over_taps(taps: te.Tensor, dp: DotProduct, stride_h: int, dilatio
             * weight(w, r, g, c // lanes, c % lanes, k).astype("int32"),
             axis=[r, g, k]),
         name=dp.depthwise_block())
-    return _first_channels(out, channels)
+    return first_channels(out, channels)
 
 
 def depthwise_nhwc_lanewise(taps: te.Tensor, packed: te.Tensor, dp: DotProduct, stride_h: int, dilation_h: int,

@@ -32,6 +32,7 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
+from . import fp32
 from .compute import DEPTHWISE_BLOCK
 from .isa import CPU_DOT_PRODUCTS, DotProduct
 
@@ -231,6 +232,50 @@ def schedule_depthwise_lanewise(sch: Schedule, block, dp: DotProduct) -> None:
     _tensorized_tiles(sch, block, [wo, b, h, co, r, g, wi, ci, k], co, [wo, b, h], r, dp.register_lanewise())
 
 
+# Accumulator vectors per register tile of the float32 FMA kernels: AVX-512 has 32 registers,
+# which leaves room for the weight vectors and the broadcast activation.
+FMA_ACCUMULATORS = 16
+
+
+def fma_tile(rows: int, vectors: int, max_rows: int = 14) -> tuple[int, int]:
+    """(rows, vectors) of a register tile: divisors of the row (pixel) and vector counts, at most
+    FMA_ACCUMULATORS accumulators; the most accumulators, then the most vectors per broadcast."""
+    options = [(r, v) for r in range(1, min(rows, max_rows) + 1) if rows % r == 0
+               for v in (4, 2, 1) if vectors % v == 0 and r * v <= FMA_ACCUMULATORS]
+    return max(options, key=lambda rv: (rv[0] * rv[1], rv[1]))
+
+
+def _fma_tiles(sch: Schedule, block, outer: list, rows, channels, reductions: list, lanes: int) -> None:
+    """The float32 FMA register tile: `rows` (pixels) × vectors of `lanes` output `channels`,
+    accumulated over `reductions` (outermost first); the epilogue per tile, `outer` and the row
+    tiles in parallel, the lanes vectorized, the tile unrolled."""
+    row_tile, vectors = fma_tile(loop_extent(sch, rows), loop_extent(sch, channels) // lanes)
+    ro, ri = sch.split(rows, [None, row_tile])
+    co, cj, cv = sch.split(channels, [None, vectors, lanes])
+    sch.reorder(*outer, ro, co, *reductions, ri, cj, cv)
+    _with_epilogue(sch, block, co)
+    try:
+        _parallel_outer(sch, [*outer, ro, co], block)
+    except ScheduleError:  # an epilogue block at the row tile (dropping padded channels)
+        _parallel_outer(sch, [*outer, ro], block)
+    sch.vectorize(cv)
+    sch.unroll(cj)
+    sch.unroll(ri)
+    init = sch.decompose_reduction(block, reductions[0])
+    _vectorize_inner(sch, init)
+
+
+def schedule_conv_fma(sch: Schedule, block, lanes: int) -> None:
+    b, h, w, o, r, s, c = sch.get_loops(block)
+    _fma_tiles(sch, block, [b, h], w, o, [r, s, c], lanes)
+
+
+def schedule_dense_fma(sch: Schedule, block, lanes: int) -> None:
+    *rows, o, k = sch.get_loops(block)
+    m = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    _fma_tiles(sch, block, [], m, o, [k], lanes)
+
+
 def schedule_depthwise(sch: Schedule, block) -> None:
     b, h, w, ch, r, s = sch.get_loops(block)
     lanes = vector_lanes(loop_extent(sch, ch))
@@ -373,6 +418,9 @@ def _reduce_around_contiguous_lanes(sch: Schedule, block, loops: list, spatial: 
 
 ANCHORS = {
     DEPTHWISE_BLOCK: schedule_depthwise,
+    fp32.DEPTHWISE_BLOCK: schedule_depthwise,
+    **{fp32.conv_block(lanes): partial(schedule_conv_fma, lanes=lanes) for lanes in fp32.LANES},
+    **{fp32.dense_block(lanes): partial(schedule_dense_fma, lanes=lanes) for lanes in fp32.LANES},
     **{dp.conv_block(): partial(schedule_conv_dot, dp=dp) if dp.register else schedule_conv_reduction_inner
        for dp in CPU_DOT_PRODUCTS},
     **{dp.dense_block(): partial(schedule_dense_dot, dp=dp) if dp.register else schedule_dense_reduction_inner
