@@ -38,6 +38,7 @@ from tvm import relax, te
 from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
 from . import compute as kc
 from .isa import DotProduct, dot_product_of
+from .kernel_dispatch import KernelDispatch
 from .schedules import MIN_PARALLEL_WORK
 from .taps import aligned_positions, group_step, interleaves, phased, tap_interleave_kernel
 
@@ -56,7 +57,7 @@ def _shift_correction(shift: int, weight_sums: np.ndarray, shape: list[int]) -> 
 
 
 @relax.expr_functor.mutator
-class _Int8KernelDispatch(relax.PyExprMutator):
+class _Int8KernelDispatch(KernelDispatch):
     def __init__(self, mod: tvm.IRModule, dp: DotProduct):
         super().__init__(mod)
         self.mod_ = mod
@@ -222,21 +223,6 @@ class _Int8KernelDispatch(relax.PyExprMutator):
         """`u8s8` or `s8s8`: the activation and weight types the kernel multiplies."""
         return ("u8" if _dtype(data) == "uint8" else "s8") + "s8"
 
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        name = op_name(call)
-        replaced = None
-        if name == "relax.nn.conv2d":
-            replaced = self.conv2d(call)
-        elif name == "relax.matmul":
-            replaced = self.matmul(call)
-        return call if replaced is None else replaced
-
-    def run(self) -> tvm.IRModule:
-        for gvar, func in self.mod_.functions.items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gvar, self.visit_expr(func))
-        return self.builder_.get()
 
 
 def dispatch_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:

@@ -27,6 +27,7 @@ from tvm.target import codegen
 
 from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
 from .compute import first_channels, round_up, shape64, windows
+from .kernel_dispatch import KernelDispatch
 
 LANES = (4, 8, 16)  # the vector widths kernels are packed for (float_lanes)
 DEPTHWISE_BLOCK = "depthwise_nhwc_f32"
@@ -122,7 +123,7 @@ def _is_float32(expr) -> bool:
 
 
 @relax.expr_functor.mutator
-class _FloatKernelDispatch(relax.PyExprMutator):
+class _FloatKernelDispatch(KernelDispatch):
     def __init__(self, mod: tvm.IRModule, lanes: int):
         super().__init__(mod)
         self.mod_ = mod
@@ -175,21 +176,6 @@ class _FloatKernelDispatch(relax.PyExprMutator):
             return None
         return self.kernel("dense_f32", lambda x, wp: dense(x, wp, w.shape[1]), data, [pack_dense_weight(w, lanes_for(w.shape[1], self.lanes))])
 
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        name = op_name(call)
-        replaced = None
-        if name == "relax.nn.conv2d":
-            replaced = self.conv2d(call)
-        elif name == "relax.matmul":
-            replaced = self.matmul(call)
-        return call if replaced is None else replaced
-
-    def run(self) -> tvm.IRModule:
-        for gvar, func in self.mod_.functions.items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gvar, self.visit_expr(func))
-        return self.builder_.get()
 
 
 def dispatch_float_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
