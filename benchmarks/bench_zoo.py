@@ -89,8 +89,9 @@ def cosine_to_reference(run, reference, feeds) -> float:
     return float(np.mean(values))
 
 
-def build_artifacts(case: ZooCase, work: Path, row: dict) -> dict[str, Path]:
-    """qcompiler's fp32 and int8 artifacts and onnxruntime's models; failures recorded in `row`."""
+def build_artifacts(case: ZooCase, work: Path, row: dict, variants: list[str]) -> dict[str, Path]:
+    """qcompiler's fp32 and int8 artifacts and onnxruntime's models (those of `variants`; the
+    fp32 artifact always); failures recorded in `row`."""
     from qcompiler.build import build
     from qcompiler.frontend import load_onnx
     from qcompiler.quantize import quantize
@@ -109,6 +110,8 @@ def build_artifacts(case: ZooCase, work: Path, row: dict) -> dict[str, Path]:
     except QCompilerError as err:
         row["error qc fp32"] = str(err)
         return paths
+    if "qc int8" not in variants:
+        return paths
     try:
         start = time.perf_counter()
         quantized = quantize(imported, qcompiler.QConfig(holdout=0), case.calib)
@@ -120,6 +123,8 @@ def build_artifacts(case: ZooCase, work: Path, row: dict) -> dict[str, Path]:
         paths["qc int8"] = artifact.export(work / f"{case.name}_int8.so")
     except QCompilerError as err:
         row["error qc int8"] = str(err)
+    if "ort int8" not in variants:
+        return paths
     try:
         paths["ort int8"] = ort_int8(case, ZOO[case.name].ort_quantization, work / f"{case.name}_ort_int8.onnx")
     except Exception as err:  # onnxruntime's quantizer raises anything
@@ -167,6 +172,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT",
+                        help=f"measure only these of {', '.join(VARIANTS)} (e.g. 'qc fp32' before and after a change)")
     parser.add_argument("--profile", action="store_true", help="also list each artifact's 5 slowest kernels")
     parser.add_argument("--json", metavar="OUT", help="write every measurement to this JSON file")
     args = parser.parse_args()
@@ -190,13 +197,13 @@ def main() -> None:
                 print(f"{name:<18}  no inputs: {err}", flush=True)
                 continue
             row["data"] = case.data
-            paths = build_artifacts(case, work, row)
+            paths = build_artifacts(case, work, row, args.variants)
             accuracy(case, paths, row)
             feed_path = work / f"{name}.npz"
             np.savez(feed_path, **case.evaluate[0])
             for threads in args.threads:
                 ms = {}
-                for variant in VARIANTS:
+                for variant in args.variants:
                     if variant not in paths:
                         continue
                     kind = "onnxruntime" if variant.startswith("ort") else "qcompiler"
