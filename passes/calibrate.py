@@ -50,7 +50,7 @@ def host_runner(mod: tvm.IRModule, target: tvm.target.Target) -> Callable[[Seque
     vm = relax.VirtualMachine(tvm.compile(relax.get_default_pipeline(target)(mod), target), tvm.cpu())
 
     def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return flatten_results(vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]))
+        return flatten_results(vm["main"](*[tvm.runtime.tensor(np.asarray(a, order="C")) for a in arrays]))
 
     return run
 

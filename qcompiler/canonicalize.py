@@ -79,11 +79,17 @@ def fold_batchnorm_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
             new.graph.initializer.extend(inits)
         else:
             new.graph.node.append(node)
-    # Drop the now-unused original weights (initializers and Constant nodes).
+    # Drop the now-unused original weights (initializers and Constant nodes), and any graph input
+    # that only declared a dropped initializer (IR < 4 lists weights as inputs): left behind, it
+    # would become a real input of the compiled model.
     used = {name for node in new.graph.node for name in node.input} | {o.name for o in new.graph.output}
     keep = [init for init in new.graph.initializer if init.name in used]
+    dropped = {init.name for init in new.graph.initializer} - used
     del new.graph.initializer[:]
     new.graph.initializer.extend(keep)
+    inputs = [vi for vi in new.graph.input if vi.name not in dropped]
+    del new.graph.input[:]
+    new.graph.input.extend(inputs)
     nodes = [n for n in new.graph.node if not (n.op_type == "Constant" and n.output[0] not in used)]
     del new.graph.node[:]
     new.graph.node.extend(nodes)

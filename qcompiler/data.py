@@ -37,7 +37,7 @@ def _fit(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
             )
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise QCompilerError(f"{where}: input {spec.name!r} contains NaN or Inf")
-    return np.ascontiguousarray(array)
+    return np.asarray(array, order="C")  # (np.ascontiguousarray makes rank 0 rank 1)
 
 
 def _check_names(names, inputs: list[TensorSpec], where: str) -> None:

@@ -27,6 +27,14 @@ from .tensor_spec import TensorSpec
 # Ops handled by the importer itself rather than its converter map.
 _IMPORTER_BUILTIN_OPS = frozenset({"If", "Constant"})
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
+# ONNX element types TVM cannot hold or converts differently from ONNX: strings, complex numbers,
+# floats narrower than 16 bits and integers narrower than 8 (conformance: wrong values or crashes).
+_UNSUPPORTED_ELEM_TYPES = frozenset(
+    getattr(onnx.TensorProto, name) for name in (
+        "STRING", "COMPLEX64", "COMPLEX128", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+        "FLOAT8E8M0", "FLOAT6E2M3", "FLOAT6E3M2", "FLOAT4E2M1", "INT4", "UINT4", "INT2", "UINT2",
+    ) if hasattr(onnx.TensorProto, name)
+)
 
 
 @dataclass
@@ -127,6 +135,11 @@ def _opset(proto: onnx.ModelProto) -> int:
     return 1
 
 
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """A node's name, or `OpType_INDEX` (its position in the model's graph) for an unnamed node."""
+    return node.name or f"{node.op_type}_{index}"
+
+
 def unsupported_ops(proto: onnx.ModelProto) -> dict[str, list[str]]:
     """Every op type in the graph that the Relax ONNX importer cannot convert → its node names."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
@@ -136,11 +149,77 @@ def unsupported_ops(proto: onnx.ModelProto) -> dict[str, list[str]]:
     for index, node in enumerate(proto.graph.node):
         op = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
         if node.domain not in _DEFAULT_DOMAINS or node.op_type not in supported:
-            found.setdefault(op, []).append(node.name or f"#{index}")
+            found.setdefault(op, []).append(node_label(node, index))
     return found
 
 
-def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+def _refusal(node: onnx.NodeProto) -> str | None:
+    """Why qcompiler refuses a node that TVM's importer would convert into something other than
+    what ONNX specifies (None: no objection)."""
+    if node.domain not in _DEFAULT_DOMAINS:
+        return None
+    if node.op_type == "NonMaxSuppression":
+        return ("its output [num_selected, 3] has a data-dependent shape, and compiled models have static "
+                "output shapes (TVM's importer would return a fixed-size result instead)")
+    attrs = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+    if node.op_type == "SpaceToDepth" and attrs.get("mode", b"DCR") != b"DCR":
+        return f"mode {attrs['mode'].decode()!r} is not supported (TVM's importer implements only DCR)"
+    return None
+
+
+def refused_ops(proto: onnx.ModelProto) -> dict[str, tuple[str, list[str]]]:
+    """Every op type in the graph that qcompiler refuses (see `_refusal`) → (why, its node names)."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for index, node in enumerate(proto.graph.node):
+        reason = _refusal(node)
+        if reason is not None:
+            found.setdefault(node.op_type, (reason, []))[1].append(node_label(node, index))
+    return found
+
+
+def _unsupported_message(proto: onnx.ModelProto) -> str | None:
+    """One line listing every unsupported or refused op with its nodes (and why), or None."""
+    entries = {op: ("", nodes) for op, nodes in unsupported_ops(proto).items()}
+    entries.update(refused_ops(proto))
+    if not entries:
+        return None
+    return "; ".join(
+        f"{op} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}: {', '.join(nodes[:3])}"
+        f"{', ...' if len(nodes) > 3 else ''}){f': {reason}' if reason else ''}"
+        for op, (reason, nodes) in sorted(entries.items())
+    )
+
+
+def unsupported_dtype(proto: onnx.ModelProto) -> str | None:
+    """Where the graph uses an element type in `_UNSUPPORTED_ELEM_TYPES` (a graph input or output,
+    an initializer, or a Cast's target), as one phrase naming the first such tensor or node; else None."""
+    def named(elem: int) -> str:
+        return onnx.TensorProto.DataType.Name(elem)
+
+    graph = proto.graph
+    for index, node in enumerate(graph.node):
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i in _UNSUPPORTED_ELEM_TYPES:
+                return f"node {node_label(node, index)!r} (Cast) casts to {named(attr.i)}"
+    for kind, values in (("input", graph.input), ("output", graph.output)):
+        for vi in values:
+            elem = vi.type.tensor_type.elem_type
+            if elem in _UNSUPPORTED_ELEM_TYPES:
+                return f"graph {kind} {vi.name!r} has element type {named(elem)}"
+    for init in graph.initializer:
+        if init.data_type in _UNSUPPORTED_ELEM_TYPES:
+            return f"initializer {init.name!r} has element type {named(init.data_type)}"
+    return None
+
+
+def _graph_inputs(proto: onnx.ModelProto, initializers_as_inputs: bool = False) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that become the artifact's inputs, in graph order.
+
+    A graph input that also has an initializer (as exporters for ONNX IR < 4 list every weight)
+    is a constant, not an input, unless `initializers_as_inputs`.
+    """
+    if initializers_as_inputs:
+        return list(proto.graph.input)
     initializers = {init.name for init in proto.graph.initializer}
     return [vi for vi in proto.graph.input if vi.name not in initializers]
 
@@ -150,16 +229,29 @@ def _dtype_of(value: onnx.ValueInfoProto) -> str:
     return str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)))
 
 
+def _declared_dims(value: onnx.ValueInfoProto, initializer: onnx.TensorProto | None) -> list[int | None]:
+    """The input's dims as the model declares them (None where dynamic); an input with an
+    initializer has its initializer's dims."""
+    if initializer is not None:
+        return [int(d) for d in initializer.dims]
+    dims = value.type.tensor_type.shape.dim
+    # 0 is a size, as in onnxruntime; a negative dim (-1, as some exporters write) is dynamic.
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in dims]
+
+
 def bind_input_shapes(
-    proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, where: str
+    proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, where: str,
+    initializers_as_inputs: bool = False,
 ) -> tuple[list[TensorSpec], list[str]]:
-    """Static shapes for every graph input, and notes on dynamic batch dims defaulted to 1.
+    """Static shapes for every artifact input (see `_graph_inputs`), and notes on dynamic batch
+    dims defaulted to 1.
 
     A dim given in `input_shapes` must agree with a static dim in the model. A dynamic batch
     (first) dim not given defaults to 1; any other dynamic dim must be given.
     """
     given = dict(input_shapes or {})
-    inputs = _graph_inputs(proto)
+    inputs = _graph_inputs(proto, initializers_as_inputs)
+    initializers = {init.name: init for init in proto.graph.initializer}
     names = [vi.name for vi in inputs]
     unknown = sorted(set(given) - set(names))
     if unknown:
@@ -171,7 +263,7 @@ def bind_input_shapes(
         if not vi.type.HasField("tensor_type"):
             raise QCompilerError(f"{where}: input {vi.name!r} is not a tensor; only tensor inputs are supported")
         dims = vi.type.tensor_type.shape.dim
-        model_dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+        model_dims = _declared_dims(vi, initializers.get(vi.name))
         shown = "x".join(str(d) if d is not None else (dims[i].dim_param or "?") for i, d in enumerate(model_dims))
         if vi.name in given:
             shape = tuple(int(d) for d in given[vi.name])
@@ -203,19 +295,38 @@ def bind_input_shapes(
 
 
 def _static_copy(proto: onnx.ModelProto, inputs: Sequence[TensorSpec]) -> onnx.ModelProto:
-    """A copy of the model whose graph inputs carry the bound static shapes."""
+    """A copy of the model whose graph inputs are exactly `inputs`, with their bound static shapes.
+
+    Every other graph input has an initializer (see `_graph_inputs`) and is dropped from the
+    inputs, so that it is a constant to shape inference, folding and TVM's importer alike; an
+    initializer of a name in `inputs` is dropped, so that the input is not mistaken for a constant.
+    """
     static = onnx.ModelProto()
     static.CopyFrom(proto)
+    for index, node in enumerate(static.graph.node):
+        node.name = node_label(node, index)  # before folding removes nodes: labels stay as in the model
     by_name = {spec.name: spec for spec in inputs}
+    kept = [vi for vi in static.graph.input if vi.name in by_name]
+    if len(kept) < len(static.graph.input):
+        # The checker requires IR >= 4 for initializers that are not graph inputs.
+        static.ir_version = max(static.ir_version, 4)
+    del static.graph.input[:]
+    static.graph.input.extend(kept)
+    weights = [init for init in static.graph.initializer if init.name not in by_name]
+    del static.graph.initializer[:]
+    static.graph.initializer.extend(weights)
     for vi in static.graph.input:
-        spec = by_name.get(vi.name)
-        if spec is None:
-            continue
-        for dim, size in zip(vi.type.tensor_type.shape.dim, spec.shape):
-            dim.Clear()
-            dim.dim_value = size
-    # Stale intermediate shapes (with symbolic dims) would shadow the freshly inferred ones.
+        spec = by_name[vi.name]
+        vi.type.tensor_type.shape.Clear()
+        vi.type.tensor_type.shape.SetInParent()  # a scalar keeps its (empty) shape: rank 0, not unknown
+        for size in spec.shape:
+            vi.type.tensor_type.shape.dim.add().dim_value = size
+    # Stale intermediate shapes (with symbolic dims) would shadow the freshly inferred ones; output
+    # dims are inferred afresh too (declared ones may be symbolic), to check the import against.
     del static.graph.value_info[:]
+    for out in static.graph.output:
+        for dim in out.type.tensor_type.shape.dim:
+            dim.Clear()
     return static
 
 
@@ -253,8 +364,90 @@ def _clip_as_relax_clip(inputs, attrs):
     return relax.op.clip(x, max(bounds[0], -3.4e38), min(bounds[1], 3.4e38))
 
 
+def _layer_norm_with_statistics(inputs, attrs):
+    """LayerNormalization with all three outputs (Y, Mean, InvStdDev), as ONNX's function body
+    computes them: statistics over axes [axis, rank) in the stash type (float32 unless
+    `stash_type` says otherwise), kept as dims of size 1; Y = cast(D · InvStdDev) · Scale + B."""
+    from tvm import relax
+
+    x, scale = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    rank = len(x.ty.shape)
+    axis = int(attrs.get("axis", -1))
+    axes = list(range(axis + rank if axis < 0 else axis, rank))
+    dtype = str(x.ty.dtype)
+    stash = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(attrs.get("stash_type", onnx.TensorProto.FLOAT)))))
+    xs = x if stash == dtype else relax.op.astype(x, stash)
+    mean = relax.op.mean(xs, axes, keepdims=True)
+    centered = relax.op.subtract(xs, mean)
+    variance = relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True)
+    epsilon = relax.const(float(attrs.get("epsilon", 1e-5)), stash)
+    inv_std = relax.op.divide(relax.const(1.0, stash), relax.op.sqrt(relax.op.add(variance, epsilon)))
+    normalized = relax.op.multiply(centered, inv_std)
+    y = relax.op.multiply(normalized if stash == dtype else relax.op.astype(normalized, dtype), scale)
+    if bias is not None:
+        y = relax.op.add(y, bias)
+    return relax.Tuple([y, mean, inv_std])
+
+
+def _isinf_one_sign(inputs, attrs):
+    """IsInf with detect_positive=0 or detect_negative=0 (TVM's converter ignores both); None
+    when both are set, the case TVM's `isinf` covers."""
+    from tvm import relax
+
+    positive, negative = int(attrs.get("detect_positive", 1)), int(attrs.get("detect_negative", 1))
+    if positive and negative:
+        return None
+    x = inputs[0]
+    infinite = relax.op.isinf(x)
+    zero = relax.const(0, str(x.ty.dtype))
+    if positive:
+        return relax.op.logical_and(infinite, relax.op.greater(x, zero))
+    if negative:
+        return relax.op.logical_and(infinite, relax.op.less(x, zero))
+    return relax.op.logical_and(infinite, relax.op.logical_not(infinite))
+
+
+def _out_of_range_shifts(inputs, attrs, shifted):
+    """BitShift's result where the shift is negative or at least the bit width replaced as ONNX
+    specifies: 0, or for a right shift of a signed integer its sign (-1 or 0); TVM's converter
+    leaves those lanes to the machine's shift instruction."""
+    from tvm import relax
+
+    x, shift = inputs[0], inputs[1]
+    dtype, shift_dtype = str(x.ty.dtype), str(shift.ty.dtype)
+    bits = np.iinfo(np.dtype(dtype)).bits
+    out_of_range = relax.op.logical_or(relax.op.less(shift, relax.const(0, shift_dtype)),
+                                       relax.op.greater_equal(shift, relax.const(bits, shift_dtype)))
+    fill = relax.const(0, dtype)
+    direction = attrs.get("direction", b"")
+    if (direction.decode() if isinstance(direction, bytes) else direction) == "RIGHT" and dtype.startswith("int"):
+        fill = relax.op.where(relax.op.less(x, fill), relax.const(-1, dtype), fill)
+    return relax.op.where(out_of_range, fill, shifted)
+
+
+class _OneNode:
+    """A stand-in graph holding one node: TVM's `_construct_nodes` reads only `graph.node`."""
+
+    def __init__(self, node: onnx.NodeProto):
+        self.node = [node]
+
+
+def _one_line(err: BaseException) -> str:
+    """The last non-empty line of an exception's message (TVM puts its reason there), shortened."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    text = f"{type(err).__name__}: {lines[-1] if lines else ''}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, where: str):
-    """Run TVM's ONNX importer, binding each node's result to a variable named after the node."""
+    """Run TVM's ONNX importer, binding each node's result to a variable named after the node.
+
+    A node TVM cannot convert raises a `QCompilerError` naming the node, its op and TVM's reason.
+    """
+    import contextlib
+    import io
+
     from tvm import relax
     from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -262,10 +455,38 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
     node_op_types: dict[str, str] = {}
 
     class TracingImporter(onnx_frontend.ONNXGraphImporter):
+        current: onnx.NodeProto | None = None
+
+        def _construct_nodes(self, graph):
+            for node in graph.node:
+                self.current = node
+                unknown = [name for name in node.input if name and name not in self._nodes]
+                if unknown:
+                    raise QCompilerError(
+                        f"{where}: node {node.name!r} ({node.op_type}): input {unknown[0]!r} is not a graph "
+                        f"input, an initializer or the output of an earlier node"
+                    )
+                try:
+                    super()._construct_nodes(_OneNode(node))
+                except QCompilerError:
+                    raise
+                except Exception as err:  # the importer raises many exception types
+                    raise QCompilerError(
+                        f"{where}: node {node.name!r} ({node.op_type}) cannot be imported: {_one_line(err)}"
+                    ) from err
+
         def _convert_operator(self, op_name, inputs, attrs, opset):
-            result = _clip_as_relax_clip(inputs, attrs) if op_name == "Clip" else None
+            result = None
+            if op_name == "Clip":
+                result = _clip_as_relax_clip(inputs, attrs)
+            elif op_name == "LayerNormalization" and self.current is not None and any(self.current.output[1:]):
+                result = _layer_norm_with_statistics(inputs, attrs)
+            elif op_name == "IsInf":
+                result = _isinf_one_sign(inputs, attrs)
             if result is None:
                 result = super()._convert_operator(op_name, inputs, attrs, opset)
+                if op_name == "BitShift":
+                    result = self.bb.normalize(_out_of_range_shifts(inputs, attrs, self.bb.emit(result)))
             else:
                 result = self.bb.normalize(result)
             node_name = attrs["tvm_custom"]["name"]
@@ -276,8 +497,7 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
             return result
 
     for index, node in enumerate(static.graph.node):
-        if not node.name:
-            node.name = f"{node.op_type}_{index}"
+        node.name = node_label(node, index)  # named by `_static_copy`; a node folding added may not be
         node_op_types[node.name] = node.op_type
     importer = TracingImporter(
         {spec.name: list(spec.shape) for spec in inputs},
@@ -286,37 +506,75 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
         sanitize=True,
     )
     try:
-        with warnings.catch_warnings():
+        # TVM prints every failing node's inputs to stdout before re-raising: the error says it all.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             mod = importer.from_onnx(static.graph, opset)
+    except QCompilerError:
+        raise
     except Exception as err:  # the importer raises many exception types
-        message = str(err).strip().splitlines()
-        raise QCompilerError(
-            f"{where}: ONNX import failed: {type(err).__name__}: {message[-1] if message else ''}"
-        ) from err
+        raise QCompilerError(f"{where}: ONNX import failed: {_one_line(err)}") from err
     return mod, node_names, node_op_types
 
 
+def _onnx_output_types(proto: onnx.ModelProto) -> dict[str, tuple[str | None, tuple[int | None, ...] | None]]:
+    """Output name → (dtype, dims) as ONNX's shape inference gives them (None where unknown)."""
+    types = {}
+    for out in proto.graph.output:
+        tensor = out.type.tensor_type
+        dtype = _dtype_of(out) if out.type.HasField("tensor_type") and tensor.elem_type else None
+        dims = None
+        if out.type.HasField("tensor_type") and tensor.HasField("shape"):
+            dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tensor.shape.dim)
+        types[out.name] = (dtype, dims)
+    return types
+
+
 def _output_specs(mod, proto: onnx.ModelProto, where: str) -> list[TensorSpec]:
-    """Static output specs, read from the imported function's return type."""
+    """Static output specs, read from the imported function's return type.
+
+    Each must be static and agree with what ONNX's shape inference says of that output (dtype,
+    rank and every dim it knows): a disagreement means TVM's importer converted the producing
+    node into something other than what ONNX specifies, and is refused naming that node.
+    """
     from tvm import relax
 
     ret = mod["main"].ret_ty if hasattr(mod["main"], "ret_ty") else mod["main"].ret_struct_info
     fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
     names = [out.name for out in proto.graph.output]
+    producers = {out: node for node in proto.graph.node for out in node.output}
     if len(fields) != len(names):
-        raise QCompilerError(f"{where}: the imported function returns {len(fields)} values for {len(names)} outputs")
+        made_by = ", ".join(f"{name!r} of node {producers[name].name!r} ({producers[name].op_type})"
+                            if name in producers else repr(name) for name in names)
+        raise QCompilerError(
+            f"{where}: the imported function returns {len(fields)} values for {len(names)} outputs ({made_by}): "
+            f"only tensor outputs are supported"
+        )
+    onnx_types = _onnx_output_types(proto)
     specs = []
     for name, ty in zip(names, fields):
+        node = producers.get(name)
+        source = f"output {name!r}" + (f" of node {node.name!r} ({node.op_type})" if node is not None else "")
         if not isinstance(ty, relax.TensorType) or ty.shape is None:
-            raise QCompilerError(f"{where}: output {name!r} is not a tensor of known shape after import")
+            raise QCompilerError(f"{where}: {source} is not a tensor of known shape after import")
         try:
             shape = tuple(int(d) for d in ty.shape.values)
         except (TypeError, ValueError):
             raise QCompilerError(
-                f"{where}: output {name!r} has a data-dependent shape {ty.shape}; only static shapes are supported"
+                f"{where}: {source} has a data-dependent shape {ty.shape}; only static shapes are supported"
             ) from None
-        specs.append(TensorSpec(name, shape, str(ty.dtype)))
+        spec = TensorSpec(name, shape, str(ty.dtype))
+        want_dtype, want_dims = onnx_types.get(name, (None, None))
+        agrees = (want_dtype is None or want_dtype == spec.dtype) and (
+            want_dims is None or (len(want_dims) == len(shape) and all(w in (None, d) for w, d in zip(want_dims, shape)))
+        )
+        if not agrees:
+            want = ",".join("?" if d is None else str(d) for d in want_dims) if want_dims is not None else "?"
+            raise QCompilerError(
+                f"{where}: {source} imports as {spec.describe()}, but ONNX specifies {want_dtype or '?'}[{want}]: "
+                f"TVM's importer does not convert this {node.op_type if node is not None else 'output'} as ONNX specifies"
+            )
+        specs.append(spec)
     return specs
 
 
@@ -325,24 +583,30 @@ def load_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     *,
     on_note=None,
+    initializers_as_inputs: bool = False,
 ) -> ImportedModel:
     """Load, check and import an ONNX model with every input shape bound to static dims.
 
-    `on_note(str)` receives notes such as dynamic dims defaulted to 1.
+    `on_note(str)` receives notes such as dynamic dims defaulted to 1. A graph input that has
+    an initializer (every weight, in exports for ONNX IR < 4) is a constant embedded in the
+    module; with `initializers_as_inputs` it stays an input of the module instead (which the
+    caller must then feed, e.g. with the initializer's value or a replacement of its shape).
     """
     proto, data, path = read_model(model)
     where = path or "model"
     if proto.ir_version < 3:
         raise QCompilerError(f"{where}: ONNX IR version {proto.ir_version} is too old: expected 3 or newer")
-    missing_ops = unsupported_ops(proto)
-    if missing_ops:
-        listed = "; ".join(
-            f"{op} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}: {', '.join(nodes[:3])}{', ...' if len(nodes) > 3 else ''})"
-            for op, nodes in sorted(missing_ops.items())
-        )
+    listed = _unsupported_message(proto)
+    if listed is not None:
         raise QCompilerError(f"{where}: unsupported ONNX ops: {listed}")
+    dtype_use = unsupported_dtype(proto)
+    if dtype_use is not None:
+        raise QCompilerError(
+            f"{where}: {dtype_use}: not supported (strings, complex numbers, floats under 16 bits and "
+            f"integers under 8 bits)"
+        )
     checked = _check(proto, where)
-    inputs, notes = bind_input_shapes(checked, input_shapes, where)
+    inputs, notes = bind_input_shapes(checked, input_shapes, where, initializers_as_inputs)
     for note in notes:
         if on_note is not None:
             on_note(note)

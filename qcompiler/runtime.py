@@ -146,7 +146,7 @@ def check_feed(feed: Mapping[str, np.ndarray], inputs: list[TensorSpec], where: 
         if array.dtype != np.dtype(spec.dtype) or tuple(array.shape) != spec.shape:
             got = TensorSpec(spec.name, tuple(array.shape), str(array.dtype))
             raise QCompilerError(f"{where}: input {spec.name!r} expects {spec.describe()}, got {got.describe()}")
-        arrays.append(np.ascontiguousarray(array))
+        arrays.append(np.asarray(array, order="C"))  # (np.ascontiguousarray makes rank 0 rank 1)
     return arrays
 
 

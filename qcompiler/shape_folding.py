@@ -10,6 +10,8 @@ alone (inputs above `MAX_FOLD_ELEMENTS` are not folded).
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -17,7 +19,11 @@ from onnx import numpy_helper
 FOLDABLE_OPS = frozenset({
     "Cast", "Concat", "Gather", "Slice", "Squeeze", "Unsqueeze", "Identity", "Add", "Sub", "Mul", "Div",
     "Floor", "Ceil", "Range", "ConstantOfShape", "Equal", "Where", "Reshape", "ReduceProd", "Min", "Max", "Abs", "Neg",
+    "Size",
 })
+# Constant's list and scalar attribute forms (TVM's importer reads only `value`) → numpy dtype.
+_CONSTANT_FORMS = MappingProxyType({"value_float": np.float32, "value_floats": np.float32,
+                                    "value_int": np.int64, "value_ints": np.int64})
 MAX_FOLD_ELEMENTS = 4096
 
 
@@ -30,6 +36,15 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
         if all(d.HasField("dim_value") for d in dims):
             shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
     return shapes
+
+
+def _constant_form(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant given as value_float(s) / value_int(s), else None."""
+    for attr in node.attribute:
+        if attr.name in _CONSTANT_FORMS:
+            value = onnx.helper.get_attribute_value(attr)
+            return np.array(value, dtype=_CONSTANT_FORMS[attr.name])
+    return None
 
 
 def _shape_of(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
@@ -83,6 +98,9 @@ def fold_shape_computations(model: onnx.ModelProto, opset: int) -> onnx.ModelPro
                 constants[node.output[0]] = None
                 if small(node.output[0]):
                     results = [value(node.output[0])]
+            else:
+                form = _constant_form(node)
+                results = None if form is None else [form]
         elif node.op_type == "Shape" and node.input[0] in shapes:
             results = [_shape_of(node, shapes[node.input[0]])]
         elif (
