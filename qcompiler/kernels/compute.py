@@ -7,7 +7,7 @@ lanes (isa.py: 16 for VNNI, 8 for its 256-bit form, 4 for sdot):
   conv2d_nhwc_<isa>  out[n, h, w, o] = Σ_{r,s,c} x[n, h·sh + r·dh, w·sw + s·dw, g(o)·I + c] · wp[o/L, r, s, c/4, o%L, c%4]
                      with I input channels per group (padded to 4k), g(o) = o / O' the group of
                      output channel o, O' its output channels per group (padded to Lk)
-  dense_<isa>        out[m, o]       = Σ_k a[m, k] · wp[o/L, k/4, o%L, k%4]
+  dense_<isa>        out[..., o]     = Σ_k a[..., k] · wp[o/L, k/4, o%L, k%4]
   depthwise_nhwc     out[n, h, w, c] = Σ_{r,s}   x[n, h·sh + r·dh, w·sw + s·dw, c] · wd[r, s, c]
   depthwise_nhwc_<isa>  the same over taps interleaved 4 by 4 (taps.py), for the lane-wise dot
                      product: out[n, h, w, c] = Σ_{r,g,k} t[n, h·sh + r·dh, w + g·step, c/L, c%L, k] · wt[r, g, c/L, c%L, k]
@@ -140,14 +140,15 @@ def conv2d_nhwc_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, strid
 
 
 def dense_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, out_channels: int) -> te.Tensor:
-    rows, depth = (int(d) for d in data.shape)
+    """Over rows of any rank (a transformer's [batch, tokens, K] activations): out[..., o]."""
+    *rows, depth = (int(d) for d in data.shape)
     out_blocks = int(packed.shape[0])
     lanes, reduce = dp.lanes, dp.reduce
     k = te.reduce_axis((0, depth), "k")
     out = te.compute(
-        shape64(rows, out_blocks * lanes),
-        lambda m, o: te.sum(
-            _product(data[m, k], packed[o // lanes, k // reduce, o % lanes, k % reduce], dp),
+        shape64(*rows, out_blocks * lanes),
+        lambda *index: te.sum(
+            _product(data[(*index[:-1], k)], packed[index[-1] // lanes, k // reduce, index[-1] % lanes, k % reduce], dp),
             axis=k),
         name=dp.dense_block())
     return first_channels(out, out_channels)

@@ -14,7 +14,7 @@ not: DotProduct.for_channels):
                                         taps for stride 1: one set per phase,
                                         [4, H, ⌈(W+3)/4⌉, ⌈C/L⌉, L, 4]); else
                                         depthwise_nhwc, weights [H, W, C]
-  matmul [M, K] × constant [K, N]     → dense_<isa>, weights packed [N/L, K/4, L, 4]
+  matmul [..., K] × constant [K, N]   → dense_<isa>, weights packed [N/L, K/4, L, 4]
 
 Activations x of the other signedness than the instruction takes (`vpdpbusd`: uint8, `sdot`
 and `__dp4a`: int8; NEON takes both) are fed as x ∓ 128 and the accumulator corrected by
@@ -206,13 +206,14 @@ class _Int8KernelDispatch(KernelDispatch):
     def matmul(self, call) -> relax.Expr | None:
         data, weight = call.args
         if not (str(call.attrs.out_dtype) == "int32" and _dtype(data) in ("uint8", "int8")
-                and len(_shape(data)) == 2 and isinstance(weight, Constant)):
+                and len(_shape(data)) >= 2 and isinstance(weight, Constant)):
             return None
         w = constant_value(weight)
         if w.dtype != np.int8 or w.ndim != 2:
             return None
-        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1, w.shape[1]])
-        data = self.pad(data, [(0, 0), (0, -w.shape[0] % self.dp.reduce)])
+        rows = len(_shape(data)) - 1  # leading axes: [M] or a transformer's [batch, tokens]
+        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1] * rows + [w.shape[1]])
+        data = self.pad(data, [(0, 0)] * rows + [(0, -w.shape[0] % self.dp.reduce)])
         dp = self.dp.for_channels(w.shape[1])
         kernel = self.kernel(f"dense_{self.operands(data)}_{dp.name}",
                              lambda x, wp: kc.dense_packed(x, wp, dp, w.shape[1]), [data],

@@ -201,8 +201,14 @@ def schedule_conv_dot(sch: Schedule, block, dp: DotProduct) -> None:
     _tensorized_tiles(sch, block, [b, h, wo, oo, r, s, co, wi, oi, ci], oo, [b, h, wo], r, dp.register())
 
 
+def _rows_fused(sch: Schedule, block) -> list:
+    """The loops of a dense block with its leading (row) loops fused into one: [m, o, k]."""
+    *rows, o, k = sch.get_loops(block)
+    return [sch.fuse(*rows) if len(rows) > 1 else rows[0], o, k]
+
+
 def schedule_dense_dot(sch: Schedule, block, dp: DotProduct) -> None:
-    m, o, k = sch.get_loops(block)
+    m, o, k = _rows_fused(sch, block)
     mo, mi = sch.split(m, [None, largest_divisor(loop_extent(sch, m), 4)])
     oo, oi = sch.split(o, [None, dp.lanes])
     ko, ki = sch.split(k, [None, dp.reduce])
@@ -219,7 +225,7 @@ def schedule_conv_reduction_inner(sch: Schedule, block) -> None:
 
 
 def schedule_dense_reduction_inner(sch: Schedule, block) -> None:
-    m, o, _ = sch.get_loops(block)
+    m, o, _ = _rows_fused(sch, block)
     _with_epilogue(sch, block, m)
     _parallel_outer(sch, [m, o], block)
 
@@ -271,8 +277,7 @@ def schedule_conv_fma(sch: Schedule, block, lanes: int) -> None:
 
 
 def schedule_dense_fma(sch: Schedule, block, lanes: int) -> None:
-    *rows, o, k = sch.get_loops(block)
-    m = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    m, o, k = _rows_fused(sch, block)
     _fma_tiles(sch, block, [], m, o, [k], lanes)
 
 
