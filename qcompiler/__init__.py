@@ -49,6 +49,7 @@ def compile(  # noqa: A001 - the public verb of this package
     tuning_logs: "Sequence[str | os.PathLike]" = (),
     committed_logs: bool = True,
     default_schedules: bool = True,
+    initializers_as_inputs: bool = False,
 ) -> "Artifact":
     """Compile an ONNX model (path or `onnx.ModelProto`) for a target preset or raw TVM target JSON.
 
@@ -59,7 +60,8 @@ def compile(  # noqa: A001 - the public verb of this package
     `tuning_logs` are MetaSchedule databases (from `qcompiler tune`) applied before the
     committed `tuning_logs/<preset>/` (skipped when `committed_logs` is False). CPU kernels
     without records get qcompiler's default schedules, or with `default_schedules=False` TVM's
-    naive loop nests (for comparison).
+    naive loop nests (for comparison). Graph inputs that have an initializer (legacy exports
+    list every weight so) are constants, or with `initializers_as_inputs` artifact inputs.
     """
     import logging
 
@@ -72,7 +74,7 @@ def compile(  # noqa: A001 - the public verb of this package
         raise QCompilerError(f"quantize={quantize!r} is not supported: expected None or 'int8'")
     if quantize is None and (calib is not None or calib_cache is not None or report is not None or simulate):
         raise QCompilerError("calibration data, a calibration cache, a report or simulate need quantize='int8'")
-    imported = load_onnx(model, input_shapes, on_note=log.warning)
+    imported = load_onnx(model, input_shapes, on_note=log.warning, initializers_as_inputs=initializers_as_inputs)
     if quantize is None:
         return build(imported, preset, tuning_logs=list(tuning_logs), committed_logs=committed_logs,
                      default_schedules=default_schedules)

@@ -61,7 +61,8 @@ def _cmd_compile(args) -> None:
     artifact = compile_model(args.model, target=args.target, input_shapes=shapes, quantize=args.quantize,
                              calib=args.calib, config=config, calib_cache=args.calib_cache, report=args.report,
                              simulate=args.simulate, tuning_logs=args.tuning_log,
-                             committed_logs=not args.no_tuning_logs, default_schedules=not args.naive_schedules)
+                             committed_logs=not args.no_tuning_logs, default_schedules=not args.naive_schedules,
+                             initializers_as_inputs=args.initializers_as_inputs)
     artifact.export(args.output)
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
 
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="x86", help="target preset (see `qcompiler targets`) or raw TVM target JSON")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
                    help="bind an input's shape, e.g. x=1x3x224x224 (repeatable)")
+    p.add_argument("--initializers-as-inputs", action="store_true",
+                   help="legacy exports (ONNX IR < 4) list their weights among the graph inputs: keep those as "
+                        "artifact inputs (default: embedded constants)")
     q = p.add_argument_group("quantization")
     q.add_argument("--quantize", choices=["int8"], help="post-training static quantization to int8")
     q.add_argument("--calib", metavar="DATA", help=".npz (arrays keyed by input name, first axis = samples) "

@@ -8,6 +8,9 @@ benchmarks/conformance.py (every inference node case).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -97,17 +100,19 @@ def test_batchnorm_folding_drops_the_inputs_of_folded_weights():
 def test_initializers_as_inputs_keeps_them_overridable(tmp_path):
     """With initializers_as_inputs=True every weight is an artifact input, fed at run time (and not
     folded into the convolution): outputs match onnxruntime fed the same replacement weights."""
-    from qcompiler.build import build
-    from qcompiler.targets import resolve
-
     model = legacy_conv_bn_model()
-    imported = load_onnx(model, initializers_as_inputs=True)
-    assert [spec.name for spec in imported.inputs] == ["x", "w", "s", "b", "m", "v"]
+    onnx.save(model, tmp_path / "legacy.onnx")
+    cli = subprocess.run([sys.executable, "-m", "qcompiler", "compile", str(tmp_path / "legacy.onnx"), "-o",
+                          str(tmp_path / "legacy.so"), "--initializers-as-inputs"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    loaded = qcompiler.load(tmp_path / "legacy.so")
+    assert [spec.name for spec in loaded.inputs] == ["x", "w", "s", "b", "m", "v"]
     rng = np.random.default_rng(5)
-    feed = {spec.name: rng.standard_normal(spec.shape).astype(np.float32) for spec in imported.inputs}
+    feed = {spec.name: rng.standard_normal(spec.shape).astype(np.float32) for spec in loaded.inputs}
     feed["v"] = np.abs(feed["v"]) + 0.5
-    path = build(imported, resolve("x86")).export(tmp_path / "legacy.so")
-    actual = qcompiler.load(path).run(feed)["y"]
+    actual = loaded.run(feed)["y"]
+    embedded = qcompiler.compile(model).metadata.inputs  # the default: weights are constants
+    assert [spec.name for spec in embedded] == ["x"]
     # onnxruntime treats IR-3 initializers as constants: its reference has plain weight inputs.
     reference = onnx.ModelProto()
     reference.CopyFrom(model)
