@@ -215,7 +215,8 @@ def main() -> None:
                     ms[variant] = result["median_ms"]
                     row["peak_mb"][variant] = result["peak_mb"]
                 row["latency_ms"][str(threads)] = ms
-                cells = "".join(f"{ms[v]:>10.3f}" if v in ms else f"{'failed':>10}" for v in VARIANTS)
+                cells = "".join(f"{ms[v]:>10.3f}" if v in ms else f"{'failed' if v in args.variants else '-':>10}"
+                                for v in VARIANTS)
                 ratios = [ms["qc fp32"] / ms["ort fp32"] if {"qc fp32", "ort fp32"} <= set(ms) else None,
                           ms["qc int8"] / ms["ort int8"] if {"qc int8", "ort int8"} <= set(ms) else None,
                           ms["qc int8"] / ms["ort fp32"] if {"qc int8", "ort fp32"} <= set(ms) else None]

@@ -9,6 +9,8 @@ Every 4-D value is either in its original layout or channels-last, i.e. stored a
 `permute_dims(x, [0, 2, 3, 1])` of the original. The rewrite, per op:
 
   conv2d NCHW / OIHW              NHWC / OHWI, weights transposed at compile time
+  conv2d_transpose NCHW           unchanged, its result transposed to NHWC at once (kernels/fp32.py
+                                  runs it channels-last and cancels the transposes around it)
   max_pool2d / avg_pool2d NCHW    NHWC
   mean over axes {2, 3}           mean over {1, 2} (its result keeps the layout iff keepdims)
   concat along axis 1             along axis 3
@@ -105,6 +107,9 @@ class _ChannelsLast:
                 self.channels_last(call.args[0]), const(weight), strides=attrs.strides, padding=attrs.padding,
                 dilation=attrs.dilation, groups=attrs.groups, data_layout="NHWC", kernel_layout="OHWI",
                 out_layout="NHWC", out_dtype=attrs.out_dtype), True
+        if name == "relax.nn.conv2d_transpose" and str(attrs.data_layout) == "NCHW" and str(attrs.out_layout) == "NCHW":
+            transposed = self.emit(relax.Call(call.op, [self.original(a) for a in call.args], attrs, call.ty_args))
+            return relax.op.permute_dims(transposed, TO_NHWC), True
         if name in POOL_OPS and str(attrs.layout) == "NCHW" and str(attrs.out_layout) == "NCHW":
             pool = relax.op.nn.max_pool2d if name == "relax.nn.max_pool2d" else relax.op.nn.avg_pool2d
             return pool(self.channels_last(call.args[0]), pool_size=attrs.pool_size, strides=attrs.strides,

@@ -56,13 +56,14 @@ def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     from . import fusion
     from .kernels.dispatch import dispatch_int8_kernels
     from .kernels.fp32 import dispatch_float_kernels
+    from .kernels.vector_math import with_vector_math
     from .passes.layout import channels_last
 
     if target.kind.name != "cuda":
         # Constant weights folded (Gemm's transposed weight), float convolutions channels-last (a
         # quantized model is already), before the kernels that pack those weights are chosen.
         mod = channels_last(relax.transform.FoldConstant()(mod))[0]
-    mod = dispatch_float_kernels(dispatch_int8_kernels(mod, target), target)
+    mod = with_vector_math(dispatch_float_kernels(dispatch_int8_kernels(mod, target), target), target)
     with target:
         if target.kind.name == "cuda":
             from tvm.relax.backend.cuda import pipeline as cuda

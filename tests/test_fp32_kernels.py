@@ -3,6 +3,10 @@ and no conv or dense left to a naive loop nest when there are no tuning records.
 
 from __future__ import annotations
 
+import math
+import re
+import subprocess
+
 import numpy as np
 import pytest
 from onnx import helper
@@ -72,6 +76,74 @@ def test_gemm_with_transposed_weight(tmp_path):
     kernels, got = compiled_outputs(model, feed, tmp_path)
     assert_close_rel(got["y"], ort_run(model, feed)["y"], rtol=1e-5)
     assert_fma_kernels(kernels, ("dense_f32",))
+
+
+@pytest.mark.parametrize("heads, seq, depth", [(2, 7, 16), (3, 32, 24), (1, 128, 64)])
+def test_attention_batch_matmuls_against_onnxruntime(tmp_path, heads, seq, depth):
+    """QKᵀ (with the scale and mask as its epilogue), Softmax, then PV: two matmuls of activations."""
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Mul", ["s", "scale"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "mask"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    shape = [1, heads, seq, depth]
+    model = make_model(nodes, [("q", shape), ("k", shape), ("v", shape)], [("y", shape)],
+                       {"scale": np.float32(depth ** -0.5), "mask": w(1, 1, 1, seq)})
+    feed = {name: rng.standard_normal(shape).astype(np.float32) for name in ("q", "k", "v")}
+    kernels, got = compiled_outputs(model, feed, tmp_path)
+    assert_close_rel(got["y"], ort_run(model, feed)["y"], rtol=1e-5)
+    assert_fma_kernels(kernels, ("batch_matmul_f32",))
+
+
+def test_batch_matmul_broadcasts_batch_axes(tmp_path):
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"])]
+    model = make_model(nodes, [("a", [5, 9]), ("b", [3, 9, 20])], [("y", [3, 5, 20])])
+    feed = {"a": rng.standard_normal((5, 9)).astype(np.float32), "b": rng.standard_normal((3, 9, 20)).astype(np.float32)}
+    kernels, got = compiled_outputs(model, feed, tmp_path)
+    np.testing.assert_allclose(got["y"], np.matmul(feed["a"], feed["b"]), rtol=1e-5, atol=1e-5)
+    assert_fma_kernels(kernels, ("batch_matmul_f32",))
+
+
+@pytest.mark.parametrize("cin, cout, k, stride, pad, out_pad, dilation, size", [
+    (24, 24, 2, 2, 0, 0, 1, 10),   # 2x upsampling (a segmentation head: PP-OCR's detector)
+    (24, 1, 2, 2, 0, 0, 1, 9),     # to one channel
+    (7, 5, 3, 2, 1, 1, 1, 6),      # overlapping taps, padding, output padding
+    (3, 8, 3, 1, 1, 0, 2, 7),      # dilation 2, stride 1
+    (4, 6, 4, 3, 2, 0, 1, 5),      # kernel not a multiple of the stride
+])
+def test_conv_transpose_against_onnxruntime(tmp_path, cin, cout, k, stride, pad, out_pad, dilation, size):
+    out = (size - 1) * stride - 2 * pad + dilation * (k - 1) + out_pad + 1
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], kernel_shape=[k, k], strides=[stride] * 2,
+                              pads=[pad] * 4, output_padding=[out_pad] * 2, dilations=[dilation] * 2),
+             helper.make_node("Relu", ["c"], ["y"])]
+    model = make_model(nodes, [("x", [1, cin, size, size])], [("y", [1, cout, out, out])],
+                       {"w": w(cin, cout, k, k), "b": w(cout)})
+    feed = {"x": rng.standard_normal((1, cin, size, size)).astype(np.float32)}
+    kernels, got = compiled_outputs(model, feed, tmp_path)
+    assert_close_rel(got["y"], ort_run(model, feed)["y"], rtol=1e-5)
+    assert any("col2im_nhwc_f32" in name for name in kernels), kernels
+    assert_fma_kernels(kernels, ("dense_f32",))
+
+
+def test_polynomial_transcendentals_against_exact_functions(tmp_path):
+    """Erf, Tanh, Sigmoid and GELU run as vectorizable polynomials (kernels/vector_math.py):
+    within 1e-6 (GELU 2e-6, whose 1 + erf cancels for x << 0) of the exact function in float64,
+    over [-30, 30] and far outside it; the artifact calls no scalar libm function for them."""
+    x = np.concatenate([np.linspace(-30, 30, 60001), [-1e4, -100.0, 100.0, 1e4, 0.0]]).astype(np.float32)
+    ops = ("Erf", "Tanh", "Sigmoid", "Gelu")
+    nodes = [helper.make_node(op, ["x"], [op.lower()]) for op in ops]
+    model = make_model(nodes, [("x", [x.size])], [(op.lower(), [x.size]) for op in ops], opset=20)
+    artifact = qcompiler.compile(model, committed_logs=False).export(tmp_path / "m.so")
+    got = qcompiler.load(artifact).run({"x": x})
+    imported = subprocess.run(["objdump", "-T", str(artifact)], capture_output=True, text=True, check=True).stdout
+    assert not re.search(r"\b(erff|expf|tanhf)\b", imported), imported
+    exact = np.array([math.erf(v) for v in x.astype(np.float64)])
+    x64 = x.astype(np.float64)
+    expected = {"erf": exact, "tanh": np.tanh(x64), "sigmoid": 0.5 * (1 + np.tanh(x64 / 2)),
+                "gelu": 0.5 * x64 * (1 + np.array([math.erf(v) for v in x64 / math.sqrt(2)]))}
+    for name, reference in expected.items():
+        np.testing.assert_allclose(got[name], reference, rtol=1e-6, atol=2e-6 if name == "gelu" else 1e-6, err_msg=name)
 
 
 def test_weight_packing_layouts():

@@ -10,19 +10,25 @@ AVX-512, 8 on AVX2, 4 on NEON, `float_lanes`), a call is replaced when its weigh
   conv2d NHWC, depthwise          → depthwise_nhwc_f32: out[n, h, w, c] = Σ_{r,s} x[...] · wd[r, s, c]
   matmul [..., K] × [K, N]         → dense_f32: out[..., n] = Σ_k a[..., k] · wp[n/L, k, n%L],
                                      weights packed [N'/L, K, L]
+  matmul [..., M, K] × [..., K, N] → batch_matmul_f32: out[..., m, n] = Σ_k a[..., m, k] · b[..., k, n],
+    of two activations              batch axes broadcast; N zero-padded to a multiple of L
+  conv2d_transpose NCHW / IOHW     → dense_f32 to columns [N, H, W, KH·KW·O] (weights [I, KH, KW, O]),
+                                     then col2im_nhwc_f32 (see col2im_nhwc), in NHWC
 
 so that the kernel's innermost step is one vector of L output channels times one broadcast
 activation, a fused multiply-add (kernels/schedules.py tiles pixels × channel vectors in
 registers). Spatial padding becomes an explicit pad before the kernel; padded output channels
-are dropped by the kernel's last block. Grouped convolutions (other than depthwise), matmuls of
-two activations and other dtypes are left to TVM's legalization.
+are dropped by the kernel's last block. Grouped convolutions (other than depthwise), grouped
+transposed convolutions and other dtypes are left to TVM's legalization. A transposed
+convolution arrives between two layout transforms (passes/layout.py); the pair
+permute(permute(x, NHWC→NCHW), NCHW→NHWC) that its kernel leaves is cancelled here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, te, tirx
 from tvm.target import codegen
 
 from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
@@ -31,6 +37,9 @@ from .kernel_dispatch import KernelDispatch
 
 LANES = (4, 8, 16)  # the vector widths kernels are packed for (float_lanes)
 DEPTHWISE_BLOCK = "depthwise_nhwc_f32"
+COL2IM_BLOCK = "col2im_nhwc_f32"
+TO_NHWC = (0, 2, 3, 1)
+TO_NCHW = (0, 3, 1, 2)
 
 
 def conv_block(lanes: int) -> str:
@@ -40,6 +49,10 @@ def conv_block(lanes: int) -> str:
 
 def dense_block(lanes: int) -> str:
     return f"dense_f32x{lanes}"
+
+
+def batch_matmul_block(lanes: int) -> str:
+    return f"batch_matmul_f32x{lanes}"
 
 
 def float_lanes(target: tvm.target.Target) -> int | None:
@@ -114,6 +127,67 @@ def dense(data: te.Tensor, packed: te.Tensor, out_channels: int) -> te.Tensor:
     return first_channels(out, out_channels)
 
 
+def batch_matmul(a: te.Tensor, b: te.Tensor, lanes: int, out_columns: int) -> te.Tensor:
+    """out[..., m, n] = Σ_k a[..., m, k] · b[..., k, n] over the batch axes of a and b broadcast as
+    numpy does; b's column count is a multiple of `lanes` (zero-padded), the result has
+    `out_columns` of them."""
+    *a_batch, rows, depth = (int(d) for d in a.shape)
+    *b_batch, _, columns = (int(d) for d in b.shape)
+    batch = [int(d) for d in np.broadcast_shapes(tuple(a_batch), tuple(b_batch))]
+
+    def at(operand_batch: list[int], index) -> list:
+        skip = len(batch) - len(operand_batch)
+        return [0 if d == 1 else index[skip + i] for i, d in enumerate(operand_batch)]
+
+    k = te.reduce_axis((0, depth), "k")
+    out = te.compute(
+        shape64(*batch, rows, columns),
+        lambda *i: te.sum(a[(*at(a_batch, i), i[-2], k)] * b[(*at(b_batch, i), k, i[-1])], axis=k),
+        name=batch_matmul_block(lanes))
+    return first_channels(out, out_columns)
+
+
+def _taps(out_index, size: int, kernel: int, stride: int, dilation: int, pad: int) -> list[tuple]:
+    """The (kernel tap, input index, valid) pairs that reach output index `out_index` of a
+    transposed convolution along one axis: out_index + pad = input·stride + tap·dilation. With
+    dilation 1 these are tap = (out_index + pad) mod stride + t·stride, t < ⌈kernel / stride⌉;
+    otherwise every tap, valid where the stride divides. Indices are clamped into range so that
+    an invalid pair reads nothing outside the tensor."""
+    full = out_index + pad
+    pairs = []
+    if dilation == 1:
+        for t in range(-(-kernel // stride)):
+            tap = tirx.floormod(full, stride) + t * stride
+            source = tirx.floordiv(full, stride) - t
+            pairs.append((tap, source, tirx.all(tap < kernel, source >= 0, source < size)))
+    else:
+        for tap in range(kernel):
+            shifted = full - tap * dilation
+            source = tirx.floordiv(shifted, stride)
+            pairs.append((tap, source, tirx.all(shifted >= 0, tirx.floormod(shifted, stride) == 0, source < size)))
+    clamp = lambda i: tirx.max(tirx.min(i, size - 1), 0)  # noqa: E731
+    return [(tirx.min(tap, kernel - 1), clamp(source), valid) for tap, source, valid in pairs]
+
+
+def col2im_nhwc(cols: te.Tensor, out_shape, kernel, strides, dilation, padding) -> te.Tensor:
+    """The transposed convolution's output from its columns cols[n, h, w, (r·KW + s)·O + o] =
+    Σ_c x[n, h, w, c] · w[c, r, s, o]:
+    out[n, y, x, o] = Σ cols[n, h, w, (r·KW + s)·O + o] over y + pt = h·sh + r·dh, x + pl = w·sw + s·dw."""
+    _, height, width, _ = (int(d) for d in cols.shape)
+    (kh, kw), (sh, sw), (dh, dw), (top, left) = kernel, strides, dilation, padding
+    channels = int(out_shape[3])
+
+    def value(b, y, x, o):
+        total = tirx.const(0.0, "float32")
+        for r, h, valid_h in _taps(y, height, kh, sh, dh, top):
+            for s, w, valid_w in _taps(x, width, kw, sw, dw, left):
+                read = cols[b, h, w, (r * kw + s) * channels + o]
+                total = total + tirx.if_then_else(tirx.all(valid_h, valid_w), read, tirx.const(0.0, "float32"))
+        return total
+
+    return te.compute(shape64(*out_shape), value, name=COL2IM_BLOCK)
+
+
 def _shape(expr) -> list[int]:
     return [int(d) for d in expr.ty.shape.values]
 
@@ -129,14 +203,67 @@ class _FloatKernelDispatch(KernelDispatch):
         self.mod_ = mod
         self.lanes = lanes
 
-    def kernel(self, name: str, compute, data, arrays: list) -> relax.Expr:
-        """call_tir of `compute` over the Relax tensor `data` and constant `arrays`."""
-        holders = [te.placeholder(shape64(*_shape(data)), "float32", "in0")]
+    def kernel(self, name: str, compute, data, arrays: list = ()) -> relax.Expr:
+        """call_tir of `compute` over the Relax tensor(s) `data` and constant `arrays`."""
+        inputs = list(data) if isinstance(data, (list, tuple)) else [data]
+        holders = [te.placeholder(shape64(*_shape(x)), "float32", f"in{i}") for i, x in enumerate(inputs)]
         holders += [te.placeholder(shape64(*a.shape), "float32", f"w{i}") for i, a in enumerate(arrays)]
         out = compute(*holders)
         gvar = self.builder_.add_func(te.create_prim_func([*holders, out]).without_attr("global_symbol"), name)
         out_ty = relax.TensorType([int(d) for d in out.shape], "float32")
-        return relax.call_tir(gvar, [data, *[const(a) for a in arrays]], out_ty)
+        return relax.call_tir(gvar, [*inputs, *[const(a) for a in arrays]], out_ty)
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        name = op_name(call)
+        replaced = None
+        if name == "relax.nn.conv2d_transpose":
+            replaced = self.conv2d_transpose(call)
+        elif name == "relax.permute_dims":
+            replaced = self.cancel_inverse_permute(call)
+        return call if replaced is None else replaced
+
+    def _bound_permute(self, expr, axes: tuple) -> relax.Expr | None:
+        """x where `expr` is a variable bound to permute_dims(x, axes), else None."""
+        if not isinstance(expr, relax.Var):
+            return None
+        value = self.lookup_binding(expr)
+        if isinstance(value, relax.Call) and op_name(value) == "relax.permute_dims" and value.attrs.axes is not None \
+                and tuple(int(a) for a in value.attrs.axes) == axes:
+            return value.args[0]
+        return None
+
+    def cancel_inverse_permute(self, call) -> relax.Expr | None:
+        """permute(permute(x, NHWC→NCHW), NCHW→NHWC) → x."""
+        if call.attrs.axes is None or tuple(int(a) for a in call.attrs.axes) != TO_NHWC:
+            return None
+        return self._bound_permute(call.args[0], TO_NCHW)
+
+    def nhwc(self, data) -> relax.Expr:
+        """The NCHW tensor `data` channels-last, reusing the tensor it was transposed from."""
+        source = self._bound_permute(data, TO_NCHW)
+        return source if source is not None else self.builder_.emit(relax.op.permute_dims(data, list(TO_NHWC)))
+
+    def conv2d_transpose(self, call) -> relax.Expr | None:
+        attrs = call.attrs
+        data, weight = call.args
+        if not (str(attrs.data_layout) == "NCHW" and str(attrs.kernel_layout) == "IOHW" and str(attrs.out_layout) == "NCHW"
+                and int(attrs.groups) == 1 and _is_float32(data) and isinstance(weight, Constant) and _is_float32(call)):
+            return None
+        w = constant_value(weight).astype(np.float32)  # [I, O, KH, KW]
+        channels, out_channels, kh, kw = w.shape
+        columns = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(channels, kh * kw * out_channels)
+        packed = pack_dense_weight(columns, lanes_for(columns.shape[1], self.lanes))
+        cols = self.builder_.emit(self.kernel("dense_f32", lambda x, wp: dense(x, wp, columns.shape[1]),
+                                              self.nhwc(data), [packed]))
+        n, _, height, width = _shape(call)
+        top, left = int(attrs.padding[0]), int(attrs.padding[1])
+        out = self.builder_.emit(self.kernel(
+            "col2im_nhwc_f32",
+            lambda c: col2im_nhwc(c, (n, height, width, out_channels), (kh, kw), [int(s) for s in attrs.strides],
+                                  [int(d) for d in attrs.dilation], (top, left)),
+            cols))
+        return relax.op.permute_dims(out, list(TO_NCHW))
 
     def conv2d(self, call) -> relax.Expr | None:
         attrs = call.attrs
@@ -168,13 +295,28 @@ class _FloatKernelDispatch(KernelDispatch):
 
     def matmul(self, call) -> relax.Expr | None:
         data, weight = call.args
-        if not (_is_float32(data) and isinstance(weight, Constant) and str(call.attrs.out_dtype) in ("float32", "", "None", "void")
+        if not isinstance(weight, Constant):
+            return self.batch_matmul(call)
+        if not (_is_float32(data) and str(call.attrs.out_dtype) in ("float32", "", "None", "void")
                 and len(_shape(data)) >= 2):
             return None
         w = constant_value(weight)
         if w.ndim != 2 or w.dtype != np.float32:
             return None
         return self.kernel("dense_f32", lambda x, wp: dense(x, wp, w.shape[1]), data, [pack_dense_weight(w, lanes_for(w.shape[1], self.lanes))])
+
+    def batch_matmul(self, call) -> relax.Expr | None:
+        """A matmul of two float32 activations (attention's QKᵀ and PV), both of rank >= 2."""
+        a, b = call.args
+        if not (_is_float32(a) and _is_float32(b) and _is_float32(call) and len(_shape(a)) >= 2 and len(_shape(b)) >= 2):
+            return None
+        columns = _shape(b)[-1]
+        lanes = lanes_for(columns, self.lanes)
+        if columns % lanes:
+            rank = len(_shape(b))
+            b = self.builder_.emit(relax.op.nn.pad(b, [0, 0] * (rank - 1) + [0, round_up(columns, lanes) - columns],
+                                                   pad_value=0.0))
+        return self.kernel("batch_matmul_f32", lambda x, y: batch_matmul(x, y, lanes, columns), [a, b])
 
 
 
@@ -184,4 +326,4 @@ def dispatch_float_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.
     lanes = float_lanes(target)
     if lanes is None:
         return mod
-    return _FloatKernelDispatch(mod, lanes).run()
+    return relax.transform.DeadCodeElimination()(_FloatKernelDispatch(mod, lanes).run())

@@ -281,6 +281,11 @@ def schedule_dense_fma(sch: Schedule, block, lanes: int) -> None:
     _fma_tiles(sch, block, [], m, o, [k], lanes)
 
 
+def schedule_batch_matmul_fma(sch: Schedule, block, lanes: int) -> None:
+    *batch, m, n, k = sch.get_loops(block)
+    _fma_tiles(sch, block, batch, m, n, [k], lanes)
+
+
 def schedule_depthwise(sch: Schedule, block) -> None:
     b, h, w, ch, r, s = sch.get_loops(block)
     lanes = vector_lanes(loop_extent(sch, ch))
@@ -426,6 +431,7 @@ ANCHORS = {
     fp32.DEPTHWISE_BLOCK: schedule_depthwise,
     **{fp32.conv_block(lanes): partial(schedule_conv_fma, lanes=lanes) for lanes in fp32.LANES},
     **{fp32.dense_block(lanes): partial(schedule_dense_fma, lanes=lanes) for lanes in fp32.LANES},
+    **{fp32.batch_matmul_block(lanes): partial(schedule_batch_matmul_fma, lanes=lanes) for lanes in fp32.LANES},
     **{dp.conv_block(): partial(schedule_conv_dot, dp=dp) if dp.register else schedule_conv_reduction_inner
        for dp in CPU_DOT_PRODUCTS},
     **{dp.dense_block(): partial(schedule_dense_dot, dp=dp) if dp.register else schedule_dense_reduction_inner
