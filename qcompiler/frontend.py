@@ -390,6 +390,25 @@ def _layer_norm_with_statistics(inputs, attrs):
     return relax.Tuple([y, mean, inv_std])
 
 
+VARIADIC_ELEMENTWISE = {"Max": "maximum", "Min": "minimum", "Sum": "add", "Mean": "add"}
+
+
+def _variadic_pairwise(bb, op_name: str, inputs):
+    """ONNX's variadic Max, Min, Sum and Mean folded pairwise, each step broadcasting as numpy:
+    one elementwise op per extra input (Mean then divides by the count). TVM's converter instead
+    broadcasts every input to the output's shape, stacks the copies and reduces over the stack,
+    which moves each input twice and leaves the layout pass a stack it cannot keep channels-last."""
+    from tvm import relax
+
+    binary = getattr(relax.op, VARIADIC_ELEMENTWISE[op_name])
+    result = inputs[0]
+    for operand in inputs[1:]:
+        result = bb.normalize(binary(result, operand))
+    if op_name == "Mean":
+        result = relax.op.divide(result, relax.const(len(inputs), str(result.ty.dtype)))
+    return result
+
+
 def _isinf_one_sign(inputs, attrs):
     """IsInf with detect_positive=0 or detect_negative=0 (TVM's converter ignores both); None
     when both are set, the case TVM's `isinf` covers."""
@@ -483,6 +502,9 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 result = _layer_norm_with_statistics(inputs, attrs)
             elif op_name == "IsInf":
                 result = _isinf_one_sign(inputs, attrs)
+            elif op_name in VARIADIC_ELEMENTWISE and inputs and all(
+                    x is not None and isinstance(getattr(x, "ty", None), relax.TensorType) for x in inputs):
+                result = _variadic_pairwise(self.bb, op_name, list(inputs))
             if result is None:
                 result = super()._convert_operator(op_name, inputs, attrs, opset)
                 if op_name == "BitShift":

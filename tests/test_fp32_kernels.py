@@ -126,6 +126,19 @@ def test_conv_transpose_against_onnxruntime(tmp_path, cin, cout, k, stride, pad,
     assert_fma_kernels(kernels, ("dense_f32",))
 
 
+@pytest.mark.parametrize("shape, axis", [([2, 5, 33], -1), ([1, 3, 6625], -1), ([4, 16], 1), ([2, 7, 9], 1)])
+def test_softmax_against_onnxruntime(tmp_path, shape, axis):
+    """Softmax (after a masking Add, fused into it) over rows that are and are not whole vectors
+    of 16, and over an inner axis; the last-axis ones on the vectorized kernel."""
+    nodes = [helper.make_node("Add", ["x", "mask"], ["masked"]), helper.make_node("Softmax", ["masked"], ["y"], axis=axis)]
+    model = make_model(nodes, [("x", shape)], [("y", shape)], {"mask": w(shape[-1])})
+    feed = {"x": (rng.standard_normal(shape) * 8).astype(np.float32)}
+    kernels, got = compiled_outputs(model, feed, tmp_path)
+    np.testing.assert_allclose(got["y"], ort_run(model, feed)["y"], rtol=1e-5, atol=1e-7)
+    if axis == -1 and shape[-1] >= 16:
+        assert any("softmax" in name and source == "default" for name, source in kernels.items()), kernels
+
+
 def test_polynomial_transcendentals_against_exact_functions(tmp_path):
     """Erf, Tanh, Sigmoid and GELU run as vectorizable polynomials (kernels/vector_math.py):
     within 1e-6 (GELU 2e-6, whose 1 + erf cancels for x << 0) of the exact function in float64,

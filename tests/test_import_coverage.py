@@ -225,3 +225,22 @@ def test_import_failure_names_node_and_op():
         load_onnx(model)
     text = str(err.value)
     assert "\n" not in text and "'to_shape' (Reshape)" in text
+
+
+@pytest.mark.parametrize("op", ["Max", "Min", "Sum", "Mean"])
+def test_variadic_elementwise_ops_fold_pairwise(op, tmp_path):
+    """Max/Min/Sum/Mean of three inputs that broadcast ([1,4,5,6], [6], [4,1,1]) against
+    onnxruntime, computed as two elementwise ops: no broadcast copies stacked and reduced."""
+    shapes = {"a": [1, 4, 5, 6], "b": [6], "c": [4, 1, 1]}
+    graph = helper.make_graph(
+        [helper.make_node(op, list(shapes), ["y"], name="variadic")], "variadic",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rng = np.random.default_rng(5)
+    feed = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    artifact = qcompiler.compile(model, target="x86")
+    actual = qcompiler.load(artifact.export(tmp_path / "v.so")).run(feed)
+    np.testing.assert_allclose(actual["y"], ort_run(model, feed)["y"], rtol=1e-6, atol=1e-6)
+    assert not any("stack" in kernel for kernel in artifact.metadata.kernels), artifact.metadata.kernels

@@ -32,7 +32,7 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
-from . import fp32
+from . import fp32, vector_math
 from .compute import DEPTHWISE_BLOCK
 from .isa import CPU_DOT_PRODUCTS, DotProduct
 
@@ -245,9 +245,12 @@ FMA_ACCUMULATORS = 16
 
 def fma_tile(rows: int, vectors: int, max_rows: int = 14) -> tuple[int, int]:
     """(rows, vectors) of a register tile: divisors of the row (pixel) and vector counts, at most
-    FMA_ACCUMULATORS accumulators; the most accumulators, then the most vectors per broadcast."""
+    FMA_ACCUMULATORS accumulators; the most accumulators, then the most vectors per broadcast.
+    Up to 4 vectors per row, or up to 8 for a single row (a matrix-vector product: more
+    independent accumulators hide the FMA latency)."""
+    widths = range(1, 9) if rows == 1 else (4, 2, 1)
     options = [(r, v) for r in range(1, min(rows, max_rows) + 1) if rows % r == 0
-               for v in (4, 2, 1) if vectors % v == 0 and r * v <= FMA_ACCUMULATORS]
+               for v in widths if vectors % v == 0 and r * v <= FMA_ACCUMULATORS]
     return max(options, key=lambda rv: (rv[0] * rv[1], rv[1]))
 
 
@@ -299,6 +302,50 @@ def schedule_depthwise(sch: Schedule, block) -> None:
     sch.unroll(wi)
     init = sch.decompose_reduction(block, r)
     _vectorize_inner(sch, init)
+
+
+def _vectorize_partitioned(sch: Schedule, block, lanes: int) -> None:
+    """Vectorize the innermost loop of `block` by `lanes`; a length that is no multiple of
+    `lanes` is partitioned into whole vectors and a scalar tail (a split with a remainder would
+    put a condition in the vector loop, which TVM then runs scalar)."""
+    inner = sch.get_loops(block)[-1]
+    extent = loop_extent(sch, inner)
+    if extent < lanes:
+        return
+    if extent % lanes:
+        inner = sch.loop_partition(inner, [extent // lanes * lanes, None])[0]
+    sch.vectorize(sch.split(inner, [None, lanes])[1])
+
+
+def schedule_softmax(sch: Schedule, block) -> None:
+    """Softmax over the last axis (vector_math.softmax_last_axis, with any fused prologue and
+    epilogue): element-wise stages inlined except the exponentials, every stage computed per row
+    under one parallel row loop, the lane-partial max and sum accumulating one vector per step
+    (contiguous lanes innermost, which LLVM vectorizes: TVM's `vectorize` refuses a loop inside
+    a reduction loop), the exponentials and the normalization vectorized."""
+    for stage in child_blocks(sch)[:-1]:
+        if _is_spatial(sch, stage) and sch.get(stage).name_hint != vector_math.SOFTMAX_EXP:
+            try:
+                sch.compute_inline(stage)
+            except ScheduleError:
+                pass
+    *stages, last = child_blocks(sch)
+    loops = sch.get_loops(last)
+    rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    if _work(sch, last) >= MIN_PARALLEL_WORK:
+        sch.parallel(rows)
+    for stage in reversed(stages):
+        sch.compute_at(stage, rows, preserve_unit_loops=True)
+    lanes = vector_math.SOFTMAX_LANES
+    for stage in child_blocks(sch):
+        name = sch.get(stage).name_hint
+        if name.startswith("softmax_lane_"):
+            lane, step = sch.get_loops(stage)[-2:]
+            sch.reorder(step, lane)
+            init = sch.decompose_reduction(stage, step)  # the lanes innermost: LLVM vectorizes them
+            sch.vectorize(sch.get_loops(init)[-1])
+        elif name == vector_math.SOFTMAX_EXP or sch.get(stage).same_as(sch.get(last)):
+            _vectorize_partitioned(sch, stage, lanes)
 
 
 def _is_constant_point(region) -> bool:
@@ -427,6 +474,7 @@ def _reduce_around_contiguous_lanes(sch: Schedule, block, loops: list, spatial: 
 
 
 ANCHORS = {
+    vector_math.SOFTMAX_LANE_MAX: schedule_softmax,
     DEPTHWISE_BLOCK: schedule_depthwise,
     fp32.DEPTHWISE_BLOCK: schedule_depthwise,
     **{fp32.conv_block(lanes): partial(schedule_conv_fma, lanes=lanes) for lanes in fp32.LANES},

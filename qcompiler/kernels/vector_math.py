@@ -7,8 +7,9 @@ arithmetic on vectors (as onnxruntime's MLAS computes them):
 
   erf(x)      fast_erf: x·p(x²)/q(x²), x clamped to ±4 (Eigen's generic_fast_erf_float)
   tanh(x)     fast_tanh: x·p(x²)/q(x²), x clamped to ±9 (Eigen's generic_fast_tanh_float)
-  softmax     fast_softmax: exp(x − max) with fast_exp: x = n·ln 2 + r, exp(x) = 2ⁿ · p(r), x
-              clamped to ±88.38 (no inf, and NaN is not propagated)
+  softmax     exp(x − max) / Σ exp(x − max) with fast_exp: x = n·ln 2 + r, exp(x) = 2ⁿ · p(r),
+              x clamped to ±88.38 (no inf, and NaN is not propagated); over the last axis as
+              `softmax_last_axis` below, other axes with TOPI's fast_softmax
   sigmoid(x)  1 / (1 + fast_exp(−x))
   gelu(x)     x/2 · (1 + fast_erf(x/√2))
   silu(x)     x · sigmoid(x)
@@ -29,6 +30,44 @@ from ..passes.graph import op_name
 
 def _is_float32(expr) -> bool:
     return isinstance(expr.ty, relax.TensorType) and str(expr.ty.dtype) == "float32"
+
+
+SOFTMAX_LANES = 16
+SOFTMAX_LANE_MAX = "softmax_lane_max"  # the anchor block of schedules.schedule_softmax
+SOFTMAX_EXP = "softmax_exp"
+
+
+def _lane_reduction(x: te.Tensor, combine, name: str) -> te.Tensor:
+    """r[...] = combine over the last axis of x, in two steps that vectorize: SOFTMAX_LANES
+    partial results p[..., l] = combine_j x[..., j·L + l] (one vector per step), then the lanes
+    and the tail beyond the last whole vector."""
+    *outer, n = (int(d) for d in x.shape)
+    lanes, whole = SOFTMAX_LANES, n // SOFTMAX_LANES
+    parts = []
+    if whole:
+        j = te.reduce_axis((0, whole), "j")
+        partial = te.compute((*outer, lanes), lambda *i: combine(x[(*i[:-1], j * lanes + i[-1])], axis=j),
+                             name=f"softmax_lane_{name}")
+        l = te.reduce_axis((0, lanes), "l")
+        parts.append(te.compute(outer, lambda *i: combine(partial[(*i, l)], axis=l), name=f"softmax_lanes_{name}"))
+    if n % lanes:
+        t = te.reduce_axis((0, n % lanes), "t")
+        parts.append(te.compute(outer, lambda *i: combine(x[(*i, whole * lanes + t)], axis=t), name=f"softmax_tail_{name}"))
+    if len(parts) == 1:
+        return parts[0]
+    both = tvm.tirx.max if name == "max" else (lambda a, b: a + b)
+    return te.compute(outer, lambda *i: both(parts[0](*i), parts[1](*i)), name=f"softmax_{name}")
+
+
+def softmax_last_axis(x: te.Tensor) -> te.Tensor:
+    """y[..., i] = e[..., i] / Σ_k e[..., k], e = fast_exp(x − max_k x[..., k]); both reductions
+    over vectors of lanes (`_lane_reduction`)."""
+    maximum = _lane_reduction(x, te.max, "max")
+    delta = te.compute(x.shape, lambda *i: x(*i) - maximum(*i[:-1]), name="softmax_delta")
+    exp_poly = topi.fast_exp(delta)
+    exp = te.compute(x.shape, lambda *i: exp_poly(*i), name=SOFTMAX_EXP)
+    total = _lane_reduction(exp, te.sum, "sum")
+    return te.compute(x.shape, lambda *i: exp(*i) * (1.0 / total(*i[:-1])), name="softmax_norm")
 
 
 def sigmoid(x: te.Tensor) -> te.Tensor:
@@ -63,6 +102,9 @@ class _VectorMath(relax.PyExprMutator):
         if not (call.args and _is_float32(call.args[0]) and _is_float32(call)):
             return call
         if name == "relax.nn.softmax":
+            rank = len(call.args[0].ty.shape)
+            if rank >= 2 and int(call.attrs.axis) % rank == rank - 1:
+                return self.builder_.call_te(softmax_last_axis, call.args[0], primfunc_name_hint="softmax")
             return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis),
                                          primfunc_name_hint="softmax")
         if name in POLYNOMIAL:
