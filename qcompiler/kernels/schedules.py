@@ -186,7 +186,10 @@ def _tensorized_tiles(sch: Schedule, block, order: list, channel_tile, parallel:
     tensorized with `intrinsic` and the pixel tile unrolled."""
     sch.reorder(*order)
     _with_epilogue(sch, block, channel_tile)
-    _parallel_outer(sch, parallel, block)
+    try:
+        _parallel_outer(sch, parallel, block)
+    except ScheduleError:  # an epilogue block at the pixel tile (dropping padded channels)
+        _parallel_outer(sch, parallel[:-1], block)
     init = sch.decompose_reduction(block, first_reduction)
     _vectorize_inner(sch, init)
     sch.tensorize(order[-2], intrinsic)
