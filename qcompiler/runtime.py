@@ -532,6 +532,7 @@ def load(path: str | Path, *, verify: bool = True) -> Model:
         raise QCompilerError(f"{so_path} is built for {metadata.arch}; it cannot run on this machine")
     check_elf(data, so_path)
     copy = _PrivateCopy(data, so_path)
+    del data  # not held while the library loads its constants: the peak stays at two copies of the file
     try:
         signature = (
             Signature(metadata.device, tuple(metadata.inputs), tuple(metadata.outputs))
