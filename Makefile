@@ -53,6 +53,7 @@ bench-deps:
 
 bench: $(STAMP) bench-deps
 	$(PY) benchmarks/bench_zoo.py
+	$(PY) benchmarks/bench_kernels.py
 	$(PY) benchmarks/bench_latency.py
 	$(PY) benchmarks/bench_x86.py
 	$(PY) benchmarks/bench_accuracy.py
