@@ -17,7 +17,7 @@ from qcompiler.frontend import load_onnx
 from qcompiler.inspect import inspect_path
 from qcompiler.kernels.dispatch import dispatch_int8_kernels
 from qcompiler.kernels.isa import VNNI, dot_product_of
-from qcompiler.kernels.schedules import SCHEDULED
+from qcompiler.kernels.schedules import SCHEDULE_SOURCE, SCHEDULED
 from qcompiler.passes.graph import const
 from qcompiler.passes.layout import channels_last
 from qcompiler.quantize import quantize
@@ -214,6 +214,21 @@ def test_int8_dense_kernel_bit_exact(m, k, n, dtype):
     b = rng.integers(-127, 128, (k, n), dtype=np.int8)
     out = run_relax(lambda data: relax.op.matmul(data, const(b), out_dtype="int32"), [a])
     np.testing.assert_array_equal(out, a.astype(np.int64) @ b.astype(np.int64))
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [((2, 3, 7, 16), (2, 3, 16, 7)), ((1, 12, 32, 64), (1, 12, 64, 32)),
+                                              ((5, 9), (3, 9, 20))])
+def test_int32_batch_matmul_kernel_exact(a_shape, b_shape):
+    """A quantized attention's QKᵀ / PV: (q − zero point) operands in int32, on the register-tile
+    kernel (not TVM's loop nest), exactly the integer product; batch axes broadcast."""
+    a = rng.integers(-255, 256, a_shape).astype(np.int32)
+    b = rng.integers(-255, 256, b_shape).astype(np.int32)
+    mod = relax_main(lambda x, y: relax.op.matmul(x, y, out_dtype="int32"), [(a_shape, "int32"), (b_shape, "int32")])
+    sources = {gvar.name_hint: f.attrs.get(SCHEDULE_SOURCE) for gvar, f in default_scheduled(mod).functions.items()
+               if isinstance(f, tvm.tirx.PrimFunc)}
+    assert [source for name, source in sources.items() if "batch_matmul_i32" in name] == ["default"], sources
+    out = run_relax(lambda x, y: relax.op.matmul(x, y, out_dtype="int32"), [a, b])
+    np.testing.assert_array_equal(out, np.matmul(a.astype(np.int64), b.astype(np.int64)))
 
 
 @pytest.mark.parametrize("shape,dtype,vbmi", [

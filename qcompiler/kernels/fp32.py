@@ -11,7 +11,9 @@ AVX-512, 8 on AVX2, 4 on NEON, `float_lanes`), a call is replaced when its weigh
   matmul [..., K] × [K, N]         → dense_f32: out[..., n] = Σ_k a[..., k] · wp[n/L, k, n%L],
                                      weights packed [N'/L, K, L]
   matmul [..., M, K] × [..., K, N] → batch_matmul_f32: out[..., m, n] = Σ_k a[..., m, k] · b[..., k, n],
-    of two activations              batch axes broadcast; N zero-padded to a multiple of L
+    of two activations              batch axes broadcast; N zero-padded to a multiple of L; also
+                                    in int32 (batch_matmul_i32: a quantized attention's operands,
+                                    q − zero point, multiplied and accumulated in int32)
   conv2d_transpose NCHW / IOHW     → dense_f32 to columns [N, H, W, KH·KW·O] (weights [I, KH, KW, O]),
                                      then col2im_nhwc_f32 (see col2im_nhwc), in NHWC
 
@@ -51,8 +53,11 @@ def dense_block(lanes: int) -> str:
     return f"dense_f32x{lanes}"
 
 
-def batch_matmul_block(lanes: int) -> str:
-    return f"batch_matmul_f32x{lanes}"
+BATCH_MATMUL_DTYPES = {"float32": "f32", "int32": "i32"}
+
+
+def batch_matmul_block(lanes: int, dtype: str = "float32") -> str:
+    return f"batch_matmul_{BATCH_MATMUL_DTYPES[dtype]}x{lanes}"
 
 
 def float_lanes(target: tvm.target.Target) -> int | None:
@@ -143,7 +148,7 @@ def batch_matmul(a: te.Tensor, b: te.Tensor, lanes: int, out_columns: int) -> te
     out = te.compute(
         shape64(*batch, rows, columns),
         lambda *i: te.sum(a[(*at(a_batch, i), i[-2], k)] * b[(*at(b_batch, i), k, i[-1])], axis=k),
-        name=batch_matmul_block(lanes))
+        name=batch_matmul_block(lanes, str(a.dtype)))
     return first_channels(out, out_columns)
 
 
@@ -206,11 +211,11 @@ class _FloatKernelDispatch(KernelDispatch):
     def kernel(self, name: str, compute, data, arrays: list = ()) -> relax.Expr:
         """call_tir of `compute` over the Relax tensor(s) `data` and constant `arrays`."""
         inputs = list(data) if isinstance(data, (list, tuple)) else [data]
-        holders = [te.placeholder(shape64(*_shape(x)), "float32", f"in{i}") for i, x in enumerate(inputs)]
-        holders += [te.placeholder(shape64(*a.shape), "float32", f"w{i}") for i, a in enumerate(arrays)]
+        holders = [te.placeholder(shape64(*_shape(x)), str(x.ty.dtype), f"in{i}") for i, x in enumerate(inputs)]
+        holders += [te.placeholder(shape64(*a.shape), str(a.dtype), f"w{i}") for i, a in enumerate(arrays)]
         out = compute(*holders)
         gvar = self.builder_.add_func(te.create_prim_func([*holders, out]).without_attr("global_symbol"), name)
-        out_ty = relax.TensorType([int(d) for d in out.shape], "float32")
+        out_ty = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
         return relax.call_tir(gvar, [*inputs, *[const(a) for a in arrays]], out_ty)
 
     def visit_call_(self, call):
@@ -306,17 +311,20 @@ class _FloatKernelDispatch(KernelDispatch):
         return self.kernel("dense_f32", lambda x, wp: dense(x, wp, w.shape[1]), data, [pack_dense_weight(w, lanes_for(w.shape[1], self.lanes))])
 
     def batch_matmul(self, call) -> relax.Expr | None:
-        """A matmul of two float32 activations (attention's QKᵀ and PV), both of rank >= 2."""
+        """A matmul of two float32 (or two int32) activations (attention's QKᵀ and PV), both of rank >= 2."""
         a, b = call.args
-        if not (_is_float32(a) and _is_float32(b) and _is_float32(call) and len(_shape(a)) >= 2 and len(_shape(b)) >= 2):
+        dtypes = {str(x.ty.dtype) if isinstance(x.ty, relax.TensorType) else None for x in (a, b, call)}
+        if not (len(dtypes) == 1 and dtypes <= set(BATCH_MATMUL_DTYPES) and len(_shape(a)) >= 2 and len(_shape(b)) >= 2):
             return None
+        dtype = dtypes.pop()
         columns = _shape(b)[-1]
         lanes = lanes_for(columns, self.lanes)
         if columns % lanes:
             rank = len(_shape(b))
             b = self.builder_.emit(relax.op.nn.pad(b, [0, 0] * (rank - 1) + [0, round_up(columns, lanes) - columns],
-                                                   pad_value=0.0))
-        return self.kernel("batch_matmul_f32", lambda x, y: batch_matmul(x, y, lanes, columns), [a, b])
+                                                   pad_value=0))
+        return self.kernel(f"batch_matmul_{BATCH_MATMUL_DTYPES[dtype]}", lambda x, y: batch_matmul(x, y, lanes, columns),
+                           [a, b])
 
 
 

@@ -482,7 +482,8 @@ ANCHORS = {
     fp32.DEPTHWISE_BLOCK: schedule_depthwise,
     **{fp32.conv_block(lanes): partial(schedule_conv_fma, lanes=lanes) for lanes in fp32.LANES},
     **{fp32.dense_block(lanes): partial(schedule_dense_fma, lanes=lanes) for lanes in fp32.LANES},
-    **{fp32.batch_matmul_block(lanes): partial(schedule_batch_matmul_fma, lanes=lanes) for lanes in fp32.LANES},
+    **{fp32.batch_matmul_block(lanes, dtype): partial(schedule_batch_matmul_fma, lanes=lanes)
+       for lanes in fp32.LANES for dtype in fp32.BATCH_MATMUL_DTYPES},
     **{dp.conv_block(): partial(schedule_conv_dot, dp=dp) if dp.register else schedule_conv_reduction_inner
        for dp in CPU_DOT_PRODUCTS},
     **{dp.dense_block(): partial(schedule_dense_dot, dp=dp) if dp.register else schedule_dense_reduction_inner
