@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QCompilerError
+from .data import UNREADABLE
 
 log = logging.getLogger("qcompiler")
 
@@ -77,7 +78,7 @@ def _read_inputs(pairs: list[str]) -> dict[str, np.ndarray]:
             feed[name] = np.load(file, allow_pickle=False)
         except FileNotFoundError:
             raise QCompilerError(f"--input {name}: file not found: {file}") from None
-        except (ValueError, OSError) as err:
+        except UNREADABLE as err:
             raise QCompilerError(f"--input {name}: {file} is not a .npy array ({err})") from None
     return feed
 

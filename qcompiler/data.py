@@ -13,13 +13,20 @@ model's input shape and dtype, checked before anything is compiled:
 from __future__ import annotations
 
 import os
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
 from .errors import QCompilerError
+
+# What numpy raises on a damaged .npy / .npz: a bad header or a pickled (object) array
+# (ValueError; SyntaxError and tokenize.TokenError from parsing a garbled header dict), a short
+# read (EOFError, OSError), a bad archive, member or CRC (BadZipFile, zlib.error).
+UNREADABLE = (ValueError, SyntaxError, tokenize.TokenError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
 from .tensor_spec import TensorSpec
 
 
@@ -56,11 +63,14 @@ def _check_names(names, inputs: list[TensorSpec], where: str) -> None:
 def _from_npz(path: Path, inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
+    except UNREADABLE as err:
         raise QCompilerError(f"calibration data {path} is not a readable .npz: {err}") from None
     with archive:
         _check_names(archive.files, inputs, str(path))
-        arrays = {spec.name: archive[spec.name] for spec in inputs}
+        try:  # each array is read (and its CRC checked) here, not by np.load
+            arrays = {spec.name: archive[spec.name] for spec in inputs}
+        except UNREADABLE as err:
+            raise QCompilerError(f"calibration data {path} is not a readable .npz: {err}") from None
     counts = {name: len(a) if a.ndim else 0 for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
         raise QCompilerError(f"{path}: inputs have different sample counts {counts}")
@@ -77,7 +87,7 @@ def _from_directory(path: Path, inputs: list[TensorSpec]) -> list[dict[str, np.n
                 with np.load(file, allow_pickle=False) as archive:
                     _check_names(archive.files, inputs, str(file))
                     samples.append({spec.name: _fit(archive[spec.name], spec, str(file)) for spec in inputs})
-            except (ValueError, OSError, zipfile.BadZipFile) as err:
+            except UNREADABLE as err:
                 raise QCompilerError(f"calibration file {file} is not a readable .npz: {err}") from None
         else:
             if len(inputs) != 1:
@@ -87,7 +97,7 @@ def _from_directory(path: Path, inputs: list[TensorSpec]) -> list[dict[str, np.n
                 )
             try:
                 array = np.load(file, allow_pickle=False)
-            except (ValueError, OSError) as err:
+            except UNREADABLE as err:
                 raise QCompilerError(f"calibration file {file} is not a readable .npy: {err}") from None
             samples.append({inputs[0].name: _fit(array, inputs[0], str(file))})
     return samples
