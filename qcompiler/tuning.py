@@ -247,38 +247,42 @@ def gpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass
     return pipeline
 
 
-def _clean_lines(path: Path, check) -> tuple[list[str], int]:
-    """Lines of a JSON-lines file that parse and pass `check`, and how many were dropped."""
-    good, dropped = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
+def _clean_lines(path: Path, check) -> list[tuple[int, str, object]]:
+    """(position among the file's non-empty lines, line, parsed value) of each line of a
+    JSON-lines file that parses and passes `check`."""
+    good = []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    for position, line in enumerate(lines):
         try:
             value = json.loads(line)
         except json.JSONDecodeError:
-            dropped += 1
             continue
         if check(value):
-            good.append(line)
-        else:
-            dropped += 1
-    return good, dropped
+            good.append((position, line, value))
+    return good
 
 
 def _readable_lines(folder: Path) -> tuple[list[str], list[str]]:
-    """The workload and record lines of a database folder that can be read; warns about the rest."""
+    """The workload and record lines of a database folder that can be read; warns about the rest.
+    A record names its workload by position: where unreadable workload lines are dropped, the
+    records of the workloads after them are renumbered (and those of dropped ones dropped)."""
     workloads, records = folder / WORKLOADS, folder / RECORDS
     if not folder.is_dir():
         raise QCompilerError(f"tuning log {folder} is not a folder")
     if not workloads.exists() or not records.exists():
         raise QCompilerError(f"tuning log {folder} has no {WORKLOADS} and {RECORDS}: not a MetaSchedule database")
-    good_workloads, bad_w = _clean_lines(workloads, lambda v: isinstance(v, list) and len(v) == 2)
-    count = len(good_workloads)
-    good_records, bad_r = _clean_lines(
-        records, lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and 0 <= v[0] < count)
+    total_w = sum(1 for line in workloads.read_text(errors="replace").splitlines() if line.strip())
+    total_r = sum(1 for line in records.read_text(errors="replace").splitlines() if line.strip())
+    kept_workloads = _clean_lines(workloads, lambda v: isinstance(v, list) and len(v) == 2)
+    renumbered = {position: index for index, (position, _, _) in enumerate(kept_workloads)}
+    good_records = []
+    for _, line, value in _clean_lines(records, lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], int)):
+        if value[0] in renumbered:
+            good_records.append(line if renumbered[value[0]] == value[0] else json.dumps([renumbered[value[0]], value[1]]))
+    bad_w, bad_r = total_w - len(kept_workloads), total_r - len(good_records)
     if bad_w or bad_r:
         log.warning("tuning log %s: skipped %d unreadable workload line(s) and %d record(s)", folder, bad_w, bad_r)
-    return good_workloads, good_records
+    return [line for _, line, _ in kept_workloads], good_records
 
 
 def _write_database(folder: Path, workloads: list[str], records: list[str]) -> None:

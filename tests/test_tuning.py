@@ -274,3 +274,67 @@ def test_int8_tasks_skip_prescheduled_kernels_and_default_traces_print():
     for task in tasks:
         for candidate in default_space(Schedule(task.dispatched[0])):
             assert candidate.trace.as_python()
+
+
+def test_records_follow_their_workload_when_an_unreadable_workload_is_dropped(tmp_path):
+    """A record names its workload by line position: dropping a damaged workload line renumbers
+    the records of the workloads after it, and drops the records of the damaged one."""
+    import json
+
+    from qcompiler.tuning import RECORDS, WORKLOADS, _readable_lines
+
+    workloads = [json.dumps([f"hash{i}", {"mod": i}]) for i in range(3)]
+    workloads[1] = workloads[1][:10]  # cut by a kill in mid-write
+    (tmp_path / WORKLOADS).write_text("\n".join(workloads) + "\n")
+    records = [json.dumps([i, {"trace": f"of workload {i}"}]) for i in (0, 1, 2, 2)]
+    (tmp_path / RECORDS).write_text("\n".join(records) + "\n{\"truncated\n")
+    kept_workloads, kept_records = _readable_lines(tmp_path)
+    assert [json.loads(w)[1]["mod"] for w in kept_workloads] == [0, 2]
+    assert [json.loads(r) for r in kept_records] == [[0, {"trace": "of workload 0"}], [1, {"trace": "of workload 2"}],
+                                                     [1, {"trace": "of workload 2"}]]
+
+
+def test_tune_killed_at_three_points_resumes_and_compiles(tmp_path):
+    """`qcompiler tune` killed with SIGKILL (with its measurement workers) at three points: while
+    starting, once its first records are written (the default schedules measured, a round in
+    flight) and in the middle of a later round. Each next `tune` resumes the database and keeps
+    every record written before the kill; `compile` reads it and builds a model that matches
+    onnxruntime."""
+    import onnx
+
+    from conftest import assert_close_rel, ort_run
+
+    model = conv_model()
+    path = tmp_path / "conv.onnx"
+    onnx.save(model, path)
+    log_dir = tmp_path / "log"
+
+    def complete_records() -> int:
+        records = log_dir / RECORDS
+        return sum(line.endswith("]") for line in records.read_text().splitlines()) if records.exists() else 0
+
+    def tune_until(condition, limit_s: float = 180.0) -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "qcompiler", "tune", str(path), "--log", str(log_dir),
+                                 "--trials", "400"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.monotonic() + limit_s
+        while not condition() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL  # killed, not finished or failed
+
+    started = time.monotonic()
+    tune_until(lambda: time.monotonic() - started > 3)
+    tune_until(lambda: complete_records() > 0)
+    first = complete_records()
+    tune_until(lambda: complete_records() > first)
+    kept = complete_records()
+    assert kept > first
+    tasks = tune(load_onnx(model).mod, resolve("x86"), log_dir, trials=0)
+    assert all(task.best_seconds is not None for task in tasks)
+    assert len((log_dir / RECORDS).read_text().splitlines()) >= kept  # only a cut line may go
+    artifact = qcompiler.compile(model, tuning_logs=[log_dir], committed_logs=False)
+    assert "tuning record" in artifact.metadata.kernels.values(), artifact.metadata.kernels
+    feed = {"x": np.random.default_rng(1).standard_normal((1, 16, 28, 28)).astype(np.float32)}
+    got = qcompiler.load(artifact.export(tmp_path / "m.so")).run(feed)["y"]
+    assert_close_rel(got, ort_run(model, feed)["y"], rtol=1e-4)
