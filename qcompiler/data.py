@@ -1,7 +1,7 @@
 """Calibration data: an `.npz`, a directory of `.npy`/`.npz` files, or an iterable of dicts.
 
-Every source becomes a list of samples, each a `{input_name: ndarray}` with exactly the
-model's input shape and dtype, checked before anything is compiled:
+Every source becomes a stream of samples (`CalibrationData`), each a `{input_name: ndarray}`
+with exactly the model's input shape and dtype, checked as it is read:
 
 * `.npz` file: one array per input name, first axis = samples. Each array is `[N, *shape]`,
   or `[N, *shape[1:]]` when the input's batch dim is 1 (each sample becomes a batch of one).
@@ -17,7 +17,7 @@ import tokenize
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -78,54 +78,121 @@ def _from_npz(path: Path, inputs: list[TensorSpec]) -> list[dict[str, np.ndarray
     return [{spec.name: _fit(arrays[spec.name][i], spec, f"{path} sample {i}") for spec in inputs} for i in range(n)]
 
 
-def _from_directory(path: Path, inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
-    files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
-    samples = []
-    for file in files:
-        if file.suffix == ".npz":
-            try:
-                with np.load(file, allow_pickle=False) as archive:
-                    _check_names(archive.files, inputs, str(file))
-                    samples.append({spec.name: _fit(archive[spec.name], spec, str(file)) for spec in inputs})
-            except UNREADABLE as err:
-                raise QCompilerError(f"calibration file {file} is not a readable .npz: {err}") from None
+def _directory_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
+
+
+def _read_sample_file(file: Path, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """One sample of a calibration directory: an .npz keyed by input name, or a single-input
+    model's .npy."""
+    if file.suffix == ".npz":
+        try:
+            with np.load(file, allow_pickle=False) as archive:
+                _check_names(archive.files, inputs, str(file))
+                return {spec.name: _fit(archive[spec.name], spec, str(file)) for spec in inputs}
+        except UNREADABLE as err:
+            raise QCompilerError(f"calibration file {file} is not a readable .npz: {err}") from None
+    if len(inputs) != 1:
+        raise QCompilerError(
+            f"{file}: a .npy sample only fits a single-input model; use .npz files keyed by "
+            f"{', '.join(spec.name for spec in inputs)}"
+        )
+    try:
+        array = np.load(file, allow_pickle=False)
+    except UNREADABLE as err:
+        raise QCompilerError(f"calibration file {file} is not a readable .npy: {err}") from None
+    return {inputs[0].name: _fit(array, inputs[0], str(file))}
+
+
+def _checked(sample, index: int, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    if not isinstance(sample, Mapping):
+        raise QCompilerError(f"calibration sample {index} is a {type(sample).__name__}, expected a dict of arrays")
+    _check_names(list(sample), inputs, f"calibration sample {index}")
+    return {spec.name: _fit(sample[spec.name], spec, f"calibration sample {index}") for spec in inputs}
+
+
+class CalibrationData:
+    """Calibration samples, read one at a time. Iterating (once) yields the samples calibration
+    uses, at most `limit`, each checked against the model's inputs; afterwards `holdout` holds the
+    last `keep` samples of the data, held back from calibration for the accuracy report (where
+    the data has `keep` samples or fewer, all of them, which are then used too). `used` is the
+    number of samples iterating yields, where it is known in advance (not for an iterable).
+
+    Memory: a directory or an iterable is read one sample at a time (plus the `keep` held back),
+    so calibrating on 10,000 samples takes no more memory than on 100; an .npz file holds one
+    array per input and is read whole."""
+
+    def __init__(self, source: str | os.PathLike | Iterable[Mapping[str, np.ndarray]], inputs: list[TensorSpec],
+                 keep: int, limit: int | None = None):
+        self.inputs, self.keep, self.limit = inputs, max(keep, 0), limit
+        self.holdout: list[dict[str, np.ndarray]] = []
+        self._files: list[Path] | None = None
+        self._samples: list[dict[str, np.ndarray]] | None = None
+        self._iterable = None
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            self.where = str(path)
+            if not path.exists():
+                raise QCompilerError(f"calibration data not found: {path}")
+            if path.is_dir():
+                self._files = _directory_files(path)
+                total = len(self._files)
+            elif path.suffix == ".npz":
+                self._samples = _from_npz(path, inputs)
+                total = len(self._samples)
+            else:
+                raise QCompilerError(f"calibration data {path}: expected an .npz file or a directory of .npy/.npz files")
+            if total == 0:
+                raise QCompilerError(f"{path} has no samples")
+            split = total - self.keep if total > self.keep else total
+            self.used: int | None = split if limit is None else min(split, limit)
         else:
-            if len(inputs) != 1:
-                raise QCompilerError(
-                    f"{file}: a .npy sample only fits a single-input model; use .npz files keyed by "
-                    f"{', '.join(spec.name for spec in inputs)}"
-                )
-            try:
-                array = np.load(file, allow_pickle=False)
-            except UNREADABLE as err:
-                raise QCompilerError(f"calibration file {file} is not a readable .npy: {err}") from None
-            samples.append({inputs[0].name: _fit(array, inputs[0], str(file))})
-    return samples
+            self.where = "calibration data"
+            self._iterable = source
+            self.used = None
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self._iterable is not None:
+            yield from self._stream()
+            return
+        total = len(self._files) if self._files is not None else len(self._samples)
+        split = total - self.keep if total > self.keep else total
+        read = (lambda i: _read_sample_file(self._files[i], self.inputs)) if self._files is not None \
+            else (lambda i: self._samples[i])
+        self.holdout = [read(i) for i in range(split if split < total else 0, total)]
+        for index in range(self.used):
+            yield read(index)
+
+    def _stream(self) -> Iterator[dict[str, np.ndarray]]:
+        """An iterable's samples: each yielded once `keep` later ones are seen (a sample among
+        the last `keep` is held back); all of them where there are `keep` or fewer."""
+        from collections import deque
+
+        window: deque = deque()
+        yielded = 0
+        for index, sample in enumerate(self._iterable):
+            window.append(_checked(sample, index, self.inputs))
+            if len(window) > self.keep:
+                oldest = window.popleft()
+                if self.limit is None or yielded < self.limit:
+                    yielded += 1
+                    yield oldest
+        self.holdout = list(window)
+        if not yielded and not window:
+            raise QCompilerError(f"{self.where} has no samples")
+        if not yielded:
+            yield from self.holdout[: self.limit]
+
+    def read_holdout(self) -> list[dict[str, np.ndarray]]:
+        """`holdout`, reading the data through where calibration does not (a calibration cache)."""
+        for _ in self:
+            pass
+        return self.holdout
 
 
 def load_calibration(
     source: str | os.PathLike | Iterable[Mapping[str, np.ndarray]], inputs: list[TensorSpec]
 ) -> list[dict[str, np.ndarray]]:
     """Every calibration sample, checked against the model's inputs; an error names what is wrong."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise QCompilerError(f"calibration data not found: {path}")
-        if path.is_dir():
-            samples = _from_directory(path, inputs)
-        elif path.suffix == ".npz":
-            samples = _from_npz(path, inputs)
-        else:
-            raise QCompilerError(f"calibration data {path}: expected an .npz file or a directory of .npy/.npz files")
-        where = str(path)
-    else:
-        samples = []
-        for index, sample in enumerate(source):
-            if not isinstance(sample, Mapping):
-                raise QCompilerError(f"calibration sample {index} is a {type(sample).__name__}, expected a dict of arrays")
-            _check_names(list(sample), inputs, f"calibration sample {index}")
-            samples.append({spec.name: _fit(sample[spec.name], spec, f"calibration sample {index}") for spec in inputs})
-        where = "calibration data"
-    if not samples:
-        raise QCompilerError(f"{where} has no samples")
-    return samples
+    data = CalibrationData(source, inputs, keep=0)
+    return list(data)

@@ -80,10 +80,6 @@ def host_target() -> tvm.target.Target:
     return resolve("x86").target()
 
 
-def _samples_as_lists(samples, inputs) -> list[list[np.ndarray]]:
-    return [[sample[spec.name] for spec in inputs] for sample in samples]
-
-
 def quantize(
     imported: ImportedModel,
     config: QConfig,
@@ -91,13 +87,13 @@ def quantize(
     calib_cache: str | Path | None = None,
 ) -> Quantized:
     """Run the quantization stages on an imported model; errors name what is missing or wrong."""
-    from .data import load_calibration
+    from .data import CalibrationData
 
     if is_prequantized(imported.mod):
         # No FoldConstant here: it would fold dequantize(int8 weights) back into float weights.
         log.info("model is pre-quantized (QuantizeLinear/DequantizeLinear): realizing its own scales")
         mod, stats = realize(imported.mod)
-        holdout = load_calibration(calib, imported.inputs)[-max(config.holdout, 1):] if calib is not None else []
+        holdout = CalibrationData(calib, imported.inputs, max(config.holdout, 1)).read_holdout() if calib is not None else []
         return Quantized(mod, imported.mod, imported.mod, config, None, None, stats, {}, holdout)
     # Channels-last first, so that int8 convolutions get the layout of dot-product kernels and
     # consecutive int8 ops need no layout transform between them.
@@ -111,20 +107,20 @@ def quantize(
     log.info("annotate: %d ops to int8, %d observed tensors, %d skipped", len(plan.ops), len(plan.observer_keys),
              len(plan.skipped))
     cache = Path(calib_cache) if calib_cache else None
-    samples = load_calibration(calib, imported.inputs) if calib is not None else []
-    split = len(samples) - config.holdout if len(samples) > config.holdout else len(samples)
-    holdout = samples[split:] if split < len(samples) else list(samples)
+    data = CalibrationData(calib, imported.inputs, config.holdout, config.num_samples) if calib is not None else None
     if cache is not None and cache.exists():
         calibration = load_cache(cache, plan, imported.source_sha256, config)
         log.info("calibrate: using cache %s (%d samples)", cache, calibration.samples)
+        holdout = data.read_holdout() if data is not None else []
     else:
-        if not samples:
+        if data is None:
             raise QCompilerError("--quantize int8 needs calibration data: pass --calib DATA (or an existing --calib-cache)")
-        used = samples[:split]
-        if config.num_samples is not None:
-            used = used[: config.num_samples]
-        calibration = run_observers(fp32, plan, _samples_as_lists(used, imported.inputs), config, host_target(),
-                                    progress=Progress(f"calibrate ({config.calibration.value})", len(used)))
+        # One sample at a time: calibration's memory does not grow with the number of samples.
+        used = ([sample[spec.name] for spec in imported.inputs] for sample in data)
+        progress = Progress(f"calibrate ({config.calibration.value})", data.used)
+        calibration = run_observers(fp32, plan, used, config, host_target(), progress=progress)
+        progress.close()
+        holdout = data.holdout
         log.info("calibrate: %d samples, %d observers, statistics %.1f KB", calibration.samples,
                  len(calibration.ranges), calibration.statistics_bytes / 1024)
         if cache is not None:

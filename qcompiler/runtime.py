@@ -167,10 +167,41 @@ def host_elf_machine() -> int | None:
     return _HOST_ELF_MACHINE.get(platform.machine().lower())
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (memory the kernel can give without swapping), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# Loading holds an artifact twice: the sealed copy its code is mapped from, and its weights
+# copied out of that into tensors (a 90 MB MiniLM peaks 365 MB above the process's baseline).
+LOAD_MEMORY_FACTOR = 2
+
+
+def check_fits_in_memory(size: int, where: str | Path) -> None:
+    """Refuse, before reading it, an artifact of `size` bytes that cannot be loaded in the memory
+    available now: a one-line error instead of the kernel's OOM kill."""
+    available = available_memory_bytes()
+    needed = LOAD_MEMORY_FACTOR * size
+    if available is not None and needed > available:
+        mb = 1 << 20
+        raise QCompilerError(f"{where} needs about {needed / mb:.0f} MB of memory to load ({LOAD_MEMORY_FACTOR} x its "
+                             f"{size / mb:.0f} MB: the copy its code is mapped from and its weights); "
+                             f"{available / mb:.0f} MB is available")
+
+
 def read_artifact(so_path: Path) -> bytes:
-    """The bytes of `so_path`, read once (everything `load` checks and maps comes from them)."""
+    """The bytes of `so_path`, read once (everything `load` checks and maps comes from them),
+    after checking that it fits in memory."""
     try:
         with so_path.open("rb") as f:
+            check_fits_in_memory(os.fstat(f.fileno()).st_size, so_path)
             return f.read()
     except FileNotFoundError:
         raise QCompilerError(f"artifact not found: {so_path}") from None

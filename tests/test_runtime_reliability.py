@@ -341,3 +341,15 @@ def test_genuine_aarch64_artifact_is_refused_by_qc_run(c_tools, tmp_path):
         assert "is built for aarch64" in one_line_error(proc.stderr, "qc_run: error:")
     with pytest.raises(QCompilerError, match="built for aarch64"):
         qcompiler.load(path, verify=False)
+
+
+def test_an_artifact_that_cannot_fit_in_memory_is_refused_before_loading(relu_and_neg, tmp_path, monkeypatch):
+    """Told in advance (MemAvailable of /proc/meminfo): a one-line error, not the OOM killer."""
+    from qcompiler import runtime
+
+    path = relu_and_neg[0].export(tmp_path / "relu.so")
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: path.stat().st_size)
+    with pytest.raises(QCompilerError, match=r"needs about \d+ MB of memory to load .* MB is available"):
+        qcompiler.load(path)
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 4 * path.stat().st_size)
+    assert qcompiler.load(path).run({"x": np.ones((2, 8), np.float32)})["y"].shape == (2, 8)
