@@ -203,6 +203,9 @@ def _is_float32(expr) -> bool:
 
 @relax.expr_functor.mutator
 class _FloatKernelDispatch(KernelDispatch):
+    HANDLERS = {**KernelDispatch.HANDLERS, "relax.nn.conv2d_transpose": "conv2d_transpose",
+                "relax.permute_dims": "cancel_inverse_permute"}
+
     def __init__(self, mod: tvm.IRModule, lanes: int):
         super().__init__(mod)
         self.mod_ = mod
@@ -217,16 +220,6 @@ class _FloatKernelDispatch(KernelDispatch):
         gvar = self.builder_.add_func(te.create_prim_func([*holders, out]).without_attr("global_symbol"), name)
         out_ty = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
         return relax.call_tir(gvar, [*inputs, *[const(a) for a in arrays]], out_ty)
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        name = op_name(call)
-        replaced = None
-        if name == "relax.nn.conv2d_transpose":
-            replaced = self.conv2d_transpose(call)
-        elif name == "relax.permute_dims":
-            replaced = self.cancel_inverse_permute(call)
-        return call if replaced is None else replaced
 
     def _bound_permute(self, expr, axes: tuple) -> relax.Expr | None:
         """x where `expr` is a variable bound to permute_dims(x, axes), else None."""

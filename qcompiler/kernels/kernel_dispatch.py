@@ -10,17 +10,16 @@ from ..passes.graph import op_name
 
 class KernelDispatch(relax.PyExprMutator):
     """The base of the kernel dispatch passes (subclassed under @relax.expr_functor.mutator): each
-    conv2d and matmul call goes to `self.conv2d` / `self.matmul`, which return its replacement
-    or None to keep it; `run` rewrites every Relax function of the module given as `mod_`."""
+    call of an op in HANDLERS goes to the method named there (conv2d and matmul here; a subclass
+    may add ops), which returns its replacement or None to keep it; `run` rewrites every Relax
+    function of the module given as `mod_`."""
+
+    HANDLERS = {"relax.nn.conv2d": "conv2d", "relax.matmul": "matmul"}
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        name = op_name(call)
-        replaced = None
-        if name == "relax.nn.conv2d":
-            replaced = self.conv2d(call)
-        elif name == "relax.matmul":
-            replaced = self.matmul(call)
+        handler = self.HANDLERS.get(op_name(call))
+        replaced = getattr(self, handler)(call) if handler is not None else None
         return call if replaced is None else replaced
 
     def run(self) -> tvm.IRModule:
