@@ -23,6 +23,11 @@ def const(value: np.ndarray, dtype: str | None = None):
     return relax.const(array, str(array.dtype))
 
 
+def is_float32(expr) -> bool:
+    """Whether `expr` is a float32 tensor."""
+    return isinstance(expr.ty, relax.TensorType) and str(expr.ty.dtype) == "float32"
+
+
 def op_name(expr) -> str | None:
     """'relax.nn.conv2d' for a call of that operator, else None."""
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):

@@ -33,7 +33,7 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.target import codegen
 
-from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
+from ..passes.graph import Constant, const, constant_value, conv_channel_axis, is_float32, op_name
 from .compute import first_channels, round_up, shape64, windows
 from .kernel_dispatch import KernelDispatch
 
@@ -197,10 +197,6 @@ def _shape(expr) -> list[int]:
     return [int(d) for d in expr.ty.shape.values]
 
 
-def _is_float32(expr) -> bool:
-    return isinstance(expr.ty, relax.TensorType) and str(expr.ty.dtype) == "float32"
-
-
 @relax.expr_functor.mutator
 class _FloatKernelDispatch(KernelDispatch):
     HANDLERS = {**KernelDispatch.HANDLERS, "relax.nn.conv2d_transpose": "conv2d_transpose",
@@ -246,7 +242,7 @@ class _FloatKernelDispatch(KernelDispatch):
         attrs = call.attrs
         data, weight = call.args
         if not (str(attrs.data_layout) == "NCHW" and str(attrs.kernel_layout) == "IOHW" and str(attrs.out_layout) == "NCHW"
-                and int(attrs.groups) == 1 and _is_float32(data) and isinstance(weight, Constant) and _is_float32(call)):
+                and int(attrs.groups) == 1 and is_float32(data) and isinstance(weight, Constant) and is_float32(call)):
             return None
         w = constant_value(weight).astype(np.float32)  # [I, O, KH, KW]
         channels, out_channels, kh, kw = w.shape
@@ -266,7 +262,7 @@ class _FloatKernelDispatch(KernelDispatch):
     def conv2d(self, call) -> relax.Expr | None:
         attrs = call.attrs
         data, weight = call.args
-        if not (conv_channel_axis(call) == 3 and _is_float32(data) and isinstance(weight, Constant)
+        if not (conv_channel_axis(call) == 3 and is_float32(data) and isinstance(weight, Constant)
                 and str(attrs.out_dtype) in ("float32", "", "None", "void")):
             return None
         w = constant_value(weight).astype(np.float32)
@@ -295,7 +291,7 @@ class _FloatKernelDispatch(KernelDispatch):
         data, weight = call.args
         if not isinstance(weight, Constant):
             return self.batch_matmul(call)
-        if not (_is_float32(data) and str(call.attrs.out_dtype) in ("float32", "", "None", "void")
+        if not (is_float32(data) and str(call.attrs.out_dtype) in ("float32", "", "None", "void")
                 and len(_shape(data)) >= 2):
             return None
         w = constant_value(weight)

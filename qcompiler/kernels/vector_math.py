@@ -25,11 +25,7 @@ import math
 import tvm
 from tvm import relax, te, topi
 
-from ..passes.graph import op_name
-
-
-def _is_float32(expr) -> bool:
-    return isinstance(expr.ty, relax.TensorType) and str(expr.ty.dtype) == "float32"
+from ..passes.graph import is_float32, op_name
 
 
 SOFTMAX_LANES = 16
@@ -99,7 +95,7 @@ class _VectorMath(relax.PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
         name = op_name(call)
-        if not (call.args and _is_float32(call.args[0]) and _is_float32(call)):
+        if not (call.args and is_float32(call.args[0]) and is_float32(call)):
             return call
         if name == "relax.nn.softmax":
             rank = len(call.args[0].ty.shape)
