@@ -170,8 +170,7 @@ def _taps(out_index, size: int, kernel: int, stride: int, dilation: int, pad: in
             shifted = full - tap * dilation
             source = tirx.floordiv(shifted, stride)
             pairs.append((tap, source, tirx.all(shifted >= 0, tirx.floormod(shifted, stride) == 0, source < size)))
-    clamp = lambda i: tirx.max(tirx.min(i, size - 1), 0)  # noqa: E731
-    return [(tirx.min(tap, kernel - 1), clamp(source), valid) for tap, source, valid in pairs]
+    return [(tirx.min(tap, kernel - 1), tirx.max(tirx.min(source, size - 1), 0), valid) for tap, source, valid in pairs]
 
 
 def col2im_nhwc(cols: te.Tensor, out_shape, kernel, strides, dilation, padding) -> te.Tensor:
