@@ -2,12 +2,13 @@
 workers) at random points, each time resumed by the next `tune`; then the database must be
 readable by `tune` and `compile`, and hold every record that was complete before each kill.
 
-    .venv/bin/python benchmarks/tune_kill.py [--points 20] [--seed 0] [--max-seconds 40] [--trials 400]
+    .venv/bin/python benchmarks/tune_kill.py [--points 20] [--seed 0] [--max-seconds 90] [--trials 400]
 
 The model is one 3x3 conv + ReLU (tests/test_tuning.py's); each kill comes after a random time
 in [1, --max-seconds] s of a run. A kill loses the measurements in flight: MetaSchedule commits
-a task's records per batch of candidates (16 per task at --trials 400, 64 at 2000). Prints, per kill, the seconds, the complete records before
-and after, and whether any was lost; then the final check.
+a task's records per batch of candidates (16 per task at --trials 400, 64 at 2000). Prints, per
+kill, the seconds, the complete records before and after, and whether any was lost; then the
+final check.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-seconds", type=float, default=40.0)
+    parser.add_argument("--max-seconds", type=float, default=90.0)
     parser.add_argument("--trials", type=int, default=400, help="each run's --trials")
     args = parser.parse_args()
     import qcompiler
