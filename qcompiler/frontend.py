@@ -633,6 +633,10 @@ def load_onnx(
         if on_note is not None:
             on_note(note)
     opset = _opset(checked)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise QCompilerError(f"{where}: the model declares ONNX opset {opset}; the newest this installation knows is "
+                             f"{newest} (onnx {onnx.__version__})")
     static = fold_shape_computations(_check(_static_copy(checked, inputs), where), opset)
     static = fold_batchnorm_into_conv(static)
     mod, node_names, node_op_types = _import(static, inputs, opset, where)

@@ -244,3 +244,15 @@ def test_variadic_elementwise_ops_fold_pairwise(op, tmp_path):
     actual = qcompiler.load(artifact.export(tmp_path / "v.so")).run(feed)
     np.testing.assert_allclose(actual["y"], ort_run(model, feed)["y"], rtol=1e-6, atol=1e-6)
     assert not any("stack" in kernel for kernel in artifact.metadata.kernels), artifact.metadata.kernels
+
+
+def test_an_opset_from_the_future_is_refused():
+    """A model declaring an opset newer than the installed onnx knows (found by the fuzzer:
+    opset 1000 compiled silently) gets a one-line error naming both versions."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "future",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx.defs.onnx_opset_version() + 1)])
+    model.ir_version = 8
+    with pytest.raises(QCompilerError, match=r"declares ONNX opset \d+; the newest this installation knows is \d+"):
+        load_onnx(model)
