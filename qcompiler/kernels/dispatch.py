@@ -38,7 +38,7 @@ from tvm import relax, te
 from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
 from . import compute as kc
 from .isa import DotProduct, dot_product_of
-from .kernel_dispatch import KernelDispatch
+from .kernel_dispatch import ConvAttrs, KernelDispatch, depthwise_taps
 from .schedules import MIN_PARALLEL_WORK
 from .taps import aligned_positions, group_step, interleaves, phased, tap_interleave_kernel
 
@@ -140,14 +140,13 @@ class _Int8KernelDispatch(KernelDispatch):
             return None
         out_channels, _, _, in_per_group = w.shape
         channels = _shape(data)[3]
-        groups = int(attrs.groups)
-        top, left, bottom, right = (int(p) for p in attrs.padding)
-        strides = [int(s) for s in attrs.strides]
-        dilation = [int(d) for d in attrs.dilation]
+        conv = ConvAttrs.of(call)
+        groups, strides, dilation = conv.groups, conv.strides, conv.dilation
+        top, left, bottom, right = conv.padding
         spatial = [(0, 0), (top, bottom), (left, right), (0, 0)]
         if groups > 1 and groups == channels == out_channels and in_per_group == 1:
             data = self.pad(data, spatial)
-            taps = np.ascontiguousarray(w[:, :, :, 0].transpose(1, 2, 0))
+            taps = depthwise_taps(w)
             dp = self.dp.for_channels(channels)
             if dp.register_lanewise is not None and interleaves(channels, strides[1], dilation[1], dp.lanes):
                 return self.depthwise_lanewise(data, taps, strides, dilation, dp)

@@ -35,7 +35,7 @@ from tvm.target import codegen
 
 from ..passes.graph import Constant, const, constant_value, conv_channel_axis, is_float32, op_name
 from .compute import first_channels, round_up, shape64, windows
-from .kernel_dispatch import KernelDispatch
+from .kernel_dispatch import ConvAttrs, KernelDispatch, depthwise_taps
 
 LANES = (4, 8, 16)  # the vector widths kernels are packed for (float_lanes)
 DEPTHWISE_BLOCK = "depthwise_nhwc_f32"
@@ -192,6 +192,11 @@ def col2im_nhwc(cols: te.Tensor, out_shape, kernel, strides, dilation, padding) 
     return te.compute(shape64(*out_shape), value, name=COL2IM_BLOCK)
 
 
+def _float_out(call) -> bool:
+    """The call's out_dtype is float32 or left to its inputs."""
+    return str(call.attrs.out_dtype) in ("float32", "", "None", "void")
+
+
 def _shape(expr) -> list[int]:
     return [int(d) for d in expr.ty.shape.values]
 
@@ -250,35 +255,31 @@ class _FloatKernelDispatch(KernelDispatch):
         cols = self.builder_.emit(self.kernel("dense_f32", lambda x, wp: dense(x, wp, columns.shape[1]),
                                               self.nhwc(data), [packed]))
         n, _, height, width = _shape(call)
-        top, left = int(attrs.padding[0]), int(attrs.padding[1])
+        conv = ConvAttrs.of(call)
         out = self.builder_.emit(self.kernel(
             "col2im_nhwc_f32",
-            lambda c: col2im_nhwc(c, (n, height, width, out_channels), (kh, kw), [int(s) for s in attrs.strides],
-                                  [int(d) for d in attrs.dilation], (top, left)),
+            lambda c: col2im_nhwc(c, (n, height, width, out_channels), (kh, kw), conv.strides, conv.dilation,
+                                  conv.padding[:2]),
             cols))
         return relax.op.permute_dims(out, list(TO_NCHW))
 
     def conv2d(self, call) -> relax.Expr | None:
-        attrs = call.attrs
         data, weight = call.args
-        if not (conv_channel_axis(call) == 3 and is_float32(data) and isinstance(weight, Constant)
-                and str(attrs.out_dtype) in ("float32", "", "None", "void")):
+        if not (conv_channel_axis(call) == 3 and is_float32(data) and isinstance(weight, Constant) and _float_out(call)):
             return None
         w = constant_value(weight).astype(np.float32)
         out_channels, _, _, in_per_group = w.shape
         channels = _shape(data)[3]
-        groups = int(attrs.groups)
-        top, left, bottom, right = (int(p) for p in attrs.padding)
-        strides = [int(s) for s in attrs.strides]
-        dilation = [int(d) for d in attrs.dilation]
-        if groups == 1 and in_per_group == channels:
-            padded = self.pad(data, top, left, bottom, right)
+        conv = ConvAttrs.of(call)
+        strides, dilation = conv.strides, conv.dilation
+        if conv.groups == 1 and in_per_group == channels:
+            padded = self.pad(data, *conv.padding)
             return self.kernel("conv2d_nhwc_f32", lambda x, wp: conv2d_nhwc(x, wp, strides, dilation, out_channels), padded,
                                [pack_conv_weight(w, lanes_for(out_channels, self.lanes))])
-        if groups == channels == out_channels and in_per_group == 1:
-            padded = self.pad(data, top, left, bottom, right)
-            taps = np.ascontiguousarray(w[:, :, :, 0].transpose(1, 2, 0))
-            return self.kernel("depthwise_nhwc_f32", lambda x, wd: depthwise_nhwc(x, wd, strides, dilation), padded, [taps])
+        if conv.groups == channels == out_channels and in_per_group == 1:
+            padded = self.pad(data, *conv.padding)
+            return self.kernel("depthwise_nhwc_f32", lambda x, wd: depthwise_nhwc(x, wd, strides, dilation), padded,
+                               [depthwise_taps(w)])
         return None
 
     def pad(self, data, top: int, left: int, bottom: int, right: int):
@@ -290,7 +291,7 @@ class _FloatKernelDispatch(KernelDispatch):
         data, weight = call.args
         if not isinstance(weight, Constant):
             return self.batch_matmul(call)
-        if not (is_float32(data) and str(call.attrs.out_dtype) in ("float32", "", "None", "void")
+        if not (is_float32(data) and _float_out(call)
                 and len(_shape(data)) >= 2):
             return None
         w = constant_value(weight)

@@ -26,6 +26,7 @@ import tvm
 from tvm import relax, te, topi
 
 from ..passes.graph import is_float32, op_name
+from .kernel_dispatch import KernelDispatch
 
 
 SOFTMAX_LANES = 16
@@ -90,22 +91,31 @@ POLYNOMIAL = {
 }
 
 
+def _float32_unary(call) -> bool:
+    return bool(call.args) and is_float32(call.args[0]) and is_float32(call)
+
+
 @relax.expr_functor.mutator
-class _VectorMath(relax.PyExprMutator):
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
+class _VectorMath(KernelDispatch):
+    HANDLERS = {"relax.nn.softmax": "softmax", **{name: "polynomial" for name in POLYNOMIAL}}
+
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.mod_ = mod
+
+    def softmax(self, call) -> relax.Expr | None:
+        if not _float32_unary(call):
+            return None
+        rank = len(call.args[0].ty.shape)
+        if rank >= 2 and int(call.attrs.axis) % rank == rank - 1:
+            return self.builder_.call_te(softmax_last_axis, call.args[0], primfunc_name_hint="softmax")
+        return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis), primfunc_name_hint="softmax")
+
+    def polynomial(self, call) -> relax.Expr | None:
+        if not _float32_unary(call):
+            return None
         name = op_name(call)
-        if not (call.args and is_float32(call.args[0]) and is_float32(call)):
-            return call
-        if name == "relax.nn.softmax":
-            rank = len(call.args[0].ty.shape)
-            if rank >= 2 and int(call.attrs.axis) % rank == rank - 1:
-                return self.builder_.call_te(softmax_last_axis, call.args[0], primfunc_name_hint="softmax")
-            return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis),
-                                         primfunc_name_hint="softmax")
-        if name in POLYNOMIAL:
-            return self.builder_.call_te(POLYNOMIAL[name], call.args[0], primfunc_name_hint=name.split(".")[-1])
-        return call
+        return self.builder_.call_te(POLYNOMIAL[name], call.args[0], primfunc_name_hint=name.split(".")[-1])
 
 
 def with_vector_math(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -113,8 +123,4 @@ def with_vector_math(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModu
     CPU targets (otherwise `mod` itself)."""
     if target.kind.name != "llvm":
         return mod
-    mutator = _VectorMath(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
+    return _VectorMath(mod).run()
