@@ -120,7 +120,8 @@ def cases(rng: np.random.Generator) -> list[Case]:
                                 pads=[pad] * 4, group=group)
         x = r(1, cin, size, size)
         model = _model([node], {"x": x}, ("y", [1, cout, out, out]), {"w": r(cout, cin // group, k, k), "b": r(cout)})
-        return Case(kernel, f"{cin}->{cout} {k}x{k}/{stride} at {size}x{size}" + (" depthwise" if group > 1 else ""),
+        kind = "" if group == 1 else " depthwise" if group == cin == cout else f" {group} groups"
+        return Case(kernel, f"{cin}->{cout} {k}x{k}/{stride} at {size}x{size}" + kind,
                     model, {"x": x}, 2.0 * out * out * cout * (cin // group) * k * k)
 
     def dense(rows, depth, columns):
@@ -151,6 +152,7 @@ def cases(rng: np.random.Generator) -> list[Case]:
         conv("first layer", 3, 32, 224, 3, 2),
         conv("depthwise 3x3", 128, 128, 56, 3, 1, group=128),
         conv("depthwise 5x5 strided", 96, 96, 56, 5, 2, group=96),
+        conv("grouped 3x3", 128, 128, 28, 3, 1, group=4),
         dense(128, 384, 1536),
         dense(1, 1024, 1000),
         batch_matmul(12, 128, 32, 128),

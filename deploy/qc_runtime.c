@@ -13,7 +13,10 @@
  * Loading (qc_load_ex): the .so is read once; those bytes are checked
  * (SHA-256 against NAME.json unless QC_LOAD_UNVERIFIED, then the ELF header and
  * bounds, qc_verify.c) and written to a sealed memfd, and the library is mapped
- * from that copy (/proc/self/fd/N), never from the path.
+ * from that copy (/proc/self/fd/N), never from the path.  The weights section,
+ * which the dynamic loader does not map, is a hole in that copy: its tensors are
+ * copied from the checked bytes to the device once (load_weights) and passed to
+ * every run of main after the inputs.
  *
  * Running: a Relax VM keeps its registers and frames in the VM object, so each
  * concurrent run needs its own VM.  A model holds one library module and VM
@@ -39,6 +42,11 @@
 #include "qc_verify.h"
 
 #define QC_MAX_NDIM 32
+#define QC_WEIGHTS_SECTION ".qc_weights"
+
+typedef struct {
+  uint64_t offset, size; /* a section's file range */
+} qc_section;
 #define QC_POOLED_ALLOCATOR 2 /* tvm::runtime::memory::AllocatorType::kPooled */
 
 /* ------------------------------------------------------------------------ */
@@ -232,6 +240,7 @@ typedef struct qc_slot {
   TVMFFIObjectHandle* in_t;   /* device input tensors, n_in */
   int* in_set;                /* whether input i has been set (stateful API) */
   TVMFFIObjectHandle* out_t;  /* output tensors of the last run, n_out */
+  TVMFFIAny* args;            /* main's arguments: in_t then the model's weights (borrowed) */
   int have_outputs;
   struct qc_slot* next_free; /* pool free list */
 } qc_slot;
@@ -244,6 +253,8 @@ struct qc_model {
   int n_in, n_out;
   qc_tensor_info* in;
   qc_tensor_info* out;
+  int n_weights;                /* main's parameters after the inputs (the .qc_weights section) */
+  TVMFFIObjectHandle* weights;  /* on m->dev, shared by every slot (never written) */
   TVMFFIObjectHandle lib;       /* library module (ffi.Module.load_from_file.so) */
   TVMFFIObjectHandle copy_from; /* runtime.TVMTensorCopyFromBytes */
   TVMFFIObjectHandle copy_to;   /* runtime.TVMTensorCopyToBytes */
@@ -535,6 +546,7 @@ static void slot_free(const qc_model* m, qc_slot* s) {
   free(s->in_t);
   free(s->in_set);
   free(s->out_t);
+  free(s->args);
   free(s);
 }
 
@@ -589,7 +601,8 @@ static qc_slot* slot_create(qc_model* m) {
   s->in_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_in + 1, sizeof(TVMFFIObjectHandle));
   s->in_set = (int*)calloc((size_t)m->n_in + 1, sizeof(int));
   s->out_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_out + 1, sizeof(TVMFFIObjectHandle));
-  if (s->in_t == NULL || s->in_set == NULL || s->out_t == NULL) {
+  s->args = (TVMFFIAny*)calloc((size_t)(m->n_in + m->n_weights) + 1, sizeof(TVMFFIAny));
+  if (s->in_t == NULL || s->in_set == NULL || s->out_t == NULL || s->args == NULL) {
     set_err("out of memory");
     goto fail;
   }
@@ -598,7 +611,9 @@ static qc_slot* slot_create(qc_model* m) {
       prepend_err("allocating input '%s': ", m->in[i].name);
       goto fail;
     }
+    s->args[i] = any_obj(s->in_t[i]);
   }
+  for (int i = 0; i < m->n_weights; ++i) s->args[m->n_in + i] = any_obj(m->weights[i]);
   pthread_mutex_lock(&m->pool_mu);
   ++m->n_slots;
   pthread_mutex_unlock(&m->pool_mu);
@@ -642,6 +657,8 @@ void qc_free(qc_model* m) {
     slot_free(m, s);
     s = next;
   }
+  for (int i = 0; i < m->n_weights; ++i) obj_release(&m->weights[i]);
+  free(m->weights);
   obj_release(&m->copy_from);
   obj_release(&m->copy_to);
   obj_release(&m->sync_fn);
@@ -710,10 +727,10 @@ static int load_library(qc_model* m, const char* path) {
  * Map the checked bytes: a private copy, dlopen'ed by us first (to read the signature, and so
  * that TVM's dlopen of the same name gets this very mapping), then TVM's library module.
  */
-static int map_artifact(qc_model* m, const unsigned char* data, size_t n, int device_type,
-                        int device_id) {
+static int map_artifact(qc_model* m, const unsigned char* data, size_t n, const qc_section* weights,
+                        int device_type, int device_id) {
   qc_private_copy copy;
-  if (qc_private_copy_open(&copy, m->path, data, n) != 0) return -1;
+  if (qc_private_copy_open(&copy, m->path, data, n, weights->offset, weights->size) != 0) return -1;
   int rc = -1;
   dlerror();
   void* handle = dlopen(copy.path, RTLD_NOW | RTLD_LOCAL);
@@ -741,6 +758,88 @@ static int get_runtime_functions(qc_model* m) {
   if (m->dev.device_type != kDLCPU) {
     m->sync_fn = get_global("runtime.Device_StreamSync");
     if (m->sync_fn == NULL) return -1;
+  }
+  return 0;
+}
+
+/*
+ * The weights: main's parameters after the inputs, stored in the artifact's non-loaded section
+ * .qc_weights (layout in qcompiler/weights.py): a header (magic "QCWEIGHT", u32 version 1, u32
+ * count), count entries (u64 offset from the section start, u64 nbytes, u8 DLPack type code,
+ * u8 bits, u16 lanes, u32 ndim, i64 dims[8]), then the data.  Each is copied to m->dev.
+ */
+#define QC_WEIGHTS_HEADER 16
+#define QC_WEIGHTS_MAX_NDIM 8
+#define QC_WEIGHTS_ENTRY (8 + 8 + 1 + 1 + 2 + 4 + 8 * QC_WEIGHTS_MAX_NDIM)
+
+static uint64_t le64(const unsigned char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+static uint32_t le32(const unsigned char* p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static int load_weights(qc_model* m, const unsigned char* sec, size_t len) {
+  if (len < QC_WEIGHTS_HEADER || memcmp(sec, "QCWEIGHT", 8) != 0) {
+    set_err("%s: its %s section is corrupt (no QCWEIGHT header)", m->path, QC_WEIGHTS_SECTION);
+    return -1;
+  }
+  uint32_t version = le32(sec + 8), count = le32(sec + 12);
+  if (version != 1) {
+    set_err("%s: %s version %u is not supported (expected 1); recompile the model", m->path,
+            QC_WEIGHTS_SECTION, version);
+    return -1;
+  }
+  if ((uint64_t)count > (len - QC_WEIGHTS_HEADER) / QC_WEIGHTS_ENTRY) {
+    set_err("%s: its %s section is corrupt (a table of %u entries does not fit in %zu bytes)", m->path,
+            QC_WEIGHTS_SECTION, count, len);
+    return -1;
+  }
+  m->weights = (TVMFFIObjectHandle*)calloc((size_t)count + 1, sizeof(TVMFFIObjectHandle));
+  if (m->weights == NULL) {
+    set_err("out of memory");
+    return -1;
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    const unsigned char* e = sec + QC_WEIGHTS_HEADER + (size_t)i * QC_WEIGHTS_ENTRY;
+    uint64_t offset = le64(e), nbytes = le64(e + 8);
+    qc_tensor_info info;
+    memset(&info, 0, sizeof(info));
+    info.dtype.code = e[16];
+    info.dtype.bits = e[17];
+    info.dtype.lanes = (uint16_t)(e[18] | (e[19] << 8));
+    uint32_t ndim = le32(e + 20);
+    int dims_ok = ndim <= QC_WEIGHTS_MAX_NDIM;
+    uint64_t elems = 1;
+    for (uint32_t d = 0; dims_ok && d < ndim; ++d) {
+      int64_t dim = (int64_t)le64(e + 24 + 8 * d);
+      dims_ok = dim >= 0 && (dim == 0 || elems <= UINT64_MAX / (uint64_t)dim);
+      info.shape[d] = dim;
+      if (dims_ok) elems *= (uint64_t)dim;
+    }
+    int type_ok = (info.dtype.code <= 2 || info.dtype.code == 4 || info.dtype.code == 6) &&
+                  (info.dtype.bits == 8 || info.dtype.bits == 16 || info.dtype.bits == 32 ||
+                   info.dtype.bits == 64) && info.dtype.lanes == 1;
+    if (!dims_ok || !type_ok || elems > UINT64_MAX / 8 || elems * info.dtype.bits / 8 != nbytes ||
+        offset > len || nbytes > len - offset) {
+      set_err("%s: its %s section is corrupt (weight %u: bad rank, dtype, size or bounds)", m->path,
+              QC_WEIGHTS_SECTION, i);
+      return -1;
+    }
+    info.ndim = (int)ndim;
+    if (alloc_tensor(&info, m->dev, &m->weights[i]) != 0) {
+      prepend_err("allocating weight %u: ", i);
+      return -1;
+    }
+    m->n_weights = (int)i + 1;
+    if (nbytes != 0) {
+      TVMFFIAny args[3] = {any_obj(m->weights[i]), any_ptr(sec + offset), any_int((int64_t)nbytes)};
+      TVMFFIAny ret;
+      if (call(m->copy_from, args, 3, &ret, "runtime.TVMTensorCopyFromBytes") != 0) return -1;
+      any_release(&ret);
+    }
   }
   return 0;
 }
@@ -781,10 +880,14 @@ qc_model* qc_load_ex(const char* so_path, int device_type, int device_id, unsign
   if (qc_read_file(so_path, "model", &data, &n) != 0) goto fail;
   if (!(flags & QC_LOAD_UNVERIFIED) && qc_verify_sha256(so_path, data, n) != 0) goto fail;
   if (qc_check_elf(so_path, data, n) != 0) goto fail;
-  if (map_artifact(m, data, n, device_type, device_id) != 0) goto fail;
+  qc_section weights = {0, 0};
+  int found = qc_find_section(so_path, data, n, QC_WEIGHTS_SECTION, &weights.offset, &weights.size);
+  if (found < 0) goto fail;
+  if (map_artifact(m, data, n, &weights, device_type, device_id) != 0) goto fail;
+  if (get_runtime_functions(m) != 0) goto fail;
+  if (found == 0 && load_weights(m, data + weights.offset, (size_t)weights.size) != 0) goto fail;
   free(data);
   data = NULL;
-  if (get_runtime_functions(m) != 0) goto fail;
   m->fixed = slot_create(m);
   if (m->fixed == NULL) goto fail;
   return m;
@@ -1035,19 +1138,8 @@ static int take_result(const qc_model* m, qc_slot* s, TVMFFIAny* ret) {
 /* Run main on the slot's input tensors; its outputs replace the slot's previous ones. */
 static int run_slot(qc_model* m, qc_slot* s) {
   release_outputs(m, s);
-  TVMFFIAny stack_args[16];
-  TVMFFIAny* args = stack_args;
-  if (m->n_in > 16) {
-    args = (TVMFFIAny*)malloc(sizeof(TVMFFIAny) * (size_t)m->n_in);
-    if (args == NULL) {
-      set_err("out of memory");
-      return -1;
-    }
-  }
-  for (int i = 0; i < m->n_in; ++i) args[i] = any_obj(s->in_t[i]);
   TVMFFIAny ret;
-  int rc = call(s->main_fn, args, m->n_in, &ret, "main");
-  if (args != stack_args) free(args);
+  int rc = call(s->main_fn, s->args, m->n_in + m->n_weights, &ret, "main");
   if (rc != 0 || take_result(m, s, &ret) != 0) return -1;
   if (m->sync_fn != NULL) {
     /* Kernels are launched asynchronously: wait for the default stream. */

@@ -190,6 +190,61 @@ int qc_check_elf(const char* path, const unsigned char* data, size_t n) {
   return check_elf_tables(path, data, n);
 }
 
+#define QC_SHF_ALLOC 0x2
+
+/* Whether [off, off + len) overlaps the file bytes of a PT_LOAD segment (tables checked). */
+static int overlaps_loaded(const unsigned char* d, uint64_t off, uint64_t len) {
+  uint64_t phoff = rd64(d + 32);
+  unsigned phnum = rd16(d + 56);
+  for (unsigned i = 0; i < phnum; ++i) {
+    const unsigned char* ph = d + phoff + (uint64_t)i * QC_PHDR_SIZE;
+    uint64_t start = rd64(ph + 8), filesz = rd64(ph + 32);
+    if (rd32(ph) == QC_PT_LOAD && filesz != 0 && off < start + filesz && start < off + len) return 1;
+  }
+  return 0;
+}
+
+int qc_find_section(const char* path, const unsigned char* d, size_t n, const char* name,
+                    uint64_t* offset, uint64_t* size) {
+  uint64_t shoff = rd64(d + 40);
+  unsigned shnum = rd16(d + 60), shstrndx = rd16(d + 62);
+  if (shnum == 0) return 1;
+  if (shstrndx >= shnum) {
+    qc_set_error("%s: malformed ELF section table (names in section %u of %u)", path, shstrndx, shnum);
+    return -1;
+  }
+  const unsigned char* names_sh = d + shoff + (uint64_t)shstrndx * QC_SHDR_SIZE;
+  uint64_t names_off = rd64(names_sh + 24), names_size = rd64(names_sh + 32);
+  if (!inside(names_off, names_size, n)) {
+    qc_set_error("%s is truncated: its section names end at byte %llu, the file has %zu bytes", path,
+                 (unsigned long long)(names_off + names_size), n);
+    return -1;
+  }
+  size_t want = strlen(name) + 1; /* with its NUL */
+  for (unsigned i = 0; i < shnum; ++i) {
+    const unsigned char* sh = d + shoff + (uint64_t)i * QC_SHDR_SIZE;
+    uint64_t name_off = rd32(sh);
+    if (name_off >= names_size || names_size - name_off < want ||
+        memcmp(d + names_off + name_off, name, want) != 0)
+      continue;
+    uint64_t flags = rd64(sh + 8), off = rd64(sh + 24), len = rd64(sh + 32);
+    if (!inside(off, len, n)) {
+      qc_set_error("%s is truncated: its %s section ends at byte %llu, the file has %zu bytes", path, name,
+                   (unsigned long long)(off + len), n);
+      return -1;
+    }
+    if ((flags & QC_SHF_ALLOC) != 0 || overlaps_loaded(d, off, len)) {
+      qc_set_error("%s: its %s section overlaps the code the dynamic loader maps (expected a section "
+                   "that is not loaded)", path, name);
+      return -1;
+    }
+    *offset = off;
+    *size = len;
+    return 0;
+  }
+  return 1;
+}
+
 /* ------------------------------------------------------------------------ */
 /* a small JSON reader: one string at a key path, whole document validated   */
 /* ------------------------------------------------------------------------ */
@@ -545,8 +600,17 @@ int qc_verify_sha256(const char* so_path, const unsigned char* data, size_t n) {
 /* the private copy                                                          */
 /* ------------------------------------------------------------------------ */
 
+/* Write data[0..n) to the empty file fd except [hole_off, hole_off + hole_len), left a hole. */
+static int write_around(int fd, const unsigned char* data, size_t n, uint64_t hole_off, uint64_t hole_len) {
+  if (write_all(fd, data, (size_t)hole_off) != 0) return -1;
+  if (lseek(fd, (off_t)(hole_off + hole_len), SEEK_SET) < 0) return -1;
+  if (write_all(fd, data + hole_off + hole_len, n - (size_t)(hole_off + hole_len)) != 0) return -1;
+  return ftruncate(fd, (off_t)n);
+}
+
 /* A sealed memfd holding data; -1 with errno ENOSYS-like when memfd is unavailable. */
-static int memfd_copy(const char* origin, const unsigned char* data, size_t n, int* unavailable) {
+static int memfd_copy(const char* origin, const unsigned char* data, size_t n, uint64_t hole_off,
+                      uint64_t hole_len, int* unavailable) {
   *unavailable = 0;
   int fd = memfd_create("qcompiler-artifact", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) {
@@ -554,7 +618,7 @@ static int memfd_copy(const char* origin, const unsigned char* data, size_t n, i
     if (!*unavailable) qc_set_error("cannot copy %s into memory: memfd_create: %s", origin, strerror(errno));
     return -1;
   }
-  if (write_all(fd, data, n) != 0 ||
+  if (write_around(fd, data, n, hole_off, hole_len) != 0 ||
       fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
     qc_set_error("cannot copy %s into memory: %s", origin, strerror(errno));
     close(fd);
@@ -564,7 +628,8 @@ static int memfd_copy(const char* origin, const unsigned char* data, size_t n, i
 }
 
 /* The fallback: a read-only temporary file (unlinked by qc_private_copy_close). */
-static int temp_copy(qc_private_copy* c, const char* origin, const unsigned char* data, size_t n) {
+static int temp_copy(qc_private_copy* c, const char* origin, const unsigned char* data, size_t n,
+                     uint64_t hole_off, uint64_t hole_len) {
   const char* dir = getenv("TMPDIR");
   if (dir == NULL || dir[0] == '\0') dir = "/tmp";
   if (snprintf(c->path, sizeof(c->path), "%s/.qc-artifact-XXXXXX.so", dir) >= (int)sizeof(c->path)) {
@@ -578,7 +643,7 @@ static int temp_copy(qc_private_copy* c, const char* origin, const unsigned char
   }
   c->is_temp = 1;
   c->fds[c->nfds++] = fd;
-  if (write_all(fd, data, n) != 0 || fchmod(fd, 0500) != 0) {
+  if (write_around(fd, data, n, hole_off, hole_len) != 0 || fchmod(fd, 0500) != 0) {
     qc_set_error("cannot write a temporary copy of %s (%s): %s", origin, c->path, strerror(errno));
     return -1;
   }
@@ -592,13 +657,14 @@ static int already_loaded(const char* path) {
   return h != NULL;
 }
 
-int qc_private_copy_open(qc_private_copy* c, const char* origin, const unsigned char* data, size_t n) {
+int qc_private_copy_open(qc_private_copy* c, const char* origin, const unsigned char* data, size_t n,
+                         uint64_t hole_off, uint64_t hole_len) {
   memset(c, 0, sizeof(*c));
   int unavailable = 0;
-  int fd = memfd_copy(origin, data, n, &unavailable);
+  int fd = memfd_copy(origin, data, n, hole_off, hole_len, &unavailable);
   if (fd < 0 && !unavailable) return -1;
   if (fd < 0) {
-    if (temp_copy(c, origin, data, n) != 0) {
+    if (temp_copy(c, origin, data, n, hole_off, hole_len) != 0) {
       qc_private_copy_close(c);
       return -1;
     }

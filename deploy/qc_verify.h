@@ -9,6 +9,7 @@
 #define QC_VERIFY_H_
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define QC_HIDDEN __attribute__((visibility("hidden")))
 
@@ -25,6 +26,15 @@ QC_HIDDEN int qc_read_file(const char* path, const char* what, unsigned char** d
  * `path` is only used in messages.
  */
 QC_HIDDEN int qc_check_elf(const char* path, const unsigned char* data, size_t n);
+
+/*
+ * Find the section `name` of the ELF64 data[0..n) (qc_check_elf'ed): 0 with its
+ * file range in *offset, *size; 1 if there is none; -1 if the section table is
+ * malformed, the section lies outside the file, or the dynamic loader would map
+ * it (a section the runtime reads itself must not be part of the code).
+ */
+QC_HIDDEN int qc_find_section(const char* path, const unsigned char* data, size_t n, const char* name,
+                              uint64_t* offset, uint64_t* size);
 
 /*
  * Check data[0..n), the bytes of the artifact `so_path`, against the SHA-256
@@ -57,8 +67,10 @@ typedef struct {
   int is_temp;     /* path is a temporary file to unlink */
 } qc_private_copy;
 
+/* data[hole_off, hole_off + hole_len) is left out of the copy (a hole reading as zeros): the
+ * weights section, which the runtime copies to tensors itself. */
 QC_HIDDEN int qc_private_copy_open(qc_private_copy* c, const char* origin, const unsigned char* data,
-                                   size_t n);
+                                   size_t n, uint64_t hole_off, uint64_t hole_len);
 /* Close the descriptors (and unlink a temporary file); the mapping of a loaded copy stays. */
 QC_HIDDEN void qc_private_copy_close(qc_private_copy* c);
 

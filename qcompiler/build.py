@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -21,6 +21,8 @@ from .frontend import ImportedModel, sha256_of
 from .metadata import ArtifactMetadata, metadata_path
 from .signature import Signature
 from .targets import DeviceKind, TargetPreset
+from .weights import assembly_source, lift_weights
+from .weights import pack as weights_section
 
 if TYPE_CHECKING:
     from .quantize import Quantized
@@ -38,9 +40,10 @@ def stage(name: str) -> Iterator[None]:
 
 
 def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), committed_logs: bool = True,
-          default_schedules: bool = True) -> tuple[object, dict[str, str]]:
+          default_schedules: bool = True) -> tuple[object, dict[str, str], list[tuple[str, tuple[int, ...], bytes]]]:
     """Relax → executable: TVM's pipeline for the target (legalize, fold, fuse, lower). Returns
-    the executable and, per CPU kernel, where its schedule came from (tuning.schedule_sources).
+    the executable, per CPU kernel where its schedule came from (tuning.schedule_sources), and
+    the weights lifted out of `main` (weights.lift_weights: `main` takes them after the inputs).
 
     Fused kernels that `tuning_logs` or (if `committed_logs`) the committed `tuning_logs/<preset>/`
     have records for get their tuned schedules; on CPU presets the others (if
@@ -65,6 +68,7 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
             with target:
                 lowered = pipeline(mod)
         kernels = schedule_sources(lowered)
+        lowered, weights = lift_weights(lowered)
         # Without TIR asserts: each kernel's packed-call wrapper would otherwise re-check every
         # argument's rank, dtype, shape and strides, 75% of an int8 model's machine code (PP-LCNet:
         # 340 of 420 KB). Kernels are only called by the VM, whose entry function checks the
@@ -86,16 +90,18 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
             executable = embed_device_binary(executable, target)
         except (RuntimeError, ValueError) as err:
             raise QCompilerError(f"CUDA device code for {preset.name}: {str(err).strip().splitlines()[0]}") from err
-    return executable, kernels
+    return executable, kernels, weights
 
 
 @dataclass
 class Artifact:
-    """A compiled model, ready to export as `NAME.so` (code and weights) plus `NAME.json`."""
+    """A compiled model, ready to export as `NAME.so` (code, and the weights in its
+    `.qc_weights` section) plus `NAME.json`."""
 
     executable: object  # tvm.runtime.Executable
     metadata: ArtifactMetadata
     preset: TargetPreset
+    weights: list[tuple[str, tuple[int, ...], bytes]] = field(default_factory=list)  # `main`'s parameters after the inputs
 
     @property
     def signature(self) -> Signature:
@@ -117,11 +123,18 @@ class Artifact:
             tmp_dir = Path(tmp)
             addon = tmp_dir / "qc_signature.cc"
             addon.write_text(self.signature.c_source())
+            addons = [str(addon)]
+            if self.weights:
+                packed = tmp_dir / "qc_weights.bin"
+                packed.write_bytes(weights_section(self.weights))
+                weights_asm = tmp_dir / "qc_weights.S"
+                weights_asm.write_text(assembly_source(str(packed.resolve())))
+                addons.append(str(weights_asm))
             tmp_so = tmp_dir / so_path.name
             with stage(f"export {so_path.name}"):
                 try:
                     # Kernels carry DWARF debug info from LLVM; a deployed library needs none of it.
-                    self.executable.export_library(str(tmp_so), fcompile=fcompile, addons=[str(addon)],
+                    self.executable.export_library(str(tmp_so), fcompile=fcompile, addons=addons,
                                                    options=["-Wl,--strip-debug"])
                 except Exception as err:
                     lines = str(err).strip().splitlines()
@@ -156,7 +169,7 @@ def build(imported: ImportedModel, preset: TargetPreset, quantized: "Quantized |
         preset.cross_compiler.require()  # fail before minutes of compilation, not after
     mod = imported.mod if quantized is None else (quantized.qdq if simulate else quantized.mod)
     with stage(f"compile for {preset.name}"):
-        executable, kernels = lower(mod, preset, tuning_logs, committed_logs, default_schedules)
+        executable, kernels, weights = lower(mod, preset, tuning_logs, committed_logs, default_schedules)
     metadata = ArtifactMetadata(
         inputs=list(imported.inputs),
         outputs=list(imported.outputs),
@@ -171,4 +184,4 @@ def build(imported: ImportedModel, preset: TargetPreset, quantized: "Quantized |
     )
     if quantized is not None:
         metadata.quantization = {**quantized.summary(), **({"mode": "int8-simulated"} if simulate else {})}
-    return Artifact(executable=executable, metadata=metadata, preset=preset)
+    return Artifact(executable=executable, metadata=metadata, preset=preset, weights=weights)

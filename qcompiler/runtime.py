@@ -32,6 +32,9 @@ from .errors import QCompilerError
 from .tensor_spec import TensorSpec
 from .metadata import ArtifactMetadata, metadata_path
 from .signature import Signature, read_signature
+from .weights import SECTION as WEIGHTS_SECTION
+from .weights import WeightEntry
+from .weights import parse as parse_weights
 
 if TYPE_CHECKING:
     from .profile import Profile
@@ -123,6 +126,14 @@ class _TvmRuntime:
         self.copy_from_bytes(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
         return tensor
 
+    def weight_tensor(self, data: bytes, start: int, entry: WeightEntry, device):
+        """A TVM tensor on `device` holding `entry`'s bytes, which start at `data[start]`."""
+        tensor = self.alloc(self.ffi.Shape(entry.shape), self.ffi.dtype(entry.dtype), device, None)
+        if entry.nbytes:
+            view = np.frombuffer(data, dtype=np.uint8, count=entry.nbytes, offset=start)
+            self.copy_from_bytes(tensor, view.ctypes.data_as(ctypes.c_void_p), entry.nbytes)
+        return tensor
+
     def to_numpy(self, tensor) -> np.ndarray:
         array = np.empty(tuple(tensor.shape), dtype=str(tensor.dtype))
         self.copy_to_bytes(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
@@ -160,6 +171,7 @@ _ET_DYN = 3
 _PT_LOAD = 1
 _PHDR_SIZE = 56  # sizeof(Elf64_Phdr)
 _SHDR_SIZE = 64  # sizeof(Elf64_Shdr)
+_SHF_ALLOC = 0x2
 
 
 def host_elf_machine() -> int | None:
@@ -179,8 +191,9 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-# Loading holds an artifact twice: the sealed copy its code is mapped from, and its weights
-# copied out of that into tensors (a 90 MB MiniLM peaks 365 MB above the process's baseline).
+# Loading holds an artifact twice at its peak: the file's bytes, and the weights copied out of
+# them into tensors (the code's copy leaves the weights section out; a 90 MB MiniLM peaks 195 MB
+# above the process's baseline).
 LOAD_MEMORY_FACTOR = 2
 
 
@@ -192,7 +205,7 @@ def check_fits_in_memory(size: int, where: str | Path) -> None:
     if available is not None and needed > available:
         mb = 1 << 20
         raise QCompilerError(f"{where} needs about {needed / mb:.0f} MB of memory to load ({LOAD_MEMORY_FACTOR} x its "
-                             f"{size / mb:.0f} MB: the copy its code is mapped from and its weights); "
+                             f"{size / mb:.0f} MB: its bytes and its weights copied from them); "
                              f"{available / mb:.0f} MB is available")
 
 
@@ -261,6 +274,65 @@ def check_elf(data: bytes, where: str | Path, machine: int | None = None) -> Non
                              f"{shoff + shnum * shentsize}, the file has {size} bytes")
 
 
+def find_section(data: bytes, name: str, where: str | Path) -> tuple[int, int] | None:
+    """(file offset, size) of the section `name` of the ELF64 `data` (already `check_elf`ed), or
+    None when it has none; a `QCompilerError` when the section table cannot be read."""
+    (shoff,) = struct.unpack_from("<Q", data, 40)
+    shnum, shstrndx = struct.unpack_from("<HH", data, 60)
+    try:
+        headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * _SHDR_SIZE) for i in range(shnum)]
+        if shnum == 0:
+            return None
+        names_offset, names_size = headers[shstrndx][4], headers[shstrndx][5]
+        names = data[names_offset : names_offset + names_size]
+        wanted = name.encode()
+        for sh_name, _type, flags, _addr, offset, size in headers:
+            if names[sh_name : sh_name + len(wanted) + 1] == wanted + b"\0":
+                if offset > len(data) or size > len(data) - offset:
+                    raise QCompilerError(f"{where} is truncated: its {name} section ends at byte {offset + size}, "
+                                         f"the file has {len(data)} bytes")
+                if flags & _SHF_ALLOC or any(offset < end and start < offset + size for start, end in _loaded_ranges(data)):
+                    raise QCompilerError(f"{where}: its {name} section overlaps the code the dynamic loader maps "
+                                         f"(expected a section that is not loaded)")
+                return offset, size
+    except (struct.error, IndexError) as err:
+        raise QCompilerError(f"{where}: malformed ELF section table ({err})") from None
+    return None
+
+
+def _loaded_ranges(data: bytes) -> list[tuple[int, int]]:
+    """The file ranges [start, end) of the PT_LOAD segments of the ELF64 `data` (check_elf'ed)."""
+    (phoff,) = struct.unpack_from("<Q", data, 32)
+    (phnum,) = struct.unpack_from("<H", data, 56)
+    ranges = []
+    for i in range(phnum):
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * _PHDR_SIZE)
+        if p_type == _PT_LOAD and p_filesz:
+            ranges.append((p_offset, p_offset + p_filesz))
+    return ranges
+
+
+@dataclass
+class _Weights:
+    """The `.qc_weights` section of an artifact: where it lies in the file, and its entries."""
+
+    offset: int
+    size: int
+    entries: list[WeightEntry]
+
+    @classmethod
+    def of(cls, data: bytes, where: str | Path) -> "_Weights":
+        found = find_section(data, WEIGHTS_SECTION, where)
+        if found is None:  # an artifact without weights (or from before they were lifted)
+            return cls(0, 0, [])
+        offset, size = found
+        return cls(offset, size, parse_weights(memoryview(data)[offset : offset + size], str(where)))
+
+    def tensors(self, runtime: _TvmRuntime, data: bytes, device) -> list:
+        """Each weight copied to `device`, in the order `main` takes them."""
+        return [runtime.weight_tensor(data, self.offset + e.offset, e, device) for e in self.entries]
+
+
 BUNDLE_MANIFEST = "bundle.json"  # qcompiler.bundle.MANIFEST (not imported: bundle imports this module)
 
 
@@ -325,7 +397,8 @@ class _PrivateCopy:
 
     The copy is an anonymous sealed memfd (`memfd_create`; writes, growing and shrinking sealed
     off) named by `/proc/self/fd/N`; where memfd is unavailable, a temporary file that is unlinked
-    on `close`. glibc's dlopen returns an already-loaded object whose name equals the path, and fd
+    on `close`. The byte range `hole` (the weights section, which the loader never maps) is left
+    a hole of zeros that takes no memory. glibc's dlopen returns an already-loaded object whose name equals the path, and fd
     numbers are reused, so the path is checked (RTLD_NOLOAD) not to name a loaded object: another
     descriptor of the same copy is taken until it does not. Close the copy once the library is
     loaded; the mapping stays valid.
@@ -333,12 +406,12 @@ class _PrivateCopy:
 
     _MAX_TRIES = 64
 
-    def __init__(self, data: bytes, origin: Path):
+    def __init__(self, data: bytes, origin: Path, hole: tuple[int, int] = (0, 0)):
         self._fds: list[int] = []
         self._temp: str | None = None
-        fd = self._memfd(data)
+        fd = self._memfd(data, hole)
         if fd is None:
-            self._tempfile(data, origin)
+            self._tempfile(data, origin, hole)
         else:
             self._fds.append(fd)
         dl = _Dl()
@@ -354,7 +427,7 @@ class _PrivateCopy:
                              f"that is already loaded")
 
     @staticmethod
-    def _memfd(data: bytes) -> int | None:
+    def _memfd(data: bytes, hole: tuple[int, int]) -> int | None:
         create = getattr(os, "memfd_create", None)
         if create is None:
             return None
@@ -365,7 +438,7 @@ class _PrivateCopy:
                 return None
             raise QCompilerError(f"cannot create an in-memory copy of the artifact: {err.strerror}") from None
         try:
-            _write_all(fd, data)
+            _write_around(fd, data, hole)
             import fcntl
 
             seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
@@ -375,12 +448,12 @@ class _PrivateCopy:
             raise
         return fd
 
-    def _tempfile(self, data: bytes, origin: Path) -> None:
+    def _tempfile(self, data: bytes, origin: Path, hole: tuple[int, int]) -> None:
         """The fallback: a temporary file, read-only once written (unlinked by `close`)."""
         try:
             fd, self._temp = tempfile.mkstemp(prefix=f".qc-{origin.stem}-", suffix=".so")
             self._fds.append(fd)
-            _write_all(fd, data)
+            _write_around(fd, data, hole)
             os.fchmod(fd, 0o500)
         except OSError as err:
             self.close()
@@ -399,10 +472,18 @@ class _PrivateCopy:
             self._temp = None
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_around(fd: int, data: bytes, hole: tuple[int, int]) -> None:
+    """Write `data` to the empty file `fd`, except the range `hole` = (offset, size), which is
+    left unwritten (a sparse hole reading as zeros)."""
+    start, size = hole
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    head, tail = view[:start], view[start + size :]
+    while head:
+        head = head[os.write(fd, head):]
+    os.lseek(fd, start + size, os.SEEK_SET)
+    while tail:
+        tail = tail[os.write(fd, tail):]
+    os.ftruncate(fd, len(data))
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,10 +564,12 @@ class Model:
     _library: object
     _pool: _VMPool
     _device: object
+    _weights: list  # `main`'s parameters after the inputs (the artifact's .qc_weights), on the device
 
     def _device_args(self, feed: Mapping[str, np.ndarray]) -> list:
+        """`main`'s arguments: the checked inputs copied to the device, then the weights."""
         arrays = check_feed(feed, self.inputs, str(self.path))
-        return [self._runtime.to_device(a, self._device) for a in arrays]
+        return [self._runtime.to_device(a, self._device) for a in arrays] + self._weights
 
     def _sync(self) -> None:
         self._runtime.stream_sync(self._device, 0)  # 0: the default stream
@@ -562,8 +645,8 @@ def load(path: str | Path, *, verify: bool = True) -> Model:
     if metadata is not None and metadata.device == "cpu" and metadata.arch != platform.machine():
         raise QCompilerError(f"{so_path} is built for {metadata.arch}; it cannot run on this machine")
     check_elf(data, so_path)
-    copy = _PrivateCopy(data, so_path)
-    del data  # not held while the library loads its constants: the peak stays at two copies of the file
+    weights = _Weights.of(data, so_path)
+    copy = _PrivateCopy(data, so_path, hole=(weights.offset, weights.size))
     try:
         signature = (
             Signature(metadata.device, tuple(metadata.inputs), tuple(metadata.outputs))
@@ -580,6 +663,8 @@ def load(path: str | Path, *, verify: bool = True) -> Model:
             init_args += [runtime.ffi.device("cpu", 0).dlpack_device_type(), 0, pooled]
         try:
             library = runtime.load_library(copy.path)
+            weight_tensors = weights.tensors(runtime, data, device)
+            del data  # the weights are on the device now
             pool = _VMPool(library, init_args)
             pool.prime()
         except Exception as err:
@@ -588,4 +673,4 @@ def load(path: str | Path, *, verify: bool = True) -> Model:
     finally:
         copy.close()
     return Model(so_path, list(signature.inputs), list(signature.outputs), signature.device, metadata,
-                 runtime, library, pool, device)
+                 runtime, library, pool, device, weight_tensors)

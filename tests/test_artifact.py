@@ -91,12 +91,16 @@ def test_entry_function_checks_inputs_without_kernel_asserts(exported):
     from tvm import relax
 
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(exported)), tvm.cpu())
+    from qcompiler.weights import read as read_weights
+
+    weights = [tvm.runtime.tensor(w) for w in read_weights(exported)]  # main's parameters after the inputs
+    assert weights
     good = feed()
     for bad, message in (({**good, "a": good["a"][:1]}, r"shape\[0\] mismatch"),
                          ({**good, "b": good["b"].astype(np.float64)}, "dtype float32")):
         with pytest.raises(Exception, match=message):
-            vm["main"](*[tvm.runtime.tensor(bad[name]) for name in ("a", "b")])
-    out = vm["main"](*[tvm.runtime.tensor(good[name]) for name in ("a", "b")])
+            vm["main"](*[tvm.runtime.tensor(bad[name]) for name in ("a", "b")], *weights)
+    out = vm["main"](*[tvm.runtime.tensor(good[name]) for name in ("a", "b")], *weights)
     np.testing.assert_allclose(out[1].numpy(), qcompiler.load(exported).run(good)["relu"], rtol=1e-6)
 
 

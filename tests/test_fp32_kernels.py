@@ -44,6 +44,10 @@ def assert_fma_kernels(kernels: dict, kinds: tuple[str, ...]) -> None:
     (24, 40, 3, 1, 2, 1, 11),    # dilation 2
     (24, 24, 3, 2, 1, 24, 13),   # depthwise, strided
     (200, 200, 5, 1, 1, 200, 7),  # depthwise 5x5
+    (8, 16, 3, 1, 1, 2, 9),      # grouped: 2 groups of 4 → 8 (8-lane vectors)
+    (24, 96, 3, 2, 1, 3, 11),    # grouped, strided: 3 groups of 8 → 32
+    (12, 24, 3, 1, 2, 6, 10),    # grouped, dilated: 6 groups of 2 → 4 (4-lane vectors)
+    (64, 64, 1, 1, 1, 4, 7),     # grouped pointwise (ShuffleNet / ResNeXt style)
 ])
 def test_conv_against_onnxruntime(tmp_path, cin, cout, k, stride, dilation, group, size):
     pad = dilation * (k - 1) // 2

@@ -7,6 +7,9 @@ AVX-512, 8 on AVX2, 4 on NEON, `float_lanes`), a call is replaced when its weigh
   conv2d NHWC/OHWI, groups = 1    → conv2d_nhwc_f32: out[n, h, w, o] =
                                      Σ_{r,s,c} x[n, h·sh + r·dh, w·sw + s·dw, c] · wp[o/L, r, s, c, o%L]
                                      weights packed [O'/L, KH, KW, I, L], O' = Lk (zero-padded)
+  conv2d NHWC, G groups of I → Co  → the same kernel (grouped_conv2d_nhwc_f32), when Co is a multiple
+    (Co a multiple of 4)               of a vector: out[..., o] = Σ_{r,s,c<I} x[..., g(o)·I + c] · wp[...],
+                                       g(o) = o / Co
   conv2d NHWC, depthwise          → depthwise_nhwc_f32: out[n, h, w, c] = Σ_{r,s} x[...] · wd[r, s, c]
   matmul [..., K] × [K, N]         → dense_f32: out[..., n] = Σ_k a[..., k] · wp[n/L, k, n%L],
                                      weights packed [N'/L, K, L]
@@ -20,8 +23,9 @@ AVX-512, 8 on AVX2, 4 on NEON, `float_lanes`), a call is replaced when its weigh
 so that the kernel's innermost step is one vector of L output channels times one broadcast
 activation, a fused multiply-add (kernels/schedules.py tiles pixels × channel vectors in
 registers). Spatial padding becomes an explicit pad before the kernel; padded output channels
-are dropped by the kernel's last block. Grouped convolutions (other than depthwise), grouped
-transposed convolutions and other dtypes are left to TVM's legalization. A transposed
+are dropped by the kernel's last block. Grouped convolutions whose groups have a number of output
+channels that is not a multiple of 4, grouped transposed convolutions and other dtypes are left to
+TVM's legalization. A transposed
 convolution arrives between two layout transforms (passes/layout.py); the pair
 permute(permute(x, NHWC→NCHW), NCHW→NHWC) that its kernel leaves is cancelled here.
 """
@@ -94,17 +98,26 @@ def pack_dense_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(k, -1, lanes).transpose(1, 0, 2))
 
 
-def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, strides, dilation, out_channels: int) -> te.Tensor:
-    n, height, width, channels = (int(d) for d in data.shape)
-    blocks, kh, kw, _, lanes = (int(d) for d in packed.shape)
+def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, strides, dilation, out_channels: int,
+                groups: int = 1) -> te.Tensor:
+    """The conv of `data` (NHWC, padded) with `packed` (pack_conv_weight). With `groups` > 1,
+    each group's output channels are whole vectors: vector block j reads the input channels of
+    group j // (blocks / groups), I of them (packed's fourth axis) from channel group · I."""
+    n, height, width, _ = (int(d) for d in data.shape)
+    blocks, kh, kw, group_channels, lanes = (int(d) for d in packed.shape)
+    blocks_per_group = blocks // groups
     (sh, sw), (dh, dw) = strides, dilation
     r = te.reduce_axis((0, kh), "r")
     s = te.reduce_axis((0, kw), "s")
-    c = te.reduce_axis((0, channels), "c")
+    c = te.reduce_axis((0, group_channels), "c")
+
+    def channel(o):
+        return c if groups == 1 else (o // lanes) // blocks_per_group * group_channels + c
+
     out = te.compute(
         shape64(n, windows(height, kh, sh, dh), windows(width, kw, sw, dw), blocks * lanes),
-        lambda b, h, w, o: te.sum(data[b, h * sh + r * dh, w * sw + s * dw, c] * packed[o // lanes, r, s, c, o % lanes],
-                                  axis=[r, s, c]),
+        lambda b, h, w, o: te.sum(data[b, h * sh + r * dh, w * sw + s * dw, channel(o)]
+                                  * packed[o // lanes, r, s, c, o % lanes], axis=[r, s, c]),
         name=conv_block(lanes))
     return first_channels(out, out_channels)
 
@@ -280,6 +293,15 @@ class _FloatKernelDispatch(KernelDispatch):
             padded = self.pad(data, *conv.padding)
             return self.kernel("depthwise_nhwc_f32", lambda x, wd: depthwise_nhwc(x, wd, strides, dilation), padded,
                                [depthwise_taps(w)])
+        groups = conv.groups
+        per_group = out_channels // groups
+        lanes = lanes_for(per_group, self.lanes)
+        if groups > 1 and channels == groups * in_per_group and per_group * groups == out_channels \
+                and per_group % lanes == 0:
+            padded = self.pad(data, *conv.padding)
+            return self.kernel("grouped_conv2d_nhwc_f32",
+                               lambda x, wp: conv2d_nhwc(x, wp, strides, dilation, out_channels, groups), padded,
+                               [pack_conv_weight(w, lanes)])
         return None
 
     def pad(self, data, top: int, left: int, bottom: int, right: int):
