@@ -240,7 +240,9 @@ typedef struct qc_slot {
   TVMFFIObjectHandle* in_t;   /* device input tensors, n_in */
   int* in_set;                /* whether input i has been set (stateful API) */
   TVMFFIObjectHandle* out_t;  /* output tensors of the last run, n_out */
-  TVMFFIAny* args;            /* main's arguments: in_t then the model's weights (borrowed) */
+  TVMFFIObjectHandle* ws;     /* this VM's workspace tensors (qc_workspace), n_ws */
+  int n_ws;
+  TVMFFIAny* args;            /* main's arguments: in_t, the model's weights, ws (borrowed) */
   int have_outputs;
   struct qc_slot* next_free; /* pool free list */
 } qc_slot;
@@ -541,6 +543,8 @@ static void slot_free(const qc_model* m, qc_slot* s) {
   if (s->in_t != NULL) {
     for (int i = 0; i < m->n_in; ++i) obj_release(&s->in_t[i]);
   }
+  for (int i = 0; i < s->n_ws; ++i) obj_release(&s->ws[i]);
+  free(s->ws);
   obj_release(&s->main_fn);
   obj_release(&s->vm);
   free(s->in_t);
@@ -550,7 +554,52 @@ static void slot_free(const qc_model* m, qc_slot* s) {
   free(s);
 }
 
-/* A new VM over m->lib: vm_load_executable, vm_initialization, main. */
+/*
+ * The VM's workspace: the intermediate tensors qc_workspace() makes once per VM (see
+ * qcompiler/workspace.py), passed to every run of main after the weights.  Artifacts without
+ * the function have none.
+ */
+static int make_workspace(qc_model* m, qc_slot* s) {
+  TVMFFIAny gargs[3] = {any_obj(s->vm), any_str("qc_workspace"), any_bool(0)};
+  TVMFFIAny f;
+  if (call_global("ffi.ModuleGetFunction", gargs, 3, &f) != 0) return -1;
+  if (f.type_index != kTVMFFIFunction) {
+    any_release(&f);
+    return 0;
+  }
+  TVMFFIAny tuple;
+  int rc = call(f.v_obj, NULL, 0, &tuple, "qc_workspace");
+  any_release(&f);
+  if (rc != 0) return -1;
+  rc = -1;
+  TVMFFIAny a1[1] = {tuple}, size;
+  if (tuple.type_index != kTVMFFIArray || call_global("ffi.ArraySize", a1, 1, &size) != 0 ||
+      size.type_index != kTVMFFIInt) {
+    set_err("%s: qc_workspace did not return a tuple of tensors", m->path);
+    goto done;
+  }
+  s->ws = (TVMFFIObjectHandle*)calloc((size_t)size.v_int64 + 1, sizeof(TVMFFIObjectHandle));
+  if (s->ws == NULL) {
+    set_err("out of memory");
+    goto done;
+  }
+  for (int64_t i = 0; i < size.v_int64; ++i) {
+    TVMFFIAny a2[2] = {tuple, any_int(i)}, item;
+    if (call_global("ffi.ArrayGetItem", a2, 2, &item) != 0) goto done;
+    if (item.type_index != kTVMFFITensor) {
+      any_release(&item);
+      set_err("%s: qc_workspace returned a non-tensor", m->path);
+      goto done;
+    }
+    s->ws[s->n_ws++] = item.v_obj;
+  }
+  rc = 0;
+done:
+  any_release(&tuple);
+  return rc;
+}
+
+/* A new VM over m->lib: vm_load_executable, vm_initialization, main, its workspace. */
 static int make_vm(qc_model* m, qc_slot* s) {
   TVMFFIObjectHandle f = module_get_function(m->lib, "vm_load_executable", m->path);
   if (f == NULL) return -1;
@@ -584,7 +633,8 @@ static int make_vm(qc_model* m, qc_slot* s) {
   any_release(&ret);
   if (rc != 0) return -1;
   s->main_fn = module_get_function(s->vm, "main", m->path);
-  return s->main_fn != NULL ? 0 : -1;
+  if (s->main_fn == NULL) return -1;
+  return make_workspace(m, s);
 }
 
 /* A new slot: its own VM and input tensors. */
@@ -601,7 +651,7 @@ static qc_slot* slot_create(qc_model* m) {
   s->in_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_in + 1, sizeof(TVMFFIObjectHandle));
   s->in_set = (int*)calloc((size_t)m->n_in + 1, sizeof(int));
   s->out_t = (TVMFFIObjectHandle*)calloc((size_t)m->n_out + 1, sizeof(TVMFFIObjectHandle));
-  s->args = (TVMFFIAny*)calloc((size_t)(m->n_in + m->n_weights) + 1, sizeof(TVMFFIAny));
+  s->args = (TVMFFIAny*)calloc((size_t)(m->n_in + m->n_weights + s->n_ws) + 1, sizeof(TVMFFIAny));
   if (s->in_t == NULL || s->in_set == NULL || s->out_t == NULL || s->args == NULL) {
     set_err("out of memory");
     goto fail;
@@ -614,6 +664,7 @@ static qc_slot* slot_create(qc_model* m) {
     s->args[i] = any_obj(s->in_t[i]);
   }
   for (int i = 0; i < m->n_weights; ++i) s->args[m->n_in + i] = any_obj(m->weights[i]);
+  for (int i = 0; i < s->n_ws; ++i) s->args[m->n_in + m->n_weights + i] = any_obj(s->ws[i]);
   pthread_mutex_lock(&m->pool_mu);
   ++m->n_slots;
   pthread_mutex_unlock(&m->pool_mu);
@@ -1139,7 +1190,7 @@ static int take_result(const qc_model* m, qc_slot* s, TVMFFIAny* ret) {
 static int run_slot(qc_model* m, qc_slot* s) {
   release_outputs(m, s);
   TVMFFIAny ret;
-  int rc = call(s->main_fn, s->args, m->n_in + m->n_weights, &ret, "main");
+  int rc = call(s->main_fn, s->args, m->n_in + m->n_weights + s->n_ws, &ret, "main");
   if (rc != 0 || take_result(m, s, &ret) != 0) return -1;
   if (m->sync_fn != NULL) {
     /* Kernels are launched asynchronously: wait for the default stream. */

@@ -22,6 +22,7 @@ from .metadata import ArtifactMetadata, metadata_path
 from .signature import Signature
 from .targets import DeviceKind, TargetPreset
 from .weights import assembly_source, lift_weights
+from .workspace import lift_workspace
 from .weights import pack as weights_section
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
                 lowered = pipeline(mod)
         kernels = schedule_sources(lowered)
         lowered, weights = lift_weights(lowered)
+        lowered = lift_workspace(lowered)
         # Without TIR asserts: each kernel's packed-call wrapper would otherwise re-check every
         # argument's rank, dtype, shape and strides, 75% of an int8 model's machine code (PP-LCNet:
         # 340 of 420 KB). Kernels are only called by the VM, whose entry function checks the
@@ -77,7 +79,7 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
         with tvm.transform.PassContext(opt_level=outer.opt_level, required_pass=outer.required_pass,
                                        disabled_pass=outer.disabled_pass,
                                        config={**dict(outer.config), "tirx.disable_assert": True}):
-            executable = tvm.compile(lowered, target)
+            executable = tvm.compile(lowered, target, relax_pipeline=None)  # `pipeline` lowered it all
     except QCompilerError:
         raise
     except Exception as err:  # TVM raises many exception types from deep inside

@@ -495,6 +495,11 @@ def _write_around(fd: int, data: bytes, hole: tuple[int, int]) -> None:
 class _VM:
     module: object  # the VirtualMachine module
     main: object  # its `main`
+    workspace: list  # its intermediate tensors (qcompiler/workspace.py), main's last parameters
+
+    def __call__(self, args: list):
+        """`main` on `args` (the inputs and the weights) and this VM's workspace."""
+        return self.main(*args, *self.workspace)
 
 
 class _VMPool:
@@ -520,11 +525,12 @@ class _VMPool:
             module = self._library["vm_load_executable"]()
             module["vm_initialization"](*self._init_args)
             main = module["main"]
+            workspace = list(module["qc_workspace"]()) if module.implements_function("qc_workspace") else []
         if hasattr(main, "release_gil"):
             main.release_gil = True  # runs of different VMs proceed in parallel
         with self._lock:
             self.created += 1
-        return _VM(module, main)
+        return _VM(module, main, workspace)
 
     def prime(self) -> None:
         """Create one idle VM now (so that `load` reports a broken artifact)."""
@@ -578,7 +584,7 @@ class Model:
         """The outputs of `main` on `feed` (inputs checked against the signature), as fresh arrays."""
         args = self._device_args(feed)
         with self._pool.vm() as vm:
-            result = vm.main(*args)
+            result = vm(args)
         values = list(result) if isinstance(result, self._runtime.ffi.Array) else [result]
         return {spec.name: self._runtime.to_numpy(value) for spec, value in zip(self.outputs, values)}
 
@@ -589,12 +595,12 @@ class Model:
         args = self._device_args(feed)
         with self._pool.vm() as vm:
             for _ in range(warmup):
-                vm.main(*args)
+                vm(args)
             self._sync()
             times = []
             for _ in range(repeat):
                 start = time.perf_counter()
-                vm.main(*args)
+                vm(args)
                 self._sync()
                 times.append(time.perf_counter() - start)
         return times
@@ -607,7 +613,7 @@ class Model:
         args = self._device_args(feed)
         with self._pool.vm() as vm:  # profile_vm removes its instrument before the VM goes back
             threads = int(os.environ.get("TVM_NUM_THREADS", 0)) or (os.cpu_count() or 1)  # see set_num_threads
-            result = profile_vm(vm.module["set_instrument"], vm.main, args, repeat, threads, sync=self._sync,
+            result = profile_vm(vm.module["set_instrument"], vm.main, [*args, *vm.workspace], repeat, threads, sync=self._sync,
                                 warmup=warmup)
         result.artifact = str(self.path)
         return result

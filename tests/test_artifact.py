@@ -93,7 +93,8 @@ def test_entry_function_checks_inputs_without_kernel_asserts(exported):
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(exported)), tvm.cpu())
     from qcompiler.weights import read as read_weights
 
-    weights = [tvm.runtime.tensor(w) for w in read_weights(exported)]  # main's parameters after the inputs
+    # main's parameters after the inputs: the weights, then the VM's workspace (made once per VM)
+    weights = [tvm.runtime.tensor(w) for w in read_weights(exported)] + list(vm["qc_workspace"]())
     assert weights
     good = feed()
     for bad, message in (({**good, "a": good["a"][:1]}, r"shape\[0\] mismatch"),

@@ -1,5 +1,6 @@
 """Weights in the artifact's `.qc_weights` section: never mapped with the code, copied to the
-device once at load by the Python and the C runtime, corrupt sections refused in one line."""
+device once at load by the Python and the C runtime, corrupt sections refused in one line.
+Intermediate tensors made once per VM (`qc_workspace`): a run allocates only its outputs."""
 
 from __future__ import annotations
 
@@ -158,3 +159,36 @@ def test_corrupt_weights_section_is_refused_in_one_line(artifact, qc_run_binary,
     (tmp_path / "bad.json").write_text(path.with_suffix(".json").read_text())
     with pytest.raises(QCompilerError, match="does not match"):  # verified, the hash refuses it first
         qcompiler.load(bad)
+
+
+def conv_stack():
+    rng = np.random.default_rng(5)
+    nodes, initializers, prev = [], {}, "x"
+    for i in range(3):
+        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        initializers[f"w{i}"] = (rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32)
+        prev = f"r{i}"
+    nodes.append(helper.make_node("ReduceMax", ["r1"], ["side"], axes=[2, 3], keepdims=0))
+    return make_model(nodes, [("x", [1, 8, 12, 12])], [("r2", [1, 8, 12, 12]), ("side", [1, 8])], initializers,
+                      opset=17)
+
+
+def test_a_run_allocates_only_its_outputs(tmp_path, qc_run_binary):
+    model = conv_stack()
+    path = qcompiler.compile(model, target="x86").export(tmp_path / "stack.so")
+    loaded = qcompiler.load(path)
+    x = {"x": np.random.default_rng(6).standard_normal((1, 8, 12, 12)).astype(np.float32)}
+    calls = {row.name: row.calls for row in loaded.profile(x, repeat=3).rows}
+    assert calls.get("vm.builtin.alloc_storage") == 2 and calls.get("vm.builtin.alloc_tensor") == 2, calls
+    expected = ort_run(model, x)
+    first = loaded.run(x)
+    second = loaded.run({"x": -x["x"]})  # a second run does not write into the first run's outputs
+    for name in ("r2", "side"):
+        np.testing.assert_allclose(first[name], expected[name], rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(first["r2"], second["r2"])
+    np.save(tmp_path / "x.npy", x["x"])
+    np.save(tmp_path / "r2.npy", first["r2"])
+    proc = subprocess.run([str(qc_run_binary), str(path), str(tmp_path / "x.npy"), "--repeat", "3",
+                           "--expect", f"r2={tmp_path / 'r2.npy'}", "--tolerance", "0"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
