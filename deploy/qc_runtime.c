@@ -823,21 +823,12 @@ static int get_runtime_functions(qc_model* m) {
 #define QC_WEIGHTS_MAX_NDIM 8
 #define QC_WEIGHTS_ENTRY (8 + 8 + 1 + 1 + 2 + 4 + 8 * QC_WEIGHTS_MAX_NDIM)
 
-static uint64_t le64(const unsigned char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-static uint32_t le32(const unsigned char* p) {
-  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
 static int load_weights(qc_model* m, const unsigned char* sec, size_t len) {
   if (len < QC_WEIGHTS_HEADER || memcmp(sec, "QCWEIGHT", 8) != 0) {
     set_err("%s: its %s section is corrupt (no QCWEIGHT header)", m->path, QC_WEIGHTS_SECTION);
     return -1;
   }
-  uint32_t version = le32(sec + 8), count = le32(sec + 12);
+  uint32_t version = qc_rd32(sec + 8), count = qc_rd32(sec + 12);
   if (version != 1) {
     set_err("%s: %s version %u is not supported (expected 1); recompile the model", m->path,
             QC_WEIGHTS_SECTION, version);
@@ -855,17 +846,17 @@ static int load_weights(qc_model* m, const unsigned char* sec, size_t len) {
   }
   for (uint32_t i = 0; i < count; ++i) {
     const unsigned char* e = sec + QC_WEIGHTS_HEADER + (size_t)i * QC_WEIGHTS_ENTRY;
-    uint64_t offset = le64(e), nbytes = le64(e + 8);
+    uint64_t offset = qc_rd64(e), nbytes = qc_rd64(e + 8);
     qc_tensor_info info;
     memset(&info, 0, sizeof(info));
     info.dtype.code = e[16];
     info.dtype.bits = e[17];
-    info.dtype.lanes = (uint16_t)(e[18] | (e[19] << 8));
-    uint32_t ndim = le32(e + 20);
+    info.dtype.lanes = qc_rd16(e + 18);
+    uint32_t ndim = qc_rd32(e + 20);
     int dims_ok = ndim <= QC_WEIGHTS_MAX_NDIM;
     uint64_t elems = 1;
     for (uint32_t d = 0; dims_ok && d < ndim; ++d) {
-      int64_t dim = (int64_t)le64(e + 24 + 8 * d);
+      int64_t dim = (int64_t)qc_rd64(e + 24 + 8 * d);
       dims_ok = dim >= 0 && (dim == 0 || elems <= UINT64_MAX / (uint64_t)dim);
       info.shape[d] = dim;
       if (dims_ok) elems *= (uint64_t)dim;

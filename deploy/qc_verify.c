@@ -100,9 +100,6 @@ static int write_all(int fd, const unsigned char* data, size_t n) {
 #define QC_PHDR_SIZE 56 /* sizeof(Elf64_Phdr) */
 #define QC_SHDR_SIZE 64 /* sizeof(Elf64_Shdr) */
 
-static uint16_t rd16(const unsigned char* p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint32_t rd32(const unsigned char* p) { return (uint32_t)rd16(p) | ((uint32_t)rd16(p + 2) << 16); }
-static uint64_t rd64(const unsigned char* p) { return (uint64_t)rd32(p) | ((uint64_t)rd32(p + 4) << 32); }
 
 static const char* machine_name(unsigned em) {
   switch (em) {
@@ -135,7 +132,7 @@ static int check_elf_header(const char* path, const unsigned char* d, size_t n) 
     qc_set_error("%s is a big-endian ELF file: expected little-endian", path);
     return -1;
   }
-  unsigned type = rd16(d + 16), em = rd16(d + 18);
+  unsigned type = qc_rd16(d + 16), em = qc_rd16(d + 18);
   if (type != QC_ET_DYN) {
     qc_set_error("%s is not a shared object (ELF type %u, expected %d ET_DYN)", path, type, QC_ET_DYN);
     return -1;
@@ -149,9 +146,9 @@ static int check_elf_header(const char* path, const unsigned char* d, size_t n) 
 }
 
 static int check_elf_tables(const char* path, const unsigned char* d, size_t n) {
-  uint64_t phoff = rd64(d + 32), shoff = rd64(d + 40);
-  unsigned phentsize = rd16(d + 54), phnum = rd16(d + 56), shentsize = rd16(d + 58),
-           shnum = rd16(d + 60);
+  uint64_t phoff = qc_rd64(d + 32), shoff = qc_rd64(d + 40);
+  unsigned phentsize = qc_rd16(d + 54), phnum = qc_rd16(d + 56), shentsize = qc_rd16(d + 58),
+           shnum = qc_rd16(d + 60);
   if (phnum == 0 || phentsize != QC_PHDR_SIZE) {
     qc_set_error("%s: malformed ELF program header table (%u entries of %u bytes, expected entries of %d)",
                  path, phnum, phentsize, QC_PHDR_SIZE);
@@ -165,8 +162,8 @@ static int check_elf_tables(const char* path, const unsigned char* d, size_t n) 
   int loads = 0;
   for (unsigned i = 0; i < phnum; ++i) {
     const unsigned char* ph = d + phoff + (uint64_t)i * QC_PHDR_SIZE;
-    uint64_t offset = rd64(ph + 8), filesz = rd64(ph + 32);
-    loads += rd32(ph) == QC_PT_LOAD;
+    uint64_t offset = qc_rd64(ph + 8), filesz = qc_rd64(ph + 32);
+    loads += qc_rd32(ph) == QC_PT_LOAD;
     if (filesz != 0 && !inside(offset, filesz, n)) {
       qc_set_error("%s is truncated: segment %u ends at byte %llu, the file has %zu bytes", path, i,
                    (unsigned long long)(offset + filesz), n);
@@ -194,27 +191,27 @@ int qc_check_elf(const char* path, const unsigned char* data, size_t n) {
 
 /* Whether [off, off + len) overlaps the file bytes of a PT_LOAD segment (tables checked). */
 static int overlaps_loaded(const unsigned char* d, uint64_t off, uint64_t len) {
-  uint64_t phoff = rd64(d + 32);
-  unsigned phnum = rd16(d + 56);
+  uint64_t phoff = qc_rd64(d + 32);
+  unsigned phnum = qc_rd16(d + 56);
   for (unsigned i = 0; i < phnum; ++i) {
     const unsigned char* ph = d + phoff + (uint64_t)i * QC_PHDR_SIZE;
-    uint64_t start = rd64(ph + 8), filesz = rd64(ph + 32);
-    if (rd32(ph) == QC_PT_LOAD && filesz != 0 && off < start + filesz && start < off + len) return 1;
+    uint64_t start = qc_rd64(ph + 8), filesz = qc_rd64(ph + 32);
+    if (qc_rd32(ph) == QC_PT_LOAD && filesz != 0 && off < start + filesz && start < off + len) return 1;
   }
   return 0;
 }
 
 int qc_find_section(const char* path, const unsigned char* d, size_t n, const char* name,
                     uint64_t* offset, uint64_t* size) {
-  uint64_t shoff = rd64(d + 40);
-  unsigned shnum = rd16(d + 60), shstrndx = rd16(d + 62);
+  uint64_t shoff = qc_rd64(d + 40);
+  unsigned shnum = qc_rd16(d + 60), shstrndx = qc_rd16(d + 62);
   if (shnum == 0) return 1;
   if (shstrndx >= shnum) {
     qc_set_error("%s: malformed ELF section table (names in section %u of %u)", path, shstrndx, shnum);
     return -1;
   }
   const unsigned char* names_sh = d + shoff + (uint64_t)shstrndx * QC_SHDR_SIZE;
-  uint64_t names_off = rd64(names_sh + 24), names_size = rd64(names_sh + 32);
+  uint64_t names_off = qc_rd64(names_sh + 24), names_size = qc_rd64(names_sh + 32);
   if (!inside(names_off, names_size, n)) {
     qc_set_error("%s is truncated: its section names end at byte %llu, the file has %zu bytes", path,
                  (unsigned long long)(names_off + names_size), n);
@@ -223,11 +220,11 @@ int qc_find_section(const char* path, const unsigned char* d, size_t n, const ch
   size_t want = strlen(name) + 1; /* with its NUL */
   for (unsigned i = 0; i < shnum; ++i) {
     const unsigned char* sh = d + shoff + (uint64_t)i * QC_SHDR_SIZE;
-    uint64_t name_off = rd32(sh);
+    uint64_t name_off = qc_rd32(sh);
     if (name_off >= names_size || names_size - name_off < want ||
         memcmp(d + names_off + name_off, name, want) != 0)
       continue;
-    uint64_t flags = rd64(sh + 8), off = rd64(sh + 24), len = rd64(sh + 32);
+    uint64_t flags = qc_rd64(sh + 8), off = qc_rd64(sh + 24), len = qc_rd64(sh + 32);
     if (!inside(off, len, n)) {
       qc_set_error("%s is truncated: its %s section ends at byte %llu, the file has %zu bytes", path, name,
                    (unsigned long long)(off + len), n);

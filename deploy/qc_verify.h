@@ -13,6 +13,15 @@
 
 #define QC_HIDDEN __attribute__((visibility("hidden")))
 
+/* Little-endian loads from a byte buffer (the artifact's ELF tables and weights table). */
+static inline uint16_t qc_rd16(const unsigned char* p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t qc_rd32(const unsigned char* p) {
+  return (uint32_t)qc_rd16(p) | ((uint32_t)qc_rd16(p + 2) << 16);
+}
+static inline uint64_t qc_rd64(const unsigned char* p) {
+  return (uint64_t)qc_rd32(p) | ((uint64_t)qc_rd32(p + 4) << 32);
+}
+
 /* Set the thread-local error message of qc_last_error() (defined in qc_runtime.c). */
 QC_HIDDEN void qc_set_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -22,8 +22,8 @@ from .metadata import ArtifactMetadata, metadata_path
 from .signature import Signature
 from .targets import DeviceKind, TargetPreset
 from .weights import assembly_source, lift_weights
-from .workspace import lift_workspace
 from .weights import pack as weights_section
+from .workspace import lift_workspace
 
 if TYPE_CHECKING:
     from .quantize import Quantized

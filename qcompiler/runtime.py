@@ -120,19 +120,23 @@ class _TvmRuntime:
             raise QCompilerError("the artifact targets CUDA but no CUDA device is available on this machine")
         return device
 
-    def to_device(self, array: np.ndarray, device):
-        """A TVM tensor on `device` holding a copy of the C-contiguous `array` (TVM-aligned)."""
-        tensor = self.alloc(self.ffi.Shape(array.shape), self.ffi.dtype(str(array.dtype)), device, None)
-        self.copy_from_bytes(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
+    def _tensor_of_bytes(self, shape, dtype: str, raw: np.ndarray, device):
+        """A TVM tensor (TVM-aligned) of `shape` and `dtype` on `device` holding a copy of the
+        C-contiguous bytes of `raw`."""
+        tensor = self.alloc(self.ffi.Shape(shape), self.ffi.dtype(dtype), device, None)
+        if raw.nbytes:
+            self.copy_from_bytes(tensor, raw.ctypes.data_as(ctypes.c_void_p), raw.nbytes)
         return tensor
 
+    def to_device(self, array: np.ndarray, device):
+        """A TVM tensor on `device` holding a copy of the C-contiguous `array`."""
+        return self._tensor_of_bytes(array.shape, str(array.dtype), array, device)
+
     def weight_tensor(self, data: bytes, start: int, entry: WeightEntry, device):
-        """A TVM tensor on `device` holding `entry`'s bytes, which start at `data[start]`."""
-        tensor = self.alloc(self.ffi.Shape(entry.shape), self.ffi.dtype(entry.dtype), device, None)
-        if entry.nbytes:
-            view = np.frombuffer(data, dtype=np.uint8, count=entry.nbytes, offset=start)
-            self.copy_from_bytes(tensor, view.ctypes.data_as(ctypes.c_void_p), entry.nbytes)
-        return tensor
+        """A TVM tensor on `device` holding `entry`'s bytes, which start at `data[start]` (any
+        dtype, bfloat16 included)."""
+        raw = np.frombuffer(data, dtype=np.uint8, count=entry.nbytes, offset=start)
+        return self._tensor_of_bytes(entry.shape, entry.dtype, raw, device)
 
     def to_numpy(self, tensor) -> np.ndarray:
         array = np.empty(tuple(tensor.shape), dtype=str(tensor.dtype))
@@ -398,10 +402,10 @@ class _PrivateCopy:
     The copy is an anonymous sealed memfd (`memfd_create`; writes, growing and shrinking sealed
     off) named by `/proc/self/fd/N`; where memfd is unavailable, a temporary file that is unlinked
     on `close`. The byte range `hole` (the weights section, which the loader never maps) is left
-    a hole of zeros that takes no memory. glibc's dlopen returns an already-loaded object whose name equals the path, and fd
-    numbers are reused, so the path is checked (RTLD_NOLOAD) not to name a loaded object: another
-    descriptor of the same copy is taken until it does not. Close the copy once the library is
-    loaded; the mapping stays valid.
+    a hole of zeros that takes no memory. glibc's dlopen returns an already-loaded object whose
+    name equals the path, and fd numbers are reused, so the path is checked (RTLD_NOLOAD) not to
+    name a loaded object: another descriptor of the same copy is taken until it does not. Close
+    the copy once the library is loaded; the mapping stays valid.
     """
 
     _MAX_TRIES = 64

@@ -63,14 +63,12 @@ def _planned(bindings: list, result) -> tuple[set, list]:
                 and b.var not in escaping}
     for b in bindings:
         value = b.value
-        if not isinstance(value, relax.Call):
+        if not isinstance(value, relax.Call) or op_name(value) == _KILL:
             continue
-        name = op_name(value)
-        for i, arg in enumerate(value.args):
-            placed = name == _ALLOC_TENSOR and i == 0 and _static_shape(value.args[2]) \
-                and isinstance(value.args[1], tvm.tirx.IntImm)
-            if arg in storages and not placed and name != _KILL:
-                storages.discard(arg)
+        args = list(value.args)
+        if op_name(value) == _ALLOC_TENSOR and _static_shape(args[2]) and isinstance(args[1], tvm.tirx.IntImm):
+            args = args[1:]  # args[0] is the storage it places a static tensor in: a use that keeps it
+        storages.difference_update(args)  # any other use of a storage keeps it in `main`
     lifted = [b for b in bindings
               if b.var in storages or (op_name(b.value) == _ALLOC_TENSOR and b.value.args[0] in storages)]
     return storages, lifted
