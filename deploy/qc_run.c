@@ -50,7 +50,8 @@ static void usage(FILE* f) {
           "  -h, --help             this text\n"
           "\n"
           "Prints 'output NAME DTYPE SHAPE' per output to stdout and\n"
-          "'latency_ms median=... min=... max=...' to stderr. Exits non-zero on error.\n");
+          "'latency_ms median=... min=... max=... threads=N' to stderr (N: TVM_NUM_THREADS,\n"
+          "which qc_load sets to the number of physical cores when it is unset). Exits non-zero on error.\n");
 }
 
 static qc_model* g_model = NULL;
@@ -627,7 +628,9 @@ int main(int argc, char** argv) {
   free(used);
   free(expect_file);
   fflush(stdout);
-  fprintf(stderr, "latency_ms median=%.3f min=%.3f max=%.3f\n", median, tmin, tmax);
+  const char* threads = getenv("TVM_NUM_THREADS");
+  fprintf(stderr, "latency_ms median=%.3f min=%.3f max=%.3f threads=%s\n", median, tmin, tmax,
+          threads != NULL ? threads : "?");
   qc_free(m);
   g_model = NULL;
   return failed_checks ? 3 : 0;

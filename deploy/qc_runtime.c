@@ -32,10 +32,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <tvm/ffi/c_api.h>
 
@@ -886,6 +888,86 @@ static int load_weights(qc_model* m, const unsigned char* sec, size_t len) {
   return 0;
 }
 
+/*
+ * Physical cores this process may run on: distinct (package, core) pairs of the
+ * CPUs in its affinity mask, from /sys/devices/system/cpu/cpuN/topology (the
+ * CPU count where that is unreadable).
+ */
+static int physical_cores(void) {
+  cpu_set_t mask;
+  if (sched_getaffinity(0, sizeof(mask), &mask) != 0) return 1;
+  int cpus = CPU_COUNT(&mask), n = 0;
+  long* seen = (long*)calloc((size_t)cpus + 1, sizeof(long));
+  if (seen == NULL) return cpus > 0 ? cpus : 1;
+  for (int cpu = 0; cpu < CPU_SETSIZE && n <= cpus; ++cpu) {
+    if (!CPU_ISSET(cpu, &mask)) continue;
+    long id[2] = {-1, -1};
+    const char* names[2] = {"physical_package_id", "core_id"};
+    for (int k = 0; k < 2; ++k) {
+      char path[128];
+      snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%d/topology/%s", cpu, names[k]);
+      FILE* f = fopen(path, "r");
+      if (f != NULL) {
+        if (fscanf(f, "%ld", &id[k]) != 1) id[k] = -1;
+        fclose(f);
+      }
+    }
+    if (id[0] < 0 || id[1] < 0) {
+      free(seen);
+      return cpus > 0 ? cpus : 1;
+    }
+    long key = (id[0] << 20) | id[1];
+    int known = 0;
+    for (int i = 0; i < n; ++i) known |= seen[i] == key;
+    if (!known) seen[n++] = key;
+  }
+  free(seen);
+  return n > 0 ? n : 1;
+}
+
+/*
+ * TVM sizes its thread pool from TVM_NUM_THREADS when the first parallel kernel
+ * runs; without it, it takes half the logical CPUs on x86 (assuming two
+ * hyper-threads per core), so a machine without SMT runs on half its cores.
+ * Unless the caller set the variable, set it to one thread per physical core.
+ */
+static void default_num_threads(void) {
+  const char* set = getenv("TVM_NUM_THREADS");
+  if (set != NULL && set[0] != '\0') return;
+  char value[16];
+  snprintf(value, sizeof(value), "%d", physical_cores());
+  setenv("TVM_NUM_THREADS", value, 0);
+}
+
+/*
+ * AMX tile data needs the process's permission once, before the first tile
+ * instruction (which otherwise raises SIGILL): where the CPU has AMX-TILE and
+ * AMX-INT8 (CPUID.(7,0):EDX bits 24, 25) and the OS manages tile state (XCR0
+ * bits 17, 18), ask for it with arch_prctl(ARCH_REQ_XCOMP_PERM,
+ * XFEATURE_XTILEDATA).  Idempotent; it covers every thread of the process.
+ */
+static int enable_tile_data(const char* so_path) {
+#if defined(__x86_64__) && defined(__linux__)
+  unsigned a, b, c, d;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
+  if (a < 7) return 0;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+  if (!(c & (1u << 27))) return 0; /* no OSXSAVE: no XCR0 to read */
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+  if ((d & (3u << 24)) != (3u << 24)) return 0;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return 0;
+  if (syscall(158 /* SYS_arch_prctl */, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) != 0) {
+    set_err("%s: the kernel refused AMX tile data (arch_prctl(ARCH_REQ_XCOMP_PERM): %s)", so_path, strerror(errno));
+    return -1;
+  }
+#else
+  (void)so_path;
+#endif
+  return 0;
+}
+
 qc_model* qc_load_ex(const char* so_path, int device_type, int device_id, unsigned flags) {
   g_err[0] = '\0';
   if (so_path == NULL) {
@@ -913,6 +995,7 @@ qc_model* qc_load_ex(const char* so_path, int device_type, int device_id, unsign
     goto fail;
   }
   m->mutexes_ready = 1;
+  default_num_threads();
   m->path = strdup(so_path);
   if (m->path == NULL) {
     set_err("out of memory");
@@ -925,6 +1008,7 @@ qc_model* qc_load_ex(const char* so_path, int device_type, int device_id, unsign
   qc_section weights = {0, 0};
   int found = qc_find_section(so_path, data, n, QC_WEIGHTS_SECTION, &weights.offset, &weights.size);
   if (found < 0) goto fail;
+  if (enable_tile_data(so_path) != 0) goto fail;
   if (map_artifact(m, data, n, &weights, device_type, device_id) != 0) goto fail;
   if (get_runtime_functions(m) != 0) goto fail;
   if (found == 0 && load_weights(m, data + weights.offset, (size_t)weights.size) != 0) goto fail;

@@ -28,6 +28,8 @@
  *  what was checked, a truncated or foreign file is an error (never SIGBUS),
  *  and loading a path again after the file was replaced maps the new file.
  *  qc_load_ex(..., QC_LOAD_UNVERIFIED) skips only the SHA-256 check.
+ *  On a CPU with AMX whose OS manages tile state, qc_load asks Linux for AMX
+ *  tile data (arch_prctl) before the first run; a refusal is an error.
  *
  * Threads
  *  - qc_infer may be called on one model from any number of threads at once:
@@ -39,6 +41,10 @@
  *    them yourself).  They may run concurrently with qc_infer calls.
  *  - Accessors may be called from any thread at any time.  qc_free must not
  *    overlap any other call on the same model.
+ *  - Each run uses TVM's thread pool: TVM_NUM_THREADS threads.  qc_load sets
+ *    that variable to the number of physical cores the process may run on when
+ *    it is unset (TVM's own default is half the logical CPUs on x86); set it
+ *    before the first qc_load (e.g. to 1 when many threads call qc_infer).
  */
 #ifndef QC_RUNTIME_H_
 #define QC_RUNTIME_H_

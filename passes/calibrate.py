@@ -18,6 +18,7 @@ import tvm
 from tvm import relax
 
 from qcompiler.errors import QCompilerError
+from qcompiler.runtime import default_num_threads
 
 from .annotate import AnnotationPlan, observed_module
 from .observers import make_observer, observed_range
@@ -46,7 +47,9 @@ def flatten_results(result) -> list[np.ndarray]:
 
 
 def host_runner(mod: tvm.IRModule, target: tvm.target.Target) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
-    """Compile `mod` for the host CPU; return a function from input arrays to its flattened outputs."""
+    """Compile `mod` for the host CPU; return a function from input arrays to its flattened outputs
+    (run on one thread per physical core unless TVM_NUM_THREADS says otherwise)."""
+    default_num_threads()
     vm = relax.VirtualMachine(tvm.compile(relax.get_default_pipeline(target)(mod), target), tvm.cpu())
 
     def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -81,7 +81,7 @@ def bench(path: str, repeat: int = 50, threads: int = 0, warmup: int = 5, verify
     ms = [t * 1e3 for t in times]
     return BenchResult(
         artifact=str(path),
-        threads=threads or (os.cpu_count() or 1),
+        threads=threads or physical_cores(),
         repeat=repeat,
         median_ms=statistics.median(ms),
         min_ms=min(ms),

@@ -160,7 +160,7 @@ def _cmd_tune(args) -> None:
 
     preset = resolve(args.target)
     tasks = tune(_model_to_tune(args), preset, args.log, trials=args.trials, max_minutes=args.max_time,
-                 rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
+                 rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, threads=args.threads)
     _print_coverage(tasks)
 
 
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=200, help="measurements to add to the database")
     p.add_argument("--log", required=True, metavar="DIR", help="database folder (created, or resumed)")
     p.add_argument("--max-time", type=float, metavar="MIN", help="stop after this many minutes")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads kernels are measured with: the count the model will run at (0: one per core)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on devices registered with this RPC tracker")
     p.add_argument("--rpc-key", metavar="KEY", help="the device key the RPC servers registered with")

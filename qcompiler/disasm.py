@@ -17,7 +17,7 @@ from .errors import QCompilerError
 
 # Mnemonics of the 8-bit integer multiply-accumulate instructions, per instruction set: dot
 # products, and NEON's widening multiply(-accumulate)s of 16-bit lanes (plain NEON, no dot product).
-INT8_MAC = {"vpdpbusd": "x86 AVX-512 VNNI", "vpdpbusds": "x86 AVX-512 VNNI",
+INT8_MAC = {"vpdpbusd": "x86 AVX-512 VNNI", "vpdpbusds": "x86 AVX-512 VNNI", "tdpbusd": "x86 AMX",
             "sdot": "ARM dot product", "udot": "ARM dot product",
             **{m: "ARM NEON widening multiply" for m in ("smlal", "smlal2", "smull", "smull2")}}
 # Convolution, dense and matmul kernels; not the tap interleaving of depthwise convolutions

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import struct
+import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -49,19 +50,37 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on: the distinct (package, core) pairs of the CPUs in
+    its affinity mask, read from /sys/devices/system/cpu/cpuN/topology; the CPU count where the
+    topology is not readable. Hyper-threads of one core count once."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
 def set_num_threads(threads: int) -> None:
-    """Size TVM's CPU thread pool for this process (0 = one thread per core).
+    """Size TVM's CPU thread pool for this process: `threads`, or one per physical core for 0.
 
     TVM reads TVM_NUM_THREADS when it starts its pool, at the first parallel kernel: call this
-    before running a model. (TVM's `runtime.config_threadpool` is not used: on this build it
+    before running a model. Without the variable, TVM takes half the logical CPUs on x86 (it
+    assumes two hyper-threads per core), so a 2-core VM without SMT ran on one thread: the
+    variable is always set. (TVM's `runtime.config_threadpool` is not used: on this build it
     pins the workers so that two threads run no faster than one.)
     """
-    import os
+    os.environ["TVM_NUM_THREADS"] = str(int(threads) if threads > 0 else physical_cores())
 
-    if threads > 0:
-        os.environ["TVM_NUM_THREADS"] = str(int(threads))
-    else:
-        os.environ.pop("TVM_NUM_THREADS", None)
+
+def default_num_threads() -> None:
+    """One thread per physical core unless TVM_NUM_THREADS says otherwise (see set_num_threads)."""
+    if not os.environ.get("TVM_NUM_THREADS"):
+        set_num_threads(0)
 
 
 def installed_package_dir(module: str) -> Path:
@@ -199,6 +218,37 @@ def available_memory_bytes() -> int | None:
 # them into tensors (the code's copy leaves the weights section out; a 90 MB MiniLM peaks 195 MB
 # above the process's baseline).
 LOAD_MEMORY_FACTOR = 2
+
+
+# Linux arch_prctl: permission for AMX tile data, needed once per process before the first tile
+# instruction (without it the instruction raises SIGILL). Same values as kernels/amx.py.
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def uses_tile_engine(metadata: ArtifactMetadata | None) -> bool:
+    """Whether the artifact's kernels use AMX tile instructions (kernels/amx.py names them)."""
+    return metadata is not None and any("_amx" in name and "_amx_emulated" not in name for name in metadata.kernels)
+
+
+def enable_tile_data(metadata: ArtifactMetadata | None, where: str | Path) -> None:
+    """On an x86-64 Linux host whose CPU has AMX, ask the kernel once for AMX tile data (the
+    request is idempotent and covers every thread of the process). An artifact with AMX kernels
+    on a host without AMX, or a refused request, is a one-line error instead of a SIGILL."""
+    if platform.machine() != "x86_64" or not sys.platform.startswith("linux"):
+        return
+    from .targets.x86 import read_cpu_flags
+
+    has_amx = {"amx_tile", "amx_int8"} <= read_cpu_flags()[1]
+    needed = uses_tile_engine(metadata)
+    if needed and not has_amx:
+        raise QCompilerError(f"{where} has AMX kernels and this CPU has no AMX (amx_int8 is not in /proc/cpuinfo): "
+                             f"compile it for this machine (--target x86) or a preset it has")
+    if has_amx:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0 and needed:
+            error = ctypes.get_errno()
+            raise QCompilerError(f"{where}: the kernel refused AMX tile data (arch_prctl(ARCH_REQ_XCOMP_PERM): "
+                                 f"{os.strerror(error)}); AMX needs Linux 5.16 or later")
 
 
 def check_fits_in_memory(size: int, where: str | Path) -> None:
@@ -616,7 +666,7 @@ class Model:
 
         args = self._device_args(feed)
         with self._pool.vm() as vm:  # profile_vm removes its instrument before the VM goes back
-            threads = int(os.environ.get("TVM_NUM_THREADS", 0)) or (os.cpu_count() or 1)  # see set_num_threads
+            threads = int(os.environ.get("TVM_NUM_THREADS", 0)) or physical_cores()  # see set_num_threads
             result = profile_vm(vm.module["set_instrument"], vm.main, [*args, *vm.workspace], repeat, threads, sync=self._sync,
                                 warmup=warmup)
         result.artifact = str(self.path)
@@ -643,8 +693,10 @@ def load(path: str | Path, *, verify: bool = True) -> Model:
     each call maps the file's current contents (a re-exported artifact loads its new code). Pass
     `verify=False` only for artifacts you trust (the embedded signature is then used when
     `NAME.json` is missing). Only TVM's runtime library is loaded (see `_TvmRuntime`). Every
-    failure is a `QCompilerError` with a one-line message.
+    failure is a `QCompilerError` with a one-line message. Unless TVM_NUM_THREADS is set (or
+    `set_num_threads` was called), models run on one thread per physical core.
     """
+    default_num_threads()
     so_path = Path(path)
     data = read_artifact(so_path)
     if verify:
@@ -654,6 +706,7 @@ def load(path: str | Path, *, verify: bool = True) -> Model:
         metadata = ArtifactMetadata.read(json_path) if json_path.exists() else None
     if metadata is not None and metadata.device == "cpu" and metadata.arch != platform.machine():
         raise QCompilerError(f"{so_path} is built for {metadata.arch}; it cannot run on this machine")
+    enable_tile_data(metadata, so_path)
     check_elf(data, so_path)
     weights = _Weights.of(data, so_path)
     copy = _PrivateCopy(data, so_path, hole=(weights.offset, weights.size))

@@ -31,11 +31,12 @@ from tvm import relax
 from .errors import QCompilerError
 from .kernels.isa import DOT_PRODUCTS
 from .kernels.schedules import (DEFAULT_CANDIDATE, DEFAULT_KERNEL, GENERIC_LOOPS, SCHEDULE_SOURCE, SCHEDULED,
-                                default_schedule, default_space, split_pad_kernel)
+                                default_schedule, default_space, split_pad_kernel, tile_engine_kernel)
 from .kernels.vnni import INTRIN as VNNI_INTRIN
 from .kernels.vnni import TVM_INTRIN as TVM_VNNI
 from .kernels.vnni import repair_tvm_intrinsics
 from .progress import Progress
+from .runtime import set_num_threads
 from .targets import DeviceKind, TargetPreset
 
 log = logging.getLogger("qcompiler")
@@ -126,8 +127,9 @@ def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
 
 def _hand_written_kernels(target: tvm.target.Target) -> list:
     """qcompiler's kernels written for a kind of PrimFunc (each returns its kernel for a PrimFunc
-    of its kind, else None): byte-table lookups on the VBMI kernel (kernels/lookup.py) where
-    `target` has the instruction, channels-last pads as the row copies of kernels/pad.py, and
+    of its kind, else None): the tile engine's block products (kernels/amx.py), byte-table
+    lookups on the VBMI kernel (kernels/lookup.py) where `target` has the instruction,
+    channels-last pads as the row copies of kernels/pad.py, and
     kernels that end in a pad with their default schedule, which splits it into a fill and an
     interior (kernels/schedules.py). They beat what tuning finds for these memory-bound kernels,
     so they take precedence over tuning records, and such kernels are no tuning tasks. None on
@@ -137,7 +139,7 @@ def _hand_written_kernels(target: tvm.target.Target) -> list:
     if target.kind.name == "cuda":
         return []
     kernels = [lookup.byte_lookup_kernel] if lookup.has_byte_permute(target) else []
-    return kernels + [pad.row_pad_kernel, split_pad_kernel]
+    return [tile_engine_kernel, *kernels, pad.row_pad_kernel, split_pad_kernel]
 
 
 def _first_that_applies(kernels: list):
@@ -537,8 +539,14 @@ def tune(
     max_minutes: float | None = None,
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
+    threads: int = 0,
 ) -> list[TaskCoverage]:
     """Tune the model's kernels into `log_dir` for `trials` more measurements (or `max_minutes`).
+
+    Local CPU measurements run on `threads` threads (0: one per physical core), the count the
+    model should then run at: a schedule's worth depends on it (MTCNN ONet, records measured on
+    one thread and run on two: 1.6x slower than the default schedules). A remote device's
+    thread count is its RPC server's.
 
     First, each task's default schedule is measured, unless the log holds that measurement
     already. Then tuning runs in rounds; each round gives every task `per_iter` candidates (sized
@@ -549,6 +557,9 @@ def tune(
     """
     from tvm.s_tir import meta_schedule as ms
 
+    if threads < 0:
+        raise QCompilerError(f"--threads {threads}: expected 0 (one per core) or a positive count")
+    set_num_threads(threads)  # before the runner starts its measuring processes: they inherit it
     runner = _runner(preset, rpc_tracker, rpc_key)  # fails fast, before any work, when nothing can measure
     builder = _builder(preset)
     target = preset.target()

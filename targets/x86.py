@@ -57,6 +57,7 @@ def host_preset() -> TargetPreset:
     mcpu = best_mcpu(vendor, flags)
     cores = os.cpu_count() or 1
     vnni = " with VNNI int8 dot products" if "avx512_vnni" in flags else ""
+    vnni += " and AMX int8 tiles" if {"amx_tile", "amx_int8"} <= flags else ""
     return TargetPreset(
         name="x86",
         description=f"this host: llvm mcpu={mcpu}{vnni}, {cores} cores",
@@ -84,4 +85,5 @@ def portable_presets() -> list[TargetPreset]:
         _portable("x86-avx2", "haswell", "AVX2 + FMA (Haswell, Zen 1-3 and newer)"),
         _portable("x86-avx512", "skylake-avx512", "AVX-512 (Skylake-SP and newer)"),
         _portable("x86-avx512-vnni", "cascadelake", "AVX-512 VNNI int8 (Cascade Lake, Zen 4 and newer)"),
+        _portable("x86-amx", "sapphirerapids", "AMX int8 tiles and AVX-512 VNNI (Sapphire Rapids and newer)"),
     ]

@@ -53,11 +53,13 @@ def pack_conv_weight(weight: np.ndarray, dp: DotProduct, groups: int = 1) -> np.
     return np.ascontiguousarray(blocks.transpose(0, 2, 3, 4, 1, 5))
 
 
-def pack_dense_weight(weight: np.ndarray, dp: DotProduct) -> np.ndarray:
-    """[K, N] int8 → [N'/L, K'/4, L, 4], zero-padded to N' = Lk, K' = 4k (L = dp.lanes)."""
+def pack_dense_weight(weight: np.ndarray, dp: DotProduct, n_multiple: int | None = None,
+                      k_multiple: int | None = None) -> np.ndarray:
+    """[K, N] int8 → [N'/L, K'/4, L, 4], zero-padded to N' (a multiple of `n_multiple`, default
+    L = dp.lanes) and K' (of `k_multiple`, default 4)."""
     k, n = weight.shape
     lanes, reduce = dp.lanes, dp.reduce
-    padded = np.zeros((round_up(k, reduce), round_up(n, lanes)), np.int8)
+    padded = np.zeros((round_up(k, k_multiple or reduce), round_up(n, n_multiple or lanes)), np.int8)
     padded[:k, :n] = weight
     blocks = padded.reshape(padded.shape[0] // reduce, reduce, padded.shape[1] // lanes, lanes)
     return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
@@ -152,6 +154,32 @@ def dense_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, out_channel
             axis=k),
         name=dp.dense_block())
     return first_channels(out, out_channels)
+
+
+def dense_matrix_tiles(data: te.Tensor, packed: te.Tensor, name: str, leading: list[int], out_channels: int) -> te.Tensor:
+    """Dense over a padded matrix for a tile engine (amx.py): data [M', K'] × packed
+    [N'/16, K'/4, 16, 4] → [M', N'] (block `name`), then its first M = Π `leading` rows and
+    `out_channels` columns, in the shape [*leading, out_channels] (row m = the leading index
+    in C order)."""
+    padded_rows, depth = (int(d) for d in data.shape)
+    lanes, reduce = int(packed.shape[2]), int(packed.shape[3])
+    k = te.reduce_axis((0, depth), "k")
+    out = te.compute(
+        shape64(padded_rows, int(packed.shape[0]) * lanes),
+        lambda m, o: te.sum(data[m, k].astype("int32") * packed[o // lanes, k // reduce, o % lanes, k % reduce]
+                            .astype("int32"), axis=k),
+        name=name)
+    if [int(d) for d in out.shape] == [*leading, out_channels]:
+        return out
+
+    def kept(*index):
+        *outer, o = index
+        row = outer[0]
+        for axis, extent in zip(outer[1:], leading[1:]):
+            row = row * extent + axis
+        return out[row, o]
+
+    return te.compute(shape64(*leading, out_channels), kept, name=name + "_kept")
 
 
 def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.Tensor:

@@ -16,6 +16,10 @@ not: DotProduct.for_channels):
                                         depthwise_nhwc, weights [H, W, C]
   matmul [..., K] × constant [K, N]   → dense_<isa>, weights packed [N/L, K/4, L, 4]
 
+With a tile engine (AMX, or its emulation: isa.tile_engine_of), matmuls and 1×1 stride-1
+convolutions with ≥ 16 rows (pixels), ≥ 64 input and ≥ 16 output channels go to amx.py's block
+product instead (dense_on_tiles): rows padded to 32, K to 64, weights [N'/16, K'/4, 16, 4].
+
 Activations x of the other signedness than the instruction takes (`vpdpbusd`: uint8, `sdot`
 and `__dp4a`: int8; NEON takes both) are fed as x ∓ 128 and the accumulator corrected by
 ±128 · Σ w per output channel, a constant added in the kernel's epilogue: Σ (x + t) · w − t · Σ w = Σ x · w exactly
@@ -31,13 +35,16 @@ compile time.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tvm
 from tvm import relax, te
 
 from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
 from . import compute as kc
-from .isa import DotProduct, dot_product_of
+from . import amx
+from .isa import DotProduct, dot_product_of, tile_engine_of
 from .kernel_dispatch import ConvAttrs, KernelDispatch, depthwise_taps
 from .schedules import MIN_PARALLEL_WORK
 from .taps import aligned_positions, group_step, interleaves, phased, tap_interleave_kernel
@@ -58,10 +65,11 @@ def _shift_correction(shift: int, weight_sums: np.ndarray, shape: list[int]) -> 
 
 @relax.expr_functor.mutator
 class _Int8KernelDispatch(KernelDispatch):
-    def __init__(self, mod: tvm.IRModule, dp: DotProduct):
+    def __init__(self, mod: tvm.IRModule, dp: DotProduct, engine: amx.TileBackend | None = None):
         super().__init__(mod)
         self.mod_ = mod
         self.dp = dp
+        self.engine = engine
 
     def kernel(self, name: str, compute, inputs: list, arrays: list) -> relax.Expr:
         """call_tir of `compute` over Relax `inputs` (tensors) and constant `arrays`."""
@@ -154,6 +162,9 @@ class _Int8KernelDispatch(KernelDispatch):
                                lambda x, wd: kc.depthwise_nhwc(x, wd, strides, dilation), [data], [taps])
         if channels != groups * in_per_group or out_channels % groups:
             return None
+        if (groups == 1 and w.shape[1:3] == (1, 1) and strides == [1, 1] and not any(conv.padding)
+                and self.tile_engine_worthwhile(math.prod(_shape(data)[:3]), channels, out_channels)):
+            return self.dense_on_tiles(data, w.reshape(out_channels, channels).T)  # a 1×1 convolution
         data = self.pad(data, spatial)
         data, correction = self.as_instruction_dtype(data, w.reshape(out_channels, -1).sum(axis=1),
                                                      [1, 1, 1, out_channels])
@@ -211,12 +222,37 @@ class _Int8KernelDispatch(KernelDispatch):
         if w.dtype != np.int8 or w.ndim != 2:
             return None
         rows = len(_shape(data)) - 1  # leading axes: [M] or a transformer's [batch, tokens]
+        if self.tile_engine_worthwhile(math.prod(_shape(data)[:-1]), *w.shape):
+            return self.dense_on_tiles(data, w)
         data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1] * rows + [w.shape[1]])
         data = self.pad(data, [(0, 0)] * rows + [(0, -w.shape[0] % self.dp.reduce)])
         dp = self.dp.for_channels(w.shape[1])
         kernel = self.kernel(f"dense_{self.operands(data)}_{dp.name}",
                              lambda x, wp: kc.dense_packed(x, wp, dp, w.shape[1]), [data],
                              [kc.pack_dense_weight(w, dp)])
+        return self.corrected(kernel, correction)
+
+    def tile_engine_worthwhile(self, rows: int, depth: int, out_channels: int) -> bool:
+        """Whether a product of `rows` × `depth` activations by `depth` × `out_channels` weights
+        goes to the tile engine: one that fills at least half of a 32 × 32 × 64 block (smaller ones
+        stay on the vector instruction, which wastes no padding)."""
+        return (self.engine is not None and rows >= amx.ROWS and depth >= amx.ROW_BYTES
+                and out_channels >= amx.ROWS)
+
+    def dense_on_tiles(self, data, w: np.ndarray) -> relax.Expr:
+        """`data` [..., K] × constant `w` [K, N] on the tile engine (amx.py): the rows flattened
+        and padded to a multiple of 32, K to a multiple of 64 (zeros), N computed to a multiple
+        of 32; the kernel keeps the real rows and channels."""
+        *leading, depth = _shape(data)
+        rows, out_channels = math.prod(leading), w.shape[1]
+        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1] * len(leading) + [out_channels])
+        matrix = data if len(leading) == 1 else self.builder_.emit(relax.op.reshape(data, [rows, depth]))
+        matrix = self.pad(matrix, [(0, -rows % amx.BLOCK), (0, -depth % amx.ROW_BYTES)])
+        block = self.engine.dense_block()
+        packed = kc.pack_dense_weight(w, self.dp, n_multiple=amx.BLOCK, k_multiple=amx.ROW_BYTES)
+        kernel = self.kernel(f"dense_{self.operands(matrix)}_{self.engine.name}",
+                             lambda x, wp: kc.dense_matrix_tiles(x, wp, block, leading, out_channels),
+                             [matrix], [packed])
         return self.corrected(kernel, correction)
 
     def operands(self, data) -> str:
@@ -231,4 +267,5 @@ def dispatch_int8_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.I
     dp = dot_product_of(target)
     if dp is None:
         return mod
-    return relax.transform.DeadCodeElimination()(_Int8KernelDispatch(mod, dp).run())  # pads merged away
+    engine = tile_engine_of(target)
+    return relax.transform.DeadCodeElimination()(_Int8KernelDispatch(mod, dp, engine).run())  # pads merged away

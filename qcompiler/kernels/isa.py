@@ -27,7 +27,7 @@ from typing import Callable
 import tvm
 from tvm.target import codegen
 
-from . import dot_intrinsic, dp4a, sdot, vnni
+from . import amx, dot_intrinsic, dp4a, sdot, vnni
 
 
 @dataclass(frozen=True)
@@ -87,4 +87,23 @@ def dot_product_of(target: tvm.target.Target) -> DotProduct | None:
     for dp in candidates:
         if codegen.target_has_features(dp.feature, target):
             return dp
+    return None
+
+
+# A TVM target key asking for AMX kernels with the tile instructions emulated (amx.EMULATED): for
+# testing the AMX kernels on x86 hosts without AMX, e.g.
+# {"kind": "llvm", "mcpu": "znver4", "keys": ["cpu", "qc-amx-emulated"]}.
+AMX_EMULATED_KEY = "qc-amx-emulated"
+
+
+def tile_engine_of(target: tvm.target.Target) -> amx.TileBackend | None:
+    """The int8 tile engine of an x86 target: AMX where it has `amx-tile` and `amx-int8`, its
+    emulation where its keys ask for it (AMX_EMULATED_KEY), else None. Never AMX for a target
+    without the features: LLVM aborts the process on AMX intrinsics it cannot select."""
+    if target.kind.name != "llvm" or str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return None
+    if AMX_EMULATED_KEY in list(target.keys):
+        return amx.EMULATED
+    if codegen.target_has_features("amx-tile", target) and codegen.target_has_features("amx-int8", target):
+        return amx.HARDWARE
     return None

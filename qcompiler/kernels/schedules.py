@@ -32,7 +32,7 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
-from . import fp32, vector_math
+from . import amx, fp32, vector_math
 from .compute import DEPTHWISE_BLOCK
 from .isa import CPU_DOT_PRODUCTS, DotProduct
 
@@ -119,7 +119,10 @@ def _with_epilogue(sch: Schedule, block, at_loop) -> None:
     sch.reverse_compute_at(writeback, at_loop)
     _vectorize_inner(sch, writeback)
     for consumer in rest:
-        if not broadcasts(sch, consumer, writeback):
+        # Per pixel tile only where the consumer indexes the tile's axes one to one: for a
+        # reshaping consumer (rows [M] read back as [batch, tokens]) TVM 0.27 infers the
+        # iteration range a tile covers wrongly (too few tokens), so it runs after the kernel.
+        if not broadcasts(sch, consumer, writeback) and len(write_shape(sch, consumer)) == len(tile_shape):
             try:
                 sch.reverse_compute_at(consumer, pixel_tile)
                 _vectorize_inner(sch, consumer)
@@ -211,11 +214,31 @@ def _rows_fused(sch: Schedule, block) -> list:
 
 
 def schedule_dense_dot(sch: Schedule, block, dp: DotProduct) -> None:
-    m, o, k = _rows_fused(sch, block)
+    """Rows of any rank: the last row axis is tiled, the others stay outer loops (fusing them
+    first makes the tile's bindings non-affine, which tensorize cannot blockize)."""
+    *outer, m, o, k = sch.get_loops(block)
     mo, mi = sch.split(m, [None, largest_divisor(loop_extent(sch, m), 4)])
     oo, oi = sch.split(o, [None, dp.lanes])
     ko, ki = sch.split(k, [None, dp.reduce])
-    _tensorized_tiles(sch, block, [mo, oo, ko, mi, oi, ki], oo, [mo, oo], ko, dp.register())
+    _tensorized_tiles(sch, block, [*outer, mo, oo, ko, mi, oi, ki], oo, [*outer, mo, oo], ko, dp.register())
+
+
+def schedule_dense_tiles(sch: Schedule, block, engine: amx.TileBackend) -> None:
+    """A dense block on the tile engine: 32 × 32 output blocks (rows outer), each zeroed, then
+    one block product over the whole reduction (amx.py), then its epilogue."""
+    m, o, k = sch.get_loops(block)
+    depth = loop_extent(sch, k)
+    mo, mi = sch.split(m, [None, amx.BLOCK])
+    oo, oi = sch.split(o, [None, amx.BLOCK])
+    sch.reorder(mo, oo, mi, oi, k)
+    _with_epilogue(sch, block, oo)
+    try:
+        _parallel_outer(sch, [mo, oo], block)
+    except ScheduleError:  # an epilogue block per row panel (dropping padded rows or channels)
+        _parallel_outer(sch, [mo], block)
+    init = sch.decompose_reduction(block, mi)
+    _vectorize_inner(sch, init)
+    sch.tensorize(mi, amx.register(engine, depth))
 
 
 def schedule_conv_reduction_inner(sch: Schedule, block) -> None:
@@ -490,7 +513,9 @@ ANCHORS = {
        for dp in CPU_DOT_PRODUCTS},
     **{dp.depthwise_block(): partial(schedule_depthwise_lanewise, dp=dp)
        for dp in CPU_DOT_PRODUCTS if dp.register_lanewise},
+    **{engine.dense_block(): partial(schedule_dense_tiles, engine=engine) for engine in amx.BACKENDS},
 }
+TILE_ENGINE_BLOCKS = {engine.dense_block() for engine in amx.BACKENDS}
 
 
 def apply_default_schedule(sch: Schedule, split_pads: bool = True) -> str | None:
@@ -531,6 +556,16 @@ def split_pad_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     sch = Schedule(func)
     blocks = child_blocks(sch)
     if not blocks or not all(_is_spatial(sch, block) for block in blocks) or not _is_constant_pad(sch, blocks[-1]):
+        return None
+    return default_schedule(func)
+
+
+def tile_engine_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """`func` with its default schedule where it is a tile-engine kernel (amx.py), None for other
+    kernels. Its block product is the whole reduction in tile registers, which MetaSchedule's
+    x86 design space cannot express: these kernels are no tuning tasks (tuning.py)."""
+    sch = Schedule(func)
+    if not any(sch.get(block).name_hint in TILE_ENGINE_BLOCKS for block in child_blocks(sch)):
         return None
     return default_schedule(func)
 

@@ -1,0 +1,166 @@
+"""AMX int8 kernels (kernels/amx.py): bit-exact against the integer reference through their
+emulation on any x86 host, on the hardware where the host has AMX; `tdpbusd` in the machine code
+of an `x86-amx` artifact everywhere; never AMX for a target without it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tvm
+from onnx import helper
+from tvm import te
+
+import qcompiler
+from conftest import make_model
+from qcompiler.disasm import compute_kernel_usage
+from qcompiler.errors import QCompilerError
+from qcompiler.inspect import inspect_path
+from qcompiler.kernels import amx
+from qcompiler.kernels.compute import dense_matrix_tiles, pack_dense_weight, round_up, shape64
+from qcompiler.kernels.isa import VNNI, tile_engine_of
+from qcompiler.kernels.schedules import DEFAULT_KERNEL, apply_default_schedule
+from qcompiler.targets import resolve
+from qcompiler.targets.x86 import read_cpu_flags
+
+EMULATED_TARGET = {"kind": "llvm", "mcpu": "znver4", "keys": ["cpu", "qc-amx-emulated"]}
+HOST_HAS_AMX = {"amx_tile", "amx_int8"} <= read_cpu_flags()[1]
+needs_amx = pytest.mark.skipif(not HOST_HAS_AMX, reason="this CPU has no AMX (amx_int8 not in /proc/cpuinfo)")
+needs_objdump = pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (Debian binutils) not installed")
+rng = np.random.default_rng(0)
+
+
+def scheduled_tile_kernel(rows: int, depth: int, out_channels: int, engine: amx.TileBackend):
+    """The tile engine's dense kernel alone, scheduled by the default schedule: padded uint8 data
+    [M', K'] × packed weights → int32 [rows, out_channels]."""
+    data = te.placeholder(shape64(round_up(rows, amx.BLOCK), round_up(depth, amx.ROW_BYTES)), "uint8", "x")
+    packed = te.placeholder(shape64(round_up(out_channels, amx.BLOCK) // 16, round_up(depth, amx.ROW_BYTES) // 4, 16, 4),
+                            "int8", "w")
+    out = dense_matrix_tiles(data, packed, engine.dense_block(), [rows], out_channels)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([data, packed, out]))
+    assert apply_default_schedule(sch) == DEFAULT_KERNEL
+    return sch.mod
+
+
+@pytest.mark.parametrize("rows", [1, 7, 17, 100])
+@pytest.mark.parametrize("depth,out_channels", [(64, 32), (200, 40)])
+def test_emulated_tile_kernel_is_exact(rows, depth, out_channels):
+    """M tails (1, 7, 17, 100 rows), K and N not multiples of the tile: the kernel against
+    numpy's int64 product; the emulation executes the instructions' specification with the
+    hardware kernel's configuration, addresses and strides."""
+    lib = tvm.tirx.build(scheduled_tile_kernel(rows, depth, out_channels, amx.EMULATED), tvm.target.Target(EMULATED_TARGET))
+    x = rng.integers(0, 256, (rows, depth), dtype=np.uint8)
+    w = rng.integers(-128, 128, (depth, out_channels), dtype=np.int8)
+    padded = np.zeros((round_up(rows, amx.BLOCK), round_up(depth, amx.ROW_BYTES)), np.uint8)
+    padded[:rows, :depth] = x
+    packed = pack_dense_weight(w, VNNI, n_multiple=amx.BLOCK, k_multiple=amx.ROW_BYTES)
+    out = tvm.runtime.tensor(np.zeros((rows, out_channels), np.int32))
+    lib(tvm.runtime.tensor(padded), tvm.runtime.tensor(packed), out)
+    np.testing.assert_array_equal(out.numpy(), x.astype(np.int64) @ w.astype(np.int64))
+
+
+def test_hardware_tile_kernel_code():
+    """The hardware form: per 64 bytes of K, 4 tile loads and 4 `tdpbusd`; configured, stored
+    and released once per 32 × 32 block."""
+    lib = tvm.tirx.build(scheduled_tile_kernel(64, 128, 64, amx.HARDWARE), resolve("x86-amx").target())
+    asm = lib.inspect_source("asm")
+    mnemonics = [line.split()[0] for line in asm.splitlines() if line.strip() and not line.strip().startswith((".", "#"))]
+    assert mnemonics.count("tdpbusd") == 8 and mnemonics.count("ldtilecfg") == 1
+    assert mnemonics.count("tilestored") == 4 and mnemonics.count("tilerelease") == 1
+    assert "vpdpbusd" not in mnemonics
+
+
+def matmul_model(shape, depth, out_channels):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])]
+    return make_model(nodes, [("x", [*shape, depth])], [("z", [*shape, out_channels])],
+                      {"w": rng.standard_normal((depth, out_channels)) * 0.1})
+
+
+def pointwise_conv_model(channels, out_channels, height, width):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1]), helper.make_node("Relu", ["y"], ["z"])]
+    return make_model(nodes, [("x", [1, channels, height, width])], [("z", [1, out_channels, height, width])],
+                      {"w": rng.standard_normal((out_channels, channels, 1, 1)) * 0.1})
+
+
+MODELS = {
+    "matmul 2x9x96 * 96x40": lambda: matmul_model([2, 9], 96, 40),
+    "matmul 33x64 * 64x16": lambda: matmul_model([33], 64, 16),
+    "1x1 conv 72 -> 48 on 7x9": lambda: pointwise_conv_model(72, 48, 7, 9),
+}
+
+
+def calibration(model, count=6):
+    (name, shape), = [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input]
+    samples = np.random.default_rng(3).standard_normal((count, *shape)).astype(np.float32)
+    return [{name: sample} for sample in samples], name, shape
+
+
+@pytest.mark.parametrize("activations", list(qcompiler.ActivationDType))
+@pytest.mark.parametrize("case", list(MODELS))
+def test_tile_engine_artifact_equals_vnni_artifact(tmp_path, case, activations):
+    """Matmuls (rows of any rank) and 1×1 convolutions on the emulated tile engine, with their
+    epilogue fused, give the VNNI kernels' outputs bit for bit (uint8 and int8 activations)."""
+    model = MODELS[case]()
+    calib, name, shape = calibration(model)
+    config = qcompiler.QConfig(activation_dtype=activations)
+    emulated = qcompiler.compile(model, target=json.dumps(EMULATED_TARGET), quantize="int8", calib=calib, config=config)
+    vnni = qcompiler.compile(model, target="x86", quantize="int8", calib=calib, config=config)
+    assert "naive" not in vnni.metadata.kernels.values()  # rows of rank 3 included
+    tiles = [kernel for kernel in emulated.metadata.kernels if "_amx_emulated" in kernel]
+    assert len(tiles) == 1 and "relu" not in " ".join(emulated.metadata.kernels).replace(tiles[0], "")  # the epilogue is fused
+    x = {name: np.random.default_rng(4).standard_normal(shape).astype(np.float32)}
+    got = qcompiler.load(emulated.export(tmp_path / "amx.so")).run(x)["z"]
+    np.testing.assert_array_equal(got, qcompiler.load(vnni.export(tmp_path / "vnni.so")).run(x)["z"])
+
+
+def test_small_products_stay_on_vnni():
+    """Fewer than 16 rows, 64 input or 16 output channels: the vector kernels (no padding waste)."""
+    for model in (matmul_model([8], 96, 40), matmul_model([20], 32, 40), pointwise_conv_model(72, 8, 7, 9)):
+        calib, _, _ = calibration(model)
+        artifact = qcompiler.compile(model, target=json.dumps(EMULATED_TARGET), quantize="int8", calib=calib)
+        assert not [k for k in artifact.metadata.kernels if "amx" in k] and [k for k in artifact.metadata.kernels if "vnni" in k]
+
+
+def test_only_amx_targets_get_amx_kernels():
+    assert tile_engine_of(resolve("x86-amx").target()) is amx.HARDWARE
+    assert tile_engine_of(tvm.target.Target(EMULATED_TARGET)) is amx.EMULATED
+    for preset in ("x86-avx2", "x86-avx512", "x86-avx512-vnni", "arm64-a72"):
+        assert tile_engine_of(resolve(preset).target()) is None
+    assert (tile_engine_of(resolve("x86").target()) is amx.HARDWARE) == HOST_HAS_AMX
+
+
+@needs_objdump
+def test_amx_artifact_runs_tdpbusd(tmp_path):
+    """Cross-compiled for `x86-amx` (on any host): the tile kernel executes `tdpbusd` and no
+    VNNI; where the host has AMX, its outputs equal the emulation's, else loading it is a
+    one-line error (not a SIGILL)."""
+    model = MODELS["matmul 2x9x96 * 96x40"]()
+    calib, name, shape = calibration(model)
+    so = qcompiler.compile(model, target="x86-amx", quantize="int8", calib=calib).export(tmp_path / "amx.so")
+    usage = dict(compute_kernel_usage(so))
+    (tile_kernel,) = [k for k in usage if "_amx" in k]
+    assert usage[tile_kernel] == ["tdpbusd"]
+    assert "tdpbusd (x86 AMX)" in inspect_path(so)
+    if not HOST_HAS_AMX:
+        with pytest.raises(QCompilerError, match="has AMX kernels and this CPU has no AMX"):
+            qcompiler.load(so)
+        return
+    x = {name: np.random.default_rng(5).standard_normal(shape).astype(np.float32)}
+    emulated = qcompiler.compile(model, target=json.dumps(EMULATED_TARGET), quantize="int8", calib=calib)
+    np.testing.assert_array_equal(qcompiler.load(so).run(x)["z"],
+                                  qcompiler.load(emulated.export(tmp_path / "emulated.so")).run(x)["z"])
+
+
+@needs_amx
+@pytest.mark.parametrize("case", list(MODELS))
+def test_host_preset_uses_amx_and_equals_emulation(tmp_path, case):
+    model = MODELS[case]()
+    calib, name, shape = calibration(model)
+    host = qcompiler.compile(model, target="x86", quantize="int8", calib=calib)
+    assert [k for k in host.metadata.kernels if "_amx" in k]
+    emulated = qcompiler.compile(model, target=json.dumps(EMULATED_TARGET), quantize="int8", calib=calib)
+    x = {name: np.random.default_rng(6).standard_normal(shape).astype(np.float32)}
+    np.testing.assert_array_equal(qcompiler.load(host.export(tmp_path / "host.so")).run(x)["z"],
+                                  qcompiler.load(emulated.export(tmp_path / "emulated.so")).run(x)["z"])
