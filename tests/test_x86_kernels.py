@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import tvm
+from onnx import helper
 from tvm import relax
 
 import qcompiler
@@ -381,3 +382,30 @@ def test_int8_dense_with_padded_output_channels_gets_its_kernel(tmp_path, rows, 
     got = qcompiler.load(artifact.export(tmp_path / "d.so")).run(feed)["y"]
     expected = ort_run(model, feed)["y"]
     assert np.abs(got - expected).max() <= 0.05 * np.ptp(expected)
+
+
+@pytest.mark.parametrize("activations", list(qcompiler.ActivationDType))
+@pytest.mark.parametrize("shape", [(2, 9, 24, 13), (1, 7, 13, 24), (3, 32, 64, 16)])
+def test_int8_batch_matmul_of_two_activations_on_vpdpbusd(tmp_path, activations, shape):
+    """Attention's QKᵀ / PV with both operands quantized activations: the second packed at run
+    time, zero points by row and column sums; bit-exact against TVM's int32 kernels (x86-avx2),
+    K not a multiple of 4 and N of 8 (mod 16) included."""
+    heads, rows, depth, columns = shape
+    model = make_model([helper.make_node("MatMul", ["q", "k"], ["s"])],
+                       [("q", [1, heads, rows, depth]), ("k", [1, heads, depth, columns])],
+                       [("s", [1, heads, rows, columns])])
+    data = np.random.default_rng(7)
+
+    def feed():
+        return {"q": data.standard_normal((1, heads, rows, depth)).astype(np.float32) + 0.5,
+                "k": data.standard_normal((1, heads, depth, columns)).astype(np.float32)}
+
+    calib, x = [feed() for _ in range(4)], feed()
+    config = qcompiler.QConfig(activation_dtype=activations)
+    vnni = qcompiler.compile(model, target="x86", quantize="int8", calib=calib, config=config)
+    generic = qcompiler.compile(model, target="x86-avx2", quantize="int8", calib=calib, config=config)
+    assert [k for k in vnni.metadata.kernels if "batch_dense_u8s8_vnni" in k]
+    assert not [k for k in vnni.metadata.kernels if "batch_matmul_i32" in k]
+    assert "naive" not in vnni.metadata.kernels.values()
+    np.testing.assert_array_equal(qcompiler.load(vnni.export(tmp_path / "vnni.so")).run(x)["s"],
+                                  qcompiler.load(generic.export(tmp_path / "generic.so")).run(x)["s"])

@@ -156,6 +156,34 @@ def dense_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, out_channel
     return first_channels(out, out_channels)
 
 
+def pack_activation_operand(b: te.Tensor, dp: DotProduct, columns: int) -> te.Tensor:
+    """An int8 activation [..., K, N] (K a multiple of 4) packed at run time as dense weights are
+    at compile time: [..., N'/L, K/4, L, 4], zero where n ≥ N (N' = `columns`, L = dp.lanes)."""
+    *batch, depth, width = (int(d) for d in b.shape)
+    lanes, reduce = dp.lanes, dp.reduce
+    return te.compute(
+        shape64(*batch, columns // lanes, depth // reduce, lanes, reduce),
+        lambda *i: te.if_then_else(i[-4] * lanes + i[-2] < width,
+                                   b[(*i[:-4], i[-3] * reduce + i[-1], tirx.min(i[-4] * lanes + i[-2], width - 1))],
+                                   tirx.const(0, "int8")),
+        name="pack_activation_operand")
+
+
+def batch_dense_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, out_channels: int) -> te.Tensor:
+    """out[..., m, o] = Σ_k data[..., m, k] · packed[..., o / L, k / 4, o % L, k % 4]: a matmul of
+    two activations, the second packed per batch (pack_activation_operand); the block is a dense
+    block (the same default schedule), its batch axes outer loops."""
+    *batch, rows, depth = (int(d) for d in data.shape)
+    lanes, reduce = dp.lanes, dp.reduce
+    k = te.reduce_axis((0, depth), "k")
+    out = te.compute(
+        shape64(*batch, rows, int(packed.shape[-4]) * lanes),
+        lambda *i: te.sum(_product(data[(*i[:-1], k)], packed[(*i[:-2], i[-1] // lanes, k // reduce, i[-1] % lanes,
+                                                                k % reduce)], dp), axis=k),
+        name=dp.dense_block())
+    return first_channels(out, out_channels)
+
+
 def dense_matrix_tiles(data: te.Tensor, packed: te.Tensor, name: str, leading: list[int], out_channels: int) -> te.Tensor:
     """Dense over a padded matrix for a tile engine (amx.py): data [M', K'] × packed
     [N'/16, K'/4, 16, 4] → [M', N'] (block `name`), then its first M = Π `leading` rows and

@@ -16,6 +16,10 @@ not: DotProduct.for_channels):
                                         depthwise_nhwc, weights [H, W, C]
   matmul [..., K] × constant [K, N]   → dense_<isa>, weights packed [N/L, K/4, L, 4]
 
+  matmul (qa − za) · (qb − zb) of   → pack_activation_operand (b as [..., N/L, K/4, L, 4], at run
+    two 8-bit activations             time), then batch_dense_<isa>, with row and column sums for
+                                      the zero points (batch_matmul); same batch axes only
+
 With a tile engine (AMX, or its emulation: isa.tile_engine_of), matmuls and 1×1 stride-1
 convolutions with ≥ 16 rows (pixels), ≥ 64 input and ≥ 16 output channels go to amx.py's block
 product instead (dense_on_tiles): rows padded to 32, K to 64, weights [N'/16, K'/4, 16, 4].
@@ -92,9 +96,7 @@ class _Int8KernelDispatch(KernelDispatch):
         if self.dp.data_dtype in (None, _dtype(data)):
             return data, None
         shift = 128 if self.dp.data_dtype == "uint8" else -128
-        wide = self.builder_.emit(relax.op.add(relax.op.astype(data, "int32"), const(np.int32(shift))))
-        shifted = self.builder_.emit(relax.op.astype(wide, self.dp.data_dtype))
-        return shifted, _shift_correction(shift, weight_sums, shape)
+        return self.shifted(data, shift, self.dp.data_dtype), _shift_correction(shift, weight_sums, shape)
 
     def pad_group_channels(self, data, groups: int):
         """Zero-pad each group's input channels to a multiple of the instruction's reduction (4)."""
@@ -215,6 +217,8 @@ class _Int8KernelDispatch(KernelDispatch):
 
     def matmul(self, call) -> relax.Expr | None:
         data, weight = call.args
+        if not isinstance(weight, Constant):
+            return self.batch_matmul(call)
         if not (str(call.attrs.out_dtype) == "int32" and _dtype(data) in ("uint8", "int8")
                 and len(_shape(data)) >= 2 and isinstance(weight, Constant)):
             return None
@@ -231,6 +235,72 @@ class _Int8KernelDispatch(KernelDispatch):
                              lambda x, wp: kc.dense_packed(x, wp, dp, w.shape[1]), [data],
                              [kc.pack_dense_weight(w, dp)])
         return self.corrected(kernel, correction)
+
+    def quantized_operand(self, expr) -> tuple[relax.Expr, int] | None:
+        """(q, zp) where `expr` is realize's (q − zp) of 8-bit activations: astype(q, int32),
+        optionally minus a scalar constant zp (passes/realize.py, to_accumulator)."""
+        zero_point = 0
+        binding = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+        if isinstance(binding, relax.Call) and op_name(binding) == "relax.subtract" \
+                and isinstance(binding.args[1], Constant) and constant_value(binding.args[1]).size == 1:
+            zero_point = int(constant_value(binding.args[1]).reshape(()))
+            expr = binding.args[0]
+            binding = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+        if not (isinstance(binding, relax.Call) and op_name(binding) == "relax.astype"
+                and _dtype(binding.args[0]) in ("uint8", "int8") and str(binding.attrs.dtype) == "int32"):
+            return None
+        return binding.args[0], zero_point
+
+    def batch_matmul(self, call) -> relax.Expr | None:
+        """A matmul of two 8-bit activations (attention's QKᵀ and PV), as realize writes it:
+        (qa − za) · (qb − zb) in int32. With A_u = qa (+128 if int8, so uint8) and B_s = qb (−128
+        if uint8, so int8), zero points shifted alike,
+
+            Σ_k (A_u − za)(B_s − zb) = Σ_k A_u·B_s − zb·Σ_k A_u − za·Σ_k B_s + K·za·zb,
+
+        the first term on the dot-product kernel (B_s packed at run time), the row and column
+        sums by reductions, the rest in the kernel's epilogue. Exact in int32."""
+        a, b = call.args
+        operands = [self.quantized_operand(a), self.quantized_operand(b)]
+        if None in operands or str(call.attrs.out_dtype) != "int32" or self.dp.data_dtype != "uint8":
+            return None
+        (qa, za), (qb, zb) = operands
+        a_shape, b_shape = _shape(qa), _shape(qb)
+        if len(a_shape) < 2 or a_shape[:-2] != b_shape[:-2] or a_shape[-1] != b_shape[-2]:
+            return None  # broadcast batch axes stay on the int32 kernel
+        depth, columns = a_shape[-1], b_shape[-1]
+        if _dtype(qa) == "int8":
+            qa, za = self.shifted(qa, 128, "uint8"), za + 128
+        if _dtype(qb) == "uint8":
+            qb, zb = self.shifted(qb, -128, "int8"), zb - 128
+        rank = len(a_shape)
+        extra = -depth % self.dp.reduce
+        qa = self.pad(qa, [(0, 0)] * (rank - 1) + [(0, extra)]) if extra else qa
+        qb = self.pad(qb, [(0, 0)] * (rank - 2) + [(0, extra), (0, 0)]) if extra else qb
+        dp = self.dp.for_channels(columns)
+        packed = self.kernel("pack_activation_operand",
+                             lambda y: kc.pack_activation_operand(y, dp, kc.round_up(columns, dp.lanes)), [qb], [])
+        product = self.kernel(f"batch_dense_u8s8_{dp.name}", lambda x, y: kc.batch_dense_packed(x, y, dp, columns),
+                              [qa, self.builder_.emit(packed)], [])
+        terms = [product]
+        if zb:
+            row_sums = relax.op.sum(relax.op.astype(qa, "int32"), axis=[-1], keepdims=True)
+            terms.append(relax.op.multiply(self.builder_.emit(row_sums), const(np.int32(-zb))))
+        if za:
+            column_sums = relax.op.sum(relax.op.astype(qb, "int32"), axis=[-2], keepdims=True)
+            terms.append(relax.op.multiply(self.builder_.emit(column_sums), const(np.int32(-za))))
+        if za and zb:
+            terms.append(const(np.int32(depth * za * zb)))
+        result = terms[0]
+        for term in terms[1:]:  # the last sum is the call's own binding
+            result = relax.op.add(self.builder_.emit(result), term if isinstance(term, Constant)
+                                  else self.builder_.emit(term))
+        return result
+
+    def shifted(self, data, shift: int, dtype: str):
+        """8-bit `data` + `shift` as `dtype` (±128: uint8 ↔ int8, exact)."""
+        wide = self.builder_.emit(relax.op.add(relax.op.astype(data, "int32"), const(np.int32(shift))))
+        return self.builder_.emit(relax.op.astype(wide, dtype))
 
     def tile_engine_worthwhile(self, rows: int, depth: int, out_channels: int) -> bool:
         """Whether a product of `rows` × `depth` activations by `depth` × `out_channels` weights
