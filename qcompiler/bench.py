@@ -11,7 +11,7 @@ import numpy as np
 
 from .tensor_spec import TensorSpec
 from .profile import Profile
-from .runtime import load, set_num_threads
+from .runtime import load, physical_cores, set_num_threads
 
 
 def random_feed(inputs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -72,8 +72,6 @@ def bench(path: str, repeat: int = 50, threads: int = 0, warmup: int = 5, verify
     includes the Python interpreter and the TVM runtime (reported separately as the RSS
     before the artifact was loaded).
     """
-    import os
-
     set_num_threads(threads)
     before = peak_rss_mb()
     model = load(path, verify=verify)

@@ -54,7 +54,6 @@ def lower(mod, preset: TargetPreset, tuning_logs: list[str | os.PathLike] = (), 
     device code is then compiled to binary by `cuda_binary.embed_device_binary`.
     """
     import tvm
-    from tvm import relax
 
     from .tuning import cpu_pipeline, databases_for, gpu_pipeline, schedule_sources
 

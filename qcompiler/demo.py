@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QCompilerError
+from .runtime import physical_cores
 
 REPO = Path(__file__).resolve().parent.parent
 QC_RUN = REPO / "deploy" / "build" / "qc_run"

@@ -72,3 +72,10 @@ def test_tune_refuses_negative_threads(tmp_path):
     with pytest.raises(QCompilerError, match="--threads -1: expected 0"):
         tune(load_onnx(model).mod, resolve("x86"), tmp_path / "log", trials=1, threads=-1)
     assert not (tmp_path / "log").exists()
+
+
+def test_bench_cli_defaults_to_one_thread_per_core(conv_model):
+    proc = subprocess.run([sys.executable, "-m", "qcompiler", "bench", str(conv_model), "--repeat", "2"],
+                          capture_output=True, text=True, env=_env_without_threads(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{physical_cores()} thread(s)" in proc.stdout
