@@ -13,6 +13,7 @@ variant measured in its own process (bench_latency.measure_run):
   ort fp32    onnxruntime on the original model
   ort int8    onnxruntime int8: quantize_static (QDQ, per-channel, uint8 activations, same
               calibration samples) for CNNs; quantize_dynamic for transformers (ZooModel.ort_quantization)
+  qc int8-dyn qcompiler int8-dynamic (no calibration), on the models onnxruntime quantizes dynamically
 
 and the ratios qc / ort at the same precision, qc int8 / ort fp32, with geometric means over the
 models measured. Per model also: compile time (fp32; int8 without calibration), calibration
@@ -48,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_latency import measure_run  # noqa: E402
 from zoo_data import ZooCase, zoo_case  # noqa: E402
 
-VARIANTS = ("qc fp32", "ort fp32", "qc int8", "ort int8")
+VARIANTS = ("qc fp32", "ort fp32", "qc int8", "ort int8", "qc int8-dyn")
 
 
 def ort_int8(case: ZooCase, mode: str, out: Path) -> Path:
@@ -94,7 +95,7 @@ def build_artifacts(case: ZooCase, work: Path, row: dict, variants: list[str]) -
     fp32 artifact always); failures recorded in `row`."""
     from qcompiler.build import build
     from qcompiler.frontend import load_onnx
-    from qcompiler.quantize import quantize
+    from qcompiler.quantize import quantize, quantize_dynamically
     from qcompiler.targets import resolve
 
     shapes = ZOO[case.name].input_shapes
@@ -110,25 +111,29 @@ def build_artifacts(case: ZooCase, work: Path, row: dict, variants: list[str]) -
     except QCompilerError as err:
         row["error qc fp32"] = str(err)
         return paths
-    if "qc int8" not in variants:
-        return paths
-    try:
-        start = time.perf_counter()
-        quantized = quantize(imported, qcompiler.QConfig(holdout=0), case.calib)
-        row["calibration_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        artifact = build(imported, preset, quantized, committed_logs=False)
-        row["compile_s int8"] = time.perf_counter() - start
-        row["kernels int8"] = dict(Counter(artifact.metadata.kernels.values()))
-        paths["qc int8"] = artifact.export(work / f"{case.name}_int8.so")
-    except QCompilerError as err:
-        row["error qc int8"] = str(err)
-    if "ort int8" not in variants:
-        return paths
-    try:
-        paths["ort int8"] = ort_int8(case, ZOO[case.name].ort_quantization, work / f"{case.name}_ort_int8.onnx")
-    except Exception as err:  # onnxruntime's quantizer raises anything
-        row["error ort int8"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+    if "qc int8-dyn" in variants and ZOO[case.name].ort_quantization == "dynamic":
+        try:
+            artifact = build(imported, preset, quantize_dynamically(imported), committed_logs=False)
+            paths["qc int8-dyn"] = artifact.export(work / f"{case.name}_int8_dynamic.so")
+        except QCompilerError as err:
+            row["error qc int8-dyn"] = str(err)
+    if "qc int8" in variants:
+        try:
+            start = time.perf_counter()
+            quantized = quantize(imported, qcompiler.QConfig(holdout=0), case.calib)
+            row["calibration_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            artifact = build(imported, preset, quantized, committed_logs=False)
+            row["compile_s int8"] = time.perf_counter() - start
+            row["kernels int8"] = dict(Counter(artifact.metadata.kernels.values()))
+            paths["qc int8"] = artifact.export(work / f"{case.name}_int8.so")
+        except QCompilerError as err:
+            row["error qc int8"] = str(err)
+    if "ort int8" in variants:
+        try:
+            paths["ort int8"] = ort_int8(case, ZOO[case.name].ort_quantization, work / f"{case.name}_ort_int8.onnx")
+        except Exception as err:  # onnxruntime's quantizer raises anything
+            row["error ort int8"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
     return paths
 
 
@@ -142,7 +147,7 @@ def accuracy(case: ZooCase, paths: dict[str, Path], row: dict) -> None:
 
     reference = session_run(paths["ort fp32"])
     runs = {"ort int8": session_run(paths["ort int8"])} if "ort int8" in paths else {}
-    for label in ("qc fp32", "qc int8"):
+    for label in ("qc fp32", "qc int8", "qc int8-dyn"):
         if label in paths:
             model = qcompiler.load(paths[label])
             runs[label] = lambda feed, model=model: next(iter(model.run(feed).values()))
@@ -183,7 +188,7 @@ def main() -> None:
     onnxruntime.set_default_logger_severity(3)  # errors only: not the quantizer's notes on unused initializers
     rows = []
     header = (f"{'model':<18}{'thr':>4}" + "".join(f"{v:>10}" for v in VARIANTS)
-              + f"{'fp32/ort':>10}{'int8/ort':>10}{'int8/ort32':>11}")
+              + f"{'fp32/ort':>10}{'int8/ort':>10}{'int8/ort32':>11}{'dyn/ort8':>10}")
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -215,15 +220,17 @@ def main() -> None:
                     ms[variant] = result["median_ms"]
                     row["peak_mb"][variant] = result["peak_mb"]
                 row["latency_ms"][str(threads)] = ms
-                cells = "".join(f"{ms[v]:>10.3f}" if v in ms else f"{'failed' if v in args.variants else '-':>10}"
+                cells = "".join(f"{ms[v]:>10.3f}" if v in ms else f"{'failed' if {f'error {v}', f'error {v} run'} & set(row) else '-':>10}"
                                 for v in VARIANTS)
                 ratios = [ms["qc fp32"] / ms["ort fp32"] if {"qc fp32", "ort fp32"} <= set(ms) else None,
                           ms["qc int8"] / ms["ort int8"] if {"qc int8", "ort int8"} <= set(ms) else None,
-                          ms["qc int8"] / ms["ort fp32"] if {"qc int8", "ort fp32"} <= set(ms) else None]
+                          ms["qc int8"] / ms["ort fp32"] if {"qc int8", "ort fp32"} <= set(ms) else None,
+                          ms["qc int8-dyn"] / ms["ort int8"] if {"qc int8-dyn", "ort int8"} <= set(ms) else None]
                 row.setdefault("ratios", {})[str(threads)] = ratios
                 print(f"{name:<18}{threads:>4}{cells}" + "".join(
                     f"{r:>10.2f}" if r is not None else f"{'-':>10}" for r in ratios[:2])
-                    + (f"{ratios[2]:>11.2f}" if ratios[2] is not None else f"{'-':>11}"), flush=True)
+                    + (f"{ratios[2]:>11.2f}" if ratios[2] is not None else f"{'-':>11}")
+                    + (f"{ratios[3]:>10.2f}" if ratios[3] is not None else f"{'-':>10}"), flush=True)
             details = [f"compile {row.get('compile_s fp32', float('nan')):.0f} s fp32, "
                        f"{row.get('compile_s int8', float('nan')):.0f} s int8 (+ {row.get('calibration_s', float('nan')):.0f} s "
                        f"calibration, {len(case.calib)} samples)",
@@ -243,7 +250,8 @@ def main() -> None:
     print()
     for threads in args.threads:
         means = []
-        for index, label in enumerate(("qc fp32 / ort fp32", "qc int8 / ort int8", "qc int8 / ort fp32")):
+        for index, label in enumerate(("qc fp32 / ort fp32", "qc int8 / ort int8", "qc int8 / ort fp32",
+                                       "qc int8-dyn / ort int8")):
             values = [r["ratios"][str(threads)][index] for r in rows
                       if str(threads) in r.get("ratios", {}) and r["ratios"][str(threads)][index] is not None]
             means.append(f"{label} {geomean(values):.2f} ({len(values)} models)")

@@ -7,6 +7,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qcompiler.errors import QCompilerError
+
+# The quantization strategies (`--quantize`, `compile(quantize=...)`), each a pass sequence.
+STRATEGIES = {
+    "int8": "static: int8 weights and activations, activation ranges calibrated on samples (--calib)",
+    "int8-dynamic": "int8 weights; activations quantized per row at run time, no calibration (matmul-heavy models)",
+}
+
+
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise QCompilerError(f"quantize={strategy!r} is not a strategy: expected one of: {', '.join(STRATEGIES)}")
+
 
 class ActivationDType(enum.Enum):
     """uint8 asymmetric (zero point in [0, 255]) or int8 symmetric (zero point 0)."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import QCompilerError
 from .data import UNREADABLE
+from .passes.qconfig import STRATEGIES
 
 log = logging.getLogger("qcompiler")
 
@@ -124,8 +125,10 @@ def _model_to_tune(args):
     imported = load_onnx(args.model, shapes, on_note=log.warning)
     if getattr(args, "quantize", None) is None:
         return imported.mod
-    from .quantize import quantize
+    from .quantize import quantize, quantize_dynamically
 
+    if args.quantize == "int8-dynamic":
+        return quantize_dynamically(imported).mod
     return quantize(imported, _qconfig(args, args.model), args.calib, args.calib_cache).mod
 
 
@@ -143,7 +146,7 @@ def _print_coverage(tasks) -> None:
 def _add_kernel_quantization(parser, purpose: str) -> None:
     """The quantization flags of `compile` that decide which int8 kernels a model has."""
     group = parser.add_argument_group(f"quantization ({purpose})")
-    group.add_argument("--quantize", choices=["int8"])
+    group.add_argument("--quantize", choices=list(STRATEGIES))
     group.add_argument("--calib", metavar="DATA")
     group.add_argument("--calib-cache", metavar="FILE")
     group.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
@@ -219,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="legacy exports (ONNX IR < 4) list their weights among the graph inputs: keep those as "
                         "artifact inputs (default: embedded constants)")
     q = p.add_argument_group("quantization")
-    q.add_argument("--quantize", choices=["int8"], help="post-training static quantization to int8")
+    q.add_argument("--quantize", choices=list(STRATEGIES),
+                   help="; ".join(f"{name}: {what}" for name, what in STRATEGIES.items()))
     q.add_argument("--calib", metavar="DATA", help=".npz (arrays keyed by input name, first axis = samples) "
                    "or a directory of .npy/.npz samples")
     q.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])

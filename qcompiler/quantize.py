@@ -19,6 +19,7 @@ from .errors import QCompilerError
 from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
 from .passes.calibrate import CalibrationResult, load_cache, run_observers, save_cache
+from .passes.dynamic import DynamicStats, quantize_dynamic
 from .passes.graph import FunctionView, op_name
 from .passes.layout import channels_last
 from .passes.qconfig import QConfig
@@ -27,7 +28,6 @@ from .passes.simulate import insert_qdq
 from .progress import Progress
 
 log = logging.getLogger("qcompiler")
-
 
 @dataclass
 class Quantized:
@@ -130,3 +130,32 @@ def quantize(
     log.info("realize: integer %s; float %s; %d requantizations", stats.integer_ops, stats.float_ops or "none",
              stats.requantize)
     return Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout)
+
+
+@dataclass
+class DynamicallyQuantized:
+    """int8-dynamic's result (passes/dynamic.py): `mod` is the module that gets compiled."""
+
+    mod: tvm.IRModule
+    stats: DynamicStats
+
+    def summary(self) -> dict:
+        total = self.stats.int8_macs + self.stats.float_macs
+        return {
+            "mode": "int8-dynamic",
+            "weights": "int8 symmetric per-channel",
+            "activations": "uint8 asymmetric per row, ranges computed at run time",
+            "quantized_layers": len(self.stats.layers),
+            "int8_mac_fraction": self.stats.int8_macs / total if total else 0.0,
+        }
+
+
+def quantize_dynamically(imported: ImportedModel) -> DynamicallyQuantized:
+    """int8-dynamic on an imported model: its matmuls with constant weights (passes/dynamic.py)."""
+    mod, stats = quantize_dynamic(imported.mod)
+    if not stats.layers:
+        raise QCompilerError("nothing to quantize dynamically: int8-dynamic quantizes matmuls (MatMul, Gemm) with "
+                             "constant weights and the model has none; use --quantize int8 for convolutions")
+    log.info("int8-dynamic: %d matmuls on int8, %.0f%% of the multiply-accumulates", len(stats.layers),
+             100 * stats.int8_macs / max(1, stats.int8_macs + stats.float_macs))
+    return DynamicallyQuantized(mod, stats)

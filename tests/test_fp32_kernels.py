@@ -143,6 +143,21 @@ def test_softmax_against_onnxruntime(tmp_path, shape, axis):
         assert any("softmax" in name and source == "default" for name, source in kernels.items()), kernels
 
 
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("shape, keepdims", [([2, 3, 40], 1), ([5, 16], 0), ([3, 7], 1)])
+def test_row_reductions_against_onnxruntime(tmp_path, op, shape, keepdims):
+    """Max and min over the last axis: lane-wise (a tail beyond whole vectors of 16 included;
+    rows shorter than a vector stay on TVM's loop), exact."""
+    out = [*shape[:-1], 1] if keepdims else shape[:-1]
+    model = make_model([helper.make_node(op, ["x"], ["y"], axes=[-1], keepdims=keepdims)], [("x", shape)],
+                       [("y", out)], opset=17)
+    feed = {"x": rng.standard_normal(shape).astype(np.float32)}
+    kernels, got = compiled_outputs(model, feed, tmp_path)
+    np.testing.assert_array_equal(got["y"], ort_run(model, feed)["y"])
+    lanewise = any(name.startswith(f"row_{op[6:].lower()}") and source == "default" for name, source in kernels.items())
+    assert lanewise == (shape[-1] >= 16), kernels
+
+
 def test_polynomial_transcendentals_against_exact_functions(tmp_path):
     """Erf, Tanh, Sigmoid and GELU run as vectorizable polynomials (kernels/vector_math.py):
     within 1e-6 (GELU 2e-6, whose 1 + erf cancels for x << 0) of the exact function in float64,

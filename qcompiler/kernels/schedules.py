@@ -501,6 +501,7 @@ def _reduce_around_contiguous_lanes(sch: Schedule, block, loops: list, spatial: 
 
 ANCHORS = {
     vector_math.SOFTMAX_LANE_MAX: schedule_softmax,
+    vector_math.ROW_LANE_MIN: schedule_softmax,
     DEPTHWISE_BLOCK: schedule_depthwise,
     fp32.DEPTHWISE_BLOCK: schedule_depthwise,
     **{fp32.conv_block(lanes): partial(schedule_conv_fma, lanes=lanes) for lanes in fp32.LANES},

@@ -12,6 +12,8 @@ arithmetic on vectors (as onnxruntime's MLAS computes them):
               `softmax_last_axis` below, other axes with TOPI's fast_softmax
   sigmoid(x)  1 / (1 + fast_exp(−x))
   gelu(x)     x/2 · (1 + fast_erf(x/√2))
+  max, min    over the last axis: lane-wise partial results, as Softmax's max (no polynomial; a
+              reduction TVM's loops would run one element at a time)
   silu(x)     x · sigmoid(x)
 
 A plain Exp keeps libm's exp, whose inf and NaN a model may rely on. Errors against the exact
@@ -30,7 +32,8 @@ from .kernel_dispatch import KernelDispatch
 
 
 SOFTMAX_LANES = 16
-SOFTMAX_LANE_MAX = "softmax_lane_max"  # the anchor block of schedules.schedule_softmax
+SOFTMAX_LANE_MAX = "softmax_lane_max"  # the anchor blocks of schedules.schedule_softmax
+ROW_LANE_MIN = "softmax_lane_min"
 SOFTMAX_EXP = "softmax_exp"
 
 
@@ -52,7 +55,7 @@ def _lane_reduction(x: te.Tensor, combine, name: str) -> te.Tensor:
         parts.append(te.compute(outer, lambda *i: combine(x[(*i, whole * lanes + t)], axis=t), name=f"softmax_tail_{name}"))
     if len(parts) == 1:
         return parts[0]
-    both = tvm.tirx.max if name == "max" else (lambda a, b: a + b)
+    both = {"max": tvm.tirx.max, "min": tvm.tirx.min}.get(name, lambda a, b: a + b)
     return te.compute(outer, lambda *i: both(parts[0](*i), parts[1](*i)), name=f"softmax_{name}")
 
 
@@ -65,6 +68,14 @@ def softmax_last_axis(x: te.Tensor) -> te.Tensor:
     exp = te.compute(x.shape, lambda *i: exp_poly(*i), name=SOFTMAX_EXP)
     total = _lane_reduction(exp, te.sum, "sum")
     return te.compute(x.shape, lambda *i: exp(*i) * (1.0 / total(*i[:-1])), name="softmax_norm")
+
+
+def row_reduction(x: te.Tensor, keepdims: bool, kind: str) -> te.Tensor:
+    """max or min (`kind`) over the last axis, over vectors of lanes (`_lane_reduction`;
+    scheduled as Softmax's first reduction is)."""
+    reduced = _lane_reduction(x, te.max if kind == "max" else te.min, kind)
+    shape = [*x.shape[:-1], 1] if keepdims else list(x.shape[:-1])
+    return te.compute(shape, lambda *i: reduced(*(i[:-1] if keepdims else i)), name=f"row_{kind}")
 
 
 def sigmoid(x: te.Tensor) -> te.Tensor:
@@ -97,7 +108,8 @@ def _float32_unary(call) -> bool:
 
 @relax.expr_functor.mutator
 class _VectorMath(KernelDispatch):
-    HANDLERS = {"relax.nn.softmax": "softmax", **{name: "polynomial" for name in POLYNOMIAL}}
+    HANDLERS = {"relax.nn.softmax": "softmax", "relax.max": "row_reduction", "relax.min": "row_reduction",
+                **{name: "polynomial" for name in POLYNOMIAL}}
 
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
@@ -110,6 +122,18 @@ class _VectorMath(KernelDispatch):
         if rank >= 2 and int(call.attrs.axis) % rank == rank - 1:
             return self.builder_.call_te(softmax_last_axis, call.args[0], primfunc_name_hint="softmax")
         return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis), primfunc_name_hint="softmax")
+
+    def row_reduction(self, call) -> relax.Expr | None:
+        """A max or min over the last axis only (int8-dynamic's row ranges, ReduceMax): lane-wise."""
+        if not _float32_unary(call) or call.attrs.axis is None:
+            return None
+        rank = len(call.args[0].ty.shape)
+        axes = [int(a) % rank for a in call.attrs.axis]
+        if rank < 2 or axes != [rank - 1] or int(call.args[0].ty.shape[-1]) < SOFTMAX_LANES:
+            return None
+        kind = op_name(call).split(".")[-1]
+        return self.builder_.call_te(row_reduction, call.args[0], bool(call.attrs.keepdims), kind,
+                                     primfunc_name_hint=f"row_{kind}")
 
     def polynomial(self, call) -> relax.Expr | None:
         if not _float32_unary(call):
