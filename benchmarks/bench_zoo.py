@@ -14,6 +14,7 @@ variant measured in its own process (bench_latency.measure_run):
   ort int8    onnxruntime int8: quantize_static (QDQ, per-channel, uint8 activations, same
               calibration samples) for CNNs; quantize_dynamic for transformers (ZooModel.ort_quantization)
   qc int8-dyn qcompiler int8-dynamic (no calibration), on the models onnxruntime quantizes dynamically
+  qc int8-wo  qcompiler int8-weight-only (int8 weights, float compute; no calibration)
 
 and the ratios qc / ort at the same precision, qc int8 / ort fp32, with geometric means over the
 models measured. Per model also: compile time (fp32; int8 without calibration), calibration
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_latency import measure_run  # noqa: E402
 from zoo_data import ZooCase, zoo_case  # noqa: E402
 
-VARIANTS = ("qc fp32", "ort fp32", "qc int8", "ort int8", "qc int8-dyn")
+VARIANTS = ("qc fp32", "ort fp32", "qc int8", "ort int8", "qc int8-dyn", "qc int8-wo")
 
 
 def ort_int8(case: ZooCase, mode: str, out: Path) -> Path:
@@ -95,7 +96,7 @@ def build_artifacts(case: ZooCase, work: Path, row: dict, variants: list[str]) -
     fp32 artifact always); failures recorded in `row`."""
     from qcompiler.build import build
     from qcompiler.frontend import load_onnx
-    from qcompiler.quantize import quantize, quantize_dynamically
+    from qcompiler.quantize import quantize, quantize_without_calibration
     from qcompiler.targets import resolve
 
     shapes = ZOO[case.name].input_shapes
@@ -111,12 +112,17 @@ def build_artifacts(case: ZooCase, work: Path, row: dict, variants: list[str]) -
     except QCompilerError as err:
         row["error qc fp32"] = str(err)
         return paths
-    if "qc int8-dyn" in variants and ZOO[case.name].ort_quantization == "dynamic":
+    # int8-dynamic where onnxruntime quantizes dynamically too (matmul-heavy models)
+    calibration_free = {"qc int8-dyn": ("int8-dynamic", ZOO[case.name].ort_quantization == "dynamic"),
+                        "qc int8-wo": ("int8-weight-only", True)}
+    for variant, (strategy, applies) in calibration_free.items():
+        if variant not in variants or not applies:
+            continue
         try:
-            artifact = build(imported, preset, quantize_dynamically(imported), committed_logs=False)
-            paths["qc int8-dyn"] = artifact.export(work / f"{case.name}_int8_dynamic.so")
+            artifact = build(imported, preset, quantize_without_calibration(imported, strategy), committed_logs=False)
+            paths[variant] = artifact.export(work / f"{case.name}_{strategy}.so")
         except QCompilerError as err:
-            row["error qc int8-dyn"] = str(err)
+            row[f"error {variant}"] = str(err)
     if "qc int8" in variants:
         try:
             start = time.perf_counter()
@@ -147,7 +153,7 @@ def accuracy(case: ZooCase, paths: dict[str, Path], row: dict) -> None:
 
     reference = session_run(paths["ort fp32"])
     runs = {"ort int8": session_run(paths["ort int8"])} if "ort int8" in paths else {}
-    for label in ("qc fp32", "qc int8", "qc int8-dyn"):
+    for label in ("qc fp32", "qc int8", "qc int8-dyn", "qc int8-wo"):
         if label in paths:
             model = qcompiler.load(paths[label])
             runs[label] = lambda feed, model=model: next(iter(model.run(feed).values()))
@@ -188,7 +194,7 @@ def main() -> None:
     onnxruntime.set_default_logger_severity(3)  # errors only: not the quantizer's notes on unused initializers
     rows = []
     header = (f"{'model':<18}{'thr':>4}" + "".join(f"{v:>10}" for v in VARIANTS)
-              + f"{'fp32/ort':>10}{'int8/ort':>10}{'int8/ort32':>11}{'dyn/ort8':>10}")
+              + f"{'fp32/ort':>10}{'int8/ort':>10}{'int8/ort32':>11}{'dyn/ort8':>10}{'wo/qc32':>10}")
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -225,16 +231,18 @@ def main() -> None:
                 ratios = [ms["qc fp32"] / ms["ort fp32"] if {"qc fp32", "ort fp32"} <= set(ms) else None,
                           ms["qc int8"] / ms["ort int8"] if {"qc int8", "ort int8"} <= set(ms) else None,
                           ms["qc int8"] / ms["ort fp32"] if {"qc int8", "ort fp32"} <= set(ms) else None,
-                          ms["qc int8-dyn"] / ms["ort int8"] if {"qc int8-dyn", "ort int8"} <= set(ms) else None]
+                          ms["qc int8-dyn"] / ms["ort int8"] if {"qc int8-dyn", "ort int8"} <= set(ms) else None,
+                          ms["qc int8-wo"] / ms["qc fp32"] if {"qc int8-wo", "qc fp32"} <= set(ms) else None]
                 row.setdefault("ratios", {})[str(threads)] = ratios
                 print(f"{name:<18}{threads:>4}{cells}" + "".join(
                     f"{r:>10.2f}" if r is not None else f"{'-':>10}" for r in ratios[:2])
                     + (f"{ratios[2]:>11.2f}" if ratios[2] is not None else f"{'-':>11}")
-                    + (f"{ratios[3]:>10.2f}" if ratios[3] is not None else f"{'-':>10}"), flush=True)
+                    + "".join(f"{r:>10.2f}" if r is not None else f"{'-':>10}" for r in ratios[3:]), flush=True)
             details = [f"compile {row.get('compile_s fp32', float('nan')):.0f} s fp32, "
                        f"{row.get('compile_s int8', float('nan')):.0f} s int8 (+ {row.get('calibration_s', float('nan')):.0f} s "
                        f"calibration, {len(case.calib)} samples)",
                        "peak MB " + ", ".join(f"{k} {v:.0f}" for k, v in row["peak_mb"].items()),
+                       "file MB " + ", ".join(f"{k} {Path(p).stat().st_size / 1e6:.1f}" for k, p in paths.items()),
                        "cosine to ort fp32 " + ", ".join(f"{k[7:]} {row[k]:.4f}" for k in row if k.startswith("cosine ")),
                        "kernels fp32 " + str(row.get("kernels fp32", {})) + ", int8 " + str(row.get("kernels int8", {}))]
             print(f"{'':<22}" + "; ".join(details), flush=True)
@@ -251,7 +259,7 @@ def main() -> None:
     for threads in args.threads:
         means = []
         for index, label in enumerate(("qc fp32 / ort fp32", "qc int8 / ort int8", "qc int8 / ort fp32",
-                                       "qc int8-dyn / ort int8")):
+                                       "qc int8-dyn / ort int8", "qc int8-wo / qc fp32")):
             values = [r["ratios"][str(threads)][index] for r in rows
                       if str(threads) in r.get("ratios", {}) and r["ratios"][str(threads)][index] is not None]
             means.append(f"{label} {geomean(values):.2f} ({len(values)} models)")

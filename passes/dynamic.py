@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Constant, const, constant_value, is_float32, op_name
+from .graph import Constant, const, constant_value, is_float32, op_name, rewrite_relax_functions
 
 UINT8_LEVELS = 255.0
 INT8_LIMIT = 127.0
@@ -112,10 +112,7 @@ class _DynamicQuantizer(relax.PyExprMutator):
                                  relax.op.multiply(scale, const(w_scale)))
 
     def run(self) -> tvm.IRModule:
-        for gvar, func in self.mod_.functions.items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gvar, self.visit_expr(func))
-        return self.builder_.get()
+        return rewrite_relax_functions(self, self.mod_)
 
 
 def quantize_dynamic(mod: tvm.IRModule, min_depth: int = 16) -> tuple[tvm.IRModule, DynamicStats]:

@@ -113,6 +113,14 @@ def _var_args(expr):
     return []
 
 
+def rewrite_relax_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
+    """Every Relax function of `mod` through `mutator` (a relax.PyExprMutator over `mod`)."""
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 def shape_of(var) -> tuple[int, ...]:
     return tuple(int(d) for d in var.ty.shape.values)
 

@@ -13,7 +13,9 @@ from qcompiler.errors import QCompilerError
 STRATEGIES = {
     "int8": "static: int8 weights and activations, activation ranges calibrated on samples (--calib)",
     "int8-dynamic": "int8 weights; activations quantized per row at run time, no calibration (matmul-heavy models)",
+    "int8-weight-only": "int8 weights (matmuls, convolutions, embeddings), float compute, no calibration (for size)",
 }
+CALIBRATION_FREE_STRATEGIES = ("int8-dynamic", "int8-weight-only")
 
 
 def check_strategy(strategy: str) -> None:

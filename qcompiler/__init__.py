@@ -55,7 +55,9 @@ def compile(  # noqa: A001 - the public verb of this package
 
     `quantize="int8"` runs annotate → calibrate (on `calib`) → realize with `config`; a
     pre-quantized ONNX QDQ model needs no `calib`. `quantize="int8-dynamic"` puts matmuls with
-    constant weights on int8 with activations quantized per row at run time (no `calib`). `calib_cache` stores (or reuses) the
+    constant weights on int8 with activations quantized per row at run time;
+    `quantize="int8-weight-only"` stores constant weights as int8 and computes in float (neither
+    takes `calib`). `calib_cache` stores (or reuses) the
     calibration ranges; `report` writes a per-layer quantization report (JSON) and prints its
     table; `simulate` builds the fake-quant (QDQ, float) model instead, for debugging.
     `tuning_logs` are MetaSchedule databases (from `qcompiler tune`) applied before the
@@ -71,25 +73,24 @@ def compile(  # noqa: A001 - the public verb of this package
 
     log = logging.getLogger("qcompiler")
     preset = resolve(target)
-    from .passes.qconfig import STRATEGIES, check_strategy
+    from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, STRATEGIES, check_strategy
 
     if quantize is not None:
         check_strategy(quantize)
     if quantize is None and (calib is not None or calib_cache is not None or report is not None or simulate):
         raise QCompilerError("calibration data, a calibration cache, a report or simulate need quantize='int8'")
-    if quantize == "int8-dynamic" and (report is not None or simulate):
-        raise QCompilerError("a report and simulate are for quantize='int8' (static); int8-dynamic has neither")
+    if quantize in CALIBRATION_FREE_STRATEGIES and (report is not None or simulate):
+        raise QCompilerError(f"a report and simulate are for quantize='int8' (static); {quantize} has neither")
     imported = load_onnx(model, input_shapes, on_note=log.warning, initializers_as_inputs=initializers_as_inputs)
     if quantize is None:
         return build(imported, preset, tuning_logs=list(tuning_logs), committed_logs=committed_logs,
                      default_schedules=default_schedules)
-    if quantize == "int8-dynamic":
-        from .quantize import quantize_dynamically
+    if quantize in CALIBRATION_FREE_STRATEGIES:
+        from .quantize import quantize_without_calibration
 
         if calib is not None or calib_cache is not None:
-            log.warning("int8-dynamic takes no calibration data: --calib / --calib-cache ignored (%s)",
-                        STRATEGIES["int8-dynamic"])
-        return build(imported, preset, quantize_dynamically(imported), tuning_logs=list(tuning_logs),
+            log.warning("%s takes no calibration data: --calib / --calib-cache ignored (%s)", quantize, STRATEGIES[quantize])
+        return build(imported, preset, quantize_without_calibration(imported, quantize), tuning_logs=list(tuning_logs),
                      committed_logs=committed_logs, default_schedules=default_schedules)
     from .quantize import quantize as run_quantization
 

@@ -125,10 +125,10 @@ def _model_to_tune(args):
     imported = load_onnx(args.model, shapes, on_note=log.warning)
     if getattr(args, "quantize", None) is None:
         return imported.mod
-    from .quantize import quantize, quantize_dynamically
+    from .quantize import CALIBRATION_FREE, quantize, quantize_without_calibration
 
-    if args.quantize == "int8-dynamic":
-        return quantize_dynamically(imported).mod
+    if args.quantize in CALIBRATION_FREE:
+        return quantize_without_calibration(imported, args.quantize).mod
     return quantize(imported, _qconfig(args, args.model), args.calib, args.calib_cache).mod
 
 

@@ -20,6 +20,7 @@ from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
 from .passes.calibrate import CalibrationResult, load_cache, run_observers, save_cache
 from .passes.dynamic import DynamicStats, quantize_dynamic
+from .passes.weight_only import quantize_weights_only
 from .passes.graph import FunctionView, op_name
 from .passes.layout import channels_last
 from .passes.qconfig import QConfig
@@ -133,29 +134,36 @@ def quantize(
 
 
 @dataclass
-class DynamicallyQuantized:
-    """int8-dynamic's result (passes/dynamic.py): `mod` is the module that gets compiled."""
+class CalibrationFree:
+    """The result of a strategy that needs no calibration (int8-dynamic, passes/dynamic.py;
+    int8-weight-only, passes/weight_only.py): `mod` is the module that gets compiled."""
 
     mod: tvm.IRModule
     stats: DynamicStats
+    strategy: str
 
     def summary(self) -> dict:
         total = self.stats.int8_macs + self.stats.float_macs
-        return {
-            "mode": "int8-dynamic",
-            "weights": "int8 symmetric per-channel",
-            "activations": "uint8 asymmetric per row, ranges computed at run time",
-            "quantized_layers": len(self.stats.layers),
-            "int8_mac_fraction": self.stats.int8_macs / total if total else 0.0,
-        }
+        summary = {"mode": self.strategy, "weights": "int8 symmetric per-channel",
+                   "activations": CALIBRATION_FREE[self.strategy][1], "quantized_layers": len(self.stats.layers)}
+        if total:
+            summary["int8_mac_fraction"] = self.stats.int8_macs / total
+        return summary
 
 
-def quantize_dynamically(imported: ImportedModel) -> DynamicallyQuantized:
-    """int8-dynamic on an imported model: its matmuls with constant weights (passes/dynamic.py)."""
-    mod, stats = quantize_dynamic(imported.mod)
+CALIBRATION_FREE = {
+    "int8-dynamic": (quantize_dynamic, "uint8 asymmetric per row, ranges computed at run time"),
+    "int8-weight-only": (quantize_weights_only, "float32"),
+}
+
+
+def quantize_without_calibration(imported: ImportedModel, strategy: str) -> CalibrationFree:
+    """int8-dynamic or int8-weight-only on an imported model; an error where it has nothing to do."""
+    rewrite, _ = CALIBRATION_FREE[strategy]
+    mod, stats = rewrite(imported.mod)
     if not stats.layers:
-        raise QCompilerError("nothing to quantize dynamically: int8-dynamic quantizes matmuls (MatMul, Gemm) with "
-                             "constant weights and the model has none; use --quantize int8 for convolutions")
-    log.info("int8-dynamic: %d matmuls on int8, %.0f%% of the multiply-accumulates", len(stats.layers),
-             100 * stats.int8_macs / max(1, stats.int8_macs + stats.float_macs))
-    return DynamicallyQuantized(mod, stats)
+        what = ("matmuls (MatMul, Gemm) with constant weights" if strategy == "int8-dynamic"
+                else "matmuls, convolutions or embedding tables with constant float weights")
+        raise QCompilerError(f"nothing to quantize with {strategy}: it quantizes {what} and the model has none")
+    log.info("%s: %d layers with int8 weights", strategy, len(stats.layers))
+    return CalibrationFree(mod, stats, strategy)

@@ -91,9 +91,9 @@ def test_dynamic_takes_no_calibration_and_unknown_strategies_are_listed(caplog):
         artifact = qcompiler.compile(mlp(), quantize="int8-dynamic", calib=[{"x": np.zeros((2, 7, DEPTH), np.float32)}])
     assert artifact.metadata.quantization["mode"] == "int8-dynamic"
     assert any("int8-dynamic takes no calibration data" in r.message for r in caplog.records)
-    with pytest.raises(QCompilerError, match="expected one of: int8, int8-dynamic"):
+    with pytest.raises(QCompilerError, match="expected one of: int8, int8-dynamic, int8-weight-only"):
         qcompiler.compile(mlp(), quantize="int4")
-    with pytest.raises(QCompilerError, match="nothing to quantize dynamically"):
+    with pytest.raises(QCompilerError, match="nothing to quantize with int8-dynamic"):
         conv = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 8])], [("y", [1, 8])])
         qcompiler.compile(conv, quantize="int8-dynamic")
 

@@ -83,19 +83,25 @@ def lanes_for(channels: int, lanes: int) -> int:
 
 
 def pack_conv_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
-    """OHWI float32 → [O'/L, H, W, I, L], O zero-padded to O' = Lk."""
+    """OHWI float32 (or int8: int8-weight-only) → [O'/L, H, W, I, L], O zero-padded to O' = Lk."""
     o, kh, kw, i = weight.shape
-    padded = np.zeros((round_up(o, lanes), kh, kw, i), np.float32)
+    padded = np.zeros((round_up(o, lanes), kh, kw, i), weight.dtype)
     padded[:o] = weight
     return np.ascontiguousarray(padded.reshape(-1, lanes, kh, kw, i).transpose(0, 2, 3, 4, 1))
 
 
 def pack_dense_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
-    """[K, N] float32 → [N'/L, K, L], N zero-padded to N' = Lk."""
+    """[K, N] float32 (or int8: int8-weight-only) → [N'/L, K, L], N zero-padded to N' = Lk."""
     k, n = weight.shape
-    padded = np.zeros((k, round_up(n, lanes)), np.float32)
+    padded = np.zeros((k, round_up(n, lanes)), weight.dtype)
     padded[:, :n] = weight
     return np.ascontiguousarray(padded.reshape(k, -1, lanes).transpose(1, 0, 2))
+
+
+def as_float(weight):
+    """A weight element as float32: int8 weights (int8-weight-only) are converted in the kernel's
+    inner loop, next to the multiply-add that uses them."""
+    return weight if weight.dtype == "float32" else weight.astype("float32")
 
 
 def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, strides, dilation, out_channels: int,
@@ -117,7 +123,7 @@ def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, strides, dilation, out_chann
     out = te.compute(
         shape64(n, windows(height, kh, sh, dh), windows(width, kw, sw, dw), blocks * lanes),
         lambda b, h, w, o: te.sum(data[b, h * sh + r * dh, w * sw + s * dw, channel(o)]
-                                  * packed[o // lanes, r, s, c, o % lanes], axis=[r, s, c]),
+                                  * as_float(packed[o // lanes, r, s, c, o % lanes]), axis=[r, s, c]),
         name=conv_block(lanes))
     return first_channels(out, out_channels)
 
@@ -130,7 +136,7 @@ def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.
     s = te.reduce_axis((0, kw), "s")
     return te.compute(
         shape64(n, windows(height, kh, sh, dh), windows(width, kw, sw, dw), channels),
-        lambda b, h, w, ch: te.sum(data[b, h * sh + r * dh, w * sw + s * dw, ch] * weight[r, s, ch], axis=[r, s]),
+        lambda b, h, w, ch: te.sum(data[b, h * sh + r * dh, w * sw + s * dw, ch] * as_float(weight[r, s, ch]), axis=[r, s]),
         name=DEPTHWISE_BLOCK)
 
 
@@ -140,7 +146,8 @@ def dense(data: te.Tensor, packed: te.Tensor, out_channels: int) -> te.Tensor:
     k = te.reduce_axis((0, depth), "k")
     out = te.compute(
         shape64(*rows, blocks * lanes),
-        lambda *index: te.sum(data[(*index[:-1], k)] * packed[index[-1] // lanes, k, index[-1] % lanes], axis=k),
+        lambda *index: te.sum(data[(*index[:-1], k)] * as_float(packed[index[-1] // lanes, k, index[-1] % lanes]),
+                              axis=k),
         name=dense_block(lanes))
     return first_channels(out, out_channels)
 
@@ -280,7 +287,8 @@ class _FloatKernelDispatch(KernelDispatch):
         data, weight = call.args
         if not (conv_channel_axis(call) == 3 and is_float32(data) and isinstance(weight, Constant) and _float_out(call)):
             return None
-        w = constant_value(weight).astype(np.float32)
+        w = constant_value(weight)
+        w = w if w.dtype == np.int8 else w.astype(np.float32)  # int8: int8-weight-only
         out_channels, _, _, in_per_group = w.shape
         channels = _shape(data)[3]
         conv = ConvAttrs.of(call)
@@ -317,7 +325,7 @@ class _FloatKernelDispatch(KernelDispatch):
                 and len(_shape(data)) >= 2):
             return None
         w = constant_value(weight)
-        if w.ndim != 2 or w.dtype != np.float32:
+        if w.ndim != 2 or w.dtype not in (np.float32, np.int8):
             return None
         return self.kernel("dense_f32", lambda x, wp: dense(x, wp, w.shape[1]), data, [pack_dense_weight(w, lanes_for(w.shape[1], self.lanes))])
 

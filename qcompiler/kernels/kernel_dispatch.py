@@ -8,7 +8,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..passes.graph import op_name
+from ..passes.graph import op_name, rewrite_relax_functions
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,4 @@ class KernelDispatch(relax.PyExprMutator):
         return call if replaced is None else replaced
 
     def run(self) -> tvm.IRModule:
-        for gvar, func in self.mod_.functions.items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gvar, self.visit_expr(func))
-        return self.builder_.get()
+        return rewrite_relax_functions(self, self.mod_)

@@ -1,0 +1,99 @@
+"""int8-weight-only: constant weights of matmuls, convolutions and embedding tables stored as int8,
+computed in float.
+
+  W_q = round(W / s) ∈ [−127, 127] (int8),   s[o] = max |W[..., o]| / 127 per output channel
+  y = (x ⊛ float(W_q)) · s[o]
+
+The product takes the int8 weight as it is (a float32 × int8 matmul or conv2d with float32
+output); the CPU float kernels (kernels/fp32.py) pack it as int8 and convert each weight vector
+next to the multiply-add that uses it, so the artifact holds a quarter of the weight bytes and
+no float copy of them. The per-channel scale is the kernel's epilogue. Activations stay float32:
+no calibration, and the accuracy cost is the weights' rounding only. An embedding table (a
+Gather of rows of a constant) keeps int8 rows with a scale each, converted after the gather.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .dynamic import DynamicStats, quantize_weight
+from .graph import CONV_LAYOUTS, Constant, const, constant_value, is_float32, op_name, rewrite_relax_functions
+
+
+@relax.expr_functor.mutator
+class _WeightOnly(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, min_size: int):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.min_size = min_size
+        self.stats = DynamicStats()
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        handler = {"relax.matmul": self.matmul, "relax.nn.conv2d": self.conv2d, "relax.take": self.take}.get(op_name(call))
+        replaced = handler(call) if handler is not None else None
+        return call if replaced is None else replaced
+
+    def float_weight(self, call) -> np.ndarray | None:
+        data, weight = call.args
+        if not (isinstance(weight, Constant) and is_float32(data) and is_float32(call)):
+            return None
+        w = constant_value(weight)
+        return w if w.dtype == np.float32 and w.size >= self.min_size else None
+
+    def matmul(self, call) -> relax.Expr | None:
+        w = self.float_weight(call)
+        if w is None or w.ndim != 2:
+            return None
+        w_q, scale = quantize_weight(w)
+        self.stats.layers.append(str(call.args[0]))
+        product = self.builder_.emit(relax.op.matmul(call.args[0], const(w_q), out_dtype="float32"))
+        return relax.op.multiply(product, const(scale))
+
+    def conv2d(self, call) -> relax.Expr | None:
+        w = self.float_weight(call)
+        attrs = call.attrs
+        layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+        if w is None or layouts not in CONV_LAYOUTS:
+            return None
+        out_axis = attrs.kernel_layout.index("O")
+        columns = np.moveaxis(w, out_axis, -1).reshape(-1, w.shape[out_axis])
+        w_q, scale = quantize_weight(columns)
+        w_q = np.moveaxis(w_q.reshape(*np.moveaxis(w, out_axis, -1).shape), -1, out_axis)
+        self.stats.layers.append(str(call.args[0]))
+        product = self.builder_.emit(relax.op.nn.conv2d(
+            call.args[0], const(np.ascontiguousarray(w_q)), strides=attrs.strides, padding=attrs.padding,
+            dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+            kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout, out_dtype="float32"))
+        shape = [1, 1, 1, 1]
+        shape[CONV_LAYOUTS[layouts]] = scale.size
+        return relax.op.multiply(product, const(scale.reshape(shape)))
+
+    def take(self, call) -> relax.Expr | None:
+        """An embedding table (rows gathered from a float32 constant [V, D]): int8 rows, each with
+        its own scale, gathered together and converted after the gather."""
+        table, indices = call.args
+        if not (isinstance(table, Constant) and is_float32(call) and call.attrs.axis is not None
+                and int(call.attrs.axis) == 0):
+            return None
+        t = constant_value(table)
+        if t.dtype != np.float32 or t.ndim != 2 or t.size < self.min_size:
+            return None
+        rows_q, scale = quantize_weight(t.T)  # a row of the table is a column here
+        self.stats.layers.append(str(indices))
+        rows = self.builder_.emit(relax.op.astype(relax.op.take(const(np.ascontiguousarray(rows_q.T)), indices, axis=0),
+                                                  "float32"))
+        scales = self.builder_.emit(relax.op.take(const(scale.reshape(-1, 1)), indices, axis=0))
+        return relax.op.multiply(rows, scales)
+
+    def run(self) -> tvm.IRModule:
+        return rewrite_relax_functions(self, self.mod_)
+
+
+def quantize_weights_only(mod: tvm.IRModule, min_size: int = 256) -> tuple[tvm.IRModule, DynamicStats]:
+    """`mod` with the float32 constant weights (≥ `min_size` elements) of its matmuls and
+    convolutions as int8 with a per-channel scale; constants folded first."""
+    rewriter = _WeightOnly(relax.transform.FoldConstant()(mod), min_size)
+    return relax.transform.DeadCodeElimination()(rewriter.run()), rewriter.stats
