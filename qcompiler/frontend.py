@@ -21,11 +21,15 @@ from google.protobuf.message import DecodeError
 
 from .canonicalize import fold_batchnorm_into_conv
 from .errors import QCompilerError
+from .recurrent import GATES, convert_recurrent
 from .shape_folding import fold_shape_computations
 from .tensor_spec import TensorSpec
 
 # Ops handled by the importer itself rather than its converter map.
 _IMPORTER_BUILTIN_OPS = frozenset({"If", "Constant"})
+# Ops converted here (TracingImporter._convert_operator): recurrent layers, which TVM's importer
+# lacks, and RMSNormalization, whose TVM converter refuses 6 of ONNX's 38 cases.
+_QCOMPILER_CONVERTED_OPS = frozenset({"RMSNormalization", *GATES})
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 # ONNX element types TVM cannot hold or converts differently from ONNX: strings, complex numbers,
 # floats narrower than 16 bits and integers narrower than 8 (conformance: wrong values or crashes).
@@ -144,7 +148,7 @@ def unsupported_ops(proto: onnx.ModelProto) -> dict[str, list[str]]:
     """Every op type in the graph that the Relax ONNX importer cannot convert → its node names."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    supported = set(_get_convert_map()) | _IMPORTER_BUILTIN_OPS
+    supported = set(_get_convert_map()) | _IMPORTER_BUILTIN_OPS | _QCOMPILER_CONVERTED_OPS
     found: dict[str, list[str]] = {}
     for index, node in enumerate(proto.graph.node):
         op = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
@@ -364,6 +368,19 @@ def _clip_as_relax_clip(inputs, attrs):
     return relax.op.clip(x, max(bounds[0], -3.4e38), min(bounds[1], 3.4e38))
 
 
+def _in_stash_type(x, attrs):
+    """(x in the normalization's stash type, the axes [axis, rank), stash dtype, x's dtype): what
+    LayerNormalization and RMSNormalization's function bodies compute their statistics in."""
+    from tvm import relax
+
+    rank = len(x.ty.shape)
+    axis = int(attrs.get("axis", -1))
+    axes = list(range(axis + rank if axis < 0 else axis, rank))
+    dtype = str(x.ty.dtype)
+    stash = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(attrs.get("stash_type", onnx.TensorProto.FLOAT)))))
+    return (x if stash == dtype else relax.op.astype(x, stash)), axes, stash, dtype
+
+
 def _layer_norm_with_statistics(inputs, attrs):
     """LayerNormalization with all three outputs (Y, Mean, InvStdDev), as ONNX's function body
     computes them: statistics over axes [axis, rank) in the stash type (float32 unless
@@ -372,12 +389,7 @@ def _layer_norm_with_statistics(inputs, attrs):
 
     x, scale = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
-    rank = len(x.ty.shape)
-    axis = int(attrs.get("axis", -1))
-    axes = list(range(axis + rank if axis < 0 else axis, rank))
-    dtype = str(x.ty.dtype)
-    stash = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(attrs.get("stash_type", onnx.TensorProto.FLOAT)))))
-    xs = x if stash == dtype else relax.op.astype(x, stash)
+    xs, axes, stash, dtype = _in_stash_type(x, attrs)
     mean = relax.op.mean(xs, axes, keepdims=True)
     centered = relax.op.subtract(xs, mean)
     variance = relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True)
@@ -388,6 +400,19 @@ def _layer_norm_with_statistics(inputs, attrs):
     if bias is not None:
         y = relax.op.add(y, bias)
     return relax.Tuple([y, mean, inv_std])
+
+
+def _rms_normalization(inputs, attrs):
+    """RMSNormalization (opset 23) as ONNX's function body: Y = cast(X / √(mean(X²) + ε)) · Scale,
+    the mean over axes [axis, rank) in the stash type."""
+    from tvm import relax
+
+    x, scale = inputs[0], inputs[1]
+    xs, axes, stash, dtype = _in_stash_type(x, attrs)
+    mean_square = relax.op.mean(relax.op.multiply(xs, xs), axes, keepdims=True)
+    epsilon = relax.const(float(attrs.get("epsilon", 1e-5)), stash)
+    normalized = relax.op.divide(xs, relax.op.sqrt(relax.op.add(mean_square, epsilon)))
+    return relax.op.multiply(normalized if stash == dtype else relax.op.astype(normalized, dtype), scale)
 
 
 VARIADIC_ELEMENTWISE = {"Max": "maximum", "Min": "minimum", "Sum": "add", "Mean": "add"}
@@ -494,12 +519,26 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                         f"{where}: node {node.name!r} ({node.op_type}) cannot be imported: {_one_line(err)}"
                     ) from err
 
+        def _check_for_unsupported_ops(self, graph):
+            """TVM's check, minus the ops converted here (unsupported_ops has named the rest)."""
+            ours = onnx.GraphProto()
+            ours.node.extend(node for node in graph.node if node.op_type not in _QCOMPILER_CONVERTED_OPS)
+            super()._check_for_unsupported_ops(ours)
+
         def _convert_operator(self, op_name, inputs, attrs, opset):
             result = None
             if op_name == "Clip":
                 result = _clip_as_relax_clip(inputs, attrs)
             elif op_name == "LayerNormalization" and self.current is not None and any(self.current.output[1:]):
                 result = _layer_norm_with_statistics(inputs, attrs)
+            elif op_name == "RMSNormalization":
+                result = _rms_normalization(inputs, attrs)
+            elif op_name in GATES:
+                try:
+                    result = convert_recurrent(op_name, list(inputs), attrs)
+                except QCompilerError as err:
+                    node = self.current.name if self.current is not None else ""
+                    raise QCompilerError(f"{where}: node {node!r} ({op_name}) cannot be imported: {err}") from None
             elif op_name == "IsInf":
                 result = _isinf_one_sign(inputs, attrs)
             elif op_name in VARIADIC_ELEMENTWISE and inputs and all(

@@ -63,11 +63,14 @@ def test_conv_against_onnxruntime(tmp_path, cin, cout, k, stride, dilation, grou
     assert_fma_kernels(kernels, ("conv2d_nhwc_f32", "depthwise_nhwc_f32"))
 
 
-@pytest.mark.parametrize("seq, k, n", [(7, 384, 1536), (32, 24, 200), (128, 64, 7), (1, 200, 3)])
-def test_matmul_with_constant_weight_against_onnxruntime(tmp_path, seq, k, n):
+@pytest.mark.parametrize("batch, seq, k, n", [(1, 7, 384, 1536), (1, 32, 24, 200), (1, 128, 64, 7), (1, 1, 200, 3),
+                                               (5, 3, 4, 24), (3, 7, 32, 40)])
+def test_matmul_with_constant_weight_against_onnxruntime(tmp_path, batch, seq, k, n):
+    """Rows of rank 3, batch > 1 included (a row tile that does not divide the tokens once gave
+    wrong rows)."""
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
-    model = make_model(nodes, [("x", [1, seq, k])], [("y", [1, seq, n])], {"w": w(k, n), "b": w(n)})
-    feed = {"x": rng.standard_normal((1, seq, k)).astype(np.float32)}
+    model = make_model(nodes, [("x", [batch, seq, k])], [("y", [batch, seq, n])], {"w": w(k, n), "b": w(n)})
+    feed = {"x": rng.standard_normal((batch, seq, k)).astype(np.float32)}
     kernels, got = compiled_outputs(model, feed, tmp_path)
     assert_close_rel(got["y"], ort_run(model, feed)["y"], rtol=1e-5)
     assert_fma_kernels(kernels, ("dense_f32",))

@@ -136,13 +136,15 @@ SAMPLE_OPS = (
     "ReduceMean", "ReduceMax", "ArgMax", "Resize", "Pad", "DepthToSpace", "SpaceToDepth", "Dropout", "Clip",
     "Cast", "CastLike", "BitShift",
 )
+# converted by qcompiler itself (qcompiler/recurrent.py, frontend._rms_normalization): every case passes
+MUST_PASS_OPS = ("RNN", "GRU", "LSTM", "RMSNormalization")
 
 @pytest.fixture(scope="module")
 def sample_cases() -> dict[str, list]:
     """Op type → its inference node cases (plain and `_expanded`), in ONNX's order."""
     cases = node_cases()
     ops = op_types(cases)
-    sample: dict[str, list] = {op: [] for op in SAMPLE_OPS}
+    sample: dict[str, list] = {op: [] for op in (*SAMPLE_OPS, *MUST_PASS_OPS)}
     for case in cases:
         op = ops[case.name]
         if op in sample and is_inference_case(case.name, op):
@@ -167,6 +169,44 @@ def test_node_conformance(op, sample_cases, tmp_path):
         elif outcome.status != "passed":
             failures.append(f"{case.name}: {outcome.status}: {outcome.detail}")
     assert not failures, f"{len(failures)} of {len(cases)} {op} cases:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("op", MUST_PASS_OPS)
+def test_recurrent_layers_and_rms_normalization_pass_every_case(op, sample_cases, tmp_path):
+    """ONNX's own cases, with their inputs and expected outputs (layout 1 included, which
+    onnxruntime refuses)."""
+    failures = [f"{case.name}: {outcome.status}: {outcome.detail}" for case in sample_cases[op]
+                for outcome in [run_qcompiler_case(case, tmp_path)] if outcome.status != "passed"]
+    assert sample_cases[op] and not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("op,direction", [("LSTM", "bidirectional"), ("GRU", "reverse"), ("RNN", "forward")])
+def test_recurrent_sequence_lengths_against_onnxruntime(op, direction, tmp_path):
+    """Batch entries shorter than the sequence (a graph input): past its length an entry keeps
+    its state and outputs zeros, as onnxruntime computes it."""
+    seq, batch, width, hidden = 5, 3, 4, 6
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[op]
+    dirs = 2 if direction == "bidirectional" else 1
+    data = np.random.default_rng(11)
+    weights = {"W": data.standard_normal((dirs, gates * hidden, width)) * 0.5,
+               "R": data.standard_normal((dirs, gates * hidden, hidden)) * 0.5,
+               "B": data.standard_normal((dirs, 2 * gates * hidden)) * 0.1}
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, ["X", "W", "R", "B", "lens"], outputs, hidden_size=hidden, direction=direction)
+    graph = helper.make_graph(
+        [node], "rnn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [seq, batch, width]),
+         helper.make_tensor_value_info("lens", TensorProto.INT32, [batch])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [seq, dirs, batch, hidden]),
+         *[helper.make_tensor_value_info(name, TensorProto.FLOAT, [dirs, batch, hidden]) for name in outputs[1:]]],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    feed = {"X": data.standard_normal((seq, batch, width)).astype(np.float32), "lens": np.array([5, 2, 1], np.int32)}
+    got = qcompiler.load(qcompiler.compile(model).export(tmp_path / "rnn.so")).run(feed)
+    expected = ort_run(model, feed)
+    for name in outputs:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_nonmaxsuppression_is_refused_at_compile_time():

@@ -207,12 +207,6 @@ def schedule_conv_dot(sch: Schedule, block, dp: DotProduct) -> None:
     _tensorized_tiles(sch, block, [b, h, wo, oo, r, s, co, wi, oi, ci], oo, [b, h, wo], r, dp.register())
 
 
-def _rows_fused(sch: Schedule, block) -> list:
-    """The loops of a dense block with its leading (row) loops fused into one: [m, o, k]."""
-    *rows, o, k = sch.get_loops(block)
-    return [sch.fuse(*rows) if len(rows) > 1 else rows[0], o, k]
-
-
 def schedule_dense_dot(sch: Schedule, block, dp: DotProduct) -> None:
     """Rows of any rank: the last row axis is tiled, the others stay outer loops (fusing them
     first makes the tile's bindings non-affine, which tensorize cannot blockize)."""
@@ -251,9 +245,9 @@ def schedule_conv_reduction_inner(sch: Schedule, block) -> None:
 
 
 def schedule_dense_reduction_inner(sch: Schedule, block) -> None:
-    m, o, _ = _rows_fused(sch, block)
+    *outer, m, o, _ = sch.get_loops(block)
     _with_epilogue(sch, block, m)
-    _parallel_outer(sch, [m, o], block)
+    _parallel_outer(sch, [*outer, m, o], block)
 
 
 def schedule_depthwise_lanewise(sch: Schedule, block, dp: DotProduct) -> None:
@@ -306,8 +300,11 @@ def schedule_conv_fma(sch: Schedule, block, lanes: int) -> None:
 
 
 def schedule_dense_fma(sch: Schedule, block, lanes: int) -> None:
-    m, o, k = _rows_fused(sch, block)
-    _fma_tiles(sch, block, [], m, o, [k], lanes)
+    """Rows of any rank: the last row axis is tiled, the others stay outer loops. (Fused first,
+    a tile of rows [batch·tokens] that does not divide the tokens makes TVM 0.27 infer a wrong
+    region for the epilogue: rows of [5, 3, K] came out wrong.)"""
+    *outer, m, o, k = sch.get_loops(block)
+    _fma_tiles(sch, block, outer, m, o, [k], lanes)
 
 
 def schedule_batch_matmul_fma(sch: Schedule, block, lanes: int) -> None:
