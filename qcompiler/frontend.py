@@ -168,6 +168,9 @@ def _refusal(node: onnx.NodeProto) -> str | None:
     attrs = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
     if node.op_type == "SpaceToDepth" and attrs.get("mode", b"DCR") != b"DCR":
         return f"mode {attrs['mode'].decode()!r} is not supported (TVM's importer implements only DCR)"
+    if node.op_type == "RoiAlign" and attrs.get("mode", b"avg") == b"max":
+        return ("mode 'max' is not supported (TVM's importer pools it differently from ONNX's reference: "
+                "wrong values in ONNX's own case)")
     return None
 
 
@@ -452,6 +455,25 @@ def _isinf_one_sign(inputs, attrs):
     return relax.op.logical_and(infinite, relax.op.logical_not(infinite))
 
 
+def _float_floor_mod(inputs, attrs):
+    """Mod with fmod=0 on floats as numpy's `mod` (which ONNX specifies): TVM's floor_mod computes
+    a − ⌊a/b⌋·b, NaN for a finite a and an infinite b, where the result is a (a of b's sign, or
+    0) or b; and a zero result takes b's sign. None for fmod=1 or integers (TVM's is right)."""
+    from tvm import relax
+
+    a, b = inputs[0], inputs[1]
+    if int(attrs.get("fmod", 0)) or not str(a.ty.dtype).startswith(("float", "bfloat")):
+        return None
+    zero = relax.const(0, str(a.ty.dtype))
+    rest = relax.op.floor_mod(a, b)
+    finite_a = relax.op.logical_not(relax.op.logical_or(relax.op.isinf(a), relax.op.isnan(a)))
+    same_sign = relax.op.logical_not(relax.op.logical_xor(relax.op.less(a, zero), relax.op.less(b, zero)))
+    keeps_a = relax.op.logical_or(same_sign, relax.op.equal(a, zero))
+    by_infinity = relax.op.where(keeps_a, a, b)
+    result = relax.op.where(relax.op.logical_and(finite_a, relax.op.isinf(b)), by_infinity, rest)
+    return relax.op.where(relax.op.equal(result, zero), relax.op.multiply(zero, relax.op.sign(b)), result)
+
+
 def _out_of_range_shifts(inputs, attrs, shifted):
     """BitShift's result where the shift is negative or at least the bit width replaced as ONNX
     specifies: 0, or for a right shift of a signed integer its sign (-1 or 0); TVM's converter
@@ -539,6 +561,8 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 except QCompilerError as err:
                     node = self.current.name if self.current is not None else ""
                     raise QCompilerError(f"{where}: node {node!r} ({op_name}) cannot be imported: {err}") from None
+            elif op_name == "Mod":
+                result = _float_floor_mod(inputs, attrs)
             elif op_name == "IsInf":
                 result = _isinf_one_sign(inputs, attrs)
             elif op_name in VARIADIC_ELEMENTWISE and inputs and all(

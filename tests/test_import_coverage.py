@@ -134,10 +134,11 @@ SAMPLE_OPS = (
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
     "Concat", "Split", "Transpose", "Flatten", "Reshape", "Slice", "Gather", "Unsqueeze", "Squeeze",
     "ReduceMean", "ReduceMax", "ArgMax", "Resize", "Pad", "DepthToSpace", "SpaceToDepth", "Dropout", "Clip",
-    "Cast", "CastLike", "BitShift",
+    "Cast", "CastLike", "BitShift", "RoiAlign",
 )
-# converted by qcompiler itself (qcompiler/recurrent.py, frontend._rms_normalization): every case passes
-MUST_PASS_OPS = ("RNN", "GRU", "LSTM", "RMSNormalization")
+# converted by qcompiler itself (qcompiler/recurrent.py, frontend._rms_normalization,
+# frontend._float_floor_mod): every case passes
+MUST_PASS_OPS = ("RNN", "GRU", "LSTM", "RMSNormalization", "Mod")
 
 @pytest.fixture(scope="module")
 def sample_cases() -> dict[str, list]:
