@@ -474,6 +474,17 @@ def _float_floor_mod(inputs, attrs):
     return relax.op.where(relax.op.equal(result, zero), relax.op.multiply(zero, relax.op.sign(b)), result)
 
 
+def _hyperbolic(op_name, inputs):
+    """Cosh and Sinh as (eˣ ± e⁻ˣ) / 2: TVM's converter emits intrinsics its LLVM code
+    generator does not know (`tirx.cosh`, `tirx.sinh`)."""
+    from tvm import relax
+
+    x = inputs[0]
+    grow, decay = relax.op.exp(x), relax.op.exp(relax.op.negative(x))
+    both = relax.op.add(grow, decay) if op_name == "Cosh" else relax.op.subtract(grow, decay)
+    return relax.op.multiply(both, relax.const(0.5, str(x.ty.dtype)))
+
+
 def _out_of_range_shifts(inputs, attrs, shifted):
     """BitShift's result where the shift is negative or at least the bit width replaced as ONNX
     specifies: 0, or for a right shift of a signed integer its sign (-1 or 0); TVM's converter
@@ -561,6 +572,8 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 except QCompilerError as err:
                     node = self.current.name if self.current is not None else ""
                     raise QCompilerError(f"{where}: node {node!r} ({op_name}) cannot be imported: {err}") from None
+            elif op_name in ("Cosh", "Sinh"):
+                result = _hyperbolic(op_name, inputs)
             elif op_name == "Mod":
                 result = _float_floor_mod(inputs, attrs)
             elif op_name == "IsInf":

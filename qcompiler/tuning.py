@@ -31,7 +31,8 @@ from tvm import relax
 from .errors import QCompilerError
 from .kernels.isa import DOT_PRODUCTS
 from .kernels.schedules import (DEFAULT_CANDIDATE, DEFAULT_KERNEL, GENERIC_LOOPS, SCHEDULE_SOURCE, SCHEDULED,
-                                default_schedule, default_space, split_pad_kernel, tile_engine_kernel)
+                                child_blocks, default_schedule, default_space, split_pad_kernel,
+                                tile_engine_kernel)
 from .kernels.vnni import INTRIN as VNNI_INTRIN
 from .kernels.vnni import TVM_INTRIN as TVM_VNNI
 from .kernels.vnni import repair_tvm_intrinsics
@@ -105,7 +106,7 @@ def _rewrites_weight_layout(func: tvm.tirx.PrimFunc) -> bool:
     from tvm.s_tir import Schedule
 
     sch = Schedule(func)
-    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    blocks = child_blocks(sch)
     while blocks:
         block = blocks.pop()
         if "meta_schedule.layout_rewrite_preproc" in sch.get(block).annotations:

@@ -80,7 +80,13 @@ def _is_spatial(sch: Schedule, block) -> bool:
 
 
 def child_blocks(sch: Schedule) -> list:
-    return list(sch.get_child_blocks(sch.get_sblock("root")))
+    """The blocks under the root block; none for a PrimFunc written without one (TOPI's
+    ir_builder kernels, e.g. ScatterElements), which no rule schedules."""
+    try:
+        root = sch.get_sblock("root")
+    except (ScheduleError, ValueError, RuntimeError):
+        return []
+    return list(sch.get_child_blocks(root))
 
 
 def inline_consumers(sch: Schedule, anchor) -> list:
@@ -520,7 +526,10 @@ def apply_default_schedule(sch: Schedule, split_pads: bool = True) -> str | None
     """Schedule the PrimFunc of `sch` in place by its anchor block. Returns DEFAULT_KERNEL where
     an anchor rule applied (a kernel written for the op), GENERIC_LOOPS where only the generic
     rule did (the loop nest parallelized and vectorized), None where no rule applies (`sch` may
-    then be partly transformed: work on a copy). `split_pads`: see schedule_generic."""
+    then be partly transformed: work on a copy), and for a PrimFunc without blocks (written
+    with TOPI's ir_builder: it runs as written). `split_pads`: see schedule_generic."""
+    if not child_blocks(sch):
+        return None
     try:
         for block in child_blocks(sch):
             rule = ANCHORS.get(sch.get(block).name_hint)
