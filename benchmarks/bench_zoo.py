@@ -51,6 +51,10 @@ from bench_latency import measure_run  # noqa: E402
 from zoo_data import ZooCase, zoo_case  # noqa: E402
 
 VARIANTS = ("qc fp32", "ort fp32", "qc int8", "ort int8", "qc int8-dyn", "qc int8-wo")
+# The ratios printed per row (column header, its width) and as geometric means: numerator / denominator.
+RATIOS = ((("qc fp32", "ort fp32"), "fp32/ort", 10), (("qc int8", "ort int8"), "int8/ort", 10),
+          (("qc int8", "ort fp32"), "int8/ort32", 11), (("qc int8-dyn", "ort int8"), "dyn/ort8", 10),
+          (("qc int8-wo", "qc fp32"), "wo/qc32", 10))
 
 
 def ort_int8(case: ZooCase, mode: str, out: Path) -> Path:
@@ -193,8 +197,8 @@ def main() -> None:
 
     onnxruntime.set_default_logger_severity(3)  # errors only: not the quantizer's notes on unused initializers
     rows = []
-    header = (f"{'model':<18}{'thr':>4}" + "".join(f"{v:>10}" for v in VARIANTS)
-              + f"{'fp32/ort':>10}{'int8/ort':>10}{'int8/ort32':>11}{'dyn/ort8':>10}{'wo/qc32':>10}")
+    header = (f"{'model':<18}{'thr':>4}" + "".join(f"{v:>12}" for v in VARIANTS)
+              + "".join(f"{title:>{width}}" for _, title, width in RATIOS))
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -226,18 +230,13 @@ def main() -> None:
                     ms[variant] = result["median_ms"]
                     row["peak_mb"][variant] = result["peak_mb"]
                 row["latency_ms"][str(threads)] = ms
-                cells = "".join(f"{ms[v]:>10.3f}" if v in ms else f"{'failed' if {f'error {v}', f'error {v} run'} & set(row) else '-':>10}"
+                cells = "".join(f"{ms[v]:>12.3f}" if v in ms else f"{'failed' if {f'error {v}', f'error {v} run'} & set(row) else '-':>12}"
                                 for v in VARIANTS)
-                ratios = [ms["qc fp32"] / ms["ort fp32"] if {"qc fp32", "ort fp32"} <= set(ms) else None,
-                          ms["qc int8"] / ms["ort int8"] if {"qc int8", "ort int8"} <= set(ms) else None,
-                          ms["qc int8"] / ms["ort fp32"] if {"qc int8", "ort fp32"} <= set(ms) else None,
-                          ms["qc int8-dyn"] / ms["ort int8"] if {"qc int8-dyn", "ort int8"} <= set(ms) else None,
-                          ms["qc int8-wo"] / ms["qc fp32"] if {"qc int8-wo", "qc fp32"} <= set(ms) else None]
+                ratios = [ms[top] / ms[bottom] if {top, bottom} <= set(ms) else None for (top, bottom), _, _ in RATIOS]
                 row.setdefault("ratios", {})[str(threads)] = ratios
                 print(f"{name:<18}{threads:>4}{cells}" + "".join(
-                    f"{r:>10.2f}" if r is not None else f"{'-':>10}" for r in ratios[:2])
-                    + (f"{ratios[2]:>11.2f}" if ratios[2] is not None else f"{'-':>11}")
-                    + "".join(f"{r:>10.2f}" if r is not None else f"{'-':>10}" for r in ratios[3:]), flush=True)
+                    f"{r:>{width}.2f}" if r is not None else f"{'-':>{width}}"
+                    for r, (_, _, width) in zip(ratios, RATIOS)), flush=True)
             details = [f"compile {row.get('compile_s fp32', float('nan')):.0f} s fp32, "
                        f"{row.get('compile_s int8', float('nan')):.0f} s int8 (+ {row.get('calibration_s', float('nan')):.0f} s "
                        f"calibration, {len(case.calib)} samples)",
@@ -258,8 +257,8 @@ def main() -> None:
     print()
     for threads in args.threads:
         means = []
-        for index, label in enumerate(("qc fp32 / ort fp32", "qc int8 / ort int8", "qc int8 / ort fp32",
-                                       "qc int8-dyn / ort int8", "qc int8-wo / qc fp32")):
+        for index, ((top, bottom), _, _) in enumerate(RATIOS):
+            label = f"{top} / {bottom}"
             values = [r["ratios"][str(threads)][index] for r in rows
                       if str(threads) in r.get("ratios", {}) and r["ratios"][str(threads)][index] is not None]
             means.append(f"{label} {geomean(values):.2f} ({len(values)} models)")

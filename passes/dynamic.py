@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Constant, const, constant_value, is_float32, op_name, rewrite_relax_functions
+from .graph import CallRewriter, Constant, const, constant_value, is_float32
 
 UINT8_LEVELS = 255.0
 INT8_LIMIT = 127.0
@@ -53,20 +53,15 @@ class DynamicStats:
 
 
 @relax.expr_functor.mutator
-class _DynamicQuantizer(relax.PyExprMutator):
+class _DynamicQuantizer(CallRewriter):
+    HANDLERS = {"relax.matmul": "matmul"}
+
     def __init__(self, mod: tvm.IRModule, min_depth: int):
         super().__init__(mod)
         self.mod_ = mod
         self.min_depth = min_depth
         self.stats = DynamicStats()
         self.rows_of: dict = {}  # activation → its quantized rows
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        if op_name(call) != "relax.matmul":
-            return call
-        replaced = self.matmul(call)
-        return call if replaced is None else replaced
 
     def emit(self, expr):
         return self.builder_.emit(expr)
@@ -93,7 +88,7 @@ class _DynamicQuantizer(relax.PyExprMutator):
         x, weight = call.args
         rows = [int(d) for d in x.ty.shape.values] if isinstance(x.ty, relax.TensorType) else []
         if not (isinstance(weight, Constant) and is_float32(x) and is_float32(call) and len(rows) >= 2):
-            if len(rows) >= 2 and isinstance(x.ty, relax.TensorType):
+            if len(rows) >= 2:
                 self.stats.float_macs += int(np.prod(rows)) * int(call.ty.shape.values[-1])
             return None
         w = constant_value(weight)
@@ -110,9 +105,6 @@ class _DynamicQuantizer(relax.PyExprMutator):
         centered = self.emit(relax.op.subtract(acc, self.emit(correction)))
         return relax.op.multiply(relax.op.astype(centered, "float32"),
                                  relax.op.multiply(scale, const(w_scale)))
-
-    def run(self) -> tvm.IRModule:
-        return rewrite_relax_functions(self, self.mod_)
 
 
 def quantize_dynamic(mod: tvm.IRModule, min_depth: int = 16) -> tuple[tvm.IRModule, DynamicStats]:

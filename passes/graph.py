@@ -113,12 +113,25 @@ def _var_args(expr):
     return []
 
 
-def rewrite_relax_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
-    """Every Relax function of `mod` through `mutator` (a relax.PyExprMutator over `mod`)."""
-    for gvar, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
+class CallRewriter(relax.PyExprMutator):
+    """The base of the passes that replace calls of some ops (subclassed under
+    @relax.expr_functor.mutator; a subclass sets `mod_` to the module it was made over): each
+    call of an op in HANDLERS goes to the method named there, which returns its replacement or
+    None to keep it; `run` rewrites every Relax function of `mod_`."""
+
+    HANDLERS: dict[str, str] = {}
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        handler = self.HANDLERS.get(op_name(call))
+        replaced = getattr(self, handler)(call) if handler is not None else None
+        return call if replaced is None else replaced
+
+    def run(self) -> tvm.IRModule:
+        for gvar, func in self.mod_.functions.items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gvar, self.visit_expr(func))
+        return self.builder_.get()
 
 
 def shape_of(var) -> tuple[int, ...]:

@@ -19,22 +19,18 @@ import tvm
 from tvm import relax
 
 from .dynamic import DynamicStats, quantize_weight
-from .graph import CONV_LAYOUTS, Constant, const, constant_value, is_float32, op_name, rewrite_relax_functions
+from .graph import CONV_LAYOUTS, CallRewriter, Constant, const, constant_value, is_float32
 
 
 @relax.expr_functor.mutator
-class _WeightOnly(relax.PyExprMutator):
+class _WeightOnly(CallRewriter):
+    HANDLERS = {"relax.matmul": "matmul", "relax.nn.conv2d": "conv2d", "relax.take": "take"}
+
     def __init__(self, mod: tvm.IRModule, min_size: int):
         super().__init__(mod)
         self.mod_ = mod
         self.min_size = min_size
         self.stats = DynamicStats()
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        handler = {"relax.matmul": self.matmul, "relax.nn.conv2d": self.conv2d, "relax.take": self.take}.get(op_name(call))
-        replaced = handler(call) if handler is not None else None
-        return call if replaced is None else replaced
 
     def float_weight(self, call) -> np.ndarray | None:
         data, weight = call.args
@@ -87,9 +83,6 @@ class _WeightOnly(relax.PyExprMutator):
                                                   "float32"))
         scales = self.builder_.emit(relax.op.take(const(scale.reshape(-1, 1)), indices, axis=0))
         return relax.op.multiply(rows, scales)
-
-    def run(self) -> tvm.IRModule:
-        return rewrite_relax_functions(self, self.mod_)
 
 
 def quantize_weights_only(mod: tvm.IRModule, min_size: int = 256) -> tuple[tvm.IRModule, DynamicStats]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import QCompilerError
 from .data import UNREADABLE
-from .passes.qconfig import STRATEGIES
+from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, STRATEGIES
 
 log = logging.getLogger("qcompiler")
 
@@ -125,9 +125,9 @@ def _model_to_tune(args):
     imported = load_onnx(args.model, shapes, on_note=log.warning)
     if getattr(args, "quantize", None) is None:
         return imported.mod
-    from .quantize import CALIBRATION_FREE, quantize, quantize_without_calibration
+    from .quantize import quantize, quantize_without_calibration
 
-    if args.quantize in CALIBRATION_FREE:
+    if args.quantize in CALIBRATION_FREE_STRATEGIES:
         return quantize_without_calibration(imported, args.quantize).mod
     return quantize(imported, _qconfig(args, args.model), args.calib, args.calib_cache).mod
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import tvm
@@ -20,15 +20,16 @@ from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
 from .passes.calibrate import CalibrationResult, load_cache, run_observers, save_cache
 from .passes.dynamic import DynamicStats, quantize_dynamic
-from .passes.weight_only import quantize_weights_only
 from .passes.graph import FunctionView, op_name
 from .passes.layout import channels_last
-from .passes.qconfig import QConfig
+from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, QConfig
 from .passes.realize import RealizeStats, realize
 from .passes.simulate import insert_qdq
+from .passes.weight_only import quantize_weights_only
 from .progress import Progress
 
 log = logging.getLogger("qcompiler")
+
 
 @dataclass
 class Quantized:
@@ -145,25 +146,37 @@ class CalibrationFree:
     def summary(self) -> dict:
         total = self.stats.int8_macs + self.stats.float_macs
         summary = {"mode": self.strategy, "weights": "int8 symmetric per-channel",
-                   "activations": CALIBRATION_FREE[self.strategy][1], "quantized_layers": len(self.stats.layers)}
+                   "activations": CALIBRATION_FREE[self.strategy].activations,
+                   "quantized_layers": len(self.stats.layers)}
         if total:
             summary["int8_mac_fraction"] = self.stats.int8_macs / total
         return summary
 
 
+@dataclass(frozen=True)
+class CalibrationFreePass:
+    """A calibration-free strategy's pass, what its activations are, and what it quantizes."""
+
+    rewrite: Callable[[tvm.IRModule], tuple[tvm.IRModule, DynamicStats]]
+    activations: str
+    quantizes: str
+
+
 CALIBRATION_FREE = {
-    "int8-dynamic": (quantize_dynamic, "uint8 asymmetric per row, ranges computed at run time"),
-    "int8-weight-only": (quantize_weights_only, "float32"),
+    "int8-dynamic": CalibrationFreePass(quantize_dynamic, "uint8 asymmetric per row, ranges computed at run time",
+                                        "matmuls (MatMul, Gemm) with constant weights"),
+    "int8-weight-only": CalibrationFreePass(quantize_weights_only, "float32",
+                                            "matmuls, convolutions or embedding tables with constant float weights"),
 }
+assert set(CALIBRATION_FREE) == set(CALIBRATION_FREE_STRATEGIES)
 
 
 def quantize_without_calibration(imported: ImportedModel, strategy: str) -> CalibrationFree:
     """int8-dynamic or int8-weight-only on an imported model; an error where it has nothing to do."""
-    rewrite, _ = CALIBRATION_FREE[strategy]
-    mod, stats = rewrite(imported.mod)
+    strategy_pass = CALIBRATION_FREE[strategy]
+    mod, stats = strategy_pass.rewrite(imported.mod)
     if not stats.layers:
-        what = ("matmuls (MatMul, Gemm) with constant weights" if strategy == "int8-dynamic"
-                else "matmuls, convolutions or embedding tables with constant float weights")
-        raise QCompilerError(f"nothing to quantize with {strategy}: it quantizes {what} and the model has none")
+        raise QCompilerError(f"nothing to quantize with {strategy}: it quantizes {strategy_pass.quantizes} "
+                             f"and the model has none")
     log.info("%s: %d layers with int8 weights", strategy, len(stats.layers))
     return CalibrationFree(mod, stats, strategy)

@@ -78,6 +78,12 @@ def convert_recurrent(op: str, inputs: list, attrs: dict):
     def part(tensor, index, axis, size):
         return relax.op.strided_slice(tensor, axes=[axis], begin=[index * size], end=[(index + 1) * size])
 
+    def with_bias(value, bias_part):
+        return relax.op.add(value, bias_part) if bias_part is not None else value
+
+    lens = relax.op.astype(sequence_lens, "int32") if masked else None
+    one = relax.const(np.ones((), dtype))
+
     steps = relax.op.permute_dims(x, [1, 0, 2]) if layout else x  # [seq, batch, input]
     ys, last_h, last_c = [], [], []
     for d, reverse in enumerate(directions):
@@ -100,16 +106,10 @@ def convert_recurrent(op: str, inputs: list, attrs: dict):
             xw_t = relax.op.squeeze(part(xw, t, 0, 1), [0])        # [batch, G·H]
             previous_state, previous_cell = state, cell
             if op == "RNN":
-                hr = relax.op.matmul(state, r_t)
-                state = f(clipped(relax.op.add(relax.op.add(xw_t, hr), rb) if rb is not None
-                                  else relax.op.add(xw_t, hr)))
+                state = f(clipped(with_bias(relax.op.add(xw_t, relax.op.matmul(state, r_t)), rb)))
             elif op == "GRU":
                 r_z, r_r, r_h = (part(r_t, i, 1, hidden) for i in range(3))
                 rb_z, rb_r, rb_h = (part(rb, i, 0, hidden) for i in range(3)) if rb is not None else (None,) * 3
-
-                def with_bias(value, b):
-                    return relax.op.add(value, b) if b is not None else value
-
                 z = f(clipped(relax.op.add(part(xw_t, 0, 1, hidden), with_bias(relax.op.matmul(state, r_z), rb_z))))
                 reset = f(clipped(relax.op.add(part(xw_t, 1, 1, hidden), with_bias(relax.op.matmul(state, r_r), rb_r))))
                 if linear_before_reset:
@@ -117,13 +117,10 @@ def convert_recurrent(op: str, inputs: list, attrs: dict):
                 else:
                     candidate_in = with_bias(relax.op.matmul(relax.op.multiply(reset, state), r_h), rb_h)
                 candidate = g(clipped(relax.op.add(part(xw_t, 2, 1, hidden), candidate_in)))
-                one = relax.const(np.ones((), dtype))
                 state = relax.op.add(relax.op.multiply(relax.op.subtract(one, z), candidate),
                                      relax.op.multiply(z, state))
             else:  # LSTM: gates i, o, f, c
-                gates = relax.op.add(xw_t, relax.op.matmul(state, r_t))
-                if rb is not None:
-                    gates = relax.op.add(gates, rb)
+                gates = with_bias(relax.op.add(xw_t, relax.op.matmul(state, r_t)), rb)
                 i_in, o_in, f_in, c_in = (part(gates, k, 1, hidden) for k in range(4))
                 if p_d is not None:
                     i_in = relax.op.add(i_in, relax.op.multiply(part(p_d, 0, 0, hidden), cell))
@@ -135,8 +132,7 @@ def convert_recurrent(op: str, inputs: list, attrs: dict):
                     o_in = relax.op.add(o_in, relax.op.multiply(part(p_d, 1, 0, hidden), cell))
                 state = relax.op.multiply(f(clipped(o_in)), h(cell))
             if masked:  # past its length, a batch entry keeps its state and outputs zeros
-                running = relax.op.expand_dims(relax.op.less(relax.const(t, "int32"),
-                                                             relax.op.astype(sequence_lens, "int32")), [1])
+                running = relax.op.expand_dims(relax.op.less(relax.const(t, "int32"), lens), [1])
                 state = relax.op.where(running, state, previous_state)
                 cell = relax.op.where(running, cell, previous_cell)
                 outputs[t] = relax.op.where(running, state, zeros)

@@ -221,7 +221,7 @@ LOAD_MEMORY_FACTOR = 2
 
 
 # Linux arch_prctl: permission for AMX tile data, needed once per process before the first tile
-# instruction (without it the instruction raises SIGILL). Same values as kernels/amx.py.
+# instruction (without it the instruction raises SIGILL). deploy/qc_runtime.c makes the same request.
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
 
 

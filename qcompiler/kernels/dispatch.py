@@ -220,7 +220,7 @@ class _Int8KernelDispatch(KernelDispatch):
         if not isinstance(weight, Constant):
             return self.batch_matmul(call)
         if not (str(call.attrs.out_dtype) == "int32" and _dtype(data) in ("uint8", "int8")
-                and len(_shape(data)) >= 2 and isinstance(weight, Constant)):
+                and len(_shape(data)) >= 2):
             return None
         w = constant_value(weight)
         if w.dtype != np.int8 or w.ndim != 2:
@@ -275,26 +275,25 @@ class _Int8KernelDispatch(KernelDispatch):
             qb, zb = self.shifted(qb, -128, "int8"), zb - 128
         rank = len(a_shape)
         extra = -depth % self.dp.reduce
-        qa = self.pad(qa, [(0, 0)] * (rank - 1) + [(0, extra)]) if extra else qa
-        qb = self.pad(qb, [(0, 0)] * (rank - 2) + [(0, extra), (0, 0)]) if extra else qb
+        qa = self.pad(qa, [(0, 0)] * (rank - 1) + [(0, extra)])
+        qb = self.pad(qb, [(0, 0)] * (rank - 2) + [(0, extra), (0, 0)])
         dp = self.dp.for_channels(columns)
         packed = self.kernel("pack_activation_operand",
                              lambda y: kc.pack_activation_operand(y, dp, kc.round_up(columns, dp.lanes)), [qb], [])
         product = self.kernel(f"batch_dense_u8s8_{dp.name}", lambda x, y: kc.batch_dense_packed(x, y, dp, columns),
                               [qa, self.builder_.emit(packed)], [])
-        terms = [product]
+        corrections = []
         if zb:
-            row_sums = relax.op.sum(relax.op.astype(qa, "int32"), axis=[-1], keepdims=True)
-            terms.append(relax.op.multiply(self.builder_.emit(row_sums), const(np.int32(-zb))))
+            row_sums = self.builder_.emit(relax.op.sum(relax.op.astype(qa, "int32"), axis=[-1], keepdims=True))
+            corrections.append(self.builder_.emit(relax.op.multiply(row_sums, const(np.int32(-zb)))))
         if za:
-            column_sums = relax.op.sum(relax.op.astype(qb, "int32"), axis=[-2], keepdims=True)
-            terms.append(relax.op.multiply(self.builder_.emit(column_sums), const(np.int32(-za))))
+            column_sums = self.builder_.emit(relax.op.sum(relax.op.astype(qb, "int32"), axis=[-2], keepdims=True))
+            corrections.append(self.builder_.emit(relax.op.multiply(column_sums, const(np.int32(-za)))))
         if za and zb:
-            terms.append(const(np.int32(depth * za * zb)))
-        result = terms[0]
-        for term in terms[1:]:  # the last sum is the call's own binding
-            result = relax.op.add(self.builder_.emit(result), term if isinstance(term, Constant)
-                                  else self.builder_.emit(term))
+            corrections.append(const(np.int32(depth * za * zb)))
+        result = product
+        for term in corrections:  # the last sum is the call's own binding
+            result = relax.op.add(self.builder_.emit(result), term)
         return result
 
     def shifted(self, data, shift: int, dtype: str):

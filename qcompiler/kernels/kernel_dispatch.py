@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
-from tvm import relax
 
-from ..passes.graph import op_name, rewrite_relax_functions
+from ..passes.graph import CallRewriter
 
 
 @dataclass(frozen=True)
@@ -32,19 +30,8 @@ def depthwise_taps(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight[:, :, :, 0].transpose(1, 2, 0))
 
 
-class KernelDispatch(relax.PyExprMutator):
-    """The base of the kernel dispatch passes (subclassed under @relax.expr_functor.mutator): each
-    call of an op in HANDLERS goes to the method named there (conv2d and matmul here; a subclass
-    may add ops), which returns its replacement or None to keep it; `run` rewrites every Relax
-    function of the module given as `mod_`."""
+class KernelDispatch(CallRewriter):
+    """The base of the kernel dispatch passes (subclassed under @relax.expr_functor.mutator):
+    conv2d and matmul calls go to the methods of those names (a subclass may add ops)."""
 
     HANDLERS = {"relax.nn.conv2d": "conv2d", "relax.matmul": "matmul"}
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        handler = self.HANDLERS.get(op_name(call))
-        replaced = getattr(self, handler)(call) if handler is not None else None
-        return call if replaced is None else replaced
-
-    def run(self) -> tvm.IRModule:
-        return rewrite_relax_functions(self, self.mod_)

@@ -528,10 +528,11 @@ def apply_default_schedule(sch: Schedule, split_pads: bool = True) -> str | None
     rule did (the loop nest parallelized and vectorized), None where no rule applies (`sch` may
     then be partly transformed: work on a copy), and for a PrimFunc without blocks (written
     with TOPI's ir_builder: it runs as written). `split_pads`: see schedule_generic."""
-    if not child_blocks(sch):
+    blocks = child_blocks(sch)
+    if not blocks:
         return None
     try:
-        for block in child_blocks(sch):
+        for block in blocks:
             rule = ANCHORS.get(sch.get(block).name_hint)
             if rule is not None:
                 rule(sch, block)

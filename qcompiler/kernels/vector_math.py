@@ -27,8 +27,7 @@ import math
 import tvm
 from tvm import relax, te, topi
 
-from ..passes.graph import is_float32, op_name
-from .kernel_dispatch import KernelDispatch
+from ..passes.graph import CallRewriter, is_float32, op_name
 
 
 SOFTMAX_LANES = 16
@@ -107,7 +106,7 @@ def _float32_unary(call) -> bool:
 
 
 @relax.expr_functor.mutator
-class _VectorMath(KernelDispatch):
+class _VectorMath(CallRewriter):
     HANDLERS = {"relax.nn.softmax": "softmax", "relax.max": "row_reduction", "relax.min": "row_reduction",
                 **{name: "polynomial" for name in POLYNOMIAL}}
 
