@@ -15,11 +15,17 @@ variant measured in its own process (bench_latency.measure_run):
               calibration samples) for CNNs; quantize_dynamic for transformers (ZooModel.ort_quantization)
   qc int8-dyn qcompiler int8-dynamic (no calibration), on the models onnxruntime quantizes dynamically
   qc int8-wo  qcompiler int8-weight-only (int8 weights, float compute; no calibration)
+  qc fp16     qcompiler fp16 (float16 weights and conv/matmul operands, float32 sums)
+  qc bf16     qcompiler bf16 (the same in bfloat16: `vdpbf16ps` where the host has AVX-512 BF16)
+  ort fp16    onnxruntime on its float16 converter's model (onnxruntime.transformers.float16,
+              inputs and outputs kept float32), where it converts and runs
 
 and the ratios qc / ort at the same precision, qc int8 / ort fp32, with geometric means over the
 models measured. Per model also: compile time (fp32; int8 without calibration), calibration
 time, peak resident memory of each run, the output's cosine to onnxruntime fp32 on the
-evaluation samples, and how many kernels got a default schedule for their op, only the generic
+evaluation samples (for sentence encoders, whose feeds carry an attention mask, also the top-1
+nearest-neighbour agreement of the mask-pooled sentence embeddings among the evaluation
+sentences: the fraction of sentences whose nearest other sentence is the one fp32 finds), and how many kernels got a default schedule for their op, only the generic
 parallel loop nest, or none (naive). A model that fails to compile, quantize or run is a row
 that says so. `--profile` adds each artifact's 5 slowest kernels (`qcompiler bench --profile`).
 """
@@ -50,11 +56,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_latency import measure_run  # noqa: E402
 from zoo_data import ZooCase, zoo_case  # noqa: E402
 
-VARIANTS = ("qc fp32", "ort fp32", "qc int8", "ort int8", "qc int8-dyn", "qc int8-wo")
+VARIANTS = ("qc fp32", "ort fp32", "qc int8", "ort int8", "qc int8-dyn", "qc int8-wo", "qc fp16", "qc bf16",
+            "ort fp16")
 # The ratios printed per row (column header, its width) and as geometric means: numerator / denominator.
 RATIOS = ((("qc fp32", "ort fp32"), "fp32/ort", 10), (("qc int8", "ort int8"), "int8/ort", 10),
           (("qc int8", "ort fp32"), "int8/ort32", 11), (("qc int8-dyn", "ort int8"), "dyn/ort8", 10),
-          (("qc int8-wo", "qc fp32"), "wo/qc32", 10))
+          (("qc int8-wo", "qc fp32"), "wo/qc32", 10), (("qc fp16", "ort fp16"), "fp16/ort16", 11),
+          (("qc fp16", "qc fp32"), "fp16/qc32", 10), (("qc bf16", "qc fp32"), "bf16/qc32", 10))
+QC_VARIANTS = [v for v in VARIANTS if v.startswith("qc ")]
 
 
 def ort_int8(case: ZooCase, mode: str, out: Path) -> Path:
@@ -82,6 +91,39 @@ def ort_int8(case: ZooCase, mode: str, out: Path) -> Path:
     quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return out
+
+
+def ort_fp16(case: ZooCase, out: Path) -> Path:
+    """onnxruntime's float16 model of the case (its float16 converter, inputs and outputs float32)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(case.onnx_path), keep_io_types=True), out)
+    return out
+
+
+def pooled_embeddings(run, feeds) -> np.ndarray | None:
+    """[sentences, D]: the first output [1, T, D] averaged over the tokens its attention mask
+    keeps, per feed; None unless every feed has an `attention_mask`."""
+    if not all("attention_mask" in feed for feed in feeds):
+        return None
+    pooled = []
+    for feed in feeds:
+        tokens = np.asarray(run(feed), np.float64)[0]
+        mask = feed["attention_mask"][0].astype(np.float64)[:, None]
+        pooled.append((tokens * mask).sum(axis=0) / max(mask.sum(), 1.0))
+    return np.stack(pooled)
+
+
+def nearest_neighbour_agreement(embeddings: np.ndarray, reference: np.ndarray) -> float:
+    """The fraction of sentences whose nearest other sentence (cosine) in `embeddings` is the
+    one it is in `reference`."""
+    def nearest(e):
+        unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
+
+    return float(np.mean(nearest(embeddings) == nearest(reference)))
 
 
 def cosine_to_reference(run, reference, feeds) -> float:
@@ -118,7 +160,7 @@ def build_artifacts(case: ZooCase, work: Path, row: dict, variants: list[str]) -
         return paths
     # int8-dynamic where onnxruntime quantizes dynamically too (matmul-heavy models)
     calibration_free = {"qc int8-dyn": ("int8-dynamic", ZOO[case.name].ort_quantization == "dynamic"),
-                        "qc int8-wo": ("int8-weight-only", True)}
+                        "qc int8-wo": ("int8-weight-only", True), "qc fp16": ("fp16", True), "qc bf16": ("bf16", True)}
     for variant, (strategy, applies) in calibration_free.items():
         if variant not in variants or not applies:
             continue
@@ -144,11 +186,17 @@ def build_artifacts(case: ZooCase, work: Path, row: dict, variants: list[str]) -
             paths["ort int8"] = ort_int8(case, ZOO[case.name].ort_quantization, work / f"{case.name}_ort_int8.onnx")
         except Exception as err:  # onnxruntime's quantizer raises anything
             row["error ort int8"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+    if "ort fp16" in variants:
+        try:
+            paths["ort fp16"] = ort_fp16(case, work / f"{case.name}_ort_fp16.onnx")
+        except Exception as err:  # the converter raises anything
+            row["error ort fp16"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
     return paths
 
 
 def accuracy(case: ZooCase, paths: dict[str, Path], row: dict) -> None:
-    """Cosine of each int8 model's first output to onnxruntime fp32 on the evaluation samples."""
+    """Cosine of each model's first output to onnxruntime fp32 on the evaluation samples (and the
+    nearest-neighbour agreement of sentence encoders' pooled embeddings)."""
     import onnxruntime as ort
 
     def session_run(path):
@@ -156,14 +204,24 @@ def accuracy(case: ZooCase, paths: dict[str, Path], row: dict) -> None:
         return lambda feed: session.run(None, feed)[0]
 
     reference = session_run(paths["ort fp32"])
-    runs = {"ort int8": session_run(paths["ort int8"])} if "ort int8" in paths else {}
-    for label in ("qc fp32", "qc int8", "qc int8-dyn", "qc int8-wo"):
+    runs = {}
+    for label in ("ort int8", "ort fp16"):
+        if label in paths:
+            try:
+                runs[label] = session_run(paths[label])
+            except Exception as err:  # e.g. a float16 model onnxruntime has no kernel for
+                row[f"error {label} accuracy"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200]}"
+    for label in QC_VARIANTS:
         if label in paths:
             model = qcompiler.load(paths[label])
             runs[label] = lambda feed, model=model: next(iter(model.run(feed).values()))
+    sentences = pooled_embeddings(reference, case.evaluate)
     for label, run in runs.items():
         try:
             row[f"cosine {label}"] = cosine_to_reference(run, reference, case.evaluate)
+            if sentences is not None:
+                row[f"nn agreement {label}"] = nearest_neighbour_agreement(pooled_embeddings(run, case.evaluate),
+                                                                           sentences)
         except Exception as err:  # the latency run of the same model reports its failure too
             row[f"error {label} accuracy"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200]}"
 
@@ -243,6 +301,9 @@ def main() -> None:
                        "peak MB " + ", ".join(f"{k} {v:.0f}" for k, v in row["peak_mb"].items()),
                        "file MB " + ", ".join(f"{k} {Path(p).stat().st_size / 1e6:.1f}" for k, p in paths.items()),
                        "cosine to ort fp32 " + ", ".join(f"{k[7:]} {row[k]:.4f}" for k in row if k.startswith("cosine ")),
+                       *(["top-1 nearest-neighbour agreement " + ", ".join(
+                           f"{k[13:]} {row[k]:.2f}" for k in row if k.startswith("nn agreement "))]
+                         if any(k.startswith("nn agreement ") for k in row) else []),
                        "kernels fp32 " + str(row.get("kernels fp32", {})) + ", int8 " + str(row.get("kernels int8", {}))]
             print(f"{'':<22}" + "; ".join(details), flush=True)
             for key in [k for k in row if k.startswith("error")]:

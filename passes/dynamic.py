@@ -25,17 +25,17 @@ import tvm
 from tvm import relax
 
 from .graph import CallRewriter, Constant, const, constant_value, is_float32
+from .qconfig import quantize_weight as quantize_int8_weight
+from .qconfig import weight_scales
 
 UINT8_LEVELS = 255.0
-INT8_LIMIT = 127.0
 
 
 def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(W_q int8 [K, N], s_w float32 [N]): symmetric per output column, s_w = max|W| / 127 (1
-    for an all-zero column)."""
-    peak = np.abs(w).max(axis=0).astype(np.float64)
-    scale = np.where(peak > 0, peak / INT8_LIMIT, 1.0)
-    return np.clip(np.round(w / scale), -INT8_LIMIT, INT8_LIMIT).astype(np.int8), scale.astype(np.float32)
+    for an all-zero column; a weight already on an int8 grid keeps it: qconfig.weight_scales)."""
+    scale = weight_scales(w, axis=1)
+    return quantize_int8_weight(w, scale, axis=1), scale.astype(np.float32)
 
 
 def _round_half_up(value):

@@ -14,8 +14,11 @@ STRATEGIES = {
     "int8": "static: int8 weights and activations, activation ranges calibrated on samples (--calib)",
     "int8-dynamic": "int8 weights; activations quantized per row at run time, no calibration (matmul-heavy models)",
     "int8-weight-only": "int8 weights (matmuls, convolutions, embeddings), float compute, no calibration (for size)",
+    "fp16": "float16 weights, convolution and matmul products on float16 operands, float32 sums; no calibration",
+    "bf16": "bfloat16 weights, convolution and matmul products on bfloat16 operands (AVX-512 BF16), float32 sums; "
+            "no calibration",
 }
-CALIBRATION_FREE_STRATEGIES = ("int8-dynamic", "int8-weight-only")
+CALIBRATION_FREE_STRATEGIES = ("int8-dynamic", "int8-weight-only", "fp16", "bf16")
 
 
 def check_strategy(strategy: str) -> None:
@@ -119,14 +122,32 @@ def activation_qparams(lo: float, hi: float, dtype: ActivationDType) -> QParams:
     return QParams(scale, zero_point, "uint8")
 
 
+GRID_TOLERANCE = 1e-3  # |w / s − round(w / s)| of a weight that is s times integers (float32 products)
+
+
 def weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
-    """int8 symmetric weight scales: max |w| / 127 per channel along `axis` (or per tensor)."""
+    """int8 symmetric weight scales: max |w| / 127 per channel along `axis` (or per tensor).
+
+    A weight that already is one scale s times integers in [−127, 127] (an int8 model's weight
+    dequantized by Cast+Mul or DequantizeLinear, then folded) keeps s in every channel, so its
+    integers come back exactly: per channel, a channel whose largest integer is below 127 would
+    get a finer grid that misses the original points. (A per-channel int8 weight whose channels
+    reach ±127 comes back exactly from the per-channel maxima.)"""
     w = np.abs(np.asarray(weight, np.float64))
+    peak = w.max() if w.size else 0.0
     if axis is None:
-        bound = np.array([w.max() if w.size else 0.0])
+        bound = np.array([peak])
     else:
         bound = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).max(axis=1)
+        if peak > 0 and on_int8_grid(w, peak / 127.0):
+            bound = np.full_like(bound, peak)
     return np.where(bound > 0, bound / 127.0, 1.0)
+
+
+def on_int8_grid(weight: np.ndarray, scale: float) -> bool:
+    """Whether every element of `weight` is `scale` times an integer (up to GRID_TOLERANCE)."""
+    steps = np.asarray(weight, np.float64) / scale
+    return bool(np.abs(steps - np.round(steps)).max(initial=0.0) <= GRID_TOLERANCE)
 
 
 def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Which int8 multiply-accumulate instructions each kernel of an artifact executes, read from its machine code.
+"""Which int8 (and bfloat16) multiply-accumulate instructions each kernel of an artifact executes,
+read from its machine code.
 
 `objdump -d` (GNU binutils) disassembles the `.so`; each kernel's code is the symbol
 `<kernel>_compute_` (the `__tvm_ffi_<kernel>` symbol is its calling wrapper). This is the
@@ -20,6 +21,9 @@ from .errors import QCompilerError
 INT8_MAC = {"vpdpbusd": "x86 AVX-512 VNNI", "vpdpbusds": "x86 AVX-512 VNNI", "tdpbusd": "x86 AMX",
             "sdot": "ARM dot product", "udot": "ARM dot product",
             **{m: "ARM NEON widening multiply" for m in ("smlal", "smlal2", "smull", "smull2")}}
+# bfloat16 dot products (the bf16 strategy); float16 has no x86 multiply-accumulate of its own here
+BF16_MAC = {"vdpbf16ps": "x86 AVX-512 BF16", "tdpbf16ps": "x86 AMX-BF16"}
+DOT_PRODUCT_MAC = {**INT8_MAC, **BF16_MAC}
 # Convolution, dense and matmul kernels; not the tap interleaving of depthwise convolutions
 # (kernels/taps.py), which moves bytes and multiplies nothing.
 COMPUTE_KERNELS = re.compile(r"conv|dense|matmul|depthwise(?!_taps)")
@@ -36,7 +40,8 @@ def objdump_for(machine: str) -> str:
 
 
 def dot_product_counts(so_path: Path, machine: str = "x86_64") -> dict[str, Counter]:
-    """For each kernel of `so_path`, how many times each int8 multiply-accumulate mnemonic occurs in its code."""
+    """For each kernel of `so_path`, how many times each int8 or bfloat16 multiply-accumulate
+    mnemonic (DOT_PRODUCT_MAC) occurs in its code."""
     listing = subprocess.run([objdump_for(machine), "-d", "--no-show-raw-insn", str(so_path)],
                              capture_output=True, text=True, check=True).stdout
     counts: dict[str, Counter] = {}
@@ -52,12 +57,13 @@ def dot_product_counts(so_path: Path, machine: str = "x86_64") -> dict[str, Coun
         fields = line.split("\t")  # "  addr:", "mnemonic operands"
         if current is not None and len(fields) > 1 and fields[1].split():
             mnemonic = fields[1].split()[0]
-            if mnemonic in INT8_MAC:
+            if mnemonic in DOT_PRODUCT_MAC:
                 counts[current][mnemonic] += 1
     return counts
 
 
 def compute_kernel_usage(so_path: Path, machine: str = "x86_64") -> list[tuple[str, list[str]]]:
-    """(kernel, int8 multiply-accumulate mnemonics it uses) for each conv/dense/matmul kernel, sorted by name."""
+    """(kernel, int8/bfloat16 multiply-accumulate mnemonics it uses) for each conv/dense/matmul
+    kernel, sorted by name."""
     counts = dot_product_counts(so_path, machine)
     return [(name, sorted(counts[name])) for name in sorted(counts) if COMPUTE_KERNELS.search(name)]

@@ -11,7 +11,7 @@ import networkx as nx
 import numpy as np
 import onnx
 
-from .disasm import INT8_MAC, compute_kernel_usage
+from .disasm import BF16_MAC, DOT_PRODUCT_MAC, compute_kernel_usage
 from .elf import ElfFile
 from .errors import QCompilerError
 from .frontend import read_model
@@ -140,19 +140,21 @@ def schedule_lines(kernels: dict[str, str]) -> list[str]:
 
 
 def _dot_product_lines(so_path: Path, machine: str) -> list[str]:
-    """Per conv/dense/matmul kernel: the int8 multiply-accumulate instructions its code contains."""
+    """Per conv/dense/matmul kernel: the int8 (or bfloat16) multiply-accumulate instructions its
+    code contains."""
     try:
         usage = compute_kernel_usage(so_path, machine)
     except QCompilerError as err:
         return [f"int8 multiply-accumulate instructions: not checked ({err})"]
     if not usage:
         return []
+    kind = "bfloat16" if any(m in BF16_MAC for _, mnemonics in usage for m in mnemonics) else "int8"
     using = sum(1 for _, mnemonics in usage if mnemonics)
-    lines = [f"compute kernels using int8 multiply-accumulate instructions: {using} of {len(usage)}"]
+    lines = [f"compute kernels using {kind} multiply-accumulate instructions: {using} of {len(usage)}"]
     for name, mnemonics in usage:
         by_isa: dict[str, list[str]] = {}
         for m in mnemonics:
-            by_isa.setdefault(INT8_MAC[m], []).append(m)
+            by_isa.setdefault(DOT_PRODUCT_MAC[m], []).append(m)
         isa = "; ".join(f"{', '.join(ms)} ({name})" for name, ms in by_isa.items()) if mnemonics else "none"
         lines.append(f"  {name[:60]:<62}{isa}")
     return lines

@@ -24,6 +24,7 @@ from .passes.graph import FunctionView, op_name
 from .passes.layout import channels_last
 from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, QConfig
 from .passes.realize import RealizeStats, realize
+from .passes.reduced_precision import to_bf16, to_fp16
 from .passes.simulate import insert_qdq
 from .passes.weight_only import quantize_weights_only
 from .progress import Progress
@@ -145,8 +146,8 @@ class CalibrationFree:
 
     def summary(self) -> dict:
         total = self.stats.int8_macs + self.stats.float_macs
-        summary = {"mode": self.strategy, "weights": "int8 symmetric per-channel",
-                   "activations": CALIBRATION_FREE[self.strategy].activations,
+        strategy = CALIBRATION_FREE[self.strategy]
+        summary = {"mode": self.strategy, "weights": strategy.weights, "activations": strategy.activations,
                    "quantized_layers": len(self.stats.layers)}
         if total:
             summary["int8_mac_fraction"] = self.stats.int8_macs / total
@@ -155,28 +156,38 @@ class CalibrationFree:
 
 @dataclass(frozen=True)
 class CalibrationFreePass:
-    """A calibration-free strategy's pass, what its activations are, and what it quantizes."""
+    """A calibration-free strategy's pass, what its weights and activations are, and what it
+    quantizes."""
 
     rewrite: Callable[[tvm.IRModule], tuple[tvm.IRModule, DynamicStats]]
+    weights: str
     activations: str
     quantizes: str
 
 
+_INT8_WEIGHTS = "int8 symmetric per-channel"
+_HALF_QUANTIZES = "convolutions (groups = 1), matmuls or embedding tables with constant float weights"
 CALIBRATION_FREE = {
-    "int8-dynamic": CalibrationFreePass(quantize_dynamic, "uint8 asymmetric per row, ranges computed at run time",
+    "int8-dynamic": CalibrationFreePass(quantize_dynamic, _INT8_WEIGHTS,
+                                        "uint8 asymmetric per row, ranges computed at run time",
                                         "matmuls (MatMul, Gemm) with constant weights"),
-    "int8-weight-only": CalibrationFreePass(quantize_weights_only, "float32",
+    "int8-weight-only": CalibrationFreePass(quantize_weights_only, _INT8_WEIGHTS, "float32",
                                             "matmuls, convolutions or embedding tables with constant float weights"),
+    "fp16": CalibrationFreePass(to_fp16, "float16", "float16 into convolutions and matmuls, float32 elsewhere",
+                                _HALF_QUANTIZES),
+    "bf16": CalibrationFreePass(to_bf16, "bfloat16", "bfloat16 into convolutions and matmuls, float32 elsewhere",
+                                _HALF_QUANTIZES),
 }
 assert set(CALIBRATION_FREE) == set(CALIBRATION_FREE_STRATEGIES)
 
 
 def quantize_without_calibration(imported: ImportedModel, strategy: str) -> CalibrationFree:
-    """int8-dynamic or int8-weight-only on an imported model; an error where it has nothing to do."""
+    """A calibration-free strategy (int8-dynamic, int8-weight-only, fp16, bf16) on an imported
+    model; an error where it has nothing to do."""
     strategy_pass = CALIBRATION_FREE[strategy]
     mod, stats = strategy_pass.rewrite(imported.mod)
     if not stats.layers:
         raise QCompilerError(f"nothing to quantize with {strategy}: it quantizes {strategy_pass.quantizes} "
                              f"and the model has none")
-    log.info("%s: %d layers with int8 weights", strategy, len(stats.layers))
+    log.info("%s: %d layers with %s weights", strategy, len(stats.layers), strategy_pass.weights)
     return CalibrationFree(mod, stats, strategy)

@@ -56,6 +56,7 @@ def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     in the layout it reads them in; `with_weight_layouts_folded` then applies that layout to
     the weights at compile time."""
     from . import fusion
+    from .kernels.bf16 import dispatch_bf16_kernels
     from .kernels.dispatch import dispatch_int8_kernels
     from .kernels.fp32 import dispatch_float_kernels
     from .kernels.vector_math import with_vector_math
@@ -65,7 +66,8 @@ def fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         # Constant weights folded (Gemm's transposed weight), float convolutions channels-last (a
         # quantized model is already), before the kernels that pack those weights are chosen.
         mod = channels_last(relax.transform.FoldConstant()(mod))[0]
-    mod = with_vector_math(dispatch_float_kernels(dispatch_int8_kernels(mod, target), target), target)
+    mod = dispatch_bf16_kernels(dispatch_int8_kernels(mod, target), target)
+    mod = with_vector_math(dispatch_float_kernels(mod, target), target)
     with target:
         if target.kind.name == "cuda":
             from tvm.relax.backend.cuda import pipeline as cuda

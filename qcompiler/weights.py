@@ -183,13 +183,7 @@ def lift_weights(mod) -> tuple[object, list[tuple[str, tuple[int, ...], bytes]]]
 
 
 def _tensor_bytes(value) -> bytes:
-    """The raw C-order bytes of a CPU tensor of any dtype (bfloat16 included)."""
-    import tvm
-
-    if str(value.dtype) in ("bfloat16",):
-        out = np.empty(tuple(int(d) for d in value.shape), dtype=np.uint16)
-        tvm.get_global_func("runtime.TVMTensorCopyToBytes")(value, out.ctypes.data, out.nbytes)
-        return out.tobytes()
+    """The raw C-order bytes of a CPU tensor of any dtype (bfloat16 as ml_dtypes' numpy type)."""
     return np.ascontiguousarray(value.numpy()).tobytes()
 
 

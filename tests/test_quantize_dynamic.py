@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 import qcompiler
 from conftest import REPO, make_model, ort_run
@@ -29,9 +29,12 @@ def mlp():
                        "w2": rng.standard_normal((HIDDEN, OUT)) * 0.2})
 
 
-def dynamic_matmul_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The formula of passes/dynamic.py in numpy (float64 except where it rounds)."""
-    w_q, w_scale = quantize_weight(w)
+def dynamic_matmul_reference(x: np.ndarray, w: np.ndarray, w_q: np.ndarray | None = None,
+                             w_scale: np.ndarray | None = None) -> np.ndarray:
+    """The formula of passes/dynamic.py in numpy (float64 except where it rounds), with the
+    weight's own int8 values and scales where given."""
+    if w_q is None:
+        w_q, w_scale = quantize_weight(w)
     lo = np.minimum(x.min(axis=-1, keepdims=True), 0).astype(np.float32)
     hi = np.maximum(x.max(axis=-1, keepdims=True), 0).astype(np.float32)
     span = (hi - lo) / np.float32(255)
@@ -48,6 +51,37 @@ def test_weight_quantization_is_symmetric_per_column():
     w_q, scale = quantize_weight(w)
     np.testing.assert_allclose(scale, [2 / 127, 1.0, 0.5 / 127], rtol=1e-6)
     np.testing.assert_array_equal(w_q, [[64, 0, -127], [-127, 0, 64]])
+
+
+def test_a_weight_on_an_int8_grid_keeps_its_integers():
+    """An int8 model's weight, dequantized (q · s) and folded: per tensor, columns whose largest
+    |q| is below 127 keep q and s (not a finer per-column grid); per column, q comes back too."""
+    q = rng.integers(-127, 128, (40, 6)).astype(np.int8)
+    q[:, 2] = np.clip(q[:, 2], -50, 50)
+    w_q, scale = quantize_weight(q.astype(np.float32) * np.float32(0.0123))
+    np.testing.assert_array_equal(w_q, q)
+    np.testing.assert_allclose(scale, 0.0123, rtol=1e-6)
+    q[0] = 127  # every column reaches 127: per-column scales
+    column_scales = np.linspace(0.01, 0.2, 6).astype(np.float32)
+    w_q, scale = quantize_weight(q.astype(np.float32) * column_scales)
+    np.testing.assert_array_equal(w_q, q)
+    np.testing.assert_allclose(scale, column_scales, rtol=1e-6)
+
+
+def test_cast_mul_int8_weight_is_kept(tmp_path):
+    """MatMul by Cast(int8) · scale (as int8-stored exports write it): the artifact computes with
+    those integers and that scale exactly (the formula with them, not with re-quantized ones)."""
+    q = rng.integers(-100, 101, (DEPTH, OUT)).astype(np.int8)
+    q[0, 0] = 127  # per tensor: the largest |q| is 127, the other columns' below it
+    nodes = [helper.make_node("Cast", ["wq"], ["wf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["wf", "s"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    model = make_model(nodes, [("x", [2, 7, DEPTH])], [("y", [2, 7, OUT])], {"s": np.float32(0.02), "wq": q})
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(q, "wq"))  # int8, as exported
+    x = rng.standard_normal((2, 7, DEPTH)).astype(np.float32)
+    y = qcompiler.load(qcompiler.compile(model, quantize="int8-dynamic").export(tmp_path / "m.so")).run({"x": x})["y"]
+    w = q.astype(np.float32) * np.float32(0.02)
+    expected = dynamic_matmul_reference(x, w, q, np.full(OUT, 0.02, np.float32))
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 def test_dynamic_artifact_matches_the_formula_and_onnxruntime(tmp_path):

@@ -14,7 +14,9 @@ lanes (isa.py: 16 for VNNI, 8 for its 256-bit form, 4 for sdot):
 
 The packed weight `wp` puts L output channels × 4 reduction elements in consecutive bytes:
 exactly one instruction's operand (`vpdpbusd`: 64 bytes, `sdot`: 16). Block names identify the
-kernels and their instruction to the schedules.
+kernels and their instruction to the schedules. The conv and dense kernels also serve the bf16
+strategy's `vdpbf16ps` (isa.BF16_DOT): bfloat16 activations and weights, 2 reduction elements
+per lane (4 above becomes 2), float32 accumulators.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def round_up(value: int, multiple: int) -> int:
 
 
 def pack_conv_weight(weight: np.ndarray, dp: DotProduct, groups: int = 1) -> np.ndarray:
-    """OHWI int8 → [O'/L, H, W, I'/4, L, 4] with O, I zero-padded to O' = Lk, I' = 4k (L = dp.lanes).
+    """OHWI int8 (bfloat16 for BF16_DOT) → [O'/L, H, W, I'/R, L, R] with O, I zero-padded to
+    O' = Lk, I' = Rk (L = dp.lanes, R = dp.reduce: 4 for the int8 instructions).
 
     Grouped: each group's [O/groups, H, W, I] slice is packed alone; the groups' blocks follow
     each other along the first axis.
@@ -47,7 +50,7 @@ def pack_conv_weight(weight: np.ndarray, dp: DotProduct, groups: int = 1) -> np.
         return np.concatenate([pack_conv_weight(part, dp) for part in np.split(weight, groups, axis=0)])
     o, kh, kw, i = weight.shape
     lanes, reduce = dp.lanes, dp.reduce
-    padded = np.zeros((round_up(o, lanes), kh, kw, round_up(i, reduce)), np.int8)
+    padded = np.zeros((round_up(o, lanes), kh, kw, round_up(i, reduce)), weight.dtype)
     padded[:o, :, :, :i] = weight
     blocks = padded.reshape(padded.shape[0] // lanes, lanes, kh, kw, padded.shape[3] // reduce, reduce)
     return np.ascontiguousarray(blocks.transpose(0, 2, 3, 4, 1, 5))
@@ -55,11 +58,11 @@ def pack_conv_weight(weight: np.ndarray, dp: DotProduct, groups: int = 1) -> np.
 
 def pack_dense_weight(weight: np.ndarray, dp: DotProduct, n_multiple: int | None = None,
                       k_multiple: int | None = None) -> np.ndarray:
-    """[K, N] int8 → [N'/L, K'/4, L, 4], zero-padded to N' (a multiple of `n_multiple`, default
-    L = dp.lanes) and K' (of `k_multiple`, default 4)."""
+    """[K, N] int8 (or bfloat16) → [N'/L, K'/R, L, R], zero-padded to N' (a multiple of
+    `n_multiple`, default L = dp.lanes) and K' (of `k_multiple`, default R = dp.reduce)."""
     k, n = weight.shape
     lanes, reduce = dp.lanes, dp.reduce
-    padded = np.zeros((round_up(k, k_multiple or reduce), round_up(n, n_multiple or lanes)), np.int8)
+    padded = np.zeros((round_up(k, k_multiple or reduce), round_up(n, n_multiple or lanes)), weight.dtype)
     padded[:k, :n] = weight
     blocks = padded.reshape(padded.shape[0] // reduce, reduce, padded.shape[1] // lanes, lanes)
     return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
@@ -103,9 +106,11 @@ def first_channels(out: te.Tensor, channels: int, groups: int = 1) -> te.Tensor:
 
 
 def _product(a, b, dp: DotProduct):
-    """a · b as int32. Without a dot-product instruction the bytes are multiplied as int16
+    """a · b in the instruction's accumulator type (int32; float32 for bfloat16). Without a dot-product instruction the bytes are multiplied as int16
     (|a · b| ≤ 255 · 128 fits) and widened, which LLVM maps to widening multiply-accumulates
     (`smlal`) instead of 32-bit multiplies of widened bytes."""
+    if dp.accumulator != "int32":
+        return a.astype(dp.accumulator) * b.astype(dp.accumulator)
     if dp.register is None:
         return (a.astype("int16") * b.astype("int16")).astype("int32")
     return a.astype("int32") * b.astype("int32")

@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax
 
 from ..passes.graph import Constant, const, constant_value, conv_channel_axis, op_name
 from . import compute as kc
@@ -74,15 +74,6 @@ class _Int8KernelDispatch(KernelDispatch):
         self.mod_ = mod
         self.dp = dp
         self.engine = engine
-
-    def kernel(self, name: str, compute, inputs: list, arrays: list) -> relax.Expr:
-        """call_tir of `compute` over Relax `inputs` (tensors) and constant `arrays`."""
-        holders = [te.placeholder(kc.shape64(*_shape(x)), _dtype(x), f"in{i}") for i, x in enumerate(inputs)]
-        holders += [te.placeholder(kc.shape64(*a.shape), str(a.dtype), f"w{i}") for i, a in enumerate(arrays)]
-        out = compute(*holders)
-        gvar = self.builder_.add_func(te.create_prim_func([*holders, out]).without_attr("global_symbol"), name)
-        out_ty = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
-        return relax.call_tir(gvar, [*inputs, *[const(a) for a in arrays]], out_ty)  # bound to the call's var
 
     def pad(self, data, pads: list[tuple[int, int]]):
         if not any(lo or hi for lo, hi in pads):

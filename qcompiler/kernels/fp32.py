@@ -20,6 +20,9 @@ AVX-512, 8 on AVX2, 4 on NEON, `float_lanes`), a call is replaced when its weigh
   conv2d_transpose NCHW / IOHW     → dense_f32 to columns [N, H, W, KH·KW·O] (weights [I, KH, KW, O]),
                                      then col2im_nhwc_f32 (see col2im_nhwc), in NHWC
 
+Weights may be int8 (int8-weight-only), float16 or bfloat16 (fp16, bf16: passes/reduced_precision.py)
+and activations float16 or bfloat16, each converted to float32 in the kernel (`widened`, `as_float`),
+
 so that the kernel's innermost step is one vector of L output channels times one broadcast
 activation, a fused multiply-add (kernels/schedules.py tiles pixels × channel vectors in
 registers). Spatial padding becomes an explicit pad before the kernel; padded output channels
@@ -37,7 +40,7 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.target import codegen
 
-from ..passes.graph import Constant, const, constant_value, conv_channel_axis, is_float32, op_name
+from ..passes.graph import Constant, constant_value, conv_channel_axis, is_float32, op_name
 from .compute import first_channels, round_up, shape64, windows
 from .kernel_dispatch import ConvAttrs, KernelDispatch, depthwise_taps
 
@@ -98,10 +101,39 @@ def pack_dense_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(k, -1, lanes).transpose(1, 0, 2))
 
 
-def as_float(weight):
-    """A weight element as float32: int8 weights (int8-weight-only) are converted in the kernel's
-    inner loop, next to the multiply-add that uses them."""
-    return weight if weight.dtype == "float32" else weight.astype("float32")
+# What the kernels take besides float32, converted next to the multiply-add that uses them:
+# weights int8 (int8-weight-only), float16 or bfloat16 (the fp16 and bf16 strategies, whose
+# activations arrive in those types too: passes/reduced_precision.py)
+WEIGHT_DTYPES = ("float32", "int8", "float16", "bfloat16")
+ACTIVATION_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def as_float(value):
+    """A weight or activation element as float32 (see WEIGHT_DTYPES), converted in the kernel's
+    inner loop."""
+    return value if value.dtype == "float32" else value.astype("float32")
+
+
+WIDENED_WEIGHT = "widened_weight"
+
+
+def widened(packed: te.Tensor) -> te.Tensor:
+    """A packed weight as float32: an int8, float16 or bfloat16 one through a stage of its own,
+    which the default schedule computes per channel tile (schedules._fma_tiles: a panel converted
+    once and read by every row tile) instead of converting each weight vector per row tile."""
+    if packed.dtype == "float32":
+        return packed
+    return te.compute(packed.shape, lambda *index: packed(*index).astype("float32"), name=WIDENED_WEIGHT)
+
+
+def _float_activation(expr) -> bool:
+    return isinstance(expr.ty, relax.TensorType) and str(expr.ty.dtype) in ACTIVATION_DTYPES
+
+
+def _packable_weight(weight) -> np.ndarray:
+    """A constant weight in a dtype the kernels take (WEIGHT_DTYPES; any other float as float32)."""
+    w = constant_value(weight)
+    return w if str(w.dtype) in WEIGHT_DTYPES else w.astype(np.float32)
 
 
 def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, strides, dilation, out_channels: int,
@@ -120,10 +152,11 @@ def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, strides, dilation, out_chann
     def channel(o):
         return c if groups == 1 else (o // lanes) // blocks_per_group * group_channels + c
 
+    packed = widened(packed)
     out = te.compute(
         shape64(n, windows(height, kh, sh, dh), windows(width, kw, sw, dw), blocks * lanes),
-        lambda b, h, w, o: te.sum(data[b, h * sh + r * dh, w * sw + s * dw, channel(o)]
-                                  * as_float(packed[o // lanes, r, s, c, o % lanes]), axis=[r, s, c]),
+        lambda b, h, w, o: te.sum(as_float(data[b, h * sh + r * dh, w * sw + s * dw, channel(o)])
+                                  * packed[o // lanes, r, s, c, o % lanes], axis=[r, s, c]),
         name=conv_block(lanes))
     return first_channels(out, out_channels)
 
@@ -136,7 +169,7 @@ def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.
     s = te.reduce_axis((0, kw), "s")
     return te.compute(
         shape64(n, windows(height, kh, sh, dh), windows(width, kw, sw, dw), channels),
-        lambda b, h, w, ch: te.sum(data[b, h * sh + r * dh, w * sw + s * dw, ch] * as_float(weight[r, s, ch]), axis=[r, s]),
+        lambda b, h, w, ch: te.sum(as_float(data[b, h * sh + r * dh, w * sw + s * dw, ch]) * as_float(weight[r, s, ch]), axis=[r, s]),
         name=DEPTHWISE_BLOCK)
 
 
@@ -144,9 +177,10 @@ def dense(data: te.Tensor, packed: te.Tensor, out_channels: int) -> te.Tensor:
     *rows, depth = (int(d) for d in data.shape)
     blocks, _, lanes = (int(d) for d in packed.shape)
     k = te.reduce_axis((0, depth), "k")
+    packed = widened(packed)
     out = te.compute(
         shape64(*rows, blocks * lanes),
-        lambda *index: te.sum(data[(*index[:-1], k)] * as_float(packed[index[-1] // lanes, k, index[-1] % lanes]),
+        lambda *index: te.sum(as_float(data[(*index[:-1], k)]) * packed[index[-1] // lanes, k, index[-1] % lanes],
                               axis=k),
         name=dense_block(lanes))
     return first_channels(out, out_channels)
@@ -231,16 +265,6 @@ class _FloatKernelDispatch(KernelDispatch):
         self.mod_ = mod
         self.lanes = lanes
 
-    def kernel(self, name: str, compute, data, arrays: list = ()) -> relax.Expr:
-        """call_tir of `compute` over the Relax tensor(s) `data` and constant `arrays`."""
-        inputs = list(data) if isinstance(data, (list, tuple)) else [data]
-        holders = [te.placeholder(shape64(*_shape(x)), str(x.ty.dtype), f"in{i}") for i, x in enumerate(inputs)]
-        holders += [te.placeholder(shape64(*a.shape), str(a.dtype), f"w{i}") for i, a in enumerate(arrays)]
-        out = compute(*holders)
-        gvar = self.builder_.add_func(te.create_prim_func([*holders, out]).without_attr("global_symbol"), name)
-        out_ty = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
-        return relax.call_tir(gvar, [*inputs, *[const(a) for a in arrays]], out_ty)
-
     def _bound_permute(self, expr, axes: tuple) -> relax.Expr | None:
         """x where `expr` is a variable bound to permute_dims(x, axes), else None."""
         if not isinstance(expr, relax.Var):
@@ -285,10 +309,11 @@ class _FloatKernelDispatch(KernelDispatch):
 
     def conv2d(self, call) -> relax.Expr | None:
         data, weight = call.args
-        if not (conv_channel_axis(call) == 3 and is_float32(data) and isinstance(weight, Constant) and _float_out(call)):
+        if not (conv_channel_axis(call) == 3 and _float_activation(data) and isinstance(weight, Constant)
+                and _float_out(call)):
             return None
-        w = constant_value(weight)
-        w = w if w.dtype == np.int8 else w.astype(np.float32)  # int8: int8-weight-only
+        w = _packable_weight(weight)
+        data = self.widened(data)
         out_channels, _, _, in_per_group = w.shape
         channels = _shape(data)[3]
         conv = ConvAttrs.of(call)
@@ -312,6 +337,16 @@ class _FloatKernelDispatch(KernelDispatch):
                                [pack_conv_weight(w, lanes)])
         return None
 
+    def widened(self, data) -> relax.Expr:
+        """A float16 activation as float32, before the kernel: one vectorized pass (fused with
+        the rounding that made it, in its producer), so that the kernel's inner loop converts
+        only its weights, which it reuses, not each activation. Not bfloat16: TVM computes
+        bfloat16 in float32 (BF16ComputeLegalize), so a fused round trip would skip the rounding;
+        the kernel converts those activations itself."""
+        if str(data.ty.dtype) != "float16":
+            return data
+        return self.builder_.emit(relax.op.astype(data, "float32"))
+
     def pad(self, data, top: int, left: int, bottom: int, right: int):
         if not (top or left or bottom or right):
             return data
@@ -321,12 +356,12 @@ class _FloatKernelDispatch(KernelDispatch):
         data, weight = call.args
         if not isinstance(weight, Constant):
             return self.batch_matmul(call)
-        if not (is_float32(data) and _float_out(call)
-                and len(_shape(data)) >= 2):
+        if not (_float_activation(data) and _float_out(call) and len(_shape(data)) >= 2):
             return None
-        w = constant_value(weight)
-        if w.ndim != 2 or w.dtype not in (np.float32, np.int8):
+        w = _packable_weight(weight)
+        if w.ndim != 2:
             return None
+        data = self.widened(data)
         return self.kernel("dense_f32", lambda x, wp: dense(x, wp, w.shape[1]), data, [pack_dense_weight(w, lanes_for(w.shape[1], self.lanes))])
 
     def batch_matmul(self, call) -> relax.Expr | None:

@@ -6,6 +6,8 @@
   dp4a   CUDA `__dp4a`:                1 int32 += 4 products int8 × int8 per thread (one output
          channel each); packed in groups of 8 output channels, whose 8 threads read 32
          consecutive bytes
+  bf16   x86 AVX-512 BF16 `vdpbf16ps`: 16 float32 lanes, each += 2 products bfloat16 × bfloat16
+         (the bf16 strategy's convolutions and matmuls, not an int8 family)
   neon   plain ARM NEON (no dot product): not an instruction; one lane, so each output
          channel's weights are contiguous, and the reduction over input channels is left to
          LLVM's loop vectorizer (int16 products widened: `smull`/`smlal`-family instructions)
@@ -27,7 +29,7 @@ from typing import Callable
 import tvm
 from tvm.target import codegen
 
-from . import amx, dot_intrinsic, dp4a, sdot, vnni
+from . import amx, dot_intrinsic, dp4a, dpbf16, sdot, vnni
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class DotProduct:
     # lanes but not of these: computed exactly, instead of padded to a multiple of `lanes` and
     # then cut back, which leaves the kernel's epilogue to a separate pass over each pixel tile
     narrow: DotProduct | None = None
+    weight_dtype: str = "int8"
+    accumulator: str = "int32"  # what the lanes accumulate in
 
     def for_channels(self, channels: int) -> DotProduct:
         """The variant whose lanes divide `channels` (this one unless only `narrow`'s do)."""
@@ -71,6 +75,16 @@ NEON = DotProduct("neon", 1, dot_intrinsic.REDUCE, None, "neon", None)
 DP4A = DotProduct("dp4a", dp4a.LANES, dot_intrinsic.REDUCE, "int8", None, dp4a.register)
 CPU_DOT_PRODUCTS = (VNNI, VNNI_YMM, SDOT, NEON)
 DOT_PRODUCTS = (*CPU_DOT_PRODUCTS, DP4A)
+# bfloat16 × bfloat16 → float32 (the bf16 strategy), not an int8 family: kernels/bf16.py
+BF16_DOT = DotProduct("bf16", dpbf16.LANES, dpbf16.REDUCE, "bfloat16", dpbf16.FEATURE, dpbf16.register,
+                      weight_dtype="bfloat16", accumulator="float32")
+
+
+def bf16_dot_of(target: tvm.target.Target) -> DotProduct | None:
+    """BF16_DOT on x86 targets with AVX-512 BF16, else None."""
+    if target.kind.name != "llvm" or str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return None
+    return BF16_DOT if codegen.target_has_features(BF16_DOT.feature, target) else None
 
 
 def dot_product_of(target: tvm.target.Target) -> DotProduct | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tvm import relax, te
 
-from ..passes.graph import CallRewriter
+from ..passes.graph import CallRewriter, const
+from .compute import shape64
 
 
 @dataclass(frozen=True)
@@ -35,3 +37,19 @@ class KernelDispatch(CallRewriter):
     conv2d and matmul calls go to the methods of those names (a subclass may add ops)."""
 
     HANDLERS = {"relax.nn.conv2d": "conv2d", "relax.matmul": "matmul"}
+
+    def kernel(self, name: str, compute, inputs, arrays: list = ()) -> relax.Expr:
+        """call_tir of `compute` (a function of TE placeholders: one per Relax tensor of `inputs`,
+        a tensor or a list, then one per numpy constant of `arrays`), its PrimFunc added to the
+        module as `name`."""
+        inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        holders = [te.placeholder(shape64(*_shape(x)), str(x.ty.dtype), f"in{i}") for i, x in enumerate(inputs)]
+        holders += [te.placeholder(shape64(*a.shape), str(a.dtype), f"w{i}") for i, a in enumerate(arrays)]
+        out = compute(*holders)
+        gvar = self.builder_.add_func(te.create_prim_func([*holders, out]).without_attr("global_symbol"), name)
+        out_ty = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
+        return relax.call_tir(gvar, [*inputs, *[const(a) for a in arrays]], out_ty)
+
+
+def _shape(expr) -> list[int]:
+    return [int(d) for d in expr.ty.shape.values]

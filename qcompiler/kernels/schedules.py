@@ -34,7 +34,7 @@ from tvm.s_tir import Schedule, ScheduleError
 
 from . import amx, fp32, vector_math
 from .compute import DEPTHWISE_BLOCK
-from .isa import CPU_DOT_PRODUCTS, DotProduct
+from .isa import BF16_DOT, CPU_DOT_PRODUCTS, DotProduct
 
 log = logging.getLogger("qcompiler")
 
@@ -149,10 +149,18 @@ def broadcasts(sch: Schedule, consumer, producer) -> bool:
     return math.prod(write_shape(sch, consumer)) > math.prod(write_shape(sch, producer))
 
 
+def _stores_bfloat16_constant(sch: Schedule, block) -> bool:
+    """Whether `block` stores a bfloat16 constant (a pad's fill): TVM 0.27 cannot compile a
+    vector of one (BF16StorageLegalize leaves the broadcast a bfloat16 vector)."""
+    body = sch.get(block).body
+    return isinstance(body, tirx.BufferStore) and str(body.buffer.dtype) == "bfloat16" \
+        and isinstance(body.value, tirx.FloatImm)
+
+
 def _vectorize_inner(sch: Schedule, block) -> None:
     """Vectorize the innermost loop, split to at most 16 lanes (longer vectors only bloat the code)."""
     loops = sch.get_loops(block)
-    if not loops or loop_extent(sch, loops[-1]) <= 1:
+    if not loops or loop_extent(sch, loops[-1]) <= 1 or _stores_bfloat16_constant(sch, block):
         return
     inner = loops[-1]
     if loop_extent(sch, inner) > MAX_LANES:
@@ -280,24 +288,79 @@ def fma_tile(rows: int, vectors: int, max_rows: int = 14) -> tuple[int, int]:
     return max(options, key=lambda rv: (rv[0] * rv[1], rv[1]))
 
 
-def _fma_tiles(sch: Schedule, block, outer: list, rows, channels, reductions: list, lanes: int) -> None:
+def _producer_named(sch: Schedule, block, name: str):
+    """The producer block of `block` called `name`, if there is one."""
+    return next((p for p in sch.get_producers(block) if sch.get(p).name_hint == name), None)
+
+
+def _fma_tiles(sch: Schedule, block, outer: list, rows, channels, reductions: list, lanes: int,
+               weight_panels: bool = False) -> None:
     """The float32 FMA register tile: `rows` (pixels) × vectors of `lanes` output `channels`,
     accumulated over `reductions` (outermost first); the epilogue per tile, `outer` and the row
-    tiles in parallel, the lanes vectorized, the tile unrolled."""
+    tiles in parallel, the lanes vectorized, the tile unrolled. An int8 or half-width weight
+    (fp32.widened) is converted next to each multiply-add, or with `weight_panels` as a float32
+    panel per channel tile that every row tile inside reads (channel tiles outermost, in
+    parallel): for matmuls, whose rows (tokens) are many and whose channel tiles are plenty to
+    share among threads. (Convolutions keep the conversion inline: their rows are one image row
+    each, and parallel channel tiles alone leave threads idle on small maps.)"""
     row_tile, vectors = fma_tile(loop_extent(sch, rows), loop_extent(sch, channels) // lanes)
     ro, ri = sch.split(rows, [None, row_tile])
     co, cj, cv = sch.split(channels, [None, vectors, lanes])
-    sch.reorder(*outer, ro, co, *reductions, ri, cj, cv)
-    _with_epilogue(sch, block, co)
-    try:
-        _parallel_outer(sch, [*outer, ro, co], block)
-    except ScheduleError:  # an epilogue block at the row tile (dropping padded channels)
-        _parallel_outer(sch, [*outer, ro], block)
+    widen = _producer_named(sch, block, fp32.WIDENED_WEIGHT)
+    if widen is not None and not weight_panels:
+        sch.compute_inline(widen)
+        widen = None
+    if widen is not None:
+        sch.reorder(*outer, co, ro, *reductions, ri, cj, cv)
+        _with_epilogue(sch, block, ro)
+        sch.compute_at(widen, co)
+        _vectorize_inner(sch, widen)
+        _parallel_outer(sch, [*outer, co], block)
+    else:
+        sch.reorder(*outer, ro, co, *reductions, ri, cj, cv)
+        _with_epilogue(sch, block, co)
+        try:
+            _parallel_outer(sch, [*outer, ro, co], block)
+        except ScheduleError:  # an epilogue block at the row tile (dropping padded channels)
+            _parallel_outer(sch, [*outer, ro], block)
     sch.vectorize(cv)
     sch.unroll(cj)
     sch.unroll(ri)
     init = sch.decompose_reduction(block, reductions[0])
     _vectorize_inner(sch, init)
+
+
+def _dot_tiles(sch: Schedule, block, outer: list, rows, channels, reductions: list, dp: DotProduct) -> None:
+    """The FMA register tile (`fma_tile`: rows × vectors) with a dot-product instruction (its
+    lanes a vector, its reduction the innermost step of the last reduction axis, tensorized):
+    for an instruction that does only twice an FMA's work (`vdpbf16ps`), a tile of one
+    channel vector (schedule_conv_dot) loads a weight vector and a broadcast per instruction."""
+    row_tile, vectors = fma_tile(loop_extent(sch, rows), loop_extent(sch, channels) // dp.lanes)
+    ro, ri = sch.split(rows, [None, row_tile])
+    co, cj, cv = sch.split(channels, [None, vectors, dp.lanes])
+    ko, ki = sch.split(reductions[-1], [None, dp.reduce])
+    reductions = [*reductions[:-1], ko]
+    sch.reorder(*outer, ro, co, *reductions, ri, cj, cv, ki)
+    _with_epilogue(sch, block, co)
+    try:
+        _parallel_outer(sch, [*outer, ro, co], block)
+    except ScheduleError:  # an epilogue block at the row tile (dropping padded channels)
+        _parallel_outer(sch, [*outer, ro], block)
+    init = sch.decompose_reduction(block, reductions[0])
+    _vectorize_inner(sch, init)
+    sch.unroll(cj)
+    sch.unroll(ri)
+    sch.tensorize(cv, dp.register())  # last: it drops loops of one iteration (cj of a one-vector tile)
+
+
+def schedule_conv_dot_tiles(sch: Schedule, block, dp: DotProduct) -> None:
+    b, h, w, o, r, s, c = sch.get_loops(block)
+    _dot_tiles(sch, block, [b, h], w, o, [r, s, c], dp)
+
+
+def schedule_dense_dot_tiles(sch: Schedule, block, dp: DotProduct) -> None:
+    *outer, m, o, k = sch.get_loops(block)
+    _dot_tiles(sch, block, outer, m, o, [k], dp)
 
 
 def schedule_conv_fma(sch: Schedule, block, lanes: int) -> None:
@@ -310,7 +373,7 @@ def schedule_dense_fma(sch: Schedule, block, lanes: int) -> None:
     a tile of rows [batch·tokens] that does not divide the tokens makes TVM 0.27 infer a wrong
     region for the epilogue: rows of [5, 3, K] came out wrong.)"""
     *outer, m, o, k = sch.get_loops(block)
-    _fma_tiles(sch, block, outer, m, o, [k], lanes)
+    _fma_tiles(sch, block, outer, m, o, [k], lanes, weight_panels=True)
 
 
 def schedule_batch_matmul_fma(sch: Schedule, block, lanes: int) -> None:
@@ -515,6 +578,8 @@ ANCHORS = {
        for dp in CPU_DOT_PRODUCTS},
     **{dp.dense_block(): partial(schedule_dense_dot, dp=dp) if dp.register else schedule_dense_reduction_inner
        for dp in CPU_DOT_PRODUCTS},
+    BF16_DOT.conv_block(): partial(schedule_conv_dot_tiles, dp=BF16_DOT),
+    BF16_DOT.dense_block(): partial(schedule_dense_dot_tiles, dp=BF16_DOT),
     **{dp.depthwise_block(): partial(schedule_depthwise_lanewise, dp=dp)
        for dp in CPU_DOT_PRODUCTS if dp.register_lanewise},
     **{engine.dense_block(): partial(schedule_dense_tiles, engine=engine) for engine in amx.BACKENDS},
