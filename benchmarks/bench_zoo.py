@@ -12,7 +12,8 @@ variant measured in its own process (bench_latency.measure_run):
   qc int8     qcompiler static int8 (calibrated on the model's calibration samples, zoo_data.py)
   ort fp32    onnxruntime on the original model
   ort int8    onnxruntime int8: quantize_static (QDQ, per-channel, uint8 activations, same
-              calibration samples) for CNNs; quantize_dynamic for transformers (ZooModel.ort_quantization)
+              calibration samples) for CNNs; quantize_dynamic for transformers (ZooModel.ort_quantization),
+              of the float model (an int8-stored export's Cast + Mul weights as float32: with_float_weights)
   qc int8-dyn qcompiler int8-dynamic (no calibration), on the models onnxruntime quantizes dynamically
   qc int8-wo  qcompiler int8-weight-only (int8 weights, float compute; no calibration)
   qc fp16     qcompiler fp16 (float16 weights and conv/matmul operands, float32 sums)
@@ -72,7 +73,9 @@ def ort_int8(case: ZooCase, mode: str, out: Path) -> Path:
                                           quantize_static)
 
     if mode == "dynamic":
-        quantize_dynamic(str(case.onnx_path), str(out), weight_type=QuantType.QInt8)
+        source = out.with_name(out.stem + "_float.onnx")
+        onnx.save(with_float_weights(onnx.load(case.onnx_path)), source)
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8)
         return out
     source = case.onnx_path
     model = onnx.load(source)
@@ -91,6 +94,38 @@ def ort_int8(case: ZooCase, mode: str, out: Path) -> Path:
     quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return out
+
+
+def with_float_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each weight stored as int8 and dequantized by Cast + Mul (as int8-stored
+    exports write them) replaced by its float32 initializer: the float model such an export was
+    made from, which onnxruntime's quantize_dynamic quantizes (it leaves Cast + Mul as they are,
+    computing in float)."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    nodes = list(model.graph.node)
+    casts = {node.output[0]: index for index, node in enumerate(nodes) if node.op_type == "Cast"
+             and node.input[0] in initializers and initializers[node.input[0]].data_type == onnx.TensorProto.INT8}
+    dropped, added = set(), []
+    for index, node in enumerate(nodes):
+        cast_input = next((i for i in node.input if i in casts), None) if node.op_type == "Mul" else None
+        scale = next((i for i in node.input if i in initializers), None)
+        if cast_input is None or scale is None:
+            continue
+        q = numpy_helper.to_array(initializers[nodes[casts[cast_input]].input[0]]).astype(np.float32)
+        added.append(numpy_helper.from_array(q * numpy_helper.to_array(initializers[scale]).astype(np.float32),
+                                             node.output[0]))
+        dropped |= {index, casts[cast_input]}
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    result.graph.node.extend(node for index, node in enumerate(nodes) if index not in dropped)
+    used = {name for node in result.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    kept_initializers = [init for init in model.graph.initializer if init.name in used]
+    del result.graph.initializer[:]
+    result.graph.initializer.extend([*kept_initializers, *added])
+    return result
 
 
 def ort_fp16(case: ZooCase, out: Path) -> Path:

@@ -288,79 +288,74 @@ def fma_tile(rows: int, vectors: int, max_rows: int = 14) -> tuple[int, int]:
     return max(options, key=lambda rv: (rv[0] * rv[1], rv[1]))
 
 
+PANEL_ROW_TILES = 4
+
+
 def _producer_named(sch: Schedule, block, name: str):
     """The producer block of `block` called `name`, if there is one."""
     return next((p for p in sch.get_producers(block) if sch.get(p).name_hint == name), None)
 
 
 def _fma_tiles(sch: Schedule, block, outer: list, rows, channels, reductions: list, lanes: int,
-               weight_panels: bool = False) -> None:
+               weight_panels: bool = False, dp: DotProduct | None = None) -> None:
     """The float32 FMA register tile: `rows` (pixels) × vectors of `lanes` output `channels`,
     accumulated over `reductions` (outermost first); the epilogue per tile, `outer` and the row
-    tiles in parallel, the lanes vectorized, the tile unrolled. An int8 or half-width weight
-    (fp32.widened) is converted next to each multiply-add, or with `weight_panels` as a float32
-    panel per channel tile that every row tile inside reads (channel tiles outermost, in
-    parallel): for matmuls, whose rows (tokens) are many and whose channel tiles are plenty to
-    share among threads. (Convolutions keep the conversion inline: their rows are one image row
-    each, and parallel channel tiles alone leave threads idle on small maps.)"""
+    tiles in parallel, the lanes vectorized, the tile unrolled.
+
+    An int8 or half-width weight (fp32.widened) is converted next to each multiply-add, or with
+    `weight_panels` as a float32 panel per channel tile that every row tile inside reads (channel
+    tiles outermost, in parallel): for matmuls, whose rows (tokens) are many and whose channel
+    tiles are plenty to share among threads, where at least PANEL_ROW_TILES row tiles read each
+    panel (a matrix-vector product converts inline: a panel would only add a pass over memory).
+    (Convolutions keep the conversion inline: their rows are one image row each, and parallel
+    channel tiles alone leave threads idle on small maps.)
+
+    With a dot-product instruction `dp` (`vdpbf16ps`: twice an FMA's work, where the int8
+    instructions do four times) the same tile, its lanes tensorized with the instruction's
+    reduction as the innermost step of the last reduction axis: a tile of one channel vector
+    (schedule_conv_dot) would load a weight vector and a broadcast per instruction."""
     row_tile, vectors = fma_tile(loop_extent(sch, rows), loop_extent(sch, channels) // lanes)
     ro, ri = sch.split(rows, [None, row_tile])
     co, cj, cv = sch.split(channels, [None, vectors, lanes])
+    lane_reduction = []
+    if dp is not None:
+        ko, ki = sch.split(reductions[-1], [None, dp.reduce])
+        reductions, lane_reduction = [*reductions[:-1], ko], [ki]
     widen = _producer_named(sch, block, fp32.WIDENED_WEIGHT)
-    if widen is not None and not weight_panels:
+    if widen is not None and not (weight_panels and loop_extent(sch, ro) >= PANEL_ROW_TILES):
         sch.compute_inline(widen)
         widen = None
     if widen is not None:
-        sch.reorder(*outer, co, ro, *reductions, ri, cj, cv)
+        sch.reorder(*outer, co, ro, *reductions, ri, cj, cv, *lane_reduction)
         _with_epilogue(sch, block, ro)
         sch.compute_at(widen, co)
         _vectorize_inner(sch, widen)
         _parallel_outer(sch, [*outer, co], block)
     else:
-        sch.reorder(*outer, ro, co, *reductions, ri, cj, cv)
+        sch.reorder(*outer, ro, co, *reductions, ri, cj, cv, *lane_reduction)
         _with_epilogue(sch, block, co)
         try:
             _parallel_outer(sch, [*outer, ro, co], block)
         except ScheduleError:  # an epilogue block at the row tile (dropping padded channels)
             _parallel_outer(sch, [*outer, ro], block)
-    sch.vectorize(cv)
+    if dp is None:
+        sch.vectorize(cv)
     sch.unroll(cj)
     sch.unroll(ri)
     init = sch.decompose_reduction(block, reductions[0])
     _vectorize_inner(sch, init)
-
-
-def _dot_tiles(sch: Schedule, block, outer: list, rows, channels, reductions: list, dp: DotProduct) -> None:
-    """The FMA register tile (`fma_tile`: rows × vectors) with a dot-product instruction (its
-    lanes a vector, its reduction the innermost step of the last reduction axis, tensorized):
-    for an instruction that does only twice an FMA's work (`vdpbf16ps`), a tile of one
-    channel vector (schedule_conv_dot) loads a weight vector and a broadcast per instruction."""
-    row_tile, vectors = fma_tile(loop_extent(sch, rows), loop_extent(sch, channels) // dp.lanes)
-    ro, ri = sch.split(rows, [None, row_tile])
-    co, cj, cv = sch.split(channels, [None, vectors, dp.lanes])
-    ko, ki = sch.split(reductions[-1], [None, dp.reduce])
-    reductions = [*reductions[:-1], ko]
-    sch.reorder(*outer, ro, co, *reductions, ri, cj, cv, ki)
-    _with_epilogue(sch, block, co)
-    try:
-        _parallel_outer(sch, [*outer, ro, co], block)
-    except ScheduleError:  # an epilogue block at the row tile (dropping padded channels)
-        _parallel_outer(sch, [*outer, ro], block)
-    init = sch.decompose_reduction(block, reductions[0])
-    _vectorize_inner(sch, init)
-    sch.unroll(cj)
-    sch.unroll(ri)
-    sch.tensorize(cv, dp.register())  # last: it drops loops of one iteration (cj of a one-vector tile)
+    if dp is not None:
+        sch.tensorize(cv, dp.register())  # last: it drops loops of one iteration (cj of a one-vector tile)
 
 
 def schedule_conv_dot_tiles(sch: Schedule, block, dp: DotProduct) -> None:
     b, h, w, o, r, s, c = sch.get_loops(block)
-    _dot_tiles(sch, block, [b, h], w, o, [r, s, c], dp)
+    _fma_tiles(sch, block, [b, h], w, o, [r, s, c], dp.lanes, dp=dp)
 
 
 def schedule_dense_dot_tiles(sch: Schedule, block, dp: DotProduct) -> None:
     *outer, m, o, k = sch.get_loops(block)
-    _dot_tiles(sch, block, outer, m, o, [k], dp)
+    _fma_tiles(sch, block, outer, m, o, [k], dp.lanes, dp=dp)
 
 
 def schedule_conv_fma(sch: Schedule, block, lanes: int) -> None:
