@@ -288,7 +288,14 @@ def fma_tile(rows: int, vectors: int, max_rows: int = 14) -> tuple[int, int]:
     return max(options, key=lambda rv: (rv[0] * rv[1], rv[1]))
 
 
-PANEL_ROW_TILES = 4
+PANEL_ROW_TILES = 4  # row tiles that must read a weight panel for converting it once to pay
+PANEL_PARALLEL = 8  # parallel iterations wanted around a panel (chunks of the last outer axis × channel tiles)
+
+
+def _panel_chunks(extent: int, channel_tiles: int) -> int:
+    """Into how many chunks to cut the last outer axis (a convolution's output rows) so that
+    chunks × channel tiles ≥ PANEL_PARALLEL: the smallest such divisor of `extent`, else `extent`."""
+    return next((d for d in range(1, extent + 1) if extent % d == 0 and d * channel_tiles >= PANEL_PARALLEL), extent)
 
 
 def _producer_named(sch: Schedule, block, name: str):
@@ -303,12 +310,10 @@ def _fma_tiles(sch: Schedule, block, outer: list, rows, channels, reductions: li
     tiles in parallel, the lanes vectorized, the tile unrolled.
 
     An int8 or half-width weight (fp32.widened) is converted next to each multiply-add, or with
-    `weight_panels` as a float32 panel per channel tile that every row tile inside reads (channel
-    tiles outermost, in parallel): for matmuls, whose rows (tokens) are many and whose channel
-    tiles are plenty to share among threads, where at least PANEL_ROW_TILES row tiles read each
-    panel (a matrix-vector product converts inline: a panel would only add a pass over memory).
-    (Convolutions keep the conversion inline: their rows are one image row each, and parallel
-    channel tiles alone leave threads idle on small maps.)
+    `weight_panels` as a float32 panel per channel tile, converted once and read by every row
+    tile of a chunk of the last `outer` axis (a convolution's output rows; chunks × channel
+    tiles, in parallel, ≥ PANEL_PARALLEL), where at least PANEL_ROW_TILES row tiles read it (a
+    matrix-vector product converts inline: a panel would only add a pass over memory).
 
     With a dot-product instruction `dp` (`vdpbf16ps`: twice an FMA's work, where the int8
     instructions do four times) the same tile, its lanes tensorized with the instruction's
@@ -322,15 +327,21 @@ def _fma_tiles(sch: Schedule, block, outer: list, rows, channels, reductions: li
         ko, ki = sch.split(reductions[-1], [None, dp.reduce])
         reductions, lane_reduction = [*reductions[:-1], ko], [ki]
     widen = _producer_named(sch, block, fp32.WIDENED_WEIGHT)
-    if widen is not None and not (weight_panels and loop_extent(sch, ro) >= PANEL_ROW_TILES):
+    chunks = _panel_chunks(loop_extent(sch, outer[-1]), loop_extent(sch, co)) if outer else 1
+    rows_per_chunk = loop_extent(sch, outer[-1]) // chunks if outer else 1
+    if widen is not None and not (weight_panels and rows_per_chunk * loop_extent(sch, ro) >= PANEL_ROW_TILES):
         sch.compute_inline(widen)
         widen = None
     if widen is not None:
-        sch.reorder(*outer, co, ro, *reductions, ri, cj, cv, *lane_reduction)
+        head, inner = outer, []
+        if outer:
+            chunk, within = sch.split(outer[-1], [chunks, None])
+            head, inner = [*outer[:-1], chunk], [within]
+        sch.reorder(*head, co, *inner, ro, *reductions, ri, cj, cv, *lane_reduction)
         _with_epilogue(sch, block, ro)
         sch.compute_at(widen, co)
         _vectorize_inner(sch, widen)
-        _parallel_outer(sch, [*outer, co], block)
+        _parallel_outer(sch, [*head, co], block)
     else:
         sch.reorder(*outer, ro, co, *reductions, ri, cj, cv, *lane_reduction)
         _with_epilogue(sch, block, co)
@@ -360,7 +371,7 @@ def schedule_dense_dot_tiles(sch: Schedule, block, dp: DotProduct) -> None:
 
 def schedule_conv_fma(sch: Schedule, block, lanes: int) -> None:
     b, h, w, o, r, s, c = sch.get_loops(block)
-    _fma_tiles(sch, block, [b, h], w, o, [r, s, c], lanes)
+    _fma_tiles(sch, block, [b, h], w, o, [r, s, c], lanes, weight_panels=True)
 
 
 def schedule_dense_fma(sch: Schedule, block, lanes: int) -> None:
