@@ -5,7 +5,7 @@
 #
 #   gpu_check/gpu_check.sh [FOLDER]          # FOLDER defaults to the script's own folder
 #
-# For each model of checks.txt (fp32, int8) it runs every input of inputs/ and compares the
+# For each model of checks.txt (fp32, int8, fp16) it runs every input of inputs/ and compares the
 # outputs with the CPU build's (expected/KIND/), then times the first input (REPEAT runs after
 # WARMUP, medians). Prints a table; exits 1 if an output differs, 2 if a model cannot run.
 set -u

