@@ -21,15 +21,17 @@ from google.protobuf.message import DecodeError
 
 from .canonicalize import fold_batchnorm_into_conv
 from .errors import QCompilerError
+from .qoperator import QOPERATOR_OPS, conv_integer, matmul_integer, qlinear_conv, qlinear_matmul
 from .recurrent import GATES, convert_recurrent
 from .shape_folding import fold_shape_computations
 from .tensor_spec import TensorSpec
 
 # Ops handled by the importer itself rather than its converter map.
 _IMPORTER_BUILTIN_OPS = frozenset({"If", "Constant"})
-# Ops converted here (TracingImporter._convert_operator): recurrent layers, which TVM's importer
-# lacks, and RMSNormalization, whose TVM converter refuses 6 of ONNX's 38 cases.
-_QCOMPILER_CONVERTED_OPS = frozenset({"RMSNormalization", *GATES})
+# Ops converted here (TracingImporter._convert_operator): recurrent layers and the QOperator
+# integer ops (qoperator.py), which TVM's importer lacks (or widens to int32: MatMulInteger), and
+# RMSNormalization, whose TVM converter refuses 6 of ONNX's 38 cases.
+_QCOMPILER_CONVERTED_OPS = frozenset({"RMSNormalization", *GATES, *QOPERATOR_OPS})
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 # ONNX element types TVM cannot hold or converts differently from ONNX: strings, complex numbers,
 # floats narrower than 16 bits and integers narrower than 8 (conformance: wrong values or crashes).
@@ -558,6 +560,19 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
             ours.node.extend(node for node in graph.node if node.op_type not in _QCOMPILER_CONVERTED_OPS)
             super()._check_for_unsupported_ops(ours)
 
+        def _convert_here(self, op_name, inputs, attrs, opset):
+            """Recurrent layers (recurrent.py) and QOperator integer ops (qoperator.py)."""
+            if op_name in GATES:
+                return convert_recurrent(op_name, inputs, attrs)
+            if op_name == "QLinearConv":
+                return qlinear_conv(self.bb, inputs, lambda conv_inputs: onnx_frontend.ONNXGraphImporter._convert_operator(
+                    self, "Conv", conv_inputs, attrs, opset))
+            if op_name == "QLinearMatMul":
+                return qlinear_matmul(self.bb, inputs)
+            if op_name == "MatMulInteger":
+                return matmul_integer(self.bb, inputs)
+            return conv_integer(self.bb, inputs, attrs)
+
         def _convert_operator(self, op_name, inputs, attrs, opset):
             result = None
             if op_name == "Clip":
@@ -566,9 +581,9 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 result = _layer_norm_with_statistics(inputs, attrs)
             elif op_name == "RMSNormalization":
                 result = _rms_normalization(inputs, attrs)
-            elif op_name in GATES:
+            elif op_name in GATES or op_name in QOPERATOR_OPS:
                 try:
-                    result = convert_recurrent(op_name, list(inputs), attrs)
+                    result = self._convert_here(op_name, list(inputs), attrs, opset)
                 except QCompilerError as err:
                     node = self.current.name if self.current is not None else ""
                     raise QCompilerError(f"{where}: node {node!r} ({op_name}) cannot be imported: {err}") from None

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompiler
-from conftest import assert_close_rel, ort_run
+from conftest import assert_close_rel, make_model, ort_run
 from qcompiler.conformance import (
     SKIPS,
     check_refusal,
@@ -136,10 +136,11 @@ SAMPLE_OPS = (
     "ReduceMean", "ReduceMax", "ArgMax", "Resize", "Pad", "DepthToSpace", "SpaceToDepth", "Dropout", "Clip",
     "Cast", "CastLike", "BitShift", "RoiAlign",
 )
-# converted by qcompiler itself (qcompiler/recurrent.py, frontend._rms_normalization,
-# frontend._float_floor_mod, frontend._hyperbolic; ScatterElements: TOPI's kernel without a root
-# block, which the default schedules now leave as written): every case passes
-MUST_PASS_OPS = ("RNN", "GRU", "LSTM", "RMSNormalization", "Mod", "Cosh", "Sinh", "ScatterElements")
+# converted by qcompiler itself (qcompiler/recurrent.py, qcompiler/qoperator.py,
+# frontend._rms_normalization, frontend._float_floor_mod, frontend._hyperbolic; ScatterElements:
+# TOPI's kernel without a root block, which the default schedules now leave as written): every case passes
+MUST_PASS_OPS = ("RNN", "GRU", "LSTM", "RMSNormalization", "Mod", "Cosh", "Sinh", "ScatterElements",
+                 "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")
 
 @pytest.fixture(scope="module")
 def sample_cases() -> dict[str, list]:
@@ -298,3 +299,48 @@ def test_an_opset_from_the_future_is_refused():
     model.ir_version = 8
     with pytest.raises(QCompilerError, match=r"declares ONNX opset \d+; the newest this installation knows is \d+"):
         load_onnx(model)
+
+
+def _conv_matmul_model():
+    """Conv 3×3 (padded) → Relu → Flatten → MatMul: what onnxruntime's quantizers turn into
+    ConvInteger / MatMulInteger (quantize_dynamic) or QLinearConv / QLinearMatMul (QOperator)."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["y"])]
+    return make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 10])],
+                      {"k": rng.standard_normal((16, 3, 3, 3)) * 0.3, "w": rng.standard_normal((1024, 10)) * 0.05})
+
+
+@pytest.mark.parametrize("fmt", ["dynamic", "qoperator"])
+def test_onnxruntime_quantized_models_run_on_the_int8_kernels(tmp_path, fmt):
+    """onnxruntime's own int8 models: ConvInteger/MatMulInteger after DynamicQuantizeLinear run as
+    imported, QLinearConv/QLinearMatMul with --quantize int8 (realized like QDQ): on the int8 dot
+    product kernels, equal to onnxruntime up to one output quantization step."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+
+    float_path, path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(_conv_matmul_model(), float_path)
+    rng = np.random.default_rng(13)
+    samples = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(9)]
+    if fmt == "dynamic":
+        quantize_dynamic(str(float_path), str(path))
+        ops = {"ConvInteger", "MatMulInteger"}
+    else:
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.items = iter(samples[:8])
+
+            def get_next(self):
+                return next(self.items, None)
+
+        quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QOperator, per_channel=True)
+        ops = {"QLinearConv", "QLinearMatMul"}
+    quantized = onnx.load(path)
+    assert ops <= {node.op_type for node in quantized.graph.node}
+    artifact = qcompiler.compile(path, quantize=None if fmt == "dynamic" else "int8")
+    products = [name for name in artifact.metadata.kernels if "conv2d" in name or "dense" in name]
+    assert len(products) == 2 and all("u8s8" in name for name in products), artifact.metadata.kernels
+    got = qcompiler.load(artifact.export(tmp_path / "q.so")).run(samples[8])["y"]
+    expected = ort_run(quantized, samples[8])["y"]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=0.01 * np.abs(expected).max())
