@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from .canonicalize import fold_batchnorm_into_conv
 from .errors import QCompilerError
+from .attention import convert_attention
 from .qoperator import QOPERATOR_OPS, conv_integer, matmul_integer, qlinear_conv, qlinear_matmul
 from .recurrent import GATES, convert_recurrent
 from .shape_folding import fold_shape_computations
@@ -28,10 +29,11 @@ from .tensor_spec import TensorSpec
 
 # Ops handled by the importer itself rather than its converter map.
 _IMPORTER_BUILTIN_OPS = frozenset({"If", "Constant"})
-# Ops converted here (TracingImporter._convert_operator): recurrent layers and the QOperator
-# integer ops (qoperator.py), which TVM's importer lacks (or widens to int32: MatMulInteger), and
-# RMSNormalization, whose TVM converter refuses 6 of ONNX's 38 cases.
-_QCOMPILER_CONVERTED_OPS = frozenset({"RMSNormalization", *GATES, *QOPERATOR_OPS})
+# Ops converted here (TracingImporter._convert_operator): recurrent layers, the QOperator integer
+# ops (qoperator.py) and opset-23 Attention (attention.py), which TVM's importer lacks (or widens
+# to int32: MatMulInteger; or fails on: Attention), and RMSNormalization, whose TVM converter
+# refuses 6 of ONNX's 38 cases.
+_QCOMPILER_CONVERTED_OPS = frozenset({"RMSNormalization", "Attention", *GATES, *QOPERATOR_OPS})
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 # ONNX element types TVM cannot hold or converts differently from ONNX: strings, complex numbers,
 # floats narrower than 16 bits and integers narrower than 8 (conformance: wrong values or crashes).
@@ -439,6 +441,55 @@ def _variadic_pairwise(bb, op_name: str, inputs):
     return result
 
 
+def _float16_matmul(inputs):
+    """A float16 MatMul with float32 sums, rounded once (as numpy and onnxruntime compute it;
+    TVM's sums a float16 product in float16). None for other dtypes."""
+    from tvm import relax
+
+    a, b = inputs[:2]
+    if not all(isinstance(getattr(x, "ty", None), relax.TensorType) and str(x.ty.dtype) == "float16" for x in (a, b)):
+        return None
+    return relax.op.astype(relax.op.matmul(relax.op.astype(a, "float32"), relax.op.astype(b, "float32")), "float16")
+
+
+def _half_softmax(bb, x, axis: int):
+    """Softmax (opset 13+) of float16 as ONNX's reference computes it: each step in float32,
+    rounded to float16 (TVM's float16 softmax differs by a float16 step); None for other dtypes.
+    bfloat16 is refused: TVM computes it in float32 and drops the roundings between fused steps."""
+    from tvm import relax
+
+    dtype = str(x.ty.dtype) if isinstance(getattr(x, "ty", None), relax.TensorType) else ""
+    if dtype == "bfloat16":
+        raise QCompilerError("bfloat16 Softmax is not supported (TVM computes bfloat16 in float32 without "
+                             "rounding between steps: results differ from ONNX's by a bfloat16 step)")
+    if dtype != "float16":
+        return None
+
+    def rounded(value):
+        return bb.normalize(relax.op.astype(relax.op.astype(value, "float16"), "float32"))
+
+    wide = bb.normalize(relax.op.astype(x, "float32"))
+    exps = rounded(relax.op.exp(rounded(relax.op.subtract(wide, relax.op.max(wide, axis=[axis], keepdims=True)))))
+    total = rounded(relax.op.sum(exps, axis=[axis], keepdims=True))
+    return relax.op.astype(relax.op.divide(exps, total), "float16")
+
+
+def _infinite_extremes(bb, op_name: str, result):
+    """ReduceMax (ReduceMin) of floats with −∞ (+∞) where TVM's reduction returned its start
+    value, the lowest (highest) finite float: every element −∞ (+∞), or none at all, where ONNX
+    says ∓∞. (A true extreme exactly at the finite limit reads as infinite too.)"""
+    import numpy as np
+    from tvm import relax
+
+    result = bb.normalize(result)
+    dtype = str(result.ty.dtype) if isinstance(result.ty, relax.TensorType) else ""
+    if dtype not in ("float16", "float32", "float64"):
+        return result
+    info = np.finfo(dtype)
+    limit, infinite = (info.min, -np.inf) if op_name == "ReduceMax" else (info.max, np.inf)
+    return relax.op.where(relax.op.equal(result, relax.const(limit, dtype)), relax.const(infinite, dtype), result)
+
+
 def _isinf_one_sign(inputs, attrs):
     """IsInf with detect_positive=0 or detect_negative=0 (TVM's converter ignores both); None
     when both are set, the case TVM's `isinf` covers."""
@@ -561,7 +612,7 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
             super()._check_for_unsupported_ops(ours)
 
         def _convert_here(self, op_name, inputs, attrs, opset):
-            """Recurrent layers (recurrent.py) and QOperator integer ops (qoperator.py)."""
+            """Recurrent layers (recurrent.py), QOperator integer ops (qoperator.py), Attention (attention.py)."""
             if op_name in GATES:
                 return convert_recurrent(op_name, inputs, attrs)
             if op_name == "QLinearConv":
@@ -571,6 +622,8 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 return qlinear_matmul(self.bb, inputs)
             if op_name == "MatMulInteger":
                 return matmul_integer(self.bb, inputs)
+            if op_name == "Attention":
+                return convert_attention(self.bb, inputs, attrs, len(self.current.output))
             return conv_integer(self.bb, inputs, attrs)
 
         def _convert_operator(self, op_name, inputs, attrs, opset):
@@ -581,7 +634,7 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 result = _layer_norm_with_statistics(inputs, attrs)
             elif op_name == "RMSNormalization":
                 result = _rms_normalization(inputs, attrs)
-            elif op_name in GATES or op_name in QOPERATOR_OPS:
+            elif op_name in GATES or op_name in QOPERATOR_OPS or op_name == "Attention":
                 try:
                     result = self._convert_here(op_name, list(inputs), attrs, opset)
                 except QCompilerError as err:
@@ -593,6 +646,10 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 result = _float_floor_mod(inputs, attrs)
             elif op_name == "IsInf":
                 result = _isinf_one_sign(inputs, attrs)
+            elif op_name == "MatMul":
+                result = _float16_matmul(inputs)
+            elif op_name == "Softmax" and opset >= 13:
+                result = _half_softmax(self.bb, inputs[0], int(attrs.get("axis", -1)))
             elif op_name in VARIADIC_ELEMENTWISE and inputs and all(
                     x is not None and isinstance(getattr(x, "ty", None), relax.TensorType) for x in inputs):
                 result = _variadic_pairwise(self.bb, op_name, list(inputs))
@@ -600,6 +657,8 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 result = super()._convert_operator(op_name, inputs, attrs, opset)
                 if op_name == "BitShift":
                     result = self.bb.normalize(_out_of_range_shifts(inputs, attrs, self.bb.emit(result)))
+                elif op_name in ("ReduceMax", "ReduceMin"):
+                    result = self.bb.normalize(_infinite_extremes(self.bb, op_name, result))
             else:
                 result = self.bb.normalize(result)
             node_name = attrs["tvm_custom"]["name"]

@@ -20,11 +20,16 @@ FOLDABLE_OPS = frozenset({
     "Cast", "Concat", "Gather", "Slice", "Squeeze", "Unsqueeze", "Identity", "Add", "Sub", "Mul", "Div",
     "Floor", "Ceil", "Range", "ConstantOfShape", "Equal", "Where", "Reshape", "ReduceProd", "Min", "Max", "Abs", "Neg",
     "Size",
+    # the arithmetic and masks of ops given as expanded function bodies (Attention's: its scale,
+    # causal and window masks from the static sequence lengths)
+    "Mod", "Sqrt", "Pow", "Sign", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor",
+    "CastLike", "Expand", "Tile", "Transpose", "Flatten", "Trilu", "ReduceMax", "ReduceMin", "ReduceSum",
 })
 # Constant's list and scalar attribute forms (TVM's importer reads only `value`) → numpy dtype.
 _CONSTANT_FORMS = MappingProxyType({"value_float": np.float32, "value_floats": np.float32,
                                     "value_int": np.int64, "value_ints": np.int64})
 MAX_FOLD_ELEMENTS = 4096
+MAX_FOLDED_ELEMENTS = 1 << 20  # a folded result larger than this (an expanded mask) stays a node
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -111,6 +116,8 @@ def fold_shape_computations(model: onnx.ModelProto, opset: int) -> onnx.ModelPro
             try:
                 results = _evaluate(node, [value(n) if n else None for n in node.input], opset)
             except Exception:  # the reference evaluator lacks some op versions: leave the node to TVM
+                results = None
+            if results is not None and any(np.asarray(r).size > MAX_FOLDED_ELEMENTS for r in results):
                 results = None
         if results is None or any(out in graph_outputs for out in node.output):
             kept.append(node)

@@ -344,3 +344,28 @@ def test_onnxruntime_quantized_models_run_on_the_int8_kernels(tmp_path, fmt):
     got = qcompiler.load(artifact.export(tmp_path / "q.so")).run(samples[8])["y"]
     expected = ort_run(quantized, samples[8])["y"]
     np.testing.assert_allclose(got, expected, rtol=0, atol=0.01 * np.abs(expected).max())
+
+
+def test_attention_cases(sample_cases, tmp_path):
+    """Opset-23+ Attention (qcompiler/attention.py) on ONNX's own cases: every float32 and
+    float16 one passes (masks, causal, grouped-query, past key/value, softcap, the qk outputs,
+    windows, fully masked rows); bfloat16 ones are refused in one line naming the op."""
+    cases = [case for case in node_cases() if case.name.startswith("test_attention_")
+             and not case.name.endswith("_expanded")]
+    assert len(cases) >= 80
+    failures = []
+    for case in cases:
+        outcome = run_qcompiler_case(case, tmp_path)
+        expected = "unsupported" if "bf16" in case.name else "passed"
+        if outcome.status != expected or (expected == "unsupported" and "Attention" not in outcome.detail):
+            failures.append(f"{case.name}: {outcome.status}: {outcome.detail}")
+    assert not failures, "\n".join(failures)
+
+
+def test_reduce_max_of_only_minus_infinity_is_minus_infinity(tmp_path):
+    """TVM's max starts from the lowest finite float: a row of −∞ must still give −∞ (as numpy)."""
+    model = make_model([helper.make_node("ReduceMax", ["x"], ["y"], axes=[1], keepdims=0)],
+                       [("x", [2, 3])], [("y", [2])], opset=17)
+    x = np.array([[-np.inf, -np.inf, -np.inf], [1.0, -np.inf, 2.0]], np.float32)
+    y = qcompiler.load(qcompiler.compile(model).export(tmp_path / "m.so")).run({"x": x})["y"]
+    np.testing.assert_array_equal(y, [-np.inf, 2.0])
