@@ -157,7 +157,7 @@ def test_row_reductions_against_onnxruntime(tmp_path, op, shape, keepdims):
     feed = {"x": rng.standard_normal(shape).astype(np.float32)}
     kernels, got = compiled_outputs(model, feed, tmp_path)
     np.testing.assert_array_equal(got["y"], ort_run(model, feed)["y"])
-    lanewise = any(name.startswith(f"row_{op[6:].lower()}") and source == "default" for name, source in kernels.items())
+    lanewise = any(f"row_{op[6:].lower()}" in name and source == "default" for name, source in kernels.items())
     assert lanewise == (shape[-1] >= 16), kernels
 
 

@@ -105,22 +105,21 @@ def test_conflicting_static_dim():
 
 def test_unsupported_ops_listed_all_at_once():
     nodes = [
-        helper.make_node("QLinearConv", ["x", "s", "z", "w", "s", "z", "s", "z"], ["a"], name="qconv1"),
-        helper.make_node("QLinearConv", ["a", "s", "z", "w", "s", "z", "s", "z"], ["b"], name="qconv2"),
+        helper.make_node("CenterCropPad", ["x", "shape"], ["a"], name="crop1"),
+        helper.make_node("CenterCropPad", ["a", "shape"], ["b"], name="crop2"),
         helper.make_node("Relu", ["b"], ["c"], name="relu"),
         helper.make_node("MyCustomOp", ["c"], ["y"], name="custom", domain="com.example"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 4, 4])],
-        [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z"),
-         numpy_helper.from_array(np.ones((1, 1, 1, 1), np.uint8), "w")],
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [numpy_helper.from_array(np.array([1, 1, 4, 4], np.int64), "shape")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("com.example", 1)])
     with pytest.raises(QCompilerError) as err:
         load_onnx(model)
     text = one_line(err)
-    assert "QLinearConv (2 nodes: qconv1, qconv2)" in text
+    assert "CenterCropPad (2 nodes: crop1, crop2)" in text
     assert "com.example::MyCustomOp (1 node: custom)" in text
     assert "Relu" not in text
 
