@@ -612,47 +612,48 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
             super()._check_for_unsupported_ops(ours)
 
         def _convert_here(self, op_name, inputs, attrs, opset):
-            """Recurrent layers (recurrent.py), QOperator integer ops (qoperator.py), Attention (attention.py)."""
+            """The ops qcompiler converts itself (or differently from TVM's converter), or None
+            for TVM's converter to do."""
+            if op_name == "Clip":
+                return _clip_as_relax_clip(inputs, attrs)
+            if op_name == "LayerNormalization" and self.current is not None and any(self.current.output[1:]):
+                return _layer_norm_with_statistics(inputs, attrs)
+            if op_name == "RMSNormalization":
+                return _rms_normalization(inputs, attrs)
             if op_name in GATES:
-                return convert_recurrent(op_name, inputs, attrs)
+                return convert_recurrent(op_name, list(inputs), attrs)
             if op_name == "QLinearConv":
-                return qlinear_conv(self.bb, inputs, lambda conv_inputs: onnx_frontend.ONNXGraphImporter._convert_operator(
+                return qlinear_conv(self.bb, list(inputs), lambda conv_inputs: onnx_frontend.ONNXGraphImporter._convert_operator(
                     self, "Conv", conv_inputs, attrs, opset))
             if op_name == "QLinearMatMul":
-                return qlinear_matmul(self.bb, inputs)
+                return qlinear_matmul(self.bb, list(inputs))
             if op_name == "MatMulInteger":
-                return matmul_integer(self.bb, inputs)
+                return matmul_integer(self.bb, list(inputs))
+            if op_name == "ConvInteger":
+                return conv_integer(self.bb, list(inputs), attrs)
             if op_name == "Attention":
-                return convert_attention(self.bb, inputs, attrs, len(self.current.output))
-            return conv_integer(self.bb, inputs, attrs)
+                return convert_attention(self.bb, list(inputs), attrs, len(self.current.output))
+            if op_name in ("Cosh", "Sinh"):
+                return _hyperbolic(op_name, inputs)
+            if op_name == "Mod":
+                return _float_floor_mod(inputs, attrs)
+            if op_name == "IsInf":
+                return _isinf_one_sign(inputs, attrs)
+            if op_name == "MatMul":
+                return _float16_matmul(inputs)
+            if op_name == "Softmax" and opset >= 13:
+                return _half_softmax(self.bb, inputs[0], int(attrs.get("axis", -1)))
+            if op_name in VARIADIC_ELEMENTWISE and inputs and all(
+                    x is not None and isinstance(getattr(x, "ty", None), relax.TensorType) for x in inputs):
+                return _variadic_pairwise(self.bb, op_name, list(inputs))
+            return None
 
         def _convert_operator(self, op_name, inputs, attrs, opset):
-            result = None
-            if op_name == "Clip":
-                result = _clip_as_relax_clip(inputs, attrs)
-            elif op_name == "LayerNormalization" and self.current is not None and any(self.current.output[1:]):
-                result = _layer_norm_with_statistics(inputs, attrs)
-            elif op_name == "RMSNormalization":
-                result = _rms_normalization(inputs, attrs)
-            elif op_name in GATES or op_name in QOPERATOR_OPS or op_name == "Attention":
-                try:
-                    result = self._convert_here(op_name, list(inputs), attrs, opset)
-                except QCompilerError as err:
-                    node = self.current.name if self.current is not None else ""
-                    raise QCompilerError(f"{where}: node {node!r} ({op_name}) cannot be imported: {err}") from None
-            elif op_name in ("Cosh", "Sinh"):
-                result = _hyperbolic(op_name, inputs)
-            elif op_name == "Mod":
-                result = _float_floor_mod(inputs, attrs)
-            elif op_name == "IsInf":
-                result = _isinf_one_sign(inputs, attrs)
-            elif op_name == "MatMul":
-                result = _float16_matmul(inputs)
-            elif op_name == "Softmax" and opset >= 13:
-                result = _half_softmax(self.bb, inputs[0], int(attrs.get("axis", -1)))
-            elif op_name in VARIADIC_ELEMENTWISE and inputs and all(
-                    x is not None and isinstance(getattr(x, "ty", None), relax.TensorType) for x in inputs):
-                result = _variadic_pairwise(self.bb, op_name, list(inputs))
+            try:
+                result = self._convert_here(op_name, inputs, attrs, opset)
+            except QCompilerError as err:  # a one-line reason: with the node and its op
+                node = self.current.name if self.current is not None else ""
+                raise QCompilerError(f"{where}: node {node!r} ({op_name}) cannot be imported: {err}") from None
             if result is None:
                 result = super()._convert_operator(op_name, inputs, attrs, opset)
                 if op_name == "BitShift":
