@@ -474,6 +474,24 @@ def _half_softmax(bb, x, axis: int):
     return relax.op.astype(relax.op.divide(exps, total), "float16")
 
 
+def _mixed_power(inputs):
+    """Pow of integers (TVM's `power` takes floats only: computed in float64 and rounded back,
+    exact while |result| < 2^53) or of a float base with an exponent of another type (converted
+    to the base's); None when both are the same float type."""
+    from tvm import relax
+
+    base, exponent = inputs[:2]
+    if not all(isinstance(getattr(x, "ty", None), relax.TensorType) for x in (base, exponent)):
+        return None
+    dtype, exponent_dtype = str(base.ty.dtype), str(exponent.ty.dtype)
+    if dtype.startswith(("int", "uint")):
+        wide = relax.op.power(relax.op.astype(base, "float64"), relax.op.astype(exponent, "float64"))
+        return relax.op.astype(relax.op.round(wide), dtype)
+    if exponent_dtype != dtype:
+        return relax.op.power(base, relax.op.astype(exponent, dtype))
+    return None
+
+
 def _infinite_extremes(bb, op_name: str, result):
     """ReduceMax (ReduceMin) of floats with −∞ (+∞) where TVM's reduction returned its start
     value, the lowest (highest) finite float: every element −∞ (+∞), or none at all, where ONNX
@@ -641,6 +659,8 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 return _isinf_one_sign(inputs, attrs)
             if op_name == "MatMul":
                 return _float16_matmul(inputs)
+            if op_name == "Pow":
+                return _mixed_power(inputs)
             if op_name == "Softmax" and opset >= 13:
                 return _half_softmax(self.bb, inputs[0], int(attrs.get("axis", -1)))
             if op_name in VARIADIC_ELEMENTWISE and inputs and all(

@@ -140,7 +140,7 @@ SAMPLE_OPS = (
 # frontend._rms_normalization, frontend._float_floor_mod, frontend._hyperbolic; ScatterElements:
 # TOPI's kernel without a root block, which the default schedules now leave as written): every case passes
 MUST_PASS_OPS = ("RNN", "GRU", "LSTM", "RMSNormalization", "Mod", "Cosh", "Sinh", "ScatterElements",
-                 "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")
+                 "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "Pow")
 
 @pytest.fixture(scope="module")
 def sample_cases() -> dict[str, list]:
