@@ -94,7 +94,7 @@ class _DynamicQuantizer(CallRewriter):
         w = constant_value(weight)
         if w.ndim != 2 or w.shape[0] < self.min_depth:
             return None
-        depth, columns = w.shape
+        columns = w.shape[1]
         w_q, w_scale = quantize_weight(w)
         self.stats.layers.append(str(call.args[0]))
         self.stats.int8_macs += int(np.prod(rows)) * columns

@@ -23,6 +23,15 @@ def const(value: np.ndarray, dtype: str | None = None):
     return relax.const(array, str(array.dtype))
 
 
+def float32_constant(expr, min_size: int = 0) -> np.ndarray | None:
+    """The value of `expr` if it is a float32 constant of at least `min_size` elements, else None
+    (the weights the weight-storage strategies convert)."""
+    if not isinstance(expr, Constant):
+        return None
+    value = constant_value(expr)
+    return value if value.dtype == np.float32 and value.size >= min_size else None
+
+
 def is_float32(expr) -> bool:
     """Whether `expr` is a float32 tensor."""
     return isinstance(expr.ty, relax.TensorType) and str(expr.ty.dtype) == "float32"

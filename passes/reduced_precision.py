@@ -28,7 +28,7 @@ from tvm import relax
 from qcompiler.errors import QCompilerError
 
 from .dynamic import DynamicStats
-from .graph import CallRewriter, Constant, const, constant_value, is_float32
+from .graph import CallRewriter, const, float32_constant, is_float32
 
 HALF_TYPES = {"fp16": "float16", "bf16": "bfloat16"}
 FLOAT16_MAX = 65504.0
@@ -55,10 +55,8 @@ class _HalfPrecision(CallRewriter):
 
     def half_weight(self, call, weight, what: str) -> relax.Expr | None:
         """`weight` (a float32 constant of ≥ min_size elements of a float32 call) in the half type."""
-        if not (isinstance(weight, Constant) and is_float32(call)):
-            return None
-        w = constant_value(weight)
-        if w.dtype != np.float32 or w.size < self.min_size:
+        w = float32_constant(weight, self.min_size) if is_float32(call) else None
+        if w is None:
             return None
         peak = float(np.abs(w).max(initial=0.0))
         if self.dtype == "float16" and not peak <= FLOAT16_MAX:

@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 
 from .dynamic import DynamicStats, quantize_weight
-from .graph import CONV_LAYOUTS, CallRewriter, Constant, const, constant_value, is_float32
+from .graph import CONV_LAYOUTS, CallRewriter, const, float32_constant, is_float32
 
 
 @relax.expr_functor.mutator
@@ -34,10 +34,9 @@ class _WeightOnly(CallRewriter):
 
     def float_weight(self, call) -> np.ndarray | None:
         data, weight = call.args
-        if not (isinstance(weight, Constant) and is_float32(data) and is_float32(call)):
+        if not (is_float32(data) and is_float32(call)):
             return None
-        w = constant_value(weight)
-        return w if w.dtype == np.float32 and w.size >= self.min_size else None
+        return float32_constant(weight, self.min_size)
 
     def matmul(self, call) -> relax.Expr | None:
         w = self.float_weight(call)
@@ -71,11 +70,10 @@ class _WeightOnly(CallRewriter):
         """An embedding table (rows gathered from a float32 constant [V, D]): int8 rows, each with
         its own scale, gathered together and converted after the gather."""
         table, indices = call.args
-        if not (isinstance(table, Constant) and is_float32(call) and call.attrs.axis is not None
-                and int(call.attrs.axis) == 0):
+        if not (is_float32(call) and call.attrs.axis is not None and int(call.attrs.axis) == 0):
             return None
-        t = constant_value(table)
-        if t.dtype != np.float32 or t.ndim != 2 or t.size < self.min_size:
+        t = float32_constant(table, self.min_size)
+        if t is None or t.ndim != 2:
             return None
         rows_q, scale = quantize_weight(t.T)  # a row of the table is a column here
         self.stats.layers.append(str(indices))

@@ -27,13 +27,9 @@ import numpy as np
 from tvm import relax
 
 from .errors import QCompilerError
-from .passes.graph import const
+from .passes.graph import const, shape_of
 
 NEG_INF = -np.inf
-
-
-def _shape(expr) -> list[int]:
-    return [int(d) for d in expr.ty.shape.values]
 
 
 def _f32(value) -> relax.Expr:
@@ -46,7 +42,7 @@ def _i64(value) -> relax.Expr:
 
 def _heads_first(bb, x, heads: int | None, what: str):
     """A 3-D [B, S, H·D] tensor as [B, H, S, D]; 4-D ones as they are."""
-    shape = _shape(x)
+    shape = shape_of(x)
     if len(shape) == 4:
         return x
     if heads is None:
@@ -116,7 +112,7 @@ def convert_attention(bb, inputs: list, attrs: dict, outputs: int):
     if dtype not in ("float32", "float16"):
         raise QCompilerError(f"{dtype} inputs are not supported (float32 and float16 are: computed in float32, "
                              f"ONNX's reference rounds every step to {dtype})")
-    rank = len(_shape(q))
+    rank = len(shape_of(q))
 
     def rounded(x):
         """`x` rounded to float16 where the reference computes in float16 (and back to float32)."""
@@ -130,9 +126,9 @@ def convert_attention(bb, inputs: list, attrs: dict, outputs: int):
     v4 = _heads_first(bb, v, kv_heads_attr, "V")
     present_key = k4 if past_key is None else bb.normalize(relax.op.concat([past_key, k4], axis=2))
     present_value = v4 if past_value is None else bb.normalize(relax.op.concat([past_value, v4], axis=2))
-    batch, q_heads, queries, depth = _shape(q4)
-    k_heads, keys = _shape(present_key)[1:3]
-    past = _shape(past_key)[2] if past_key is not None else 0
+    batch, q_heads, queries, depth = shape_of(q4)
+    k_heads, keys = shape_of(present_key)[1:3]
+    past = shape_of(past_key)[2] if past_key is not None else 0
 
     keys_f, values_f = _widened(bb, present_key), _widened(bb, present_value)
     if q_heads != k_heads and q_heads % k_heads == 0:
@@ -156,9 +152,9 @@ def convert_attention(bb, inputs: list, attrs: dict, outputs: int):
             mask = _allowed_bias(bb, mask)
         else:
             mask = _widened(bb, mask)
-        short = keys - _shape(mask)[-1]
+        short = keys - shape_of(mask)[-1]
         if short > 0:
-            widths = [0, 0] * (len(_shape(mask)) - 1) + [0, short]
+            widths = [0, 0] * (len(shape_of(mask)) - 1) + [0, short]
             mask = bb.normalize(relax.op.nn.pad(mask, widths, pad_value=NEG_INF))
         bias = mask
     offset = past

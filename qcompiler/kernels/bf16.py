@@ -51,11 +51,6 @@ class _BF16KernelDispatch(KernelDispatch):
         w = constant_value(weight)
         return w if str(w.dtype) == BFLOAT16 else None
 
-    def pad(self, data, pads: list[tuple[int, int]]):
-        if not any(lo or hi for lo, hi in pads):
-            return data
-        return self.builder_.emit(relax.op.nn.pad(data, [p for pair in pads for p in pair], pad_value=0.0))
-
     def conv2d(self, call) -> relax.Expr | None:
         w = self.bf16_weight(call)
         conv = ConvAttrs.of(call)
@@ -63,8 +58,7 @@ class _BF16KernelDispatch(KernelDispatch):
             return None
         data = call.args[0]
         out_channels, channels = w.shape[0], w.shape[3]
-        top, left, bottom, right = conv.padding
-        data = self.pad(data, [(0, 0), (top, bottom), (left, right), (0, -channels % self.dp.reduce)])
+        data = self.pad(data, conv.nhwc_pads(-channels % self.dp.reduce))
         return self.kernel(
             "conv2d_nhwc_bf16",
             lambda x, wp: kc.conv2d_nhwc_packed(x, wp, self.dp, conv.strides, conv.dilation, out_channels),

@@ -75,11 +75,6 @@ class _Int8KernelDispatch(KernelDispatch):
         self.dp = dp
         self.engine = engine
 
-    def pad(self, data, pads: list[tuple[int, int]]):
-        if not any(lo or hi for lo, hi in pads):
-            return data
-        return self.builder_.emit(relax.op.nn.pad(data, [p for pair in pads for p in pair], pad_value=0.0))
-
     def as_instruction_dtype(self, data, weight_sums: np.ndarray, shape: list[int]):
         """(data in the instruction's activation type, int32 correction constant or None):
         data of the other signedness shifted by t = ±128, with −t · Σw (`weight_sums` per
@@ -143,8 +138,7 @@ class _Int8KernelDispatch(KernelDispatch):
         channels = _shape(data)[3]
         conv = ConvAttrs.of(call)
         groups, strides, dilation = conv.groups, conv.strides, conv.dilation
-        top, left, bottom, right = conv.padding
-        spatial = [(0, 0), (top, bottom), (left, right), (0, 0)]
+        spatial = conv.nhwc_pads()
         if groups > 1 and groups == channels == out_channels and in_per_group == 1:
             data = self.pad(data, spatial)
             taps = depthwise_taps(w)

@@ -313,17 +313,17 @@ class _FloatKernelDispatch(KernelDispatch):
                 and _float_out(call)):
             return None
         w = _packable_weight(weight)
-        data = self.widened(data)
+        data = self.float32_activation(data)
         out_channels, _, _, in_per_group = w.shape
         channels = _shape(data)[3]
         conv = ConvAttrs.of(call)
         strides, dilation = conv.strides, conv.dilation
         if conv.groups == 1 and in_per_group == channels:
-            padded = self.pad(data, *conv.padding)
+            padded = self.pad(data, conv.nhwc_pads())
             return self.kernel("conv2d_nhwc_f32", lambda x, wp: conv2d_nhwc(x, wp, strides, dilation, out_channels), padded,
                                [pack_conv_weight(w, lanes_for(out_channels, self.lanes))])
         if conv.groups == channels == out_channels and in_per_group == 1:
-            padded = self.pad(data, *conv.padding)
+            padded = self.pad(data, conv.nhwc_pads())
             return self.kernel("depthwise_nhwc_f32", lambda x, wd: depthwise_nhwc(x, wd, strides, dilation), padded,
                                [depthwise_taps(w)])
         groups = conv.groups
@@ -331,13 +331,13 @@ class _FloatKernelDispatch(KernelDispatch):
         lanes = lanes_for(per_group, self.lanes)
         if groups > 1 and channels == groups * in_per_group and per_group * groups == out_channels \
                 and per_group % lanes == 0:
-            padded = self.pad(data, *conv.padding)
+            padded = self.pad(data, conv.nhwc_pads())
             return self.kernel("grouped_conv2d_nhwc_f32",
                                lambda x, wp: conv2d_nhwc(x, wp, strides, dilation, out_channels, groups), padded,
                                [pack_conv_weight(w, lanes)])
         return None
 
-    def widened(self, data) -> relax.Expr:
+    def float32_activation(self, data) -> relax.Expr:
         """A float16 activation as float32, before the kernel: one vectorized pass (fused with
         the rounding that made it, in its producer), so that the kernel's inner loop converts
         only its weights, which it reuses, not each activation. Not bfloat16: TVM computes
@@ -346,11 +346,6 @@ class _FloatKernelDispatch(KernelDispatch):
         if str(data.ty.dtype) != "float16":
             return data
         return self.builder_.emit(relax.op.astype(data, "float32"))
-
-    def pad(self, data, top: int, left: int, bottom: int, right: int):
-        if not (top or left or bottom or right):
-            return data
-        return self.builder_.emit(relax.op.nn.pad(data, [0, 0, top, bottom, left, right, 0, 0], pad_value=0.0))
 
     def matmul(self, call) -> relax.Expr | None:
         data, weight = call.args
@@ -361,7 +356,7 @@ class _FloatKernelDispatch(KernelDispatch):
         w = _packable_weight(weight)
         if w.ndim != 2:
             return None
-        data = self.widened(data)
+        data = self.float32_activation(data)
         return self.kernel("dense_f32", lambda x, wp: dense(x, wp, w.shape[1]), data, [pack_dense_weight(w, lanes_for(w.shape[1], self.lanes))])
 
     def batch_matmul(self, call) -> relax.Expr | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax, te
 
-from ..passes.graph import CallRewriter, const
+from ..passes.graph import CallRewriter, const, shape_of
 from .compute import shape64
 
 
@@ -26,6 +26,11 @@ class ConvAttrs:
         return cls(int(attrs.groups), tuple(int(p) for p in attrs.padding), [int(s) for s in attrs.strides],
                    [int(d) for d in attrs.dilation])
 
+    def nhwc_pads(self, channels: int = 0) -> list[tuple[int, int]]:
+        """(before, after) per NHWC axis: the spatial padding, and `channels` more at the end."""
+        top, left, bottom, right = self.padding
+        return [(0, 0), (top, bottom), (left, right), (0, channels)]
+
 
 def depthwise_taps(weight: np.ndarray) -> np.ndarray:
     """A depthwise OHWI weight [C, KH, KW, 1] as taps [KH, KW, C]."""
@@ -43,13 +48,16 @@ class KernelDispatch(CallRewriter):
         a tensor or a list, then one per numpy constant of `arrays`), its PrimFunc added to the
         module as `name`."""
         inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        holders = [te.placeholder(shape64(*_shape(x)), str(x.ty.dtype), f"in{i}") for i, x in enumerate(inputs)]
+        holders = [te.placeholder(shape64(*shape_of(x)), str(x.ty.dtype), f"in{i}") for i, x in enumerate(inputs)]
         holders += [te.placeholder(shape64(*a.shape), str(a.dtype), f"w{i}") for i, a in enumerate(arrays)]
         out = compute(*holders)
         gvar = self.builder_.add_func(te.create_prim_func([*holders, out]).without_attr("global_symbol"), name)
         out_ty = relax.TensorType([int(d) for d in out.shape], str(out.dtype))
         return relax.call_tir(gvar, [*inputs, *[const(a) for a in arrays]], out_ty)
 
+    def pad(self, data, pads: list[tuple[int, int]]):
+        """`data` zero-padded by (before, after) per axis (itself where all are 0)."""
+        if not any(lo or hi for lo, hi in pads):
+            return data
+        return self.builder_.emit(relax.op.nn.pad(data, [p for pair in pads for p in pair], pad_value=0.0))
 
-def _shape(expr) -> list[int]:
-    return [int(d) for d in expr.ty.shape.values]
