@@ -369,3 +369,23 @@ def test_reduce_max_of_only_minus_infinity_is_minus_infinity(tmp_path):
     x = np.array([[-np.inf, -np.inf, -np.inf], [1.0, -np.inf, 2.0]], np.float32)
     y = qcompiler.load(qcompiler.compile(model).export(tmp_path / "m.so")).run({"x": x})["y"]
     np.testing.assert_array_equal(y, [-np.inf, 2.0])
+
+
+@pytest.mark.parametrize("node, inputs, output, expected", [
+    (helper.make_node("ConvInteger", ["x", "w"], ["y"], name="convint", auto_pad="SAME_UPPER"),
+     [("x", TensorProto.UINT8, [1, 1, 4, 4]), ("w", TensorProto.INT8, [1, 1, 3, 3])], (TensorProto.INT32, [1, 1, 4, 4]),
+     "node 'convint' (ConvInteger) cannot be imported: auto_pad"),
+    (helper.make_node("Attention", ["q", "k", "v"], ["y"], name="attn"),
+     [("q", TensorProto.FLOAT, [1, 4, 8]), ("k", TensorProto.FLOAT, [1, 4, 8]), ("v", TensorProto.FLOAT, [1, 4, 8])],
+     (TensorProto.FLOAT, [1, 4, 8]),
+     "node 'attn' (Attention) cannot be imported: 3-D Q needs the q_num_heads and kv_num_heads attributes"),
+])
+def test_converted_here_refusals_name_node_and_op(node, inputs, output, expected):
+    """What qoperator.py and attention.py cannot convert is one line naming the node, its op and why."""
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+                              [helper.make_tensor_value_info("y", *output)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    with pytest.raises(qcompiler.QCompilerError) as err:
+        qcompiler.compile(model)
+    message = str(err.value)
+    assert expected in message and "\n" not in message, message
