@@ -50,6 +50,7 @@ def compile(  # noqa: A001 - the public verb of this package
     committed_logs: bool = True,
     default_schedules: bool = True,
     initializers_as_inputs: bool = False,
+    constant_inputs: "Mapping[str, object] | None" = None,
 ) -> "Artifact":
     """Compile an ONNX model (path or `onnx.ModelProto`) for a target preset or raw TVM target JSON.
 
@@ -65,6 +66,8 @@ def compile(  # noqa: A001 - the public verb of this package
     without records get qcompiler's default schedules, or with `default_schedules=False` TVM's
     naive loop nests (for comparison). Graph inputs that have an initializer (legacy exports
     list every weight so) are constants, or with `initializers_as_inputs` artifact inputs.
+    `constant_inputs` gives graph inputs a fixed value (numpy arrays by input name): they are
+    embedded, fold at compile time where they feed shapes, and are no longer artifact inputs.
     """
     import logging
 
@@ -81,7 +84,8 @@ def compile(  # noqa: A001 - the public verb of this package
         raise QCompilerError("calibration data, a calibration cache, a report or simulate need quantize='int8'")
     if quantize in CALIBRATION_FREE_STRATEGIES and (report is not None or simulate):
         raise QCompilerError(f"a report and simulate are for quantize='int8' (static); {quantize} has neither")
-    imported = load_onnx(model, input_shapes, on_note=log.warning, initializers_as_inputs=initializers_as_inputs)
+    imported = load_onnx(model, input_shapes, on_note=log.warning, initializers_as_inputs=initializers_as_inputs,
+                         constant_inputs=constant_inputs)
     if quantize is None:
         return build(imported, preset, tuning_logs=list(tuning_logs), committed_logs=committed_logs,
                      default_schedules=default_schedules)

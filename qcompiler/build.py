@@ -182,6 +182,7 @@ def build(imported: ImportedModel, preset: TargetPreset, quantized: "Quantized |
         source_model_path=imported.source_path,
         onnx_opset=imported.opset,
         kernels=kernels,
+        constant_inputs=dict(imported.constant_inputs),
     )
     if quantized is not None:
         metadata.quantization = {**quantized.summary(), **({"mode": "int8-simulated"} if simulate else {})}

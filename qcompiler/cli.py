@@ -64,23 +64,25 @@ def _cmd_compile(args) -> None:
                              calib=args.calib, config=config, calib_cache=args.calib_cache, report=args.report,
                              simulate=args.simulate, tuning_logs=args.tuning_log,
                              committed_logs=not args.no_tuning_logs, default_schedules=not args.naive_schedules,
-                             initializers_as_inputs=args.initializers_as_inputs)
+                             initializers_as_inputs=args.initializers_as_inputs,
+                             constant_inputs=_read_inputs(args.constant_input, "--constant-input"))
     artifact.export(args.output)
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
 
 
-def _read_inputs(pairs: list[str]) -> dict[str, np.ndarray]:
+def _read_inputs(pairs: list[str], flag: str = "--input") -> dict[str, np.ndarray]:
+    """NAME=FILE.npy pairs (of `flag`) read as arrays by name."""
     feed = {}
     for pair in pairs:
         name, sep, file = pair.rpartition("=")
         if not sep or not name:
-            raise QCompilerError(f"--input {pair!r}: expected NAME=FILE.npy")
+            raise QCompilerError(f"{flag} {pair!r}: expected NAME=FILE.npy")
         try:
             feed[name] = np.load(file, allow_pickle=False)
         except FileNotFoundError:
-            raise QCompilerError(f"--input {name}: file not found: {file}") from None
+            raise QCompilerError(f"{flag} {name}: file not found: {file}") from None
         except UNREADABLE as err:
-            raise QCompilerError(f"--input {name}: {file} is not a .npy array ({err})") from None
+            raise QCompilerError(f"{flag} {name}: {file} is not a .npy array ({err})") from None
     return feed
 
 
@@ -122,7 +124,8 @@ def _model_to_tune(args):
     from .frontend import load_onnx, parse_shape
 
     shapes = dict(parse_shape(text) for text in args.input_shape)
-    imported = load_onnx(args.model, shapes, on_note=log.warning)
+    imported = load_onnx(args.model, shapes, on_note=log.warning,
+                         constant_inputs=_read_inputs(args.constant_input, "--constant-input"))
     if getattr(args, "quantize", None) is None:
         return imported.mod
     from .quantize import quantize, quantize_without_calibration
@@ -207,6 +210,14 @@ def _cmd_demo(args) -> None:
     run_demo(Path(args.workdir), target=args.target, threads=args.threads)
 
 
+def _add_input_bindings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="bind an input's shape, e.g. x=1x3x224x224 (repeatable)")
+    p.add_argument("--constant-input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="fix a graph input to a value at compile time (e.g. Resize scales or Reshape shapes an "
+                        "export feeds as inputs): embedded, folded, no longer an artifact input (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qcompiler", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks on errors")
@@ -216,8 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model file")
     p.add_argument("-o", "--output", required=True, help="output artifact path, ending in .so")
     p.add_argument("--target", default="x86", help="target preset (see `qcompiler targets`) or raw TVM target JSON")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
-                   help="bind an input's shape, e.g. x=1x3x224x224 (repeatable)")
+    _add_input_bindings(p)
     p.add_argument("--initializers-as-inputs", action="store_true",
                    help="legacy exports (ONNX IR < 4) list their weights among the graph inputs: keep those as "
                         "artifact inputs (default: embedded constants)")
@@ -252,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=float, metavar="MIN", help="stop after this many minutes")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads kernels are measured with: the count the model will run at (0: one per core)")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
+    _add_input_bindings(p)
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on devices registered with this RPC tracker")
     p.add_argument("--rpc-key", metavar="KEY", help="the device key the RPC servers registered with")
     _add_kernel_quantization(p, "tune the int8 kernels compile will build")
@@ -281,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="describe an ONNX model or an artifact; with --target, its tuning coverage")
     p.add_argument("path", help="MODEL.onnx or OUT.so")
     p.add_argument("--target", help="report how many of the model's kernels have tuning records for this target")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
+    _add_input_bindings(p)
     p.add_argument("--tuning-log", action="append", default=[], metavar="DIR")
     _add_kernel_quantization(p, "with --target: the coverage of the int8 kernels compile will build")
     p.set_defaults(func=_cmd_inspect)

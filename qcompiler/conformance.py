@@ -4,6 +4,9 @@ Used by tests/test_import_coverage.py, benchmarks/conformance.py and benchmarks/
 
 A node case ends in one `Outcome`:
   passed       compiled, exported, loaded, ran, and every output matches at the case's rtol/atol
+  constant     refused as given, because a graph input feeds a value the compiler needs at compile
+               time (Resize scales, Reshape shape, Reduce axes: `COMPILE_TIME_SLOTS`); passes with
+               those inputs fixed to the case's values (`constant_inputs`, `--constant-input`)
   unsupported  `qcompiler.compile` refused it with a `QCompilerError` (an honest "cannot")
   wrong        it ran, but an output's shape, dtype or values differ from ONNX's expected data
   crashed      anything else: a non-QCompilerError exception while compiling, or an artifact that
@@ -41,7 +44,21 @@ SKIPS: Mapping[str, str] = MappingProxyType({
     "test_bernoulli_seed_expanded": "random output: the seed's generator is implementation-defined",
 })
 
-STATUSES = ("passed", "unsupported", "wrong", "crashed", "skipped")
+STATUSES = ("passed", "constant", "unsupported", "wrong", "crashed", "skipped")
+
+# Op type → the input slots whose values decide output shapes (or are attributes in other
+# opsets); any op whose name starts with "Reduce" has `axes` too.
+COMPILE_TIME_SLOTS: Mapping[str, frozenset] = MappingProxyType({
+    "Resize": frozenset({"roi", "scales", "sizes"}), "Upsample": frozenset({"scales"}),
+    "Reshape": frozenset({"shape"}), "Expand": frozenset({"shape"}), "Tile": frozenset({"repeats"}),
+    "ConstantOfShape": frozenset({"input"}), "Slice": frozenset({"starts", "ends", "axes", "steps"}),
+    "Split": frozenset({"split"}), "Squeeze": frozenset({"axes"}), "Unsqueeze": frozenset({"axes"}),
+    "Pad": frozenset({"pads", "axes", "constant_value"}), "TopK": frozenset({"K"}), "Range": frozenset({"start", "limit", "delta"}),
+    "OneHot": frozenset({"depth", "values"}), "CenterCropPad": frozenset({"shape"}), "Trilu": frozenset({"k"}),
+    "CumSum": frozenset({"axis"}), "CumProd": frozenset({"axis"}), "Col2Im": frozenset({"image_shape", "block_shape"}),
+    "DFT": frozenset({"dft_length", "axis"}), "STFT": frozenset({"frame_step", "frame_length"}),
+    "HannWindow": frozenset({"size"}), "HammingWindow": frozenset({"size"}), "BlackmanWindow": frozenset({"size"}),
+})
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,33 @@ def _value_mismatch(got, want, rtol: float, atol: float) -> str | None:
     return None
 
 
+def compile_time_inputs(case) -> dict[str, np.ndarray]:
+    """The case's graph inputs that feed a `COMPILE_TIME_SLOTS` slot of one of its nodes, with
+    their values, when every data set gives them the same values (else nothing: they are data)."""
+    opset = max((entry.version for entry in case.model.opset_import if entry.domain in ("", "ai.onnx")), default=1)
+    graph_inputs = {vi.name for vi in case.model.graph.input}
+    wanted = set()
+    for node in case.model.graph.node:
+        slots = COMPILE_TIME_SLOTS.get(node.op_type, frozenset())
+        if node.op_type.startswith("Reduce"):
+            slots = slots | {"axes"}
+        if not slots or node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            formal = [slot.name for slot in onnx.defs.get_schema(node.op_type, opset).inputs]
+        except onnx.defs.SchemaError:
+            continue
+        wanted.update(name for name, slot in zip(node.input, formal) if slot in slots and name in graph_inputs)
+    if not wanted:
+        return {}
+    feeds = [case_feed(case.model, inputs) for inputs, _ in case.data_sets]
+    values = {name: np.asarray(feeds[0][name]) for name in wanted if name in feeds[0]}
+    for feed in feeds[1:]:
+        if any(not np.array_equal(np.asarray(feed[name]), value) for name, value in values.items()):
+            return {}
+    return values
+
+
 def _output_names(model: onnx.ModelProto) -> list[str]:
     return [out.name for out in model.graph.output]
 
@@ -163,23 +207,35 @@ def run_qcompiler_case(case, workdir: Path, target: str = "x86", committed_logs:
     """
     import qcompiler
 
+    constant: dict[str, np.ndarray] = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            artifact = qcompiler.compile(case.model, target=target, committed_logs=committed_logs)
-    except QCompilerError as err:
-        return Outcome("unsupported", str(err))
+            try:
+                artifact = qcompiler.compile(case.model, target=target, committed_logs=committed_logs)
+            except QCompilerError as err:
+                constant = compile_time_inputs(case)
+                if not constant:
+                    return Outcome("unsupported", str(err))
+                try:
+                    artifact = qcompiler.compile(case.model, target=target, committed_logs=committed_logs,
+                                                 constant_inputs=constant)
+                except QCompilerError:
+                    return Outcome("unsupported", str(err))
     except Exception as err:  # noqa: BLE001 - any other exception is the finding
         return Outcome("crashed", f"compile raised {type(err).__name__}: {_first_line(err)}")
     try:
         model = qcompiler.load(artifact.export(workdir / f"{case.name}.so"))
         for inputs, expected in case.data_sets:
-            actual = model.run(case_feed(case.model, inputs))
+            feed = {name: value for name, value in case_feed(case.model, inputs).items() if name not in constant}
+            actual = model.run(feed)
             problem = mismatch(actual, expected, _output_names(case.model), case.rtol, case.atol)
             if problem is not None:
                 return Outcome("wrong", problem)
     except Exception as err:  # noqa: BLE001 - a compiled artifact that cannot run is the finding
         return Outcome("crashed", f"artifact failed: {type(err).__name__}: {_first_line(err)}")
+    if constant:
+        return Outcome("constant", f"with {', '.join(sorted(constant))} fixed at compile time")
     return Outcome("passed")
 
 

@@ -19,11 +19,13 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from .block_quantization import convert_blocked
 from .canonicalize import fold_batchnorm_into_conv
 from .errors import QCompilerError
 from .attention import convert_attention
 from .qoperator import QOPERATOR_OPS, conv_integer, matmul_integer, qlinear_conv, qlinear_matmul
 from .recurrent import GATES, convert_recurrent
+from .resize import convert_resize
 from .shape_folding import fold_shape_computations
 from .tensor_spec import TensorSpec
 
@@ -60,6 +62,8 @@ class ImportedModel:
     node_names: dict[str, str] = field(default_factory=dict)
     # ONNX node name → op type (unnamed nodes are named OpType_index).
     node_op_types: dict[str, str] = field(default_factory=dict)
+    # Graph inputs given a value at compile time (`constant_inputs`) → SHA-256 of that value's bytes.
+    constant_inputs: dict[str, str] = field(default_factory=dict)
 
 
 def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -233,6 +237,45 @@ def _graph_inputs(proto: onnx.ModelProto, initializers_as_inputs: bool = False) 
         return list(proto.graph.input)
     initializers = {init.name for init in proto.graph.initializer}
     return [vi for vi in proto.graph.input if vi.name not in initializers]
+
+
+def with_constant_inputs(proto: onnx.ModelProto, values: Mapping[str, np.ndarray], where: str) -> onnx.ModelProto:
+    """A copy of `proto` in which each named graph input is an initializer holding its given value.
+
+    For exports that feed shape-like values (Resize scales, Reshape shapes, Reduce axes, Slice
+    bounds) as graph inputs: once constant they fold at compile time, and the artifact no longer
+    takes them. The value must have the input's element type and agree with its static dims.
+    """
+    from onnx import numpy_helper
+
+    declared = {vi.name: vi for vi in proto.graph.input}
+    initializers = {init.name: init for init in proto.graph.initializer}
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(proto)
+    for name, value in values.items():
+        if name not in declared:
+            raise QCompilerError(f"{where}: --constant-input {name!r} is not a graph input: the model's inputs are "
+                                 f"{', '.join(repr(vi.name) for vi in proto.graph.input)}")
+        array = np.asarray(value)
+        if not declared[name].type.HasField("tensor_type"):
+            raise QCompilerError(f"{where}: --constant-input {name!r}: the input is not a tensor")
+        want = _dtype_of(declared[name])
+        if str(array.dtype) != want:
+            raise QCompilerError(f"{where}: --constant-input {name!r} is {array.dtype}, the model declares {want}")
+        dims = _declared_dims(declared[name], initializers.get(name))
+        if not declared[name].type.tensor_type.HasField("shape") and name not in initializers:
+            dims = [None] * array.ndim
+        if len(dims) != array.ndim or any(d is not None and d != n for d, n in zip(dims, array.shape)):
+            shown = "x".join("?" if d is None else str(d) for d in dims)
+            raise QCompilerError(f"{where}: --constant-input {name!r} has shape {'x'.join(map(str, array.shape))}, "
+                                 f"the model declares {shown}")
+        kept = [init for init in frozen.graph.initializer if init.name != name]
+        del frozen.graph.initializer[:]
+        frozen.graph.initializer.extend(kept + [numpy_helper.from_array(np.ascontiguousarray(array), name)])
+    remaining = [vi for vi in frozen.graph.input if vi.name not in values]
+    del frozen.graph.input[:]
+    frozen.graph.input.extend(remaining)
+    return frozen
 
 
 def _dtype_of(value: onnx.ValueInfoProto) -> str:
@@ -649,6 +692,10 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 return matmul_integer(self.bb, list(inputs))
             if op_name == "ConvInteger":
                 return conv_integer(self.bb, list(inputs), attrs)
+            if op_name in ("QuantizeLinear", "DequantizeLinear") and int(attrs.get("block_size", 0)):
+                return convert_blocked(self.bb, op_name, list(inputs), attrs)
+            if op_name == "Resize" and opset >= 11:
+                return convert_resize(self.bb, list(inputs), attrs)
             if op_name == "Attention":
                 return convert_attention(self.bb, list(inputs), attrs, len(self.current.output))
             if op_name in ("Cosh", "Sinh"):
@@ -777,6 +824,7 @@ def load_onnx(
     *,
     on_note=None,
     initializers_as_inputs: bool = False,
+    constant_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> ImportedModel:
     """Load, check and import an ONNX model with every input shape bound to static dims.
 
@@ -784,9 +832,13 @@ def load_onnx(
     an initializer (every weight, in exports for ONNX IR < 4) is a constant embedded in the
     module; with `initializers_as_inputs` it stays an input of the module instead (which the
     caller must then feed, e.g. with the initializer's value or a replacement of its shape).
+    Each graph input named in `constant_inputs` is that value, embedded (`with_constant_inputs`).
     """
     proto, data, path = read_model(model)
     where = path or "model"
+    constant_inputs = dict(constant_inputs or {})
+    if constant_inputs:
+        proto = with_constant_inputs(proto, constant_inputs, where)
     if proto.ir_version < 3:
         raise QCompilerError(f"{where}: ONNX IR version {proto.ir_version} is too old: expected 3 or newer")
     listed = _unsupported_message(proto)
@@ -822,6 +874,8 @@ def load_onnx(
         opset=opset,
         node_names=node_names,
         node_op_types=node_op_types,
+        constant_inputs={name: sha256_of(np.ascontiguousarray(value).tobytes())
+                         for name, value in constant_inputs.items()},
     )
 
 

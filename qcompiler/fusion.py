@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax, tirx
-from tvm.s_tir import Schedule
+from tvm.s_tir import Schedule, ScheduleError
 
 ELEMWISE, OPAQUE = 0, 8  # relax's OpPatternKind kElemWise, kOpaque
 
@@ -25,10 +25,20 @@ def _point_access(region, iter_vars) -> bool:
         for r, iv in zip(region.region, iter_vars))
 
 
+def child_blocks(sch: Schedule) -> list:
+    """The blocks under the root block; none for a PrimFunc written without one (TOPI's
+    ir_builder and extern kernels, e.g. ScatterElements, TopK, CumSum), which no rule schedules."""
+    try:
+        root = sch.get_sblock("root")
+    except (ScheduleError, ValueError, RuntimeError):
+        return []
+    return list(sch.get_child_blocks(root))
+
+
 def sole_block(func: tirx.PrimFunc):
     """The block of a PrimFunc that has one block under its root, else None."""
     sch = Schedule(func)
-    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    blocks = child_blocks(sch)
     return sch.get(blocks[0]) if len(blocks) == 1 else None
 
 

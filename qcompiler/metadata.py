@@ -47,6 +47,8 @@ class ArtifactMetadata:
     # Kernel name → where its schedule came from: "tuning record", "default", "hand-written" or
     # "naive" (TVM's unscheduled loop nest); CPU artifacts only.
     kernels: dict[str, str] = field(default_factory=dict)
+    # Graph inputs fixed at compile time (`--constant-input`) → SHA-256 of the value's bytes.
+    constant_inputs: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class ArtifactMetadata:
             "artifact": {"file": self.artifact_file, "sha256": self.artifact_sha256, "bytes": self.artifact_bytes},
             "quantization": self.quantization,
             "kernels": self.kernels,
+            "constant_inputs": self.constant_inputs,
         }
 
     @staticmethod
@@ -94,6 +97,7 @@ class ArtifactMetadata:
                 artifact_bytes=obj["artifact"]["bytes"],
                 quantization=obj["quantization"],
                 kernels=dict(obj.get("kernels", {})),
+                constant_inputs=dict(obj.get("constant_inputs", {})),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise QCompilerError(f"{where}: malformed artifact metadata ({type(err).__name__}: {err})") from None

@@ -32,6 +32,7 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
+from ..fusion import child_blocks
 from . import amx, fp32, vector_math
 from .compute import DEPTHWISE_BLOCK
 from .isa import BF16_DOT, CPU_DOT_PRODUCTS, DotProduct
@@ -77,16 +78,6 @@ def vector_lanes(extent: int) -> int:
 
 def _is_spatial(sch: Schedule, block) -> bool:
     return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
-
-
-def child_blocks(sch: Schedule) -> list:
-    """The blocks under the root block; none for a PrimFunc written without one (TOPI's
-    ir_builder kernels, e.g. ScatterElements), which no rule schedules."""
-    try:
-        root = sch.get_sblock("root")
-    except (ScheduleError, ValueError, RuntimeError):
-        return []
-    return list(sch.get_child_blocks(root))
 
 
 def inline_consumers(sch: Schedule, anchor) -> list:
