@@ -5,7 +5,7 @@ Used by tests/test_import_coverage.py, benchmarks/conformance.py and benchmarks/
 A node case ends in one `Outcome`:
   passed       compiled, exported, loaded, ran, and every output matches at the case's rtol/atol
   constant     refused as given, because a graph input feeds a value the compiler needs at compile
-               time (Resize scales, Reshape shape, Reduce axes: `COMPILE_TIME_SLOTS`); passes with
+               time (Resize scales, Reshape shape, Reduce axes: `frontend.COMPILE_TIME_SLOTS`); passes with
                those inputs fixed to the case's values (`constant_inputs`, `--constant-input`)
   unsupported  `qcompiler.compile` refused it with a `QCompilerError` (an honest "cannot")
   wrong        it ran, but an output's shape, dtype or values differ from ONNX's expected data
@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from .errors import QCompilerError
+from .frontend import compile_time_operands
 
 # Ops (and the domain) that only training graphs contain; their cases are not inference.
 TRAINING_DOMAINS = frozenset({"ai.onnx.preview.training"})
@@ -46,19 +47,6 @@ SKIPS: Mapping[str, str] = MappingProxyType({
 
 STATUSES = ("passed", "constant", "unsupported", "wrong", "crashed", "skipped")
 
-# Op type → the input slots whose values decide output shapes (or are attributes in other
-# opsets); any op whose name starts with "Reduce" has `axes` too.
-COMPILE_TIME_SLOTS: Mapping[str, frozenset] = MappingProxyType({
-    "Resize": frozenset({"roi", "scales", "sizes"}), "Upsample": frozenset({"scales"}),
-    "Reshape": frozenset({"shape"}), "Expand": frozenset({"shape"}), "Tile": frozenset({"repeats"}),
-    "ConstantOfShape": frozenset({"input"}), "Slice": frozenset({"starts", "ends", "axes", "steps"}),
-    "Split": frozenset({"split"}), "Squeeze": frozenset({"axes"}), "Unsqueeze": frozenset({"axes"}),
-    "Pad": frozenset({"pads", "axes", "constant_value"}), "TopK": frozenset({"K"}), "Range": frozenset({"start", "limit", "delta"}),
-    "OneHot": frozenset({"depth", "values"}), "CenterCropPad": frozenset({"shape"}), "Trilu": frozenset({"k"}),
-    "CumSum": frozenset({"axis"}), "CumProd": frozenset({"axis"}), "Col2Im": frozenset({"image_shape", "block_shape"}),
-    "DFT": frozenset({"dft_length", "axis"}), "STFT": frozenset({"frame_step", "frame_length"}),
-    "HannWindow": frozenset({"size"}), "HammingWindow": frozenset({"size"}), "BlackmanWindow": frozenset({"size"}),
-})
 
 
 @dataclass(frozen=True)
@@ -169,22 +157,11 @@ def _value_mismatch(got, want, rtol: float, atol: float) -> str | None:
 
 
 def compile_time_inputs(case) -> dict[str, np.ndarray]:
-    """The case's graph inputs that feed a `COMPILE_TIME_SLOTS` slot of one of its nodes, with
+    """The case's graph inputs that feed a `frontend.COMPILE_TIME_SLOTS` slot of one of its nodes, with
     their values, when every data set gives them the same values (else nothing: they are data)."""
     opset = max((entry.version for entry in case.model.opset_import if entry.domain in ("", "ai.onnx")), default=1)
     graph_inputs = {vi.name for vi in case.model.graph.input}
-    wanted = set()
-    for node in case.model.graph.node:
-        slots = COMPILE_TIME_SLOTS.get(node.op_type, frozenset())
-        if node.op_type.startswith("Reduce"):
-            slots = slots | {"axes"}
-        if not slots or node.domain not in ("", "ai.onnx"):
-            continue
-        try:
-            formal = [slot.name for slot in onnx.defs.get_schema(node.op_type, opset).inputs]
-        except onnx.defs.SchemaError:
-            continue
-        wanted.update(name for name, slot in zip(node.input, formal) if slot in slots and name in graph_inputs)
+    wanted = {name for node in case.model.graph.node for name in compile_time_operands(node, opset) if name in graph_inputs}
     if not wanted:
         return {}
     feeds = [case_feed(case.model, inputs) for inputs, _ in case.data_sets]

@@ -13,6 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError
 from .block_quantization import convert_blocked
 from .canonicalize import fold_batchnorm_into_conv
 from .errors import QCompilerError
+from .passes.graph import Constant
 from .attention import convert_attention
 from .qoperator import QOPERATOR_OPS, conv_integer, matmul_integer, qlinear_conv, qlinear_matmul
 from .recurrent import GATES, convert_recurrent
@@ -276,6 +278,40 @@ def with_constant_inputs(proto: onnx.ModelProto, values: Mapping[str, np.ndarray
     del frozen.graph.input[:]
     frozen.graph.input.extend(remaining)
     return frozen
+
+
+# Op type → the input slots whose values decide output shapes (or are attributes in other
+# opsets); any op whose name starts with "Reduce" has `axes` too.
+COMPILE_TIME_SLOTS: Mapping[str, frozenset] = MappingProxyType({
+    "Resize": frozenset({"roi", "scales", "sizes"}), "Upsample": frozenset({"scales"}),
+    "Reshape": frozenset({"shape"}), "Expand": frozenset({"shape"}), "Tile": frozenset({"repeats"}),
+    "ConstantOfShape": frozenset({"input"}), "Slice": frozenset({"starts", "ends", "axes", "steps"}),
+    "Split": frozenset({"split"}), "Squeeze": frozenset({"axes"}), "Unsqueeze": frozenset({"axes"}),
+    "Pad": frozenset({"pads", "axes", "constant_value"}), "TopK": frozenset({"K"}), "Range": frozenset({"start", "limit", "delta"}),
+    "OneHot": frozenset({"depth", "values"}), "CenterCropPad": frozenset({"shape"}), "Trilu": frozenset({"k"}),
+    "CumSum": frozenset({"axis"}), "CumProd": frozenset({"axis"}), "Col2Im": frozenset({"image_shape", "block_shape"}),
+    "DFT": frozenset({"dft_length", "axis"}), "STFT": frozenset({"frame_step", "frame_length"}),
+    "HannWindow": frozenset({"size"}), "HammingWindow": frozenset({"size"}), "BlackmanWindow": frozenset({"size"}),
+    "If": frozenset({"cond"}),
+})
+
+
+# Element types TVM's sort kernels (TopK) accept at run time; others fail in the artifact.
+SORTABLE_DTYPES = ("float16", "float32", "float64", "int8", "uint8", "int32", "int64")
+
+
+def compile_time_operands(node: onnx.NodeProto, opset: int) -> list[str]:
+    """The tensors `node` takes in a `COMPILE_TIME_SLOTS` slot (by its schema at `opset`)."""
+    slots = COMPILE_TIME_SLOTS.get(node.op_type, frozenset())
+    if node.op_type.startswith("Reduce"):
+        slots = slots | {"axes"}
+    if not slots or node.domain not in ("", "ai.onnx"):
+        return []
+    try:
+        formal = [slot.name for slot in onnx.defs.get_schema(node.op_type, opset).inputs]
+    except onnx.defs.SchemaError:
+        return []
+    return [name for name, slot in zip(node.input, formal) if name and slot in slots]
 
 
 def _dtype_of(value: onnx.ValueInfoProto) -> str:
@@ -624,6 +660,17 @@ class _OneNode:
         self.node = [node]
 
 
+def _constant_input_hint(node: onnx.NodeProto, opset: int, input_names: set[str]) -> str:
+    """For a node refused while it takes a graph input where a compile-time value is needed
+    (`compile_time_operands`): how to fix that input; else ''."""
+    fed = [name for name in compile_time_operands(node, opset) if name in input_names]
+    if not fed:
+        return ""
+    shown = ", ".join(repr(name) for name in fed)
+    return (f" (its input{'s' if len(fed) > 1 else ''} {shown} {'are graph inputs' if len(fed) > 1 else 'is a graph input'}: "
+            f"if fixed, give {'them' if len(fed) > 1 else 'it'} at compile time with --constant-input NAME=FILE.npy)")
+
+
 def _one_line(err: BaseException) -> str:
     """The last non-empty line of an exception's message (TVM puts its reason there), shortened."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
@@ -644,6 +691,7 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
 
     node_names: dict[str, str] = {}
     node_op_types: dict[str, str] = {}
+    input_names = {spec.name for spec in inputs}
 
     class TracingImporter(onnx_frontend.ONNXGraphImporter):
         current: onnx.NodeProto | None = None
@@ -657,6 +705,11 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                         f"{where}: node {node.name!r} ({node.op_type}): input {unknown[0]!r} is not a graph "
                         f"input, an initializer or the output of an earlier node"
                     )
+                if node.op_type == "If" and not isinstance(self._nodes[node.input[0]], Constant):
+                    raise QCompilerError(
+                        f"{where}: node {node.name!r} (If) cannot be imported: its condition is computed at run "
+                        f"time, and data-dependent control flow is not supported (a condition known at compile "
+                        f"time folds){_constant_input_hint(node, opset, input_names)}")
                 try:
                     super()._construct_nodes(_OneNode(node))
                 except QCompilerError:
@@ -664,6 +717,7 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 except Exception as err:  # the importer raises many exception types
                     raise QCompilerError(
                         f"{where}: node {node.name!r} ({node.op_type}) cannot be imported: {_one_line(err)}"
+                        f"{_constant_input_hint(node, opset, input_names)}"
                     ) from err
 
         def _check_for_unsupported_ops(self, graph):
@@ -694,6 +748,9 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 return conv_integer(self.bb, list(inputs), attrs)
             if op_name in ("QuantizeLinear", "DequantizeLinear") and int(attrs.get("block_size", 0)):
                 return convert_blocked(self.bb, op_name, list(inputs), attrs)
+            if op_name == "TopK" and str(inputs[0].ty.dtype) not in SORTABLE_DTYPES:
+                raise QCompilerError(f"TopK of {inputs[0].ty.dtype} is not supported (TVM's sort kernel takes "
+                                     f"{', '.join(SORTABLE_DTYPES)})")
             if op_name == "Resize" and opset >= 11:
                 return convert_resize(self.bb, list(inputs), attrs)
             if op_name == "Attention":
@@ -791,10 +848,14 @@ def _output_specs(mod, proto: onnx.ModelProto, where: str) -> list[TensorSpec]:
             f"only tensor outputs are supported"
         )
     onnx_types = _onnx_output_types(proto)
+    kinds = {out.name: out.type.WhichOneof("value") for out in proto.graph.output}
     specs = []
     for name, ty in zip(names, fields):
         node = producers.get(name)
         source = f"output {name!r}" + (f" of node {node.name!r} ({node.op_type})" if node is not None else "")
+        if kinds.get(name) not in (None, "tensor_type"):
+            raise QCompilerError(f"{where}: {source} is a {kinds[name].removesuffix('_type')} in ONNX; only tensor "
+                                 f"outputs are supported")
         if not isinstance(ty, relax.TensorType) or ty.shape is None:
             raise QCompilerError(f"{where}: {source} is not a tensor of known shape after import")
         try:

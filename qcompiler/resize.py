@@ -241,9 +241,8 @@ def _constant(value, what: str) -> np.ndarray | None:
         return array if array.size else None
     if isinstance(value, relax.ShapeExpr):
         return np.array([int(v) for v in value.values])
-    raise QCompilerError(f"Resize {what} must be known at compile time (an initializer, or computed from shapes "
-                         f"and constants); it is computed at run time here. If it is a graph input, freeze it "
-                         f"with --constant-input")
+    raise QCompilerError(f"Resize {what} is computed at run time; it must be known at compile time (an "
+                         f"initializer, or a graph input fixed with --constant-input NAME=FILE.npy)")
 
 
 def convert_resize(bb: relax.BlockBuilder, inputs: Sequence, attrs: Mapping[str, object]) -> relax.Expr | None:

@@ -135,6 +135,8 @@ SAMPLE_OPS = (
     "Concat", "Split", "Transpose", "Flatten", "Reshape", "Slice", "Gather", "Unsqueeze", "Squeeze",
     "ReduceMean", "ReduceMax", "ArgMax", "Resize", "Pad", "DepthToSpace", "SpaceToDepth", "Dropout", "Clip",
     "Cast", "CastLike", "BitShift", "RoiAlign",
+    # shape-like graph inputs (passing with them fixed), control flow and sorting refused in one line
+    "ReduceSum", "CumSum", "TopK", "If", "QuantizeLinear", "DequantizeLinear",
 )
 # converted by qcompiler itself (qcompiler/recurrent.py, qcompiler/qoperator.py,
 # frontend._rms_normalization, frontend._float_floor_mod, frontend._hyperbolic; ScatterElements:
