@@ -225,24 +225,33 @@ LOAD_MEMORY_FACTOR = 2
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
 
 
-def uses_tile_engine(metadata: ArtifactMetadata | None) -> bool:
-    """Whether the artifact's kernels use AMX tile instructions (kernels/amx.py names them)."""
-    return metadata is not None and any("_amx" in name and "_amx_emulated" not in name for name in metadata.kernels)
+def tile_features_needed(metadata: ArtifactMetadata | None) -> set[str]:
+    """The /proc/cpuinfo flags the artifact's AMX kernels need (kernels/amx.py names them
+    dense_<operands>_amx: `amx_bf16` for bfloat16 ones, `amx_int8` for the others); empty
+    without AMX kernels."""
+    names = [name for name in (metadata.kernels if metadata is not None else ()) if "_amx" in name
+             and "_amx_emulated" not in name]
+    if not names:
+        return set()
+    return {"amx_tile"} | {"amx_bf16" if "bf16" in name else "amx_int8" for name in names}
 
 
 def enable_tile_data(metadata: ArtifactMetadata | None, where: str | Path) -> None:
     """On an x86-64 Linux host whose CPU has AMX, ask the kernel once for AMX tile data (the
     request is idempotent and covers every thread of the process). An artifact with AMX kernels
-    on a host without AMX, or a refused request, is a one-line error instead of a SIGILL."""
+    on a host without the AMX features they use, or a refused request, is a one-line error
+    instead of a SIGILL."""
     if platform.machine() != "x86_64" or not sys.platform.startswith("linux"):
         return
     from .targets.x86 import read_cpu_flags
 
-    has_amx = {"amx_tile", "amx_int8"} <= read_cpu_flags()[1]
-    needed = uses_tile_engine(metadata)
-    if needed and not has_amx:
-        raise QCompilerError(f"{where} has AMX kernels and this CPU has no AMX (amx_int8 is not in /proc/cpuinfo): "
-                             f"compile it for this machine (--target x86) or a preset it has")
+    flags = read_cpu_flags()[1]
+    has_amx = "amx_tile" in flags
+    needed = tile_features_needed(metadata)
+    missing = sorted(needed - flags)
+    if missing:
+        raise QCompilerError(f"{where} has AMX kernels and this CPU has no AMX ({', '.join(missing)} not in "
+                             f"/proc/cpuinfo): compile it for this machine (--target x86) or a preset it has")
     if has_amx:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0 and needed:

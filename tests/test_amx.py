@@ -1,6 +1,7 @@
-"""AMX int8 kernels (kernels/amx.py): bit-exact against the integer reference through their
-emulation on any x86 host, on the hardware where the host has AMX; `tdpbusd` in the machine code
-of an `x86-amx` artifact everywhere; never AMX for a target without it."""
+"""AMX kernels (kernels/amx.py): int8 bit-exact against the integer reference and bf16 in
+`tdpbf16ps`'s order of additions, through their emulation on any x86 host, on the hardware where
+the host has AMX; `tdpbusd` / `tdpbf16ps` in the machine code of an `x86-amx` artifact everywhere;
+never AMX for a target without it."""
 
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ needs_objdump = pytest.mark.skipif(shutil.which("objdump") is None, reason="objd
 rng = np.random.default_rng(0)
 
 
-def scheduled_tile_kernel(rows: int, depth: int, out_channels: int, engine: amx.TileBackend):
-    """The tile engine's dense kernel alone, scheduled by the default schedule: padded uint8 data
-    [M', K'] × packed weights → int32 [rows, out_channels]."""
-    data = te.placeholder(shape64(round_up(rows, amx.BLOCK), round_up(depth, amx.ROW_BYTES)), "uint8", "x")
-    packed = te.placeholder(shape64(round_up(out_channels, amx.BLOCK) // 16, round_up(depth, amx.ROW_BYTES) // 4, 16, 4),
-                            "int8", "w")
-    out = dense_matrix_tiles(data, packed, engine.dense_block(), [rows], out_channels)
+def scheduled_tile_kernel(rows: int, depth: int, out_channels: int, engine: amx.TileBackend,
+                          product: amx.TileProduct = amx.U8S8):
+    """The tile engine's dense kernel alone, scheduled by the default schedule: padded data
+    [M', K'] × packed weights → [rows, out_channels] in the product's accumulator type."""
+    per_row, reduce = product.row_elements, product.reduce
+    data = te.placeholder(shape64(round_up(rows, amx.BLOCK), round_up(depth, per_row)), product.a_dtype, "x")
+    packed = te.placeholder(shape64(round_up(out_channels, amx.BLOCK) // 16, round_up(depth, per_row) // reduce, 16,
+                                    reduce), product.b_dtype, "w")
+    out = dense_matrix_tiles(data, packed, engine.dense_block(product), [rows], out_channels, product.c_dtype)
     sch = tvm.s_tir.Schedule(te.create_prim_func([data, packed, out]))
     assert apply_default_schedule(sch) == DEFAULT_KERNEL
     return sch.mod
@@ -61,6 +64,40 @@ def test_emulated_tile_kernel_is_exact(rows, depth, out_channels):
     np.testing.assert_array_equal(out.numpy(), x.astype(np.int64) @ w.astype(np.int64))
 
 
+def tdpbf16ps_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """float32 x [M, K] · w [K, N] (bfloat16 values) as `tdpbf16ps` adds: per pair of K, the
+    product of the even element then of the odd one, each added to the float32 sum and rounded
+    (the products of bfloat16 values are exact in float32)."""
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    acc = np.zeros((x.shape[0], w.shape[1]), np.float32)
+    for k in range(x.shape[1]):
+        acc = acc + x32[:, k:k + 1] * w32[k:k + 1, :]
+    return acc
+
+
+@pytest.mark.parametrize("rows", [1, 17, 100])
+@pytest.mark.parametrize("depth,out_channels", [(32, 32), (100, 40)])
+def test_emulated_bf16_tile_kernel_adds_as_tdpbf16ps(rows, depth, out_channels):
+    """AMX-BF16: M tails, K (by 32) and N not multiples of the tile: the emulated kernel equals
+    tdpbf16ps's order of float32 additions bit for bit, and float64's product within 1e-5."""
+    import ml_dtypes
+
+    from qcompiler.kernels.isa import BF16_DOT
+
+    lib = tvm.tirx.build(scheduled_tile_kernel(rows, depth, out_channels, amx.EMULATED, amx.BF16),
+                         tvm.target.Target(EMULATED_TARGET))
+    x = rng.standard_normal((rows, depth)).astype(ml_dtypes.bfloat16)
+    w = (rng.standard_normal((depth, out_channels)) * 0.1).astype(ml_dtypes.bfloat16)
+    padded = np.zeros((round_up(rows, amx.BLOCK), round_up(depth, amx.BF16.row_elements)), ml_dtypes.bfloat16)
+    padded[:rows, :depth] = x
+    packed = pack_dense_weight(w, BF16_DOT, n_multiple=amx.BLOCK, k_multiple=amx.BF16.row_elements)
+    out = tvm.runtime.tensor(np.zeros((rows, out_channels), np.float32))
+    lib(tvm.runtime.tensor(padded), tvm.runtime.tensor(packed), out)
+    np.testing.assert_array_equal(out.numpy(), tdpbf16ps_reference(x, w))
+    exact = x.astype(np.float64) @ w.astype(np.float64)
+    np.testing.assert_allclose(out.numpy(), exact, rtol=1e-5, atol=1e-5)
+
+
 def test_hardware_tile_kernel_code():
     """The hardware form: per 64 bytes of K, 4 tile loads and 4 `tdpbusd`; configured, stored
     and released once per 32 × 32 block."""
@@ -70,6 +107,15 @@ def test_hardware_tile_kernel_code():
     assert mnemonics.count("tdpbusd") == 8 and mnemonics.count("ldtilecfg") == 1
     assert mnemonics.count("tilestored") == 4 and mnemonics.count("tilerelease") == 1
     assert "vpdpbusd" not in mnemonics
+
+
+def test_hardware_bf16_tile_kernel_code():
+    """AMX-BF16's hardware form: per 32 bfloat16 of K, 4 `tdpbf16ps`; no vector bf16 dot product."""
+    lib = tvm.tirx.build(scheduled_tile_kernel(64, 64, 64, amx.HARDWARE, amx.BF16), resolve("x86-amx").target())
+    asm = lib.inspect_source("asm")
+    mnemonics = [line.split()[0] for line in asm.splitlines() if line.strip() and not line.strip().startswith((".", "#"))]
+    assert mnemonics.count("tdpbf16ps") == 8 and mnemonics.count("ldtilecfg") == 1
+    assert mnemonics.count("tilestored") == 4 and "vdpbf16ps" not in mnemonics and "tdpbusd" not in mnemonics
 
 
 def matmul_model(shape, depth, out_channels):
@@ -164,3 +210,43 @@ def test_host_preset_uses_amx_and_equals_emulation(tmp_path, case):
     x = {name: np.random.default_rng(6).standard_normal(shape).astype(np.float32)}
     np.testing.assert_array_equal(qcompiler.load(host.export(tmp_path / "host.so")).run(x)["z"],
                                   qcompiler.load(emulated.export(tmp_path / "emulated.so")).run(x)["z"])
+
+
+@pytest.mark.parametrize("case", list(MODELS))
+def test_bf16_tile_artifact_matches_vdpbf16ps_artifact(tmp_path, case):
+    """--quantize bf16 on the emulated AMX-BF16 engine: each matmul / 1×1 convolution is one tile
+    kernel with its epilogue fused, and its outputs equal the `vdpbf16ps` artifact's up to the
+    order of float32 additions (the same bfloat16 products)."""
+    model = MODELS[case]()
+    _, name, shape = calibration(model)
+    emulated = qcompiler.compile(model, target=json.dumps(EMULATED_TARGET), quantize="bf16")
+    vector = qcompiler.compile(model, target="x86-avx512-vnni", quantize="bf16")
+    tiles = [kernel for kernel in emulated.metadata.kernels if "bf16_amx_emulated" in kernel]
+    assert len(tiles) == 1 and "relu" not in " ".join(emulated.metadata.kernels).replace(tiles[0], "")
+    x = {name: np.random.default_rng(7).standard_normal(shape).astype(np.float32)}
+    got = qcompiler.load(emulated.export(tmp_path / "amx.so")).run(x)["z"]
+    want = qcompiler.load(vector.export(tmp_path / "vector.so")).run(x)["z"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+@needs_objdump
+def test_amx_bf16_artifact_runs_tdpbf16ps(tmp_path):
+    """Cross-compiled for `x86-amx` with --quantize bf16: the tile kernel executes `tdpbf16ps`
+    only; on a host without AMX-BF16 loading it is a one-line error, with it it matches the
+    emulation."""
+    model = MODELS["1x1 conv 72 -> 48 on 7x9"]()
+    _, name, shape = calibration(model)
+    so = qcompiler.compile(model, target="x86-amx", quantize="bf16").export(tmp_path / "amx.so")
+    usage = dict(compute_kernel_usage(so))
+    (tile_kernel,) = [k for k in usage if "_amx" in k]
+    assert usage[tile_kernel] == ["tdpbf16ps"]
+    assert "tdpbf16ps (x86 AMX-BF16)" in inspect_path(so)
+    if not {"amx_tile", "amx_bf16"} <= read_cpu_flags()[1]:
+        with pytest.raises(QCompilerError, match="has AMX kernels and this CPU has no AMX"):
+            qcompiler.load(so)
+        return
+    x = {name: np.random.default_rng(8).standard_normal(shape).astype(np.float32)}
+    emulated = qcompiler.compile(model, target=json.dumps(EMULATED_TARGET), quantize="bf16")
+    want = qcompiler.load(emulated.export(tmp_path / "emulated.so")).run(x)["z"]
+    # the emulation follows the SDM's order of additions; denormals (flushed by the hardware) aside
+    np.testing.assert_allclose(qcompiler.load(so).run(x)["z"], want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))

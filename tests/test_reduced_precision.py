@@ -100,10 +100,13 @@ def test_bf16_runs_vdpbf16ps_on_this_host(tmp_path):
     _assert_bf16_kernels(so)
 
 
-def test_bf16_artifact_for_another_cpu_runs_vdpbf16ps(tmp_path):
-    """Cross-compiled for `x86-amx` (Sapphire Rapids: AVX-512 BF16) on any host."""
+def test_bf16_artifact_for_another_cpu_runs_bf16_instructions(tmp_path):
+    """Cross-compiled for `x86-amx` (Sapphire Rapids: AVX-512 BF16 and AMX-BF16) on any host: the
+    3×3 convolution on `vdpbf16ps`, the matmul (16 rows) on `tdpbf16ps` tiles."""
     so = qcompiler.compile(model_with_every_kind(weights()), target="x86-amx", quantize="bf16").export(tmp_path / "m.so")
-    _assert_bf16_kernels(so)
+    counts = dot_product_counts(so)
+    products = {name: c for name, c in counts.items() if "dense" in name or "conv2d" in name}
+    assert sorted(tuple(sorted(c)) for c in products.values()) == [("tdpbf16ps",), ("vdpbf16ps",)], products
 
 
 def _assert_bf16_kernels(so):

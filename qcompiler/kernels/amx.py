@@ -1,26 +1,32 @@
-"""Intel AMX int8 (`tdpbusd`) as a TIR tensor intrinsic: one 32×32 block of a uint8 × int8 matrix
-product over the whole reduction, its accumulators in tile registers.
+"""Intel AMX as TIR tensor intrinsics: one 32×32 block of a matrix product over the whole
+reduction, its accumulators in tile registers, for two tile products (`TileProduct`):
 
-    C[i, j] += Σ_{k<K} int32(A[i, k]) · int32(B[j / 16, k / 4, j % 16, k % 4])    i, j < 32
+  U8S8  `tdpbusd`    C int32   += Σ_k int32(A uint8[i, k]) · int32(B int8 ...)        K by 64
+  BF16  `tdpbf16ps`  C float32 += Σ_k float32(A bfloat16[i, k]) · float32(B bfloat16 ...)   K by 32
 
-A: 32 rows × K uint8 (row stride: any), B: two 16-column blocks of weights packed as for VNNI
-([N/16, K/4, 16, 4], compute.pack_dense_weight), C: 32 × 32 int32 (row stride: any). K is a
-multiple of 64 (one tile row of bytes); the intrinsic is registered per K.
+    C[i, j] += Σ_{k<K} A[i, k] · B[j / 16, k / r, j % 16, k % r]    i, j < 32,  r = 4 (U8S8) or 2 (BF16)
+
+A: 32 rows × K (row stride: any), B: two 16-column blocks of weights packed as for the vector
+dot products ([N/16, K/r, 16, r], compute.pack_dense_weight: VNNI's and vdpbf16ps's packings are
+the AMX B layouts), C: 32 × 32 (row stride: any). A tile row is 64 bytes: 64 int8 or 32 bfloat16
+elements of K; the intrinsic is registered per K, a multiple of that.
 
 The implementation blocks 2 × 2 tiles: C in tiles 0–3,
 the two 16-row halves of A in tiles 4–5, the two 16-column blocks of B in tiles 6–7; per 64 bytes
-of K, 4 tile loads and 4 `tdpbusd` (each 16·16·64 multiply-adds). Each block loads its tile
+of K, 4 tile loads and 4 products (each 16·16·64 bytes' multiply-adds). Each block loads its tile
 configuration (palette 1, every tile 16 rows × 64 bytes), loads C, accumulates, stores C and
 releases the tiles: tile state is per thread, and a block never leaves it configured.
 
 Tile operations are emitted through a backend: `HARDWARE` calls the LLVM intrinsics
-(`llvm.x86.ldtilecfg`, `tileloadd64`, `tdpbusd`, `tilestored64`, `tilerelease`); `EMULATED`
-executes the same operations, with the same configuration bytes, addresses and strides, on a
-tile file in memory, as the instructions are specified (Intel SDM: rows and bytes per row from
-the configuration; `tdpbusd` multiplies 4 unsigned bytes of A's row by 4 signed bytes of B's
-row k/4 at column j). Kernels built with EMULATED run on any x86 host: the tests check the
-kernels' schedule, packing and addressing bit-exactly there, and the hardware numerics where
-the host has AMX.
+(`llvm.x86.ldtilecfg`, `tileloadd64`, `tdpbusd` / `tdpbf16ps`, `tilestored64`, `tilerelease`);
+`EMULATED` executes the same operations, with the same configuration bytes, addresses and
+strides, on a tile file in memory, as the instructions are specified (Intel SDM: rows and bytes
+per row from the configuration; `tdpbusd` multiplies 4 unsigned bytes of A's row by 4 signed
+bytes of B's row k/4 at column j; `tdpbf16ps` adds the products of the 2 bfloat16 pairs one after
+the other, each rounded to float32 — the products are exact; the hardware also flushes denormal
+inputs and results to zero, which the emulation does not). Kernels built with EMULATED run on
+any x86 host: the tests check the kernels' schedule, packing and addressing there, and the
+hardware numerics where the host has AMX.
 
 A target without the AMX features must never get the HARDWARE form: LLVM cannot select the
 intrinsics and aborts the process when the module is first used.
@@ -34,12 +40,39 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 ROWS = 16           # rows per tile
-ROW_BYTES = 64      # bytes per tile row: 16 int32 accumulators, or 64 uint8 / int8
+ROW_BYTES = 64      # bytes per tile row: 16 32-bit accumulators, or 64 bytes of operands
 BLOCK = 2 * ROWS    # a block is 2 × 2 tiles: 32 rows × 32 columns
-REDUCE = 4          # bytes of a B row per output column (its VNNI packing)
-LANES = ROW_BYTES // REDUCE  # output columns per tile: 16
+LANES = ROW_BYTES // 4  # output columns per tile: 16
 
 TILES = 8           # tile registers tmm0-7: C blocks (h, j) in 2h + j, A halves in 4 + h, B blocks in 6 + j
+
+
+@dataclass(frozen=True)
+class TileProduct:
+    """What one tile instruction multiplies: A and B element types, the accumulator type, and
+    `reduce`, the A elements multiplied into one accumulator per B row (4 bytes of B per column)."""
+
+    name: str
+    a_dtype: str
+    b_dtype: str
+    c_dtype: str
+    reduce: int
+    instruction: str
+    feature: str  # the LLVM target feature beside amx-tile
+
+    @property
+    def row_elements(self) -> int:
+        """Elements of K in one 64-byte tile row (the multiple K is padded to)."""
+        return LANES * self.reduce
+
+    @property
+    def element_bytes(self) -> int:
+        return 4 // self.reduce
+
+
+U8S8 = TileProduct("u8s8", "uint8", "int8", "int32", 4, "tdpbusd", "amx-int8")
+BF16 = TileProduct("bf16", "bfloat16", "bfloat16", "float32", 2, "tdpbf16ps", "amx-bf16")
+PRODUCTS = (U8S8, BF16)
 
 
 @dataclass(frozen=True)
@@ -50,9 +83,9 @@ class TileBackend:
     name: str
     emulated: bool
 
-    def dense_block(self) -> str:
-        """Name of the dense block compute.dense_matrix_tiles builds for this backend."""
-        return f"dense_{self.name}"
+    def dense_block(self, product: TileProduct) -> str:
+        """Name of the dense block compute.dense_matrix_tiles builds for this backend and product."""
+        return f"dense_{self.name}_{product.name}"
 
 
 HARDWARE = TileBackend("amx", False)
@@ -60,44 +93,49 @@ EMULATED = TileBackend("amx_emulated", True)
 BACKENDS = (HARDWARE, EMULATED)
 
 
-def intrinsic_name(backend: TileBackend, depth: int) -> str:
-    return f"qcompiler_{backend.name}_u8s8_{BLOCK}x{BLOCK}x{depth}"
+def intrinsic_name(backend: TileBackend, product: TileProduct, depth: int) -> str:
+    return f"qcompiler_{backend.name}_{product.name}_{BLOCK}x{BLOCK}x{depth}"
 
 
-def gemm_block_intrinsic(depth: int, backend: TileBackend):
+def gemm_block_intrinsic(depth: int, backend: TileBackend, product: TileProduct = U8S8):
     """(description, implementation) of the block product above for K = `depth`."""
-    if depth % ROW_BYTES:
-        raise ValueError(f"AMX block product: K = {depth} is not a multiple of {ROW_BYTES}")
-    steps = depth // ROW_BYTES
-    b_shape = (2, depth // REDUCE, LANES, REDUCE)
+    per_row = product.row_elements  # K elements per tile row
+    if depth % per_row:
+        raise ValueError(f"AMX block product: K = {depth} is not a multiple of {per_row}")
+    steps = depth // per_row
+    reduce = product.reduce
+    b_shape = (2, depth // reduce, LANES, reduce)
+    a_dtype, b_dtype, c_dtype = product.a_dtype, product.b_dtype, product.c_dtype
+    a_stride_bytes = product.element_bytes  # bytes per element of A's rows
 
     @T.prim_func(s_tir=True)
     def description(
-        A: T.Buffer((BLOCK, depth), "uint8", offset_factor=1),
-        B: T.Buffer(b_shape, "int8", offset_factor=1),
-        C: T.Buffer((BLOCK, BLOCK), "int32", offset_factor=1),
+        A: T.Buffer((BLOCK, depth), a_dtype, offset_factor=1),
+        B: T.Buffer(b_shape, b_dtype, offset_factor=1),
+        C: T.Buffer((BLOCK, BLOCK), c_dtype, offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:BLOCK, 0:BLOCK], A[0:BLOCK, 0:depth], B[0:2, 0:depth // REDUCE, 0:LANES, 0:REDUCE])
+            T.reads(C[0:BLOCK, 0:BLOCK], A[0:BLOCK, 0:depth], B[0:2, 0:depth // reduce, 0:LANES, 0:reduce])
             T.writes(C[0:BLOCK, 0:BLOCK])
             for i, j, k in T.grid(BLOCK, BLOCK, depth):
                 with T.sblock("update"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, k])
-                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vk], "int32") * T.cast(
-                        B[vj // LANES, vk // REDUCE, vj % LANES, vk % REDUCE], "int32")
+                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vk], c_dtype) * T.cast(
+                        B[vj // LANES, vk // reduce, vj % LANES, vk % reduce], c_dtype)
 
     a_rs = T.int32()
     c_rs = T.int32()
 
     emulated = backend.emulated
+    instruction = f"llvm.x86.{product.instruction}"
 
     @T.prim_func(s_tir=True)
     def implementation(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (BLOCK, depth), "uint8", offset_factor=1, strides=[a_rs, 1])
-        B = T.match_buffer(b, b_shape, "int8", offset_factor=1)
-        C = T.match_buffer(c, (BLOCK, BLOCK), "int32", offset_factor=1, strides=[c_rs, 1])
+        A = T.match_buffer(a, (BLOCK, depth), a_dtype, offset_factor=1, strides=[a_rs, 1])
+        B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1)
+        C = T.match_buffer(c, (BLOCK, BLOCK), c_dtype, offset_factor=1, strides=[c_rs, 1])
         with T.sblock("root"):
-            T.reads(C[0:BLOCK, 0:BLOCK], A[0:BLOCK, 0:depth], B[0:2, 0:depth // REDUCE, 0:LANES, 0:REDUCE])
+            T.reads(C[0:BLOCK, 0:BLOCK], A[0:BLOCK, 0:depth], B[0:2, 0:depth // reduce, 0:LANES, 0:reduce])
             T.writes(C[0:BLOCK, 0:BLOCK])
             # The tile configuration (palette 1): byte 0 the palette, the uint16 at 16 + 2t the
             # bytes per row of tile t, byte 48 + t its rows.
@@ -111,8 +149,8 @@ def gemm_block_intrinsic(depth: int, backend: TileBackend):
             if emulated:
                 rows = T.alloc_buffer((TILES,), "int32", scope="local")
                 colsb = T.alloc_buffer((TILES,), "int32", scope="local")
-                data = T.alloc_buffer((TILES, ROWS, ROW_BYTES), "int32", scope="local")  # bytes of A / B tiles
-                acc = T.alloc_buffer((TILES, ROWS, LANES), "int32", scope="local")  # int32 of C tiles
+                data = T.alloc_buffer((TILES, ROWS, per_row), c_dtype, scope="local")  # elements of A / B tiles
+                acc = T.alloc_buffer((TILES, ROWS, LANES), c_dtype, scope="local")  # accumulators of C tiles
                 # ldtilecfg: rows and bytes per row of each tile, from the configuration
                 for tile in T.serial(TILES):
                     rows[tile] = T.Cast("int32", cfg[48 + tile])
@@ -124,26 +162,27 @@ def gemm_block_intrinsic(depth: int, backend: TileBackend):
                             acc[h * 2 + j, r, col] = C[(h * ROWS * c_rs + j * LANES + r * c_rs + col) // c_rs,
                                                        (h * ROWS * c_rs + j * LANES + r * c_rs + col) % c_rs]
                 for step in T.serial(steps):
-                    # tileloadd64 A halves (tiles 4, 5): offset h·16·a_rs + 64·step, stride a_rs bytes
+                    # tileloadd64 A halves (tiles 4, 5): element offset h·16·a_rs + step·per_row, stride a_rs
                     for h in T.serial(2):
-                        for r, byte in T.grid(ROWS, ROW_BYTES):
-                            if r < rows[4 + h] and byte < colsb[4 + h]:
-                                data[4 + h, r, byte] = T.Cast("int32", A[(h * ROWS * a_rs + step * ROW_BYTES + r * a_rs + byte) // a_rs,
-                                                                        (h * ROWS * a_rs + step * ROW_BYTES + r * a_rs + byte) % a_rs])
-                    # tileloadd64 B blocks (tiles 6, 7): offset j·(K/4)·64 + step·16·64, stride 64 bytes
+                        for r, e in T.grid(ROWS, per_row):
+                            if r < rows[4 + h] and e * a_stride_bytes < colsb[4 + h]:
+                                data[4 + h, r, e] = T.Cast(c_dtype, A[(h * ROWS * a_rs + step * per_row + r * a_rs + e) // a_rs,
+                                                                      (h * ROWS * a_rs + step * per_row + r * a_rs + e) % a_rs])
+                    # tileloadd64 B blocks (tiles 6, 7): element offset j·K·16 + step·16·per_row, stride 64 bytes
                     for j in T.serial(2):
-                        for r, byte in T.grid(ROWS, ROW_BYTES):
-                            if r < rows[6 + j] and byte < colsb[6 + j]:
-                                data[6 + j, r, byte] = T.Cast("int32", B[
-                                    (j * depth * LANES + step * ROWS * ROW_BYTES + r * ROW_BYTES + byte) // (depth * LANES),
-                                    (j * depth * LANES + step * ROWS * ROW_BYTES + r * ROW_BYTES + byte) // ROW_BYTES % (depth // REDUCE),
-                                    (j * depth * LANES + step * ROWS * ROW_BYTES + r * ROW_BYTES + byte) // REDUCE % LANES,
-                                    (j * depth * LANES + step * ROWS * ROW_BYTES + r * ROW_BYTES + byte) % REDUCE])
-                    # tdpbusd C[h, j] += A[h] · B[j]
+                        for r, e in T.grid(ROWS, per_row):
+                            if r < rows[6 + j] and e * a_stride_bytes < colsb[6 + j]:
+                                data[6 + j, r, e] = T.Cast(c_dtype, B[
+                                    (j * depth * LANES + step * ROWS * per_row + r * per_row + e) // (depth * LANES),
+                                    (j * depth * LANES + step * ROWS * per_row + r * per_row + e) // per_row % (depth // reduce),
+                                    (j * depth * LANES + step * ROWS * per_row + r * per_row + e) // reduce % LANES,
+                                    (j * depth * LANES + step * ROWS * per_row + r * per_row + e) % reduce])
+                    # the product C[h, j] += A[h] · B[j]: per 4 bytes kk of A's row, its `reduce`
+                    # elements' products added one after the other
                     for h, j in T.grid(2, 2):
-                        for m, n, kk, t in T.grid(ROWS, LANES, ROWS, REDUCE):
+                        for m, kk, n, t in T.grid(ROWS, ROWS, LANES, reduce):
                             if m < rows[h * 2 + j] and n * 4 < colsb[h * 2 + j] and kk * 4 < colsb[4 + h]:
-                                acc[h * 2 + j, m, n] = acc[h * 2 + j, m, n] + data[4 + h, m, kk * 4 + t] * data[6 + j, kk, n * 4 + t]
+                                acc[h * 2 + j, m, n] = acc[h * 2 + j, m, n] + data[4 + h, m, kk * reduce + t] * data[6 + j, kk, n * reduce + t]
                 # tilestored64 C tiles
                 for h, j in T.grid(2, 2):
                     for r, col in T.grid(ROWS, LANES):
@@ -157,14 +196,16 @@ def gemm_block_intrinsic(depth: int, backend: TileBackend):
                 T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(2), T.address_of(C[ROWS, 0]), T.int64(c_rs * 4))
                 T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(3), T.address_of(C[ROWS, LANES]), T.int64(c_rs * 4))
                 for step in T.serial(steps):
-                    T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(4), T.address_of(A[0, step * ROW_BYTES]), T.int64(a_rs))
-                    T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(5), T.address_of(A[ROWS, step * ROW_BYTES]), T.int64(a_rs))
+                    T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(4), T.address_of(A[0, step * per_row]),
+                                       T.int64(a_rs * a_stride_bytes))
+                    T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(5), T.address_of(A[ROWS, step * per_row]),
+                                       T.int64(a_rs * a_stride_bytes))
                     T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(6), T.address_of(B[0, step * ROWS, 0, 0]), T.int64(ROW_BYTES))
                     T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(7), T.address_of(B[1, step * ROWS, 0, 0]), T.int64(ROW_BYTES))
-                    T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
-                    T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
-                    T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
-                    T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                    T.call_llvm_intrin("void", instruction, T.uint8(0), T.uint8(4), T.uint8(6))
+                    T.call_llvm_intrin("void", instruction, T.uint8(1), T.uint8(4), T.uint8(7))
+                    T.call_llvm_intrin("void", instruction, T.uint8(2), T.uint8(5), T.uint8(6))
+                    T.call_llvm_intrin("void", instruction, T.uint8(3), T.uint8(5), T.uint8(7))
                 T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.uint8(0), T.address_of(C[0, 0]), T.int64(c_rs * 4))
                 T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.uint8(1), T.address_of(C[0, LANES]), T.int64(c_rs * 4))
                 T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.uint8(2), T.address_of(C[ROWS, 0]), T.int64(c_rs * 4))
@@ -174,8 +215,8 @@ def gemm_block_intrinsic(depth: int, backend: TileBackend):
     return description, implementation
 
 
-def register(backend: TileBackend, depth: int) -> str:
+def register(backend: TileBackend, depth: int, product: TileProduct = U8S8) -> str:
     """Register the block product for K = `depth` with `backend` (idempotent); return its name."""
-    name = intrinsic_name(backend, depth)
-    TensorIntrin.register(name, *gemm_block_intrinsic(depth, backend), override=True)
+    name = intrinsic_name(backend, product, depth)
+    TensorIntrin.register(name, *gemm_block_intrinsic(depth, backend, product), override=True)
     return name

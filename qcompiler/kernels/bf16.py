@@ -16,18 +16,25 @@ in float32. Spatial padding becomes an explicit pad, input channels are zero-pad
 output channels computed to a multiple of 16. Other calls with bfloat16 operands (and every one
 on targets without AVX-512 BF16) go to the float32 kernels, which convert bfloat16 next to the
 multiply-add (fp32.py): the same products, one FMA per product instead of one instruction per two.
+
+With AMX-BF16 (isa.tile_engine_of(target, amx.BF16): Sapphire Rapids and newer, or the emulation),
+matmuls and 1×1 stride-1 convolutions with ≥ 16 rows, ≥ 32 input and ≥ 16 output channels run on
+`tdpbf16ps` tiles instead (amx.py; rows padded to 32, K to 32), as the int8 ones on `tdpbusd`.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from ..passes.graph import Constant, constant_value, conv_channel_axis
+from ..passes.graph import Constant, constant_value, conv_channel_axis, shape_of
+from . import amx
 from . import compute as kc
-from .isa import DotProduct, bf16_dot_of
-from .kernel_dispatch import ConvAttrs, KernelDispatch
+from .isa import DotProduct, bf16_dot_of, tile_engine_of
+from .kernel_dispatch import ConvAttrs, KernelDispatch, tiles_worthwhile
 
 BFLOAT16 = "bfloat16"
 
@@ -38,10 +45,17 @@ def _dtype(expr) -> str | None:
 
 @relax.expr_functor.mutator
 class _BF16KernelDispatch(KernelDispatch):
-    def __init__(self, mod: tvm.IRModule, dp: DotProduct):
+    def __init__(self, mod: tvm.IRModule, dp: DotProduct, engine: amx.TileBackend | None = None):
         super().__init__(mod)
         self.mod_ = mod
         self.dp = dp
+        self.engine = engine
+
+    def on_tiles(self, rows: int, depth: int, out_channels: int) -> bool:
+        return self.engine is not None and tiles_worthwhile(amx.BF16, rows, depth, out_channels)
+
+    def dense_on_tiles(self, data, w: np.ndarray) -> relax.Expr:
+        return self.dense_tiles(data, w, self.dp, self.engine, amx.BF16, f"dense_bf16_{self.engine.name}")
 
     def bf16_weight(self, call) -> np.ndarray | None:
         """The constant bfloat16 weight of a call with a bfloat16 activation and float32 result."""
@@ -58,6 +72,9 @@ class _BF16KernelDispatch(KernelDispatch):
             return None
         data = call.args[0]
         out_channels, channels = w.shape[0], w.shape[3]
+        if (w.shape[1:3] == (1, 1) and conv.strides == [1, 1] and not any(conv.padding)
+                and self.on_tiles(math.prod(shape_of(data)[:3]), channels, out_channels)):
+            return self.dense_on_tiles(data, w.reshape(out_channels, channels).T)  # a 1×1 convolution
         data = self.pad(data, conv.nhwc_pads(-channels % self.dp.reduce))
         return self.kernel(
             "conv2d_nhwc_bf16",
@@ -70,6 +87,8 @@ class _BF16KernelDispatch(KernelDispatch):
         if w is None or w.ndim != 2 or len(data.ty.shape.values) < 2:
             return None
         rank = len(data.ty.shape.values)
+        if self.on_tiles(math.prod(shape_of(data)[:-1]), *w.shape):
+            return self.dense_on_tiles(data, w)
         data = self.pad(data, [(0, 0)] * (rank - 1) + [(0, -w.shape[0] % self.dp.reduce)])
         return self.kernel("dense_bf16", lambda x, wp: kc.dense_packed(x, wp, self.dp, w.shape[1]), [data],
                            [kc.pack_dense_weight(w, self.dp)])
@@ -81,4 +100,5 @@ def dispatch_bf16_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.I
     dp = bf16_dot_of(target)
     if dp is None:
         return mod
-    return relax.transform.DeadCodeElimination()(_BF16KernelDispatch(mod, dp).run())
+    engine = tile_engine_of(target, amx.BF16)
+    return relax.transform.DeadCodeElimination()(_BF16KernelDispatch(mod, dp, engine).run())

@@ -189,18 +189,19 @@ def batch_dense_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, out_c
     return first_channels(out, out_channels)
 
 
-def dense_matrix_tiles(data: te.Tensor, packed: te.Tensor, name: str, leading: list[int], out_channels: int) -> te.Tensor:
+def dense_matrix_tiles(data: te.Tensor, packed: te.Tensor, name: str, leading: list[int], out_channels: int,
+                       accumulator: str = "int32") -> te.Tensor:
     """Dense over a padded matrix for a tile engine (amx.py): data [M', K'] × packed
-    [N'/16, K'/4, 16, 4] → [M', N'] (block `name`), then its first M = Π `leading` rows and
-    `out_channels` columns, in the shape [*leading, out_channels] (row m = the leading index
-    in C order)."""
+    [N'/16, K'/r, 16, r] → [M', N'] in `accumulator` (block `name`), then its first
+    M = Π `leading` rows and `out_channels` columns, in the shape [*leading, out_channels] (row m
+    = the leading index in C order)."""
     padded_rows, depth = (int(d) for d in data.shape)
     lanes, reduce = int(packed.shape[2]), int(packed.shape[3])
     k = te.reduce_axis((0, depth), "k")
     out = te.compute(
         shape64(padded_rows, int(packed.shape[0]) * lanes),
-        lambda m, o: te.sum(data[m, k].astype("int32") * packed[o // lanes, k // reduce, o % lanes, k % reduce]
-                            .astype("int32"), axis=k),
+        lambda m, o: te.sum(data[m, k].astype(accumulator) * packed[o // lanes, k // reduce, o % lanes, k % reduce]
+                            .astype(accumulator), axis=k),
         name=name)
     if [int(d) for d in out.shape] == [*leading, out_channels]:
         return out

@@ -49,6 +49,7 @@ from ..passes.graph import Constant, const, constant_value, conv_channel_axis, o
 from . import compute as kc
 from . import amx
 from .isa import DotProduct, dot_product_of, tile_engine_of
+from .kernel_dispatch import tiles_worthwhile
 from .kernel_dispatch import ConvAttrs, KernelDispatch, depthwise_taps
 from .schedules import MIN_PARALLEL_WORK
 from .taps import aligned_positions, group_step, interleaves, phased, tap_interleave_kernel
@@ -287,26 +288,15 @@ class _Int8KernelDispatch(KernelDispatch):
         return self.builder_.emit(relax.op.astype(wide, dtype))
 
     def tile_engine_worthwhile(self, rows: int, depth: int, out_channels: int) -> bool:
-        """Whether a product of `rows` × `depth` activations by `depth` × `out_channels` weights
-        goes to the tile engine: one that fills at least half of a 32 × 32 × 64 block (smaller ones
-        stay on the vector instruction, which wastes no padding)."""
-        return (self.engine is not None and rows >= amx.ROWS and depth >= amx.ROW_BYTES
-                and out_channels >= amx.ROWS)
+        return self.engine is not None and tiles_worthwhile(amx.U8S8, rows, depth, out_channels)
 
     def dense_on_tiles(self, data, w: np.ndarray) -> relax.Expr:
-        """`data` [..., K] × constant `w` [K, N] on the tile engine (amx.py): the rows flattened
-        and padded to a multiple of 32, K to a multiple of 64 (zeros), N computed to a multiple
-        of 32; the kernel keeps the real rows and channels."""
-        *leading, depth = _shape(data)
-        rows, out_channels = math.prod(leading), w.shape[1]
-        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1] * len(leading) + [out_channels])
-        matrix = data if len(leading) == 1 else self.builder_.emit(relax.op.reshape(data, [rows, depth]))
-        matrix = self.pad(matrix, [(0, -rows % amx.BLOCK), (0, -depth % amx.ROW_BYTES)])
-        block = self.engine.dense_block()
-        packed = kc.pack_dense_weight(w, self.dp, n_multiple=amx.BLOCK, k_multiple=amx.ROW_BYTES)
-        kernel = self.kernel(f"dense_{self.operands(matrix)}_{self.engine.name}",
-                             lambda x, wp: kc.dense_matrix_tiles(x, wp, block, leading, out_channels),
-                             [matrix], [packed])
+        """`data` [..., K] × constant int8 `w` [K, N] on `tdpbusd` tiles (uint8 activations,
+        int8 ones shifted by 128 and corrected)."""
+        leading = _shape(data)[:-1]
+        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1] * len(leading) + [w.shape[1]])
+        kernel = self.dense_tiles(data, w, self.dp, self.engine, amx.U8S8,
+                                  f"dense_{self.operands(data)}_{self.engine.name}")
         return self.corrected(kernel, correction)
 
     def operands(self, data) -> str:

@@ -110,14 +110,15 @@ def dot_product_of(target: tvm.target.Target) -> DotProduct | None:
 AMX_EMULATED_KEY = "qc-amx-emulated"
 
 
-def tile_engine_of(target: tvm.target.Target) -> amx.TileBackend | None:
-    """The int8 tile engine of an x86 target: AMX where it has `amx-tile` and `amx-int8`, its
-    emulation where its keys ask for it (AMX_EMULATED_KEY), else None. Never AMX for a target
-    without the features: LLVM aborts the process on AMX intrinsics it cannot select."""
+def tile_engine_of(target: tvm.target.Target, product: amx.TileProduct = amx.U8S8) -> amx.TileBackend | None:
+    """The tile engine of an x86 target for `product`: AMX where it has `amx-tile` and the
+    product's feature (`amx-int8`, `amx-bf16`), its emulation where its keys ask for it
+    (AMX_EMULATED_KEY), else None. Never AMX for a target without the features: LLVM aborts
+    the process on AMX intrinsics it cannot select."""
     if target.kind.name != "llvm" or str(target.attrs.get("mtriple", "")).startswith("aarch64"):
         return None
     if AMX_EMULATED_KEY in list(target.keys):
         return amx.EMULATED
-    if codegen.target_has_features("amx-tile", target) and codegen.target_has_features("amx-int8", target):
+    if codegen.target_has_features("amx-tile", target) and codegen.target_has_features(product.feature, target):
         return amx.HARDWARE
     return None

@@ -1,14 +1,18 @@
-"""What the kernel dispatch passes (dispatch.py: int8, fp32.py: float32) share."""
+"""What the kernel dispatch passes (dispatch.py: int8, bf16.py, fp32.py: float32) share."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from tvm import relax, te
 
 from ..passes.graph import CallRewriter, const, shape_of
+from . import amx
+from . import compute as kc
 from .compute import shape64
+from .isa import DotProduct
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,13 @@ def depthwise_taps(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight[:, :, :, 0].transpose(1, 2, 0))
 
 
+def tiles_worthwhile(product: amx.TileProduct, rows: int, depth: int, out_channels: int) -> bool:
+    """Whether a product of `rows` × `depth` activations by `depth` × `out_channels` weights goes
+    to the tile engine: one that fills at least half of a 32 × 32 block and a whole tile row of K
+    (smaller ones stay on the vector instruction, which wastes no padding)."""
+    return rows >= amx.ROWS and depth >= product.row_elements and out_channels >= amx.ROWS
+
+
 class KernelDispatch(CallRewriter):
     """The base of the kernel dispatch passes (subclassed under @relax.expr_functor.mutator):
     conv2d and matmul calls go to the methods of those names (a subclass may add ops)."""
@@ -61,3 +72,17 @@ class KernelDispatch(CallRewriter):
             return data
         return self.builder_.emit(relax.op.nn.pad(data, [p for pair in pads for p in pair], pad_value=0.0))
 
+    def dense_tiles(self, data, w: np.ndarray, dp: DotProduct, engine: amx.TileBackend, product: amx.TileProduct,
+                    name: str) -> relax.Expr:
+        """`data` [..., K] (of the product's A type) × constant `w` [K, N] on the tile engine
+        (amx.py): the rows flattened and padded to a multiple of 32, K to a whole tile row
+        (zeros), N computed to a multiple of 32 (`w` packed as for `dp`); the kernel `name`
+        keeps the real rows and channels."""
+        *leading, depth = shape_of(data)
+        rows, out_channels = math.prod(leading), w.shape[1]
+        matrix = data if len(leading) == 1 else self.builder_.emit(relax.op.reshape(data, [rows, depth]))
+        matrix = self.pad(matrix, [(0, -rows % amx.BLOCK), (0, -depth % product.row_elements)])
+        packed = kc.pack_dense_weight(w, dp, n_multiple=amx.BLOCK, k_multiple=product.row_elements)
+        block = engine.dense_block(product)
+        return self.kernel(name, lambda x, wp: kc.dense_matrix_tiles(x, wp, block, leading, out_channels, product.c_dtype),
+                           [matrix], [packed])

@@ -222,7 +222,7 @@ def schedule_dense_dot(sch: Schedule, block, dp: DotProduct) -> None:
     _tensorized_tiles(sch, block, [*outer, mo, oo, ko, mi, oi, ki], oo, [*outer, mo, oo], ko, dp.register())
 
 
-def schedule_dense_tiles(sch: Schedule, block, engine: amx.TileBackend) -> None:
+def schedule_dense_tiles(sch: Schedule, block, engine: amx.TileBackend, product: amx.TileProduct) -> None:
     """A dense block on the tile engine: 32 × 32 output blocks (rows outer), each zeroed, then
     one block product over the whole reduction (amx.py), then its epilogue."""
     m, o, k = sch.get_loops(block)
@@ -237,7 +237,7 @@ def schedule_dense_tiles(sch: Schedule, block, engine: amx.TileBackend) -> None:
         _parallel_outer(sch, [mo], block)
     init = sch.decompose_reduction(block, mi)
     _vectorize_inner(sch, init)
-    sch.tensorize(mi, amx.register(engine, depth))
+    sch.tensorize(mi, amx.register(engine, depth, product))
 
 
 def schedule_conv_reduction_inner(sch: Schedule, block) -> None:
@@ -579,9 +579,10 @@ ANCHORS = {
     BF16_DOT.dense_block(): partial(schedule_dense_dot_tiles, dp=BF16_DOT),
     **{dp.depthwise_block(): partial(schedule_depthwise_lanewise, dp=dp)
        for dp in CPU_DOT_PRODUCTS if dp.register_lanewise},
-    **{engine.dense_block(): partial(schedule_dense_tiles, engine=engine) for engine in amx.BACKENDS},
+    **{engine.dense_block(product): partial(schedule_dense_tiles, engine=engine, product=product)
+       for engine in amx.BACKENDS for product in amx.PRODUCTS},
 }
-TILE_ENGINE_BLOCKS = {engine.dense_block() for engine in amx.BACKENDS}
+TILE_ENGINE_BLOCKS = {engine.dense_block(product) for engine in amx.BACKENDS for product in amx.PRODUCTS}
 
 
 def apply_default_schedule(sch: Schedule, split_pads: bool = True) -> str | None:
