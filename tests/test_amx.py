@@ -130,10 +130,22 @@ def pointwise_conv_model(channels, out_channels, height, width):
                       {"w": rng.standard_normal((out_channels, channels, 1, 1)) * 0.1})
 
 
+def conv_model(channels, out_channels, height, width, kernel, stride=1, pad=0, dilation=1):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[kernel, kernel], strides=[stride, stride],
+                              pads=[pad] * 4, dilations=[dilation, dilation]),
+             helper.make_node("Relu", ["y"], ["z"])]
+    size = lambda n: (n + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1  # noqa: E731
+    return make_model(nodes, [("x", [1, channels, height, width])], [("z", [1, out_channels, size(height), size(width)])],
+                      {"w": rng.standard_normal((out_channels, channels, kernel, kernel)) * 0.1})
+
+
 MODELS = {
     "matmul 2x9x96 * 96x40": lambda: matmul_model([2, 9], 96, 40),
     "matmul 33x64 * 64x16": lambda: matmul_model([33], 64, 16),
     "1x1 conv 72 -> 48 on 7x9": lambda: pointwise_conv_model(72, 48, 7, 9),
+    "3x3 conv 32 -> 40 on 9x11, pad 1": lambda: conv_model(32, 40, 9, 11, 3, pad=1),
+    "3x3/2 conv 16 -> 24 on 12x13": lambda: conv_model(16, 24, 12, 13, 3, stride=2),
+    "3x3 dilated 2 conv 24 -> 16 on 10x10": lambda: conv_model(24, 16, 10, 10, 3, pad=2, dilation=2),
 }
 
 
@@ -146,8 +158,9 @@ def calibration(model, count=6):
 @pytest.mark.parametrize("activations", list(qcompiler.ActivationDType))
 @pytest.mark.parametrize("case", list(MODELS))
 def test_tile_engine_artifact_equals_vnni_artifact(tmp_path, case, activations):
-    """Matmuls (rows of any rank) and 1×1 convolutions on the emulated tile engine, with their
-    epilogue fused, give the VNNI kernels' outputs bit for bit (uint8 and int8 activations)."""
+    """Matmuls (rows of any rank) and convolutions (1×1 directly; k×k, strided, dilated, padded
+    over im2col columns) on the emulated tile engine, with their epilogue fused, give the VNNI
+    kernels' outputs bit for bit (uint8 and int8 activations)."""
     model = MODELS[case]()
     calib, name, shape = calibration(model)
     config = qcompiler.QConfig(activation_dtype=activations)

@@ -34,7 +34,7 @@ from ..passes.graph import Constant, constant_value, conv_channel_axis, shape_of
 from . import amx
 from . import compute as kc
 from .isa import DotProduct, bf16_dot_of, tile_engine_of
-from .kernel_dispatch import ConvAttrs, KernelDispatch, tiles_worthwhile
+from .kernel_dispatch import ConvAttrs, KernelDispatch, conv_rows, tiles_worthwhile
 
 BFLOAT16 = "bfloat16"
 
@@ -72,9 +72,8 @@ class _BF16KernelDispatch(KernelDispatch):
             return None
         data = call.args[0]
         out_channels, channels = w.shape[0], w.shape[3]
-        if (w.shape[1:3] == (1, 1) and conv.strides == [1, 1] and not any(conv.padding)
-                and self.on_tiles(math.prod(shape_of(data)[:3]), channels, out_channels)):
-            return self.dense_on_tiles(data, w.reshape(out_channels, channels).T)  # a 1×1 convolution
+        if self.on_tiles(conv_rows(data, w, conv), w[0].size, out_channels):
+            return self.conv_on_tiles(data, w, conv, self.dense_on_tiles)
         data = self.pad(data, conv.nhwc_pads(-channels % self.dp.reduce))
         return self.kernel(
             "conv2d_nhwc_bf16",

@@ -20,9 +20,10 @@ not: DotProduct.for_channels):
     two 8-bit activations             time), then batch_dense_<isa>, with row and column sums for
                                       the zero points (batch_matmul); same batch axes only
 
-With a tile engine (AMX, or its emulation: isa.tile_engine_of), matmuls and 1×1 stride-1
-convolutions with ≥ 16 rows (pixels), ≥ 64 input and ≥ 16 output channels go to amx.py's block
-product instead (dense_on_tiles): rows padded to 32, K to 64, weights [N'/16, K'/4, 16, 4].
+With a tile engine (AMX, or its emulation: isa.tile_engine_of), matmuls and groups = 1
+convolutions with ≥ 16 rows (output pixels), K ≥ 64 (KH·KW·C for a convolution) and ≥ 16 output
+channels go to amx.py's block product instead (dense_on_tiles; a k×k convolution over its im2col
+columns, KernelDispatch.conv_on_tiles): rows padded to 32, K to 64, weights [N'/16, K'/4, 16, 4].
 
 Activations x of the other signedness than the instruction takes (`vpdpbusd`: uint8, `sdot`
 and `__dp4a`: int8; NEON takes both) are fed as x ∓ 128 and the accumulator corrected by
@@ -49,7 +50,7 @@ from ..passes.graph import Constant, const, constant_value, conv_channel_axis, o
 from . import compute as kc
 from . import amx
 from .isa import DotProduct, dot_product_of, tile_engine_of
-from .kernel_dispatch import tiles_worthwhile
+from .kernel_dispatch import conv_rows, tiles_worthwhile
 from .kernel_dispatch import ConvAttrs, KernelDispatch, depthwise_taps
 from .schedules import MIN_PARALLEL_WORK
 from .taps import aligned_positions, group_step, interleaves, phased, tap_interleave_kernel
@@ -150,9 +151,8 @@ class _Int8KernelDispatch(KernelDispatch):
                                lambda x, wd: kc.depthwise_nhwc(x, wd, strides, dilation), [data], [taps])
         if channels != groups * in_per_group or out_channels % groups:
             return None
-        if (groups == 1 and w.shape[1:3] == (1, 1) and strides == [1, 1] and not any(conv.padding)
-                and self.tile_engine_worthwhile(math.prod(_shape(data)[:3]), channels, out_channels)):
-            return self.dense_on_tiles(data, w.reshape(out_channels, channels).T)  # a 1×1 convolution
+        if groups == 1 and self.tile_engine_worthwhile(conv_rows(data, w, conv), w[0].size, out_channels):
+            return self.conv_on_tiles(data, w, conv, self.dense_on_tiles)
         data = self.pad(data, spatial)
         data, correction = self.as_instruction_dtype(data, w.reshape(out_channels, -1).sum(axis=1),
                                                      [1, 1, 1, out_channels])

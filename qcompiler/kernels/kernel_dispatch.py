@@ -48,6 +48,14 @@ def tiles_worthwhile(product: amx.TileProduct, rows: int, depth: int, out_channe
     return rows >= amx.ROWS and depth >= product.row_elements and out_channels >= amx.ROWS
 
 
+def conv_rows(data, w: np.ndarray, conv: ConvAttrs) -> int:
+    """Output pixels of an NHWC convolution of `data` by OHWI `w`: its matrix product's rows."""
+    n, height, width, _ = shape_of(data)
+    top, left, bottom, right = conv.padding
+    return n * kc.windows(height + top + bottom, w.shape[1], conv.strides[0], conv.dilation[0]) \
+        * kc.windows(width + left + right, w.shape[2], conv.strides[1], conv.dilation[1])
+
+
 class KernelDispatch(CallRewriter):
     """The base of the kernel dispatch passes (subclassed under @relax.expr_functor.mutator):
     conv2d and matmul calls go to the methods of those names (a subclass may add ops)."""
@@ -86,3 +94,17 @@ class KernelDispatch(CallRewriter):
         block = engine.dense_block(product)
         return self.kernel(name, lambda x, wp: kc.dense_matrix_tiles(x, wp, block, leading, out_channels, product.c_dtype),
                            [matrix], [packed])
+
+    def conv_on_tiles(self, data, w: np.ndarray, conv: ConvAttrs, dense_on_tiles) -> relax.Expr | None:
+        """A groups = 1 NHWC convolution (OHWI weight `w`) as `dense_on_tiles` (a function of
+        the activation rows [..., K] and the constant [K, O]): a 1×1 stride-1 one over its pixels
+        directly, any other over its windows as columns (`compute.im2col_nhwc`, K = KH·KW·C)."""
+        out_channels, kh, kw, channels = w.shape
+        matrix = w.reshape(out_channels, -1).T
+        if (kh, kw) == (1, 1) and conv.strides == [1, 1] and not any(conv.padding):
+            return dense_on_tiles(data, matrix)
+        padded = self.pad(data, conv.nhwc_pads())
+        cols = self.builder_.emit(self.kernel(
+            "im2col_nhwc", lambda x: kc.im2col_nhwc(x, kh, kw, conv.strides, conv.dilation), [padded]))
+        n, out_h, out_w = shape_of(cols)[:3]
+        return dense_on_tiles(self.builder_.emit(relax.op.reshape(cols, [n, out_h, out_w, kh * kw * channels])), matrix)
