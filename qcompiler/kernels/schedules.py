@@ -35,7 +35,7 @@ from tvm.s_tir import Schedule, ScheduleError
 from ..fusion import child_blocks
 from . import amx, fp32, vector_math
 from .compute import DEPTHWISE_BLOCK
-from .isa import BF16_DOT, CPU_DOT_PRODUCTS, DotProduct
+from .isa import BF16_DOT, CPU_DOT_PRODUCTS, VNNI, VNNI_YMM, DotProduct
 
 log = logging.getLogger("qcompiler")
 
@@ -573,6 +573,9 @@ ANCHORS = {
        for lanes in fp32.LANES for dtype in fp32.BATCH_MATMUL_DTYPES},
     **{dp.conv_block(): partial(schedule_conv_dot, dp=dp) if dp.register else schedule_conv_reduction_inner
        for dp in CPU_DOT_PRODUCTS},
+    # x86: the register tile of pixels × up to 4 channel vectors (_fma_tiles), whose pixel count
+    # need not divide 8 (13 or 26 pixels wide: the one-vector tile held 1 or 2 accumulators)
+    **{dp.conv_block(): partial(schedule_conv_dot_tiles, dp=dp) for dp in (VNNI, VNNI_YMM)},
     **{dp.dense_block(): partial(schedule_dense_dot, dp=dp) if dp.register else schedule_dense_reduction_inner
        for dp in CPU_DOT_PRODUCTS},
     BF16_DOT.conv_block(): partial(schedule_conv_dot_tiles, dp=BF16_DOT),
