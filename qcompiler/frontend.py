@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from .block_quantization import convert_blocked
 from .canonicalize import fold_batchnorm_into_conv
 from .errors import QCompilerError
-from .passes.graph import Constant
+from .passes.graph import Constant, const, constant_value, shape_of
 from .attention import convert_attention
 from .qoperator import QOPERATOR_OPS, conv_integer, matmul_integer, qlinear_conv, qlinear_matmul
 from .recurrent import GATES, convert_recurrent
@@ -624,6 +624,29 @@ def _float_floor_mod(inputs, attrs):
     return relax.op.where(relax.op.equal(result, zero), relax.op.multiply(zero, relax.op.sign(b)), result)
 
 
+def _one_hot(inputs, attrs):
+    """OneHot with a constant depth (a scalar or the 1-element tensor exporters write) and constant
+    [off, on] values: out = on where index (+ depth if negative) equals the position along `axis`,
+    else off; an index out of [-depth, depth) gives a row of off. TVM's converter takes only a
+    scalar depth."""
+    from tvm import relax
+
+    indices, depth, values = inputs
+    if not isinstance(depth, Constant) or not isinstance(values, Constant):
+        raise QCompilerError("OneHot needs depth and values known at compile time")
+    size = int(constant_value(depth).reshape(-1)[0])
+    off, on = constant_value(values).reshape(-1)[:2]
+    rank = len(shape_of(indices)) + 1
+    axis = int(attrs.get("axis", -1)) % rank
+    index = relax.op.astype(indices, "int64")
+    index = relax.op.where(relax.op.less(index, relax.const(0, "int64")),
+                           relax.op.add(index, relax.const(size, "int64")), index)
+    positions = np.arange(size, dtype=np.int64).reshape([size] + [1] * (rank - 1 - axis))
+    hit = relax.op.equal(relax.op.expand_dims(index, axis), const(positions))
+    dtype = str(values.ty.dtype)
+    return relax.op.where(hit, const(np.asarray(on), dtype), const(np.asarray(off), dtype))
+
+
 def _hyperbolic(op_name, inputs):
     """Cosh and Sinh as (eˣ ± e⁻ˣ) / 2: TVM's converter emits intrinsics its LLVM code
     generator does not know (`tirx.cosh`, `tirx.sinh`)."""
@@ -755,6 +778,8 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 return convert_resize(self.bb, list(inputs), attrs)
             if op_name == "Attention":
                 return convert_attention(self.bb, list(inputs), attrs, len(self.current.output))
+            if op_name == "OneHot":
+                return _one_hot(list(inputs), attrs)
             if op_name in ("Cosh", "Sinh"):
                 return _hyperbolic(op_name, inputs)
             if op_name == "Mod":

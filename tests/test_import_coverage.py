@@ -136,7 +136,7 @@ SAMPLE_OPS = (
     "ReduceMean", "ReduceMax", "ArgMax", "Resize", "Pad", "DepthToSpace", "SpaceToDepth", "Dropout", "Clip",
     "Cast", "CastLike", "BitShift", "RoiAlign",
     # shape-like graph inputs (passing with them fixed), control flow and sorting refused in one line
-    "ReduceSum", "CumSum", "TopK", "If", "QuantizeLinear", "DequantizeLinear",
+    "ReduceSum", "CumSum", "TopK", "If", "QuantizeLinear", "DequantizeLinear", "OneHot",
 )
 # converted by qcompiler itself (qcompiler/recurrent.py, qcompiler/qoperator.py,
 # frontend._rms_normalization, frontend._float_floor_mod, frontend._hyperbolic; ScatterElements:
@@ -510,3 +510,17 @@ def test_a_shape_input_left_as_input_is_refused_naming_it():
         qcompiler.compile(_shape_input_model())
     message = str(err.value)
     assert "(Resize)" in message and "--constant-input" in message and "\n" not in message, message
+
+
+def test_one_hot_with_a_one_element_depth_matches_onnxruntime(tmp_path):
+    """OneHot as exporters write it (depth a 1-element initializer; TVM's converter takes only a
+    scalar), negative and out-of-range indices included."""
+    node = helper.make_node("OneHot", ["ids", "depth", "values"], ["y"], axis=1)
+    graph = helper.make_graph([node], "onehot", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 3])],
+                              [numpy_helper.from_array(np.array([5], np.int64), "depth"),
+                               numpy_helper.from_array(np.array([-1.0, 2.5], np.float32), "values")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ids = np.array([[0, 4, -1], [2, 7, -5]], np.int64)
+    got = qcompiler.load(qcompiler.compile(model).export(tmp_path / "m.so")).run({"ids": ids})["y"]
+    np.testing.assert_array_equal(got, ort_run(model, {"ids": ids})["y"])
