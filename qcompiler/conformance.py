@@ -48,7 +48,6 @@ SKIPS: Mapping[str, str] = MappingProxyType({
 STATUSES = ("passed", "constant", "unsupported", "wrong", "crashed", "skipped")
 
 
-
 @dataclass(frozen=True)
 class Outcome:
     """How one case ended (`status` is one of `STATUSES`), with a one-line reason when not passed."""

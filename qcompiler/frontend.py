@@ -432,7 +432,6 @@ def relax_var_name(node_name: str) -> str:
 def _clip_as_relax_clip(inputs, attrs):
     """`relax.clip` for a float Clip with constant scalar bounds (TVM's converter emits opaque
     TE maximum/minimum kernels, which later passes cannot see through); None otherwise."""
-    import tvm
     from tvm import relax
 
     x = inputs[0]
@@ -444,9 +443,9 @@ def _clip_as_relax_clip(inputs, attrs):
         if bound is None:
             bounds.append(float(attrs.get(key, default)))
             continue
-        if not isinstance(bound, tvm.ir.expr.Constant):
+        if not isinstance(bound, Constant):
             return None
-        value = bound.value.numpy() if hasattr(bound.value, "numpy") else np.asarray(bound.value)
+        value = constant_value(bound)
         if value.size != 1:
             return None
         value = float(value.reshape(()))

@@ -265,7 +265,7 @@ def convert_resize(bb: relax.BlockBuilder, inputs: Sequence, attrs: Mapping[str,
                                          or dtype.startswith("uint")):
         raise QCompilerError(f"Resize {parsed.mode} of {dtype} is not supported (float and integer types are)")
     axes = list(parsed.axes) if parsed.axes is not None else list(range(rank))
-    rois = _axis_rois(roi, axes, rank) if parsed.coordinate_mode == "tf_crop_and_resize" else {}
+    rois = _axis_rois(roi, axes) if parsed.coordinate_mode == "tf_crop_and_resize" else {}
     result = x
     for axis in axes:
         if size[axis] == shape[axis] and scale[axis] == 1.0 and rois.get(axis, (0.0, 1.0)) == (0.0, 1.0):
@@ -275,7 +275,7 @@ def convert_resize(bb: relax.BlockBuilder, inputs: Sequence, attrs: Mapping[str,
     return result
 
 
-def _axis_rois(roi: np.ndarray | None, axes: Sequence[int], rank: int) -> dict[int, tuple[float, float]]:
+def _axis_rois(roi: np.ndarray | None, axes: Sequence[int]) -> dict[int, tuple[float, float]]:
     """tf_crop_and_resize's roi ([starts..., ends...] over `axes`) per axis."""
     if roi is None:
         raise QCompilerError("Resize tf_crop_and_resize needs roi")

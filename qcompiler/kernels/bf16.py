@@ -18,7 +18,8 @@ on targets without AVX-512 BF16) go to the float32 kernels, which convert bfloat
 multiply-add (fp32.py): the same products, one FMA per product instead of one instruction per two.
 
 With AMX-BF16 (isa.tile_engine_of(target, amx.BF16): Sapphire Rapids and newer, or the emulation),
-matmuls and 1×1 stride-1 convolutions with ≥ 16 rows, ≥ 32 input and ≥ 16 output channels run on
+matmuls and groups = 1 convolutions with ≥ 16 rows (output pixels), K ≥ 32 (KH·KW·C for a
+convolution, over its im2col columns unless 1×1 stride 1) and ≥ 16 output channels run on
 `tdpbf16ps` tiles instead (amx.py; rows padded to 32, K to 32), as the int8 ones on `tdpbusd`.
 """
 
@@ -51,7 +52,7 @@ class _BF16KernelDispatch(KernelDispatch):
         self.dp = dp
         self.engine = engine
 
-    def on_tiles(self, rows: int, depth: int, out_channels: int) -> bool:
+    def tile_engine_worthwhile(self, rows: int, depth: int, out_channels: int) -> bool:
         return self.engine is not None and tiles_worthwhile(amx.BF16, rows, depth, out_channels)
 
     def dense_on_tiles(self, data, w: np.ndarray) -> relax.Expr:
@@ -72,8 +73,8 @@ class _BF16KernelDispatch(KernelDispatch):
             return None
         data = call.args[0]
         out_channels, channels = w.shape[0], w.shape[3]
-        if self.on_tiles(conv_rows(data, w, conv), w[0].size, out_channels):
-            return self.conv_on_tiles(data, w, conv, self.dense_on_tiles)
+        if self.tile_engine_worthwhile(conv_rows(data, w, conv), w[0].size, out_channels):
+            return self.conv_on_tiles(data, w, conv)
         data = self.pad(data, conv.nhwc_pads(-channels % self.dp.reduce))
         return self.kernel(
             "conv2d_nhwc_bf16",
@@ -86,7 +87,7 @@ class _BF16KernelDispatch(KernelDispatch):
         if w is None or w.ndim != 2 or len(data.ty.shape.values) < 2:
             return None
         rank = len(data.ty.shape.values)
-        if self.on_tiles(math.prod(shape_of(data)[:-1]), *w.shape):
+        if self.tile_engine_worthwhile(math.prod(shape_of(data)[:-1]), *w.shape):
             return self.dense_on_tiles(data, w)
         data = self.pad(data, [(0, 0)] * (rank - 1) + [(0, -w.shape[0] % self.dp.reduce)])
         return self.kernel("dense_bf16", lambda x, wp: kc.dense_packed(x, wp, self.dp, w.shape[1]), [data],

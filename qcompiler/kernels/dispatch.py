@@ -50,8 +50,7 @@ from ..passes.graph import Constant, const, constant_value, conv_channel_axis, o
 from . import compute as kc
 from . import amx
 from .isa import DotProduct, dot_product_of, tile_engine_of
-from .kernel_dispatch import conv_rows, tiles_worthwhile
-from .kernel_dispatch import ConvAttrs, KernelDispatch, depthwise_taps
+from .kernel_dispatch import ConvAttrs, KernelDispatch, conv_rows, depthwise_taps, tiles_worthwhile
 from .schedules import MIN_PARALLEL_WORK
 from .taps import aligned_positions, group_step, interleaves, phased, tap_interleave_kernel
 
@@ -152,7 +151,7 @@ class _Int8KernelDispatch(KernelDispatch):
         if channels != groups * in_per_group or out_channels % groups:
             return None
         if groups == 1 and self.tile_engine_worthwhile(conv_rows(data, w, conv), w[0].size, out_channels):
-            return self.conv_on_tiles(data, w, conv, self.dense_on_tiles)
+            return self.conv_on_tiles(data, w, conv)
         data = self.pad(data, spatial)
         data, correction = self.as_instruction_dtype(data, w.reshape(out_channels, -1).sum(axis=1),
                                                      [1, 1, 1, out_channels])

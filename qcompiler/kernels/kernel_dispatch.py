@@ -95,16 +95,17 @@ class KernelDispatch(CallRewriter):
         return self.kernel(name, lambda x, wp: kc.dense_matrix_tiles(x, wp, block, leading, out_channels, product.c_dtype),
                            [matrix], [packed])
 
-    def conv_on_tiles(self, data, w: np.ndarray, conv: ConvAttrs, dense_on_tiles) -> relax.Expr | None:
-        """A groups = 1 NHWC convolution (OHWI weight `w`) as `dense_on_tiles` (a function of
-        the activation rows [..., K] and the constant [K, O]): a 1×1 stride-1 one over its pixels
+    def conv_on_tiles(self, data, w: np.ndarray, conv: ConvAttrs) -> relax.Expr:
+        """A groups = 1 NHWC convolution (OHWI weight `w`) as the subclass's `dense_on_tiles`
+        (activation rows [..., K] × a constant [K, O]): a 1×1 stride-1 one over its pixels
         directly, any other over its windows as columns (`compute.im2col_nhwc`, K = KH·KW·C)."""
         out_channels, kh, kw, channels = w.shape
         matrix = w.reshape(out_channels, -1).T
         if (kh, kw) == (1, 1) and conv.strides == [1, 1] and not any(conv.padding):
-            return dense_on_tiles(data, matrix)
+            return self.dense_on_tiles(data, matrix)
         padded = self.pad(data, conv.nhwc_pads())
         cols = self.builder_.emit(self.kernel(
             "im2col_nhwc", lambda x: kc.im2col_nhwc(x, kh, kw, conv.strides, conv.dilation), [padded]))
         n, out_h, out_w = shape_of(cols)[:3]
-        return dense_on_tiles(self.builder_.emit(relax.op.reshape(cols, [n, out_h, out_w, kh * kw * channels])), matrix)
+        return self.dense_on_tiles(self.builder_.emit(relax.op.reshape(cols, [n, out_h, out_w, kh * kw * channels])),
+                                   matrix)
