@@ -59,6 +59,9 @@ class QuantizedOp:
     weight_axis: int | None = None  # output-channel axis of the weight
     epilogue: list[relax.Var] = field(default_factory=list)
     macs: int = 0
+    kernel_layout: str | None = None  # conv2d's weight layout (OIHW, OHWI)
+    groups: int = 1
+    conv_geometry: tuple | None = None  # conv2d's (strides, dilation, padding top/left/bottom/right)
 
 
 @dataclass
@@ -86,6 +89,15 @@ def _macs(binding_var, value, weight) -> int:
         k = shape_of(value.args[0])[-1]
         return int(np.prod(out)) * int(k)
     return 0
+
+
+def _conv_attributes(call) -> tuple:
+    """(kernel layout, groups, geometry) of a conv2d; (None, 1, None) for other ops."""
+    if op_name(call) != "relax.nn.conv2d":
+        return None, 1, None
+    attrs = call.attrs
+    geometry = tuple(tuple(int(v) for v in values) for values in (attrs.strides, attrs.dilation, attrs.padding))
+    return str(attrs.kernel_layout), int(attrs.groups), geometry
 
 
 def _is_global_pool(call) -> bool:
@@ -205,7 +217,8 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
             key_for(tensor)
         key_for(output)
         ops.append(QuantizedOp(var, name, node, list(inputs), output, weight, weight_axis, epilogue,
-                               _macs(var, value, weight) if weight is not None else 0))
+                               _macs(var, value, weight) if weight is not None else 0,
+                               *_conv_attributes(value)))
     # The end of each unary region fed by a quantized tensor is quantized too.
     for var, src in unary_source.items():
         users = view.users.get(var, [])

@@ -49,6 +49,12 @@ class QConfig:
     `skip_nodes` ONNX node names; skipped ops stay fp32. `num_samples` caps how many
     calibration samples are used (None: all); `holdout` samples at the end of the data are
     kept back for the report's SQNR measurements.
+
+    Accuracy recovery, each off by default: `equalization` rescales consecutive convolutions
+    through ReLU so their per-channel weight ranges even out (passes/equalize.py);
+    `adaround` learns each weight's rounding direction on calibration data
+    (passes/adaround.py, `seed` picks its samples); `bias_correction` removes the mean shift
+    weight rounding adds to each conv/matmul output (passes/bias_correction.py).
     """
 
     activation_dtype: ActivationDType = ActivationDType.UINT8
@@ -60,6 +66,10 @@ class QConfig:
     holdout: int = 4
     skip_op_types: frozenset[str] = field(default_factory=frozenset)
     skip_nodes: frozenset[str] = field(default_factory=frozenset)
+    equalization: bool = False
+    adaround: bool = False
+    bias_correction: bool = False
+    seed: int = 0
 
     def __post_init__(self):
         if not 50.0 < self.percentile <= 100.0:
@@ -78,6 +88,7 @@ class QConfig:
             "histogram_bins": self.histogram_bins,
             "num_samples": self.num_samples,
             "holdout": self.holdout,
+            "equalization": self.equalization,
         }
 
 

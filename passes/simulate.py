@@ -6,17 +6,40 @@ weight becomes `dequantize(int8 weight)` with per-channel (or per-tensor) scales
 computes in float what the integer model computes, up to rounding of requantization; it is
 the debugging mode, and the input `realize` turns into integer kernels — the same form a
 pre-quantized ONNX QDQ model imports as.
+
+`Corrections` change what the weights become: int8 values rounded otherwise than to nearest
+(AdaRound) and a per-channel shift of an anchor's bias (bias correction, emitted as a bias
+add where the anchor has none; realize folds it into the accumulator's offset).
+
+With `switches`, `main` takes one more input, a float32 vector s (SWITCHES_INPUT): anchor i's
+weight becomes w + s[i]·(dq(w_q) − w) and its bias shift s[i]·δ, and tensor j (observer key j)
+t + s[n + j]·(qdq(t) − t), n anchors. s = 0 computes the fp32 model, s = 1 the fake-quant
+one, and any mix a model with some ops in fp32: one compiled module serves the accuracy
+search's every trial (switch_values gives s for a set of ops kept in float).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from .annotate import AnnotationPlan
-from .graph import const, with_main
+from .graph import const, conv_channel_axis, op_name, shape_of, with_main
 from .qconfig import QConfig, QParams, quantize_weight, weight_scales
+
+SWITCHES_INPUT = "qc_switches"
+
+
+@dataclass
+class Corrections:
+    """Per anchor var: int8 weight values replacing round-to-nearest (same scales), and a
+    float per-output-channel shift added to the anchor's bias."""
+
+    weights: dict = field(default_factory=dict)
+    bias: dict = field(default_factory=dict)
 
 
 def _qdq(builder, value, params: QParams):
@@ -24,6 +47,30 @@ def _qdq(builder, value, params: QParams):
                                        axis=-1, out_dtype=params.dtype))
     return builder.emit(relax.op.dequantize(q, const(np.float32(params.scale)), const(np.int32(params.zero_point)),
                                             axis=-1, out_dtype="float32"))
+
+
+def _mix(builder, exact, quantized, switch):
+    """exact + switch · (quantized − exact)."""
+    delta = builder.emit(relax.op.subtract(quantized, exact))
+    return builder.emit(relax.op.add(exact, builder.emit(relax.op.multiply(delta, switch))))
+
+
+def channel_shaped(values: np.ndarray, anchor_call, out_rank: int) -> np.ndarray:
+    """Per-output-channel `values` shaped to broadcast against the anchor's output (conv: its
+    channel axis; matmul: the last axis)."""
+    axis = conv_channel_axis(anchor_call) if op_name(anchor_call) == "relax.nn.conv2d" else out_rank - 1
+    shape = [1] * (out_rank - axis)
+    shape[0] = -1
+    return np.asarray(values, np.float32).reshape(shape)
+
+
+def switch_values(plan: AnnotationPlan, kept: AnnotationPlan) -> np.ndarray:
+    """The switches of `plan`'s module that compute what `kept` quantizes (an annotation of the
+    same module with more ops skipped): 1 for its anchors and tensors, 0 elsewhere."""
+    kept_ops = {op.var for op in kept.ops}
+    ops = [1.0 if op.var in kept_ops else 0.0 for op in plan.ops]
+    tensors = [1.0 if any(var in kept.keys for var in plan.tensors_of(key)) else 0.0 for key in plan.observer_keys]
+    return np.array(ops + tensors, np.float32)
 
 
 def quantized_weight(weight: np.ndarray, axis: int, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -36,12 +83,18 @@ def quantized_weight(weight: np.ndarray, axis: int, per_channel: bool) -> tuple[
 
 
 def insert_qdq(
-    mod: tvm.IRModule, plan: AnnotationPlan, qparams: dict[str, QParams], config: QConfig
+    mod: tvm.IRModule, plan: AnnotationPlan, qparams: dict[str, QParams], config: QConfig,
+    corrections: Corrections | None = None, switches: bool = False,
 ) -> tuple[tvm.IRModule, dict]:
     """The QDQ (fake-quant) module for `plan` with calibrated `qparams` (per observer key),
     and for each observer key the dequantized var that carries it in that module."""
     dequantized_of: dict = {}
+    corrections = corrections or Corrections()
     weights = {op.var: op for op in plan.ops if op.weight is not None}
+    op_index = {op.var: i for i, op in enumerate(plan.ops)}
+    key_index = {key: len(plan.ops) + j for j, key in enumerate(plan.observer_keys)}
+    switch_var = relax.Var(SWITCHES_INPUT, relax.TensorType([len(key_index) + len(op_index)], "float32")) \
+        if switches else None
 
     params = [p for p in mod["main"].params if p in plan.keys]
 
@@ -49,32 +102,51 @@ def insert_qdq(
     class InsertQDQ(relax.PyExprMutator):
         started = False
 
+        def switch(self, index: int):
+            return self.builder_.emit(relax.op.strided_slice(switch_var, [0], [index], [index + 1]))
+
+        def fake_quantized(self, value, key: str):
+            dequantized = _qdq(self.builder_, value, qparams[key])
+            return dequantized if switch_var is None else _mix(self.builder_, value, dequantized,
+                                                                self.switch(key_index[key]))
+
         def visit_var_binding_(self, binding):
             if not self.started:  # quantized model inputs: fake-quantize before the first binding
                 self.started = True
                 for param in params:
-                    dequantized = _qdq(self.builder_, param, qparams[plan.keys[param]])
+                    dequantized = self.fake_quantized(param, plan.keys[param])
                     dequantized_of.setdefault(plan.keys[param], dequantized)
                     self.set_var_remap(param, dequantized)
             var = binding.var
             if var in weights:
                 op = weights[var]
                 wq, scales = quantized_weight(op.weight, op.weight_axis, config.per_channel)
+                wq = corrections.weights.get(var, wq)
                 weight = self.builder_.emit(relax.op.dequantize(
                     const(wq), const(scales), const(np.zeros(scales.shape, np.int32)),
                     axis=op.weight_axis, out_dtype="float32"))
+                switch = None if switch_var is None else self.switch(op_index[var])
+                if switch is not None:
+                    weight = _mix(self.builder_, const(op.weight.astype(np.float32)), weight, switch)
                 call = binding.value
                 new_call = relax.Call(call.op, [self.visit_expr(call.args[0]), weight], call.attrs, call.ty_args)
                 new_var = self.builder_.emit(new_call, var.name)
+                if var in corrections.bias:
+                    shift = const(channel_shaped(corrections.bias[var], call, len(shape_of(var))))
+                    if switch is not None:
+                        shift = self.builder_.emit(relax.op.multiply(shift, switch))
+                    new_var = self.builder_.emit(relax.op.add(new_var, shift), var.name)
                 self.set_var_remap(var, new_var)
             else:
                 super().visit_var_binding_(binding)
             if var in plan.keys:
                 emitted = self.get_var_remap(var) if self.get_var_remap(var) is not None else var
-                dequantized = _qdq(self.builder_, emitted, qparams[plan.keys[var]])
+                dequantized = self.fake_quantized(emitted, plan.keys[var])
                 dequantized_of.setdefault(plan.keys[var], dequantized)
                 self.set_var_remap(var, dequantized)
 
     mutator = InsertQDQ(mod)
     func = mutator.visit_expr(mod["main"])
+    if switch_var is not None:
+        func = relax.Function(list(func.params) + [switch_var], func.body, func.ret_ty, func.is_pure, func.attrs)
     return with_main(mod, func), dequantized_of

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
+from .accuracy import AccuracyTarget
 from .errors import QCompilerError
 from .passes.qconfig import ActivationDType, CalibrationMethod, QConfig
 from .runtime import Model, load
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .build import Artifact
 
 __all__ = [
+    "AccuracyTarget",
     "ActivationDType",
     "Artifact",
     "CalibrationMethod",
@@ -31,6 +33,7 @@ __all__ = [
     "TensorSpec",
     "all_presets",
     "compile",
+    "export_qdq",
     "load",
 ]
 
@@ -51,6 +54,8 @@ def compile(  # noqa: A001 - the public verb of this package
     default_schedules: bool = True,
     initializers_as_inputs: bool = False,
     constant_inputs: "Mapping[str, object] | None" = None,
+    accuracy_target: "AccuracyTarget | str | None" = None,
+    eval_data: "str | os.PathLike | Iterable[Mapping[str, object]] | None" = None,
 ) -> "Artifact":
     """Compile an ONNX model (path or `onnx.ModelProto`) for a target preset or raw TVM target JSON.
 
@@ -68,6 +73,9 @@ def compile(  # noqa: A001 - the public verb of this package
     list every weight so) are constants, or with `initializers_as_inputs` artifact inputs.
     `constant_inputs` gives graph inputs a fixed value (numpy arrays by input name): they are
     embedded, fold at compile time where they feed shapes, and are no longer artifact inputs.
+    `accuracy_target` (an `AccuracyTarget`, or "METRIC=VALUE" such as "top1-agreement=0.97")
+    keeps the fewest ops in fp32 that meet it on `eval_data` (samples as for `calib`, kept
+    apart from them; an .npz may add `labels` for the top1 metric): qcompiler.accuracy.
     """
     import logging
 
@@ -80,10 +88,13 @@ def compile(  # noqa: A001 - the public verb of this package
 
     if quantize is not None:
         check_strategy(quantize)
-    if quantize is None and (calib is not None or calib_cache is not None or report is not None or simulate):
-        raise QCompilerError("calibration data, a calibration cache, a report or simulate need quantize='int8'")
-    if quantize in CALIBRATION_FREE_STRATEGIES and (report is not None or simulate):
-        raise QCompilerError(f"a report and simulate are for quantize='int8' (static); {quantize} has neither")
+    if quantize is None and (calib is not None or calib_cache is not None or report is not None or simulate
+                             or accuracy_target is not None):
+        raise QCompilerError("calibration data, a calibration cache, a report, an accuracy target or simulate need "
+                             "quantize='int8'")
+    if quantize in CALIBRATION_FREE_STRATEGIES and (report is not None or simulate or accuracy_target is not None):
+        raise QCompilerError(f"a report, an accuracy target and simulate are for quantize='int8' (static); "
+                             f"{quantize} has none of them")
     imported = load_onnx(model, input_shapes, on_note=log.warning, initializers_as_inputs=initializers_as_inputs,
                          constant_inputs=constant_inputs)
     if quantize is None:
@@ -98,17 +109,96 @@ def compile(  # noqa: A001 - the public verb of this package
                      committed_logs=committed_logs, default_schedules=default_schedules)
     from .quantize import quantize as run_quantization
 
-    quantized = run_quantization(imported, config or QConfig(), calib, calib_cache)
+    target_spec, samples = _accuracy_goal(imported, accuracy_target, eval_data)
+    quantized = run_quantization(imported, config or QConfig(), calib, calib_cache, target_spec, samples)
     artifact = build(imported, preset, quantized, simulate=simulate, tuning_logs=list(tuning_logs),
                      committed_logs=committed_logs, default_schedules=default_schedules)
     if report is not None:
         from .report import quantization_report
 
         result = quantization_report(quantized, [spec.name for spec in imported.outputs])
-        result.write(report)
+        if str(report).endswith((".html", ".htm")):
+            _write_html_report(result, quantized, imported, artifact, preset, report, tuning_logs, committed_logs,
+                               default_schedules)
+        else:
+            result.write(report)
         print(result.render())
         artifact.metadata.quantization["agreement"] = result.model_metrics
     return artifact
+
+
+def _write_html_report(result, quantized, imported, artifact, preset, path, tuning_logs, committed_logs,
+                       default_schedules) -> None:
+    """The HTML report, with the size and latency of this artifact and of the model built in fp32
+    (measured here, when the target runs on this machine)."""
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    from .build import build
+    from .report_html import html_report, write_html
+
+    import platform
+
+    from .targets import DeviceKind
+
+    sizes = {}
+    if preset.device is DeviceKind.CPU and preset.cross_compiler is None and preset.arch == platform.machine():
+        from .bench import bench
+
+        fp32 = build(imported, preset, tuning_logs=list(tuning_logs), committed_logs=committed_logs,
+                     default_schedules=default_schedules)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                for label, built in (("fp32", fp32), ("int8", artifact)):
+                    so = built.export(Path(tmp) / f"{label}.so")
+                    sizes[label] = (so.stat().st_size, bench(str(so), repeat=20, warmup=3).median_ms)
+            except QCompilerError as err:  # e.g. an ISA this CPU lacks: the page goes without timings
+                logging.getLogger("qcompiler").warning("report: no latency measured: %s", err)
+    name = Path(imported.source_path).name if imported.source_path else "model"
+    write_html(html_report(result, quantized, imported, f"qcompiler quantization report: {name}", sizes), path)
+
+
+def export_qdq(
+    model: "str | os.PathLike | object",
+    calib: "str | os.PathLike | Iterable[Mapping[str, object]] | None",
+    output: "str | os.PathLike",
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    config: QConfig | None = None,
+    calib_cache: "str | os.PathLike | None" = None,
+    accuracy_target: "AccuracyTarget | str | None" = None,
+    eval_data: "str | os.PathLike | Iterable[Mapping[str, object]] | None" = None,
+    constant_inputs: "Mapping[str, object] | None" = None,
+) -> "os.PathLike":
+    """Calibrate (and correct, and search fallbacks, as `compile` with quantize="int8" does) and
+    write the model as standard ONNX QDQ to `output` (qcompiler.qdq_export), for onnxruntime or
+    TensorRT. Returns the path written."""
+    import logging
+
+    from .qdq_export import qdq_model, write_qdq
+    from .frontend import load_onnx
+    from .quantize import quantize
+
+    imported = load_onnx(model, input_shapes, on_note=logging.getLogger("qcompiler").warning,
+                         constant_inputs=constant_inputs)
+    target_spec, samples = _accuracy_goal(imported, accuracy_target, eval_data)
+    quantized = quantize(imported, config or QConfig(), calib, calib_cache, target_spec, samples)
+    return write_qdq(qdq_model(imported, quantized), output)
+
+
+def _accuracy_goal(imported, accuracy_target, eval_data):
+    """(AccuracyTarget, evaluation samples), or (None, None) without a target."""
+    if accuracy_target is None and eval_data is None:
+        return None, None
+    from .accuracy import load_evaluation
+
+    if accuracy_target is None or eval_data is None:
+        raise QCompilerError("an accuracy target and evaluation data go together: give both --accuracy-target "
+                             "METRIC=VALUE and --eval DATA")
+    samples, labels = load_evaluation(eval_data, imported.inputs)
+    target = AccuracyTarget.parse(accuracy_target, labels) if isinstance(accuracy_target, str) else accuracy_target
+    return target, samples
 
 
 def __getattr__(name: str):

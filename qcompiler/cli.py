@@ -44,6 +44,10 @@ def _qconfig(args, model_path: str):
             num_samples=args.num_samples,
             skip_op_types=frozenset(s for s in args.skip if s in op_types),
             skip_nodes=frozenset(s for s in args.skip if s in node_names and s not in op_types),
+            equalization=getattr(args, "equalize", False),
+            bias_correction=getattr(args, "bias_correction", False),
+            adaround=getattr(args, "adaround", False),
+            seed=getattr(args, "seed", 0),
         )
     except ValueError as err:
         raise QCompilerError(str(err)) from None
@@ -56,7 +60,10 @@ def _cmd_compile(args) -> None:
     shapes = dict(parse_shape(text) for text in args.input_shape)
     quant_flags = [flag for flag, given in (("--calib", args.calib), ("--calib-cache", args.calib_cache),
                                             ("--report", args.report), ("--skip", args.skip),
-                                            ("--simulate", args.simulate)) if given]
+                                            ("--simulate", args.simulate),
+                                            ("--accuracy-target", args.accuracy_target), ("--eval", args.eval),
+                                            ("--equalize", args.equalize), ("--bias-correction", args.bias_correction),
+                                            ("--adaround", args.adaround)) if given]
     if args.quantize is None and quant_flags:
         raise QCompilerError(f"{', '.join(quant_flags)} need --quantize int8")
     config = _qconfig(args, args.model) if args.quantize else None
@@ -65,9 +72,28 @@ def _cmd_compile(args) -> None:
                              simulate=args.simulate, tuning_logs=args.tuning_log,
                              committed_logs=not args.no_tuning_logs, default_schedules=not args.naive_schedules,
                              initializers_as_inputs=args.initializers_as_inputs,
-                             constant_inputs=_read_inputs(args.constant_input, "--constant-input"))
+                             constant_inputs=_read_inputs(args.constant_input, "--constant-input"),
+                             accuracy_target=args.accuracy_target, eval_data=args.eval)
     artifact.export(args.output)
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
+    if args.accuracy_target:
+        _print_fallback(artifact, args.output)
+
+
+def _print_fallback(artifact, so_path: str) -> None:
+    """What the accuracy search chose, with the artifact's size and latency."""
+    from .bench import bench
+
+    quantization = artifact.metadata.quantization
+    result = quantization["accuracy_target"]
+    fallback = result["fallback"]
+    print(f"accuracy target {result['metric']} >= {result['target']:g} on {result['evaluation_samples']} samples: "
+          f"int8 model {result['realized_value']:.4g} (all ops int8: {result['int8_value']:.4g}, "
+          f"fp32: {result['fp32_value']:.4g})")
+    print(f"kept in fp32 ({len(fallback)}): {', '.join(fallback) if fallback else 'none'}")
+    timing = bench(so_path, repeat=20, warmup=3)
+    print(f"int8 MACs: {quantization['int8_mac_fraction']:.1%}; size {Path(so_path).stat().st_size / 1e6:.2f} MB; "
+          f"latency {timing.median_ms:.3f} ms (median of 20)")
 
 
 def _read_inputs(pairs: list[str], flag: str = "--input") -> dict[str, np.ndarray]:
@@ -84,6 +110,44 @@ def _read_inputs(pairs: list[str], flag: str = "--input") -> dict[str, np.ndarra
         except UNREADABLE as err:
             raise QCompilerError(f"{flag} {name}: {file} is not a .npy array ({err})") from None
     return feed
+
+
+def _cmd_export_qdq(args) -> None:
+    from . import export_qdq
+    from .frontend import parse_shape
+
+    path = export_qdq(args.model, args.calib, args.output, dict(parse_shape(t) for t in args.input_shape),
+                      config=_qconfig(args, args.model), calib_cache=args.calib_cache,
+                      accuracy_target=args.accuracy_target, eval_data=args.eval,
+                      constant_inputs=_read_inputs(args.constant_input, "--constant-input"))
+    print(f"wrote {path}")
+
+
+def _add_calibration(q) -> None:
+    """The flags that decide static int8 quantization's scales and weights (compile, export-qdq)."""
+    q.add_argument("--calib", metavar="DATA", help=".npz (arrays keyed by input name, first axis = samples) "
+                   "or a directory of .npy/.npz samples")
+    q.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
+    q.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile")
+    q.add_argument("--num-samples", type=int, help="use at most N calibration samples")
+    q.add_argument("--activation-dtype", default="uint8", choices=["uint8", "int8"],
+                   help="uint8 asymmetric (default) or int8 symmetric activations")
+    q.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per-channel)")
+    q.add_argument("--skip", action="append", default=[], metavar="NAME_OR_OPTYPE",
+                   help="keep an ONNX node (by name) or every node of an op type in fp32 (repeatable)")
+    q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration ranges from FILE, or write them there")
+    q.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization of conv/matmul pairs joined by ReLU (before calibration)")
+    q.add_argument("--bias-correction", action="store_true",
+                   help="remove the mean output shift that weight rounding adds (from calibration data)")
+    q.add_argument("--adaround", action="store_true",
+                   help="learn each weight's rounding direction on calibration data (AdaRound)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the samples AdaRound draws")
+    q.add_argument("--accuracy-target", metavar="METRIC=VALUE",
+                   help="keep the fewest ops in fp32 that meet this on --eval: top1-agreement, top1 (labels), cosine "
+                        "or sqnr-db, e.g. top1-agreement=0.97")
+    q.add_argument("--eval", metavar="DATA", help="evaluation samples for --accuracy-target (as --calib, kept apart "
+                   "from it; an .npz may add an array 'labels')")
 
 
 def _cmd_run(args) -> None:
@@ -132,7 +196,10 @@ def _model_to_tune(args):
 
     if args.quantize in CALIBRATION_FREE_STRATEGIES:
         return quantize_without_calibration(imported, args.quantize).mod
-    return quantize(imported, _qconfig(args, args.model), args.calib, args.calib_cache).mod
+    from . import _accuracy_goal
+
+    target, samples = _accuracy_goal(imported, args.accuracy_target, args.eval)
+    return quantize(imported, _qconfig(args, args.model), args.calib, args.calib_cache, target, samples).mod
 
 
 def _print_coverage(tasks) -> None:
@@ -150,14 +217,7 @@ def _add_kernel_quantization(parser, purpose: str) -> None:
     """The quantization flags of `compile` that decide which int8 kernels a model has."""
     group = parser.add_argument_group(f"quantization ({purpose})")
     group.add_argument("--quantize", choices=list(STRATEGIES))
-    group.add_argument("--calib", metavar="DATA")
-    group.add_argument("--calib-cache", metavar="FILE")
-    group.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
-    group.add_argument("--percentile", type=float, default=99.99)
-    group.add_argument("--num-samples", type=int)
-    group.add_argument("--activation-dtype", default="uint8", choices=["uint8", "int8"])
-    group.add_argument("--per-tensor", action="store_true")
-    group.add_argument("--skip", action="append", default=[], metavar="NAME_OR_OPTYPE")
+    _add_calibration(group)
 
 
 def _cmd_tune(args) -> None:
@@ -234,17 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = p.add_argument_group("quantization")
     q.add_argument("--quantize", choices=list(STRATEGIES),
                    help="; ".join(f"{name}: {what}" for name, what in STRATEGIES.items()))
-    q.add_argument("--calib", metavar="DATA", help=".npz (arrays keyed by input name, first axis = samples) "
-                   "or a directory of .npy/.npz samples")
-    q.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
-    q.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile")
-    q.add_argument("--num-samples", type=int, help="use at most N calibration samples")
-    q.add_argument("--activation-dtype", default="uint8", choices=["uint8", "int8"],
-                   help="uint8 asymmetric (default) or int8 symmetric activations")
-    q.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per-channel)")
-    q.add_argument("--skip", action="append", default=[], metavar="NAME_OR_OPTYPE",
-                   help="keep an ONNX node (by name) or every node of an op type in fp32 (repeatable)")
-    q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration ranges from FILE, or write them there")
+    _add_calibration(q)
     q.add_argument("--report", metavar="FILE", help="write the per-layer quantization report (JSON) and print it")
     q.add_argument("--simulate", action="store_true", help="build the fake-quant (float QDQ) model, for debugging")
     p.add_argument("--tuning-log", action="append", default=[], metavar="DIR",
@@ -267,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-key", metavar="KEY", help="the device key the RPC servers registered with")
     _add_kernel_quantization(p, "tune the int8 kernels compile will build")
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("export-qdq", help="calibrate and write the model as standard ONNX QDQ (onnxruntime, TensorRT)")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("-o", "--output", required=True, help="the QDQ model to write (.onnx)")
+    _add_input_bindings(p)
+    _add_calibration(p.add_argument_group("quantization"))
+    p.set_defaults(func=_cmd_export_qdq)
 
     p = sub.add_parser("run", help="run an artifact on .npy inputs")
     p.add_argument("artifact", help="OUT.so")

@@ -66,6 +66,9 @@ class ImportedModel:
     node_op_types: dict[str, str] = field(default_factory=dict)
     # Graph inputs given a value at compile time (`constant_inputs`) → SHA-256 of that value's bytes.
     constant_inputs: dict[str, str] = field(default_factory=dict)
+    # The graph `mod` was imported from: input shapes bound, shape computations and BatchNorm
+    # folded, every node named (node_label). `node_names` names its nodes.
+    imported_graph: onnx.ModelProto | None = None
 
 
 def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -958,6 +961,7 @@ def load_onnx(
         source_path=path,
         opset=opset,
         node_names=node_names,
+        imported_graph=static,
         node_op_types=node_op_types,
         constant_inputs={name: sha256_of(np.ascontiguousarray(value).tobytes())
                          for name, value in constant_inputs.items()},

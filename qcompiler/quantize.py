@@ -7,25 +7,29 @@ annotate and calibrate: its own scales and zero points are realized directly.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import tvm
 from tvm import relax
 
+from .accuracy import AccuracyTarget, FallbackResult, fallback_order, search_fallback
 from .errors import QCompilerError
 from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
+from .passes.adaround import adaround_weights
+from .passes.bias_correction import bias_corrections, input_channel_axes
 from .passes.calibrate import CalibrationResult, load_cache, run_observers, save_cache
 from .passes.dynamic import DynamicStats, quantize_dynamic
+from .passes.equalize import equalize
 from .passes.graph import FunctionView, op_name
 from .passes.layout import channels_last
 from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, QConfig
 from .passes.realize import RealizeStats, realize
 from .passes.reduced_precision import to_bf16, to_fp16
-from .passes.simulate import insert_qdq
+from .passes.simulate import Corrections, insert_qdq, switch_values
 from .passes.weight_only import quantize_weights_only
 from .progress import Progress
 
@@ -45,6 +49,9 @@ class Quantized:
     stats: RealizeStats
     dequantized_of: dict
     holdout: list[dict[str, np.ndarray]]
+    accuracy: FallbackResult | None = None
+    node_of: dict = field(default_factory=dict)  # bound var of `fp32` → ONNX node
+    corrections: Corrections = field(default_factory=Corrections)
 
     @property
     def prequantized(self) -> bool:
@@ -70,6 +77,8 @@ class Quantized:
                 skipped=[name for name, _ in self.plan.skipped],
                 int8_mac_fraction=quantized_macs / self.plan.total_macs if self.plan.total_macs else 0.0,
             )
+        if self.accuracy is not None:
+            summary["accuracy_target"] = self.accuracy.to_json()
         return summary
 
 
@@ -88,8 +97,13 @@ def quantize(
     config: QConfig,
     calib: "str | Path | Iterable[Mapping[str, np.ndarray]] | None",
     calib_cache: str | Path | None = None,
+    accuracy_target: AccuracyTarget | None = None,
+    eval_data: "Sequence[Mapping[str, np.ndarray]] | None" = None,
 ) -> Quantized:
-    """Run the quantization stages on an imported model; errors name what is missing or wrong."""
+    """Run the quantization stages on an imported model; errors name what is missing or wrong.
+
+    With `accuracy_target`, the fewest ops needed to meet it on `eval_data` (checked samples,
+    qcompiler.accuracy.load_evaluation) stay fp32 (qcompiler.accuracy: the search)."""
     from .data import CalibrationData
 
     if is_prequantized(imported.mod):
@@ -102,6 +116,12 @@ def quantize(
     # consecutive int8 ops need no layout transform between them.
     fp32, renamed = channels_last(relax.transform.FoldConstant()(imported.mod))
     node_of = {renamed[var]: node for var, node in onnx_node_of(imported).items() if var in renamed}
+    if config.equalization:
+        fp32, equalized = equalize(fp32)
+        log.info("equalization: %d pairs of layers rescaled", len(equalized.pairs))
+        for first, op in equalized.refused:
+            log.info("equalization: after %s refused: %s before the next layer is not scale-equivariant (only ReLU is)",
+                     node_of.get(first, first.name), op)
 
     plan = annotate(fp32, config, node_of, imported.node_op_types)
     if not plan.ops:
@@ -110,6 +130,7 @@ def quantize(
     log.info("annotate: %d ops to int8, %d observed tensors, %d skipped", len(plan.ops), len(plan.observer_keys),
              len(plan.skipped))
     cache = Path(calib_cache) if calib_cache else None
+    adaround_samples: list = []
     data = CalibrationData(calib, imported.inputs, config.holdout, config.num_samples) if calib is not None else None
     if cache is not None and cache.exists():
         calibration = load_cache(cache, plan, imported.source_sha256, config)
@@ -120,19 +141,166 @@ def quantize(
             raise QCompilerError("--quantize int8 needs calibration data: pass --calib DATA (or an existing --calib-cache)")
         # One sample at a time: calibration's memory does not grow with the number of samples.
         used = ([sample[spec.name] for spec in imported.inputs] for sample in data)
+        if config.adaround:
+            used = _keeping_first(used, adaround_samples, ADAROUND_SAMPLES)
         progress = Progress(f"calibrate ({config.calibration.value})", data.used)
-        calibration = run_observers(fp32, plan, used, config, host_target(), progress=progress)
+        calibration = run_observers(fp32, plan, used, config, host_target(), progress=progress,
+                                    mean_axes=input_channel_axes(plan) if config.bias_correction else None)
         progress.close()
         holdout = data.holdout
         log.info("calibrate: %d samples, %d observers, statistics %.1f KB", calibration.samples,
                  len(calibration.ranges), calibration.statistics_bytes / 1024)
         if cache is not None:
             save_cache(cache, calibration, imported.source_sha256, config)
-    qdq, dequantized_of = insert_qdq(fp32, plan, calibration.qparams(config), config)
+    qparams = calibration.qparams(config)
+    corrections = Corrections()
+    if config.adaround:
+        if not adaround_samples and data is not None:
+            adaround_samples = [[s[spec.name] for spec in imported.inputs] for _, s in zip(range(ADAROUND_SAMPLES), data)]
+        if not adaround_samples:
+            raise QCompilerError("AdaRound learns from calibration samples: pass --calib DATA")
+        corrections.weights = _adaround(fp32, plan, config, adaround_samples)
+    if config.bias_correction:
+        missing = set(input_channel_axes(plan)) - set(calibration.channel_means)
+        if missing:
+            raise QCompilerError(f"bias correction needs the input channel means calibration collects, and the "
+                                 f"calibration cache {cache} has none for {len(missing)} tensors: calibrate again "
+                                 f"with bias correction on (delete the cache or pass another --calib-cache)")
+        corrections.bias = bias_corrections(plan, config, calibration.channel_means, corrections.weights)
+        log.info("bias correction: %d anchors", len(corrections.bias))
+    fallback = None
+    if accuracy_target is not None:
+        if not eval_data:
+            raise QCompilerError("an accuracy target needs evaluation data: pass --eval DATA (samples kept apart "
+                                 "from --calib)")
+        fallback = _search_fallback(fp32, plan, qparams, config, corrections, node_of, imported.node_op_types,
+                                    eval_data, accuracy_target)
+        plan = _with_fallback(fp32, plan, config, node_of, imported.node_op_types, fallback.fallback)
+    qdq, dequantized_of = insert_qdq(fp32, plan, qparams, config, corrections)
     mod, stats = realize(qdq)
     log.info("realize: integer %s; float %s; %d requantizations", stats.integer_ops, stats.float_ops or "none",
              stats.requantize)
-    return Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout)
+    quantized = Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout, fallback,
+                          node_of, corrections)
+    if fallback is not None:
+        quantized = _verified(quantized, fp32, node_of, imported.node_op_types, corrections, eval_data,
+                              accuracy_target)
+    return quantized
+
+
+# Calibration samples AdaRound draws its input rows from (passes/adaround.py).
+ADAROUND_SAMPLES = 4
+
+
+def _keeping_first(samples, kept: list, count: int):
+    """`samples`, unchanged, appending the first `count` of them to `kept`."""
+    for sample in samples:
+        if len(kept) < count:
+            kept.append(sample)
+        yield sample
+
+
+def _adaround(fp32, plan: AnnotationPlan, config: QConfig, samples: list) -> dict:
+    """AdaRound's int8 weights for the plan's weighted anchors, from their fp32 inputs on `samples`."""
+    from .passes.calibrate import host_runner
+    from .passes.graph import expose
+
+    ops = [op for op in plan.ops if op.weight is not None]
+    run = host_runner(expose(fp32, [op.inputs[0] for op in ops]), host_target())
+    inputs: dict = {op.var: [] for op in ops}
+    for sample in samples:
+        for op, value in zip(ops, run(sample)[-len(ops):]):
+            inputs[op.var].append(value)
+    progress = Progress("adaround (layers)", len(ops))
+    weights = adaround_weights(plan, config, inputs, progress)
+    progress.close()
+    return weights
+
+
+def _with_fallback(fp32, plan: AnnotationPlan, config: QConfig, node_of: dict, op_types: dict,
+                   fallback: Sequence[str]) -> AnnotationPlan:
+    """`plan` with the ops of the `fallback` nodes in fp32 (annotated again, skipping them), its
+    tensors keeping `plan`'s observer keys (so calibration ranges carry over)."""
+    kept = annotate(fp32, replace(config, skip_nodes=config.skip_nodes | frozenset(fallback)), node_of, op_types)
+    kept.keys = {var: plan.keys[var] for var in kept.keys}
+    fallen = set(fallback)
+    kept.skipped = [(node, "fp32 for the accuracy target" if node in fallen else reason)
+                    for node, reason in kept.skipped]
+    return kept
+
+
+def _candidates(plan: AnnotationPlan) -> list[tuple[str, int]]:
+    """(ONNX node, MACs) of each quantized op that can be kept in fp32, in graph order."""
+    macs: dict[str, int] = {}
+    for op in plan.ops:
+        if op.node:
+            macs[op.node] = macs.get(op.node, 0) + op.macs
+    return list(macs.items())
+
+
+def _run_all(run, samples, extra=()) -> list[list[np.ndarray]]:
+    return [run([*sample, *extra]) for sample in samples]
+
+
+def _search_fallback(fp32, plan, qparams, config, corrections, node_of, op_types, eval_data,
+                     target: AccuracyTarget) -> FallbackResult:
+    """The accuracy search on the fake-quant module with switches (one compilation)."""
+    from .passes.calibrate import host_runner
+
+    switched, _ = insert_qdq(fp32, plan, qparams, config, corrections, switches=True)
+    run = host_runner(switched, host_target())
+    names = [p.name for p in fp32["main"].params]
+    samples = [[sample[name] for name in names] for sample in eval_data]
+    reference = _run_all(run, samples, [np.zeros(len(plan.ops) + len(plan.observer_keys), np.float32)])
+    metric = target.function()
+    cache: dict[frozenset, float] = {}
+
+    def evaluate(fallback: frozenset) -> float:
+        if fallback not in cache:
+            switches = switch_values(plan, _with_fallback(fp32, plan, config, node_of, op_types, sorted(fallback)))
+            cache[fallback] = metric(_run_all(run, samples, [switches]), reference)
+        return cache[fallback]
+
+    candidates = _candidates(plan)
+    log.info("accuracy search: %s >= %g on %d samples, %d candidate ops", target.name, target.value, len(samples),
+             len(candidates))
+    result = search_fallback(evaluate, candidates, target)
+    result.samples = len(samples)
+    return result
+
+
+# How many more ops the search may return to fp32 when the integer model misses a target the
+# fake-quant one met (requantization rounds differently from fake quantization).
+_MAX_EXTRA_FALLBACK = 4
+
+
+def _verified(q: Quantized, fp32, node_of, op_types, corrections, eval_data, target: AccuracyTarget) -> Quantized:
+    """Measure the realized integer model on the evaluation samples; where it misses the target,
+    keep the next most sensitive ops in fp32 too (at most _MAX_EXTRA_FALLBACK)."""
+    from .passes.calibrate import host_runner
+
+    names = [p.name for p in fp32["main"].params]
+    samples = [[sample[name] for name in names] for sample in eval_data]
+    reference = _run_all(host_runner(fp32, host_target()), samples)
+    metric = target.function()
+    result = q.accuracy
+    candidates = _candidates(_with_fallback(fp32, q.plan, q.config, node_of, op_types, []))
+    extra = fallback_order(result, candidates)[:_MAX_EXTRA_FALLBACK]
+    while True:
+        result.realized_value = metric(_run_all(host_runner(q.mod, host_target()), samples), reference)
+        if result.realized_value >= target.value or not extra:
+            break
+        result.fallback.append(extra.pop(0))
+        log.info("accuracy search: the integer model reaches %.4g; keeping %s in fp32 too", result.realized_value,
+                 result.fallback[-1])
+        plan = _with_fallback(fp32, q.plan, q.config, node_of, op_types, result.fallback)
+        qdq, dequantized_of = insert_qdq(fp32, plan, q.calibration.qparams(q.config), q.config, corrections)
+        mod, stats = realize(qdq)
+        q = replace(q, mod=mod, qdq=qdq, plan=plan, stats=stats, dequantized_of=dequantized_of)
+    if result.realized_value < target.value:
+        log.warning("accuracy target %s >= %g not met by the integer model: %.4g with %d ops in fp32 (simulated %.4g)",
+                    target.name, target.value, result.realized_value, len(result.fallback), result.value)
+    return replace(q, accuracy=result)
 
 
 @dataclass

@@ -87,12 +87,15 @@ def quantization_report(q: Quantized, output_names: list[str]) -> QuantizationRe
             n_out = len(fp32_run(samples[0])) - len(fp32_tensors)
             signal = np.zeros(len(keys))
             noise = np.zeros(len(keys))
+            edges = [_quantized_range(qparams[key]) for key in keys]
+            counts = [np.zeros(HISTOGRAM_BINS, np.int64) for _ in keys]
             for sample in samples:
                 ref = fp32_run(sample)[n_out:]
                 got = qdq_run(sample)[n_out:]
                 for i, (r, g) in enumerate(zip(ref, got)):
                     signal[i] += float(np.sum(r.astype(np.float64) ** 2))
                     noise[i] += float(np.sum((g.astype(np.float64) - r) ** 2))
+                    counts[i] += np.histogram(np.clip(r, *edges[i]), HISTOGRAM_BINS, edges[i])[0]
             for i in range(len(keys)):
                 sqnr[i] = float(10 * np.log10(signal[i] / noise[i])) if noise[i] > 0 else float("inf")
         from .passes.simulate import quantized_weight
@@ -104,8 +107,11 @@ def quantization_report(q: Quantized, output_names: list[str]) -> QuantizationRe
             if op.weight is not None:
                 _, scales = quantized_weight(op.weight, op.weight_axis, q.config.per_channel)
                 layer["weight_scale_range"] = [float(scales.min()), float(scales.max())]
+                layer["weight_histogram"] = _histogram(op.weight)
             if i in sqnr:
                 layer["sqnr_db"] = sqnr[i]
+                lo, hi = edges[i]
+                layer["activation_histogram"] = {"range": [lo, hi], "counts": counts[i].tolist()}
             report.layers.append(layer)
 
     if samples:
@@ -118,6 +124,20 @@ def quantization_report(q: Quantized, output_names: list[str]) -> QuantizationRe
             if len(per_output) > 1:
                 report.model_metrics["outputs"] = per_output
     return report
+
+
+HISTOGRAM_BINS = 40
+
+
+def _quantized_range(params) -> tuple[float, float]:
+    """The real values a tensor's quantization covers: scale · ([qmin, qmax] − zero point)."""
+    return (params.qmin - params.zero_point) * params.scale, (params.qmax - params.zero_point) * params.scale
+
+
+def _histogram(values: np.ndarray) -> dict:
+    lo, hi = float(values.min()), float(values.max())
+    counts, _ = np.histogram(values, HISTOGRAM_BINS, (lo, hi if hi > lo else lo + 1.0))
+    return {"range": [lo, hi], "counts": counts.tolist()}
 
 
 def _agreement(refs: list[np.ndarray], gots: list[np.ndarray]) -> dict:

@@ -1,0 +1,197 @@
+"""equalize: cross-layer equalization of consecutive convolutions / matmuls through ReLU.
+
+For y = W2 · relu(W1 x + b1) and any s > 0 per channel c of the middle tensor,
+
+  relu(z / s) · s = relu(z)        so   W1[c] / s_c, b1[c] / s_c, W2[:, c] · s_c
+
+compute the same function (Nagel et al., "Data-Free Quantization", 2019). With r1_c the range
+max |W1[c]| of the first layer's output channel c and r2_c = max |W2[:, c]| of the second's
+input channel c, s_c = sqrt(r1_c / r2_c) makes both sqrt(r1_c · r2_c): channels whose weights
+were tiny next to their neighbours' (which per-tensor scales, and the activation between,
+round away) get the same range. Pairs are equalized in graph order, `iterations` times, so a
+layer between two pairs settles between both.
+
+Only a direct chain qualifies: the first layer's output (after an optional constant bias add)
+feeds, through at most one ReLU and with no other user, the second layer alone. Any other
+elementwise op between them (Clip/ReLU6, HardSwish, Sigmoid, ...) is not scale-equivariant:
+that pair is refused and listed with the op at fault. Variables keep their identity (only
+constants change), so the ONNX node of each binding is still known afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .graph import FunctionView, const, op_name, with_main
+
+_LAYERS = ("relax.nn.conv2d", "relax.matmul")
+_ELEMENTWISE = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.clip",
+                          "relax.nn.relu", "relax.sigmoid", "relax.tanh", "relax.maximum", "relax.minimum",
+                          "relax.nn.gelu", "relax.nn.silu", "relax.exp", "relax.nn.prelu", "relax.nn.leakyrelu"})
+
+
+@dataclass
+class Layer:
+    """One conv/matmul with a constant weight: where its output and input channels lie."""
+
+    var: relax.Var
+    weight: np.ndarray
+    out_axis: int
+    in_axis: int
+    groups: int
+
+
+@dataclass
+class EqualizationResult:
+    pairs: list[tuple[relax.Var, relax.Var]] = field(default_factory=list)  # (first, second) layers equalized
+    refused: list[tuple[relax.Var, str]] = field(default_factory=list)  # (first layer, the op in the way)
+
+
+def _layer(view: FunctionView, var) -> Layer | None:
+    value = view.value.get(var)
+    name = op_name(value)
+    if name not in _LAYERS:
+        return None
+    weight = view.constant(value.args[1])
+    if weight is None or weight.dtype != np.float32:
+        return None
+    if name == "relax.matmul":
+        return Layer(var, weight, 1, 0, 1) if weight.ndim == 2 else None
+    layout = str(value.attrs.kernel_layout)
+    if layout not in ("OIHW", "OHWI"):
+        return None
+    return Layer(var, weight, 0, 1 if layout == "OIHW" else 3, int(value.attrs.groups))
+
+
+def _chain(view: FunctionView, first: Layer):
+    """(bias add var or None, next layer) after `first` through at most a bias add and a ReLU;
+    (None, ops in the way) where other elementwise ops lead from `first` to exactly one next
+    layer; None where the output goes anywhere else."""
+    bias = relu = None
+    current = first.var
+    while True:
+        user = view.single_user(current)
+        if user is None:
+            break
+        name = op_name(view.value[user])
+        layer = _layer(view, user)
+        if layer is not None:
+            return (bias, layer) if view.value[user].args[0].same_as(current) else None
+        if name == "relax.add" and bias is None and relu is None and _constant_other(view, user, current) is not None:
+            bias = user
+        elif name == "relax.nn.relu" and relu is None:
+            relu = user
+        else:
+            break
+        current = user
+    ops = _elementwise_region(view, current)
+    return (None, ops) if ops else None
+
+
+def _elementwise_region(view: FunctionView, start) -> str | None:
+    """The elementwise ops (names, joined) through which all of `start`'s uses reach the data
+    input of one conv/matmul, or None where a use leads anywhere else."""
+    ops, exits, frontier, seen = [], set(), [start], {start}
+    while frontier:
+        var = frontier.pop()
+        if var in view.outputs:
+            return None
+        for user in view.users.get(var, []):
+            value = view.value[user]
+            if _layer(view, user) is not None and value.args[0].same_as(var):
+                exits.add(user)
+            elif op_name(value) in _ELEMENTWISE:
+                if user not in seen:
+                    seen.add(user)
+                    ops.append(op_name(value).replace("relax.", ""))
+                    frontier.append(user)
+            else:
+                return None
+    return ", ".join(dict.fromkeys(ops)) if len(exits) == 1 and ops else None
+
+
+def _constant_other(view: FunctionView, add_var, operand):
+    args = view.value[add_var].args
+    other = args[1] if args[0].same_as(operand) else args[0]
+    return view.constant(other)
+
+
+def _input_channel_ranges(layer: Layer, weight: np.ndarray) -> np.ndarray:
+    """max |W2| per input channel of the second layer (all groups' channels in order)."""
+    w = np.abs(np.moveaxis(weight, (layer.out_axis, layer.in_axis), (0, 1)))  # [O, I/g, ...]
+    outputs, per_group = w.shape[:2]
+    groups = layer.groups
+    per_out = w.reshape(outputs, per_group, -1).max(axis=2)  # [O, I/g]
+    return per_out.reshape(groups, outputs // groups, per_group).max(axis=1).reshape(-1)
+
+
+def _scale_input_channels(layer: Layer, weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    w = np.moveaxis(weight, (layer.out_axis, layer.in_axis), (0, 1)).copy()
+    outputs, per_group = w.shape[:2]
+    groups = layer.groups
+    per_out = scales.reshape(groups, 1, per_group).repeat(outputs // groups, axis=1).reshape(outputs, per_group)
+    w *= per_out.reshape(outputs, per_group, *([1] * (w.ndim - 2)))
+    return np.moveaxis(w, (0, 1), (layer.out_axis, layer.in_axis))
+
+
+def equalize(mod: tvm.IRModule, iterations: int = 4) -> tuple[tvm.IRModule, EqualizationResult]:
+    """`mod` with every qualifying pair of `main` equalized (see the module docstring)."""
+    view = FunctionView(mod["main"])
+    weights: dict = {}  # var → new weight (layers) or new bias (bias adds)
+    result = EqualizationResult()
+    pairs = []
+    for binding in view.bindings:
+        first = _layer(view, binding.var)
+        chain = _chain(view, first) if first is not None else None
+        if chain is None:
+            continue
+        bias, second = chain
+        if isinstance(second, str):
+            result.refused.append((first.var, second))
+            continue
+        channels = first.weight.shape[first.out_axis]
+        if second.weight.shape[second.in_axis] * second.groups != channels:
+            continue
+        pairs.append((first, bias, second))
+    for _ in range(iterations):
+        for first, bias, second in pairs:
+            w1 = weights.get(first.var, first.weight).astype(np.float64)
+            w2 = weights.get(second.var, second.weight).astype(np.float64)
+            r1 = np.abs(np.moveaxis(w1, first.out_axis, 0)).reshape(w1.shape[first.out_axis], -1).max(axis=1)
+            r2 = _input_channel_ranges(second, w2)
+            scales = np.where((r1 > 0) & (r2 > 0), np.sqrt(r1 / np.where(r2 > 0, r2, 1.0)), 1.0)
+            shape = [1] * w1.ndim
+            shape[first.out_axis] = -1
+            weights[first.var] = (w1 / scales.reshape(shape)).astype(np.float32)
+            weights[second.var] = _scale_input_channels(second, w2, scales).astype(np.float32)
+            if bias is not None:
+                b = weights.get(bias, _constant_other(view, bias, first.var)).astype(np.float64)
+                weights[bias] = (b / scales.reshape(b.shape) if b.size == scales.size else b).astype(np.float32)
+    result.pairs = [(first.var, second.var) for first, _, second in pairs]
+    return (_with_constants(mod, view, weights) if weights else mod), result
+
+
+def _with_constants(mod: tvm.IRModule, view: FunctionView, new: dict) -> tvm.IRModule:
+    """`mod` with the constant operand of each binding in `new` replaced (vars unchanged)."""
+
+    @relax.expr_functor.mutator
+    class Replace(relax.PyExprMutator):
+        def visit_var_binding_(self, binding):
+            var = binding.var
+            if var not in new:
+                return super().visit_var_binding_(binding)
+            call = binding.value
+            args = [self.visit_expr(a) for a in call.args]
+            if op_name(call) in _LAYERS:
+                args[1] = const(new[var])
+            else:  # the bias add: replace its constant operand
+                index = 1 if view.constant(call.args[1]) is not None else 0
+                args[index] = const(new[var].reshape(view.constant(call.args[index]).shape))
+            value = self.builder_.normalize(relax.Call(call.op, args, call.attrs, call.ty_args))
+            self.builder_.emit_normalized(relax.VarBinding(var, value))
+
+    return with_main(mod, Replace(mod).visit_expr(mod["main"]))

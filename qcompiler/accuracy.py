@@ -1,0 +1,232 @@
+"""Accuracy-aware mixed precision: the fewest ops returned to fp32 for an accuracy target.
+
+The search runs one compiled module, the fake-quant model with switches (simulate.insert_qdq,
+`switches=True`), on the evaluation samples; a trial is a set of ops kept in float:
+
+1. int8 everywhere, and fp32 everywhere (s = 0). Where fp32 itself misses the target, no
+   fallback can meet it: an error says so with both values.
+2. Sensitivity of each quantized op: the metric with that op alone in fp32, minus the metric
+   with none.
+3. Greedy: ops join the fallback set in order of sensitivity (largest gain first; ties: fewer
+   MACs first, then graph order) until the target is met.
+4. Pruning: each op of the set, last added first, is returned to int8 where the target still
+   holds without it.
+
+Every step is deterministic: the same model, data and target give the same set. Metrics (all
+higher-is-better) compare the first float output with the fp32 model's on the same sample:
+
+  top1-agreement   share of rows (the last axis is the classes) whose argmax agrees
+  top1             share of rows whose argmax equals the label (labelled data)
+  cosine           Σ y·ŷ / (‖y‖ ‖ŷ‖) over all samples
+  sqnr-db          10·log10(Σ y² / Σ (ŷ − y)²)
+
+or any function from (outputs, fp32 outputs), each a list of per-sample output lists, to a float.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import QCompilerError
+from .progress import Progress
+
+log = logging.getLogger("qcompiler")
+
+Outputs = list[list[np.ndarray]]  # per sample, the model's outputs in order
+MetricFn = Callable[[Outputs, Outputs], float]
+
+METRICS = ("top1-agreement", "top1", "cosine", "sqnr-db")
+
+
+def _first_float(outputs: Outputs) -> list[np.ndarray]:
+    index = next((i for i, o in enumerate(outputs[0]) if np.asarray(o).dtype.kind == "f"), None)
+    if index is None:
+        raise QCompilerError("the accuracy metrics compare a float output: the model has none")
+    return [np.asarray(sample[index], np.float64) for sample in outputs]
+
+
+def _rows(values: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([v.reshape(-1, v.shape[-1]) for v in values])
+
+
+def top1_agreement(outputs: Outputs, reference: Outputs) -> float:
+    got, ref = _rows(_first_float(outputs)), _rows(_first_float(reference))
+    return float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+
+
+def cosine(outputs: Outputs, reference: Outputs) -> float:
+    got = np.concatenate([v.ravel() for v in _first_float(outputs)])
+    ref = np.concatenate([v.ravel() for v in _first_float(reference)])
+    norms = float(np.sqrt(np.sum(got * got) * np.sum(ref * ref)))
+    return float(np.sum(got * ref)) / norms if norms else 1.0
+
+
+def sqnr_db(outputs: Outputs, reference: Outputs) -> float:
+    got = np.concatenate([v.ravel() for v in _first_float(outputs)])
+    ref = np.concatenate([v.ravel() for v in _first_float(reference)])
+    noise = float(np.sum((got - ref) ** 2))
+    return float(10 * np.log10(float(np.sum(ref * ref)) / noise)) if noise > 0 else float("inf")
+
+
+def top1_of(labels: np.ndarray) -> MetricFn:
+    """Accuracy against `labels` (one per output row, in sample order)."""
+    labels = np.asarray(labels).reshape(-1)
+
+    def top1(outputs: Outputs, reference: Outputs) -> float:
+        predicted = _rows(_first_float(outputs)).argmax(-1)
+        if predicted.size != labels.size:
+            raise QCompilerError(f"top1: {labels.size} labels for {predicted.size} predicted rows: expected one "
+                                 f"label per sample (per row of the first output)")
+        return float(np.mean(predicted == labels))
+
+    return top1
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """`metric` ≥ `value` on the evaluation samples. `metric` is one of METRICS or a function
+    (outputs, fp32 outputs) → float, higher is better; "top1" needs `labels`."""
+
+    metric: "str | MetricFn"
+    value: float
+    labels: "np.ndarray | None" = None
+
+    def __post_init__(self):
+        if isinstance(self.metric, str) and self.metric not in METRICS:
+            raise QCompilerError(f"accuracy metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.metric == "top1" and self.labels is None:
+            raise QCompilerError("accuracy metric top1 needs labels: an array 'labels' in the --eval .npz "
+                                 "(one per sample), or labels= in Python; top1-agreement needs none")
+
+    @property
+    def name(self) -> str:
+        return self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "metric")
+
+    def function(self) -> MetricFn:
+        if callable(self.metric):
+            return self.metric
+        return {"top1-agreement": top1_agreement, "cosine": cosine, "sqnr-db": sqnr_db}.get(self.metric) \
+            or top1_of(self.labels)
+
+    @classmethod
+    def parse(cls, text: str, labels: "np.ndarray | None" = None) -> "AccuracyTarget":
+        """METRIC=VALUE, e.g. top1-agreement=0.97 or sqnr-db=30."""
+        metric, sep, value = text.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or number is None:
+            raise QCompilerError(f"--accuracy-target {text!r}: expected METRIC=VALUE with METRIC one of "
+                                 f"{', '.join(METRICS)}, e.g. top1-agreement=0.97")
+        return cls(metric, number, labels)
+
+
+@dataclass
+class FallbackResult:
+    """What the search chose and measured (values of the target's metric)."""
+
+    metric: str
+    target: float
+    fallback: list[str]  # ONNX node names kept in fp32, in the order they were chosen
+    int8_value: float  # everything quantized, simulated
+    fp32_value: float
+    value: float  # with the fallback, simulated
+    sensitivity: dict[str, float] = field(default_factory=dict)  # node → metric gain when it alone is fp32
+    trials: int = 0
+    samples: int = 0
+    realized_value: float | None = None  # the integer model's, measured after realize
+
+    def to_json(self) -> dict:
+        return {"metric": self.metric, "target": self.target, "fallback": self.fallback,
+                "int8_value": self.int8_value, "fp32_value": self.fp32_value, "simulated_value": self.value,
+                "realized_value": self.realized_value, "trials": self.trials, "evaluation_samples": self.samples,
+                "sensitivity": self.sensitivity}
+
+
+def search_fallback(
+    evaluate: Callable[[frozenset[str]], float],
+    candidates: Sequence[tuple[str, int]],
+    target: AccuracyTarget,
+) -> FallbackResult:
+    """The fewest of `candidates` (node name, MACs; in graph order) to keep in fp32 so that
+    `evaluate(fallback set)` ≥ target.value (see the module docstring for the steps)."""
+    progress = Progress("accuracy search", len(candidates) + 2)
+    int8_value = evaluate(frozenset())
+    progress(1)
+    names = [name for name, _ in candidates]
+    fp32_value = evaluate(frozenset(names))
+    progress(2)
+    result = FallbackResult(target.name, target.value, [], int8_value, fp32_value, int8_value)
+    if int8_value >= target.value:
+        progress.close()
+        result.trials = 2
+        return result
+    if fp32_value < target.value:
+        progress.close()
+        raise QCompilerError(f"accuracy target {target.name} >= {target.value:g} cannot be met: the fp32 model "
+                             f"reaches {fp32_value:.4g} on these samples (all int8: {int8_value:.4g})")
+    for i, name in enumerate(names):
+        result.sensitivity[name] = evaluate(frozenset([name])) - int8_value
+        progress(i + 3)
+    progress.close()
+    macs = dict(candidates)
+    order = sorted(names, key=lambda n: (-result.sensitivity[n], macs[n], names.index(n)))
+    trials = 2 + len(names)
+    chosen: list[str] = []
+    value = int8_value
+    for name in order:
+        chosen.append(name)
+        value = evaluate(frozenset(chosen))
+        trials += 1
+        log.info("accuracy search: %d in fp32 (+%s): %s %.4g", len(chosen), name, target.name, value)
+        if value >= target.value:
+            break
+    for name in list(reversed(chosen[:-1])):
+        without = [n for n in chosen if n != name]
+        trial = evaluate(frozenset(without))
+        trials += 1
+        if trial >= target.value:
+            chosen, value = without, trial
+    return replace(result, fallback=chosen, value=value, trials=trials)
+
+
+def fallback_order(result: FallbackResult, candidates: Sequence[tuple[str, int]]) -> list[str]:
+    """The candidates not yet in fp32, most sensitive first (the search's greedy order)."""
+    names = [name for name, _ in candidates]
+    macs = dict(candidates)
+    rest = [n for n in names if n not in result.fallback]
+    return sorted(rest, key=lambda n: (-result.sensitivity.get(n, 0.0), macs[n], names.index(n)))
+
+
+LABELS = "labels"
+
+
+def load_evaluation(source, inputs) -> tuple[list[dict[str, np.ndarray]], "np.ndarray | None"]:
+    """Evaluation samples (the formats of calibration data, qcompiler.data) and their labels: an
+    .npz may hold an array `labels` (one per sample) besides the input arrays."""
+    import os
+    from pathlib import Path
+
+    from .data import UNREADABLE, load_calibration
+
+    labels = None
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".npz" and Path(source).is_file():
+        try:
+            with np.load(source, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except UNREADABLE as err:
+            raise QCompilerError(f"evaluation data {source} is not a readable .npz: {err}") from None
+        labels = arrays.pop(LABELS, None)
+        counts = {len(a) for a in arrays.values() if a.ndim}
+        if len(counts) == 1 and labels is not None and len(labels) != counts.pop():
+            raise QCompilerError(f"evaluation data {source}: {len(labels)} labels for "
+                                 f"{len(next(iter(arrays.values())))} samples: expected one label per sample")
+        count = len(next(iter(arrays.values()))) if arrays else 0
+        source = [{name: array[i] for name, array in arrays.items()} for i in range(count)]
+    samples = load_calibration(source, inputs)
+    return samples, labels
