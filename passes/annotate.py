@@ -124,7 +124,26 @@ def _epilogue(view: FunctionView, anchor, channels: int, channel_axis: int) -> l
                 and (bias.ndim == 0 or bias.shape[channel_axis] == channels or bias.ndim == 1):
             chain.append(user)
             current = user
-    return chain + _activation_after(view, current)
+    chain += _activation_after(view, current)
+    if chain and op_name(view.value[chain[-1]]) == "relax.nn.relu":
+        chain += _channel_bound_after(view, chain[-1], channels, channel_axis)
+    return chain
+
+
+def _channel_bound_after(view: FunctionView, var, channels: int, channel_axis: int) -> list:
+    """[minimum(var, per-channel constant)] if that is the single user of `var` (the upper bound
+    of an equalized ReLU6, passes/equalize.py), else []."""
+    user = view.single_user(var)
+    if user is None or op_name(view.value[user]) != "relax.minimum":
+        return []
+    args = view.value[user].args
+    bound = view.constant(args[1]) if args[0].same_as(var) else None
+    if bound is None or bound.size != channels:
+        return []
+    rank = len(shape_of(var))
+    shape = [1] * rank
+    shape[channel_axis] = channels
+    return [user] if (1,) * (rank - bound.ndim) + tuple(bound.shape) == tuple(shape) else []
 
 
 def _activation_after(view: FunctionView, var) -> list:

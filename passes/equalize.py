@@ -12,8 +12,11 @@ round away) get the same range. Pairs are equalized in graph order, `iterations`
 layer between two pairs settles between both.
 
 Only a direct chain qualifies: the first layer's output (after an optional constant bias add)
-feeds, through at most one ReLU and with no other user, the second layer alone. Any other
-elementwise op between them (Clip/ReLU6, HardSwish, Sigmoid, ...) is not scale-equivariant:
+feeds, through at most one ReLU or ReLU6 and with no other user, the second layer alone.
+ReLU6 = clip(z, 0, 6) is scale-equivariant with a per-channel bound, clip(z, 0, 6)/s =
+min(relu(z/s), 6/s): its binding becomes that minimum (annotate absorbs it into the
+convolution's epilogue, realize clamps per channel at requantization). Any other elementwise
+op between them (HardSwish, Sigmoid, a clip not starting at 0, ...) is not scale-equivariant:
 that pair is refused and listed with the op at fault. Variables keep their identity (only
 constants change), so the ONNX node of each binding is still known afterwards.
 """
@@ -26,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import FunctionView, const, op_name, with_main
+from .graph import FunctionView, const, conv_channel_axis, op_name, shape_of, with_main
 
 _LAYERS = ("relax.nn.conv2d", "relax.matmul")
 _ELEMENTWISE = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.clip",
@@ -43,6 +46,7 @@ class Layer:
     out_axis: int
     in_axis: int
     groups: int
+    output_channel_axis: int  # the channel axis of the layer's output tensor
 
 
 @dataclass
@@ -60,18 +64,24 @@ def _layer(view: FunctionView, var) -> Layer | None:
     if weight is None or weight.dtype != np.float32:
         return None
     if name == "relax.matmul":
-        return Layer(var, weight, 1, 0, 1) if weight.ndim == 2 else None
+        return Layer(var, weight, 1, 0, 1, len(shape_of(var)) - 1) if weight.ndim == 2 else None
     layout = str(value.attrs.kernel_layout)
-    if layout not in ("OIHW", "OHWI"):
+    if layout not in ("OIHW", "OHWI") or conv_channel_axis(value) is None:
         return None
-    return Layer(var, weight, 0, 1 if layout == "OIHW" else 3, int(value.attrs.groups))
+    return Layer(var, weight, 0, 1 if layout == "OIHW" else 3, int(value.attrs.groups), conv_channel_axis(value))
+
+
+def _relu6_bound(call) -> float | None:
+    """c of clip(x, 0, c), c > 0 (ReLU6: c = 6), else None."""
+    lo, hi = float(call.args[1].value), float(call.args[2].value)
+    return hi if lo == 0.0 and 0.0 < hi < float("inf") else None
 
 
 def _chain(view: FunctionView, first: Layer):
-    """(bias add var or None, next layer) after `first` through at most a bias add and a ReLU;
-    (None, ops in the way) where other elementwise ops lead from `first` to exactly one next
-    layer; None where the output goes anywhere else."""
-    bias = relu = None
+    """(bias add var or None, clip(0, c) var or None, next layer) after `first` through at most a
+    bias add and a ReLU or ReLU6; (None, None, ops in the way) where other elementwise ops lead
+    from `first` to exactly one next layer; None where the output goes anywhere else."""
+    bias = relu = clip = None
     current = first.var
     while True:
         user = view.single_user(current)
@@ -80,16 +90,19 @@ def _chain(view: FunctionView, first: Layer):
         name = op_name(view.value[user])
         layer = _layer(view, user)
         if layer is not None:
-            return (bias, layer) if view.value[user].args[0].same_as(current) else None
-        if name == "relax.add" and bias is None and relu is None and _constant_other(view, user, current) is not None:
+            return (bias, clip, layer) if view.value[user].args[0].same_as(current) else None
+        activated = relu is not None or clip is not None
+        if name == "relax.add" and bias is None and not activated and _constant_other(view, user, current) is not None:
             bias = user
-        elif name == "relax.nn.relu" and relu is None:
+        elif name == "relax.nn.relu" and not activated:
             relu = user
+        elif name == "relax.clip" and not activated and _relu6_bound(view.value[user]) is not None:
+            clip = user
         else:
             break
         current = user
     ops = _elementwise_region(view, current)
-    return (None, ops) if ops else None
+    return (None, None, ops) if ops else None
 
 
 def _elementwise_region(view: FunctionView, start) -> str | None:
@@ -142,6 +155,7 @@ def equalize(mod: tvm.IRModule, iterations: int = 4) -> tuple[tvm.IRModule, Equa
     """`mod` with every qualifying pair of `main` equalized (see the module docstring)."""
     view = FunctionView(mod["main"])
     weights: dict = {}  # var → new weight (layers) or new bias (bias adds)
+    bounds: dict = {}  # clip(0, c) var → per-channel upper bounds after rescaling
     result = EqualizationResult()
     pairs = []
     for binding in view.bindings:
@@ -149,16 +163,16 @@ def equalize(mod: tvm.IRModule, iterations: int = 4) -> tuple[tvm.IRModule, Equa
         chain = _chain(view, first) if first is not None else None
         if chain is None:
             continue
-        bias, second = chain
+        bias, clip, second = chain
         if isinstance(second, str):
             result.refused.append((first.var, second))
             continue
         channels = first.weight.shape[first.out_axis]
         if second.weight.shape[second.in_axis] * second.groups != channels:
             continue
-        pairs.append((first, bias, second))
+        pairs.append((first, bias, clip, second))
     for _ in range(iterations):
-        for first, bias, second in pairs:
+        for first, bias, clip, second in pairs:
             w1 = weights.get(first.var, first.weight).astype(np.float64)
             w2 = weights.get(second.var, second.weight).astype(np.float64)
             r1 = np.abs(np.moveaxis(w1, first.out_axis, 0)).reshape(w1.shape[first.out_axis], -1).max(axis=1)
@@ -171,20 +185,34 @@ def equalize(mod: tvm.IRModule, iterations: int = 4) -> tuple[tvm.IRModule, Equa
             if bias is not None:
                 b = weights.get(bias, _constant_other(view, bias, first.var)).astype(np.float64)
                 weights[bias] = (b / scales.reshape(b.shape) if b.size == scales.size else b).astype(np.float32)
-    result.pairs = [(first.var, second.var) for first, _, second in pairs]
-    return (_with_constants(mod, view, weights) if weights else mod), result
+            if clip is not None:  # clip(z, 0, c) · s = min(relu(z · s), c · s) per channel
+                c = bounds.get(clip, np.full(scales.size, _relu6_bound(view.value[clip])))
+                bounds[clip] = c / scales
+    result.pairs = [(first.var, second.var) for first, _, _, second in pairs]
+    for first, _, clip, _ in pairs:
+        if clip is not None:
+            shape = [1] * len(shape_of(clip))
+            shape[first.output_channel_axis] = -1
+            bounds[clip] = bounds[clip].reshape(shape).astype(np.float32)
+    return (_with_constants(mod, view, weights, bounds) if weights else mod), result
 
 
-def _with_constants(mod: tvm.IRModule, view: FunctionView, new: dict) -> tvm.IRModule:
-    """`mod` with the constant operand of each binding in `new` replaced (vars unchanged)."""
+def _with_constants(mod: tvm.IRModule, view: FunctionView, new: dict, bounds: dict) -> tvm.IRModule:
+    """`mod` with the constant operand of each binding in `new` replaced, and each clip(x, 0, c)
+    of `bounds` become minimum(relu(x), bound) (vars unchanged)."""
 
     @relax.expr_functor.mutator
     class Replace(relax.PyExprMutator):
         def visit_var_binding_(self, binding):
             var = binding.var
+            call = binding.value
+            if var in bounds:
+                relu = self.builder_.emit(relax.op.nn.relu(self.visit_expr(call.args[0])), f"{var.name}_relu")
+                value = self.builder_.normalize(relax.op.minimum(relu, const(bounds[var])))
+                self.builder_.emit_normalized(relax.VarBinding(var, value))
+                return
             if var not in new:
                 return super().visit_var_binding_(binding)
-            call = binding.value
             args = [self.visit_expr(a) for a in call.args]
             if op_name(call) in _LAYERS:
                 args[1] = const(new[var])

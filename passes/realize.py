@@ -78,6 +78,11 @@ class Accumulator:
     hi: float = math.inf
     bound: float = math.inf  # max |acc| known at compile time
     offset: np.ndarray | None = None  # int64, () or (C,) along `axis`: added at requantization
+    channel_hi: np.ndarray | None = None  # (C,) along `axis`: a per-channel upper clamp, real units
+
+    @property
+    def clamped(self) -> bool:
+        return math.isfinite(self.lo) or math.isfinite(self.hi) or self.channel_hi is not None
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,9 @@ class Realizer:
                 lo = state.lo if math.isfinite(state.lo) else -3.0e38
                 hi = state.hi if math.isfinite(state.hi) else 3.0e38
                 real = self.emit(relax.op.clip(real, lo, hi))
+            if state.channel_hi is not None:
+                real = self.emit(relax.op.minimum(real, const(_broadcast(state.channel_hi, state.axis, rank),
+                                                              "float32")))
             out = real
         self.float_cache[expr] = out
         return out
@@ -322,6 +330,10 @@ class Realizer:
         lo = qmin if not math.isfinite(acc.lo) else max(qmin, int(round(acc.lo / scale)) + zero_point)
         hi = qmax if not math.isfinite(acc.hi) else min(qmax, int(round(acc.hi / scale)) + zero_point)
         clamped = self.emit(relax.op.clip(shifted, lo, max(lo, hi)))
+        if acc.channel_hi is not None:
+            channel_hi = np.clip(np.round(acc.channel_hi / scale) + zero_point, lo, hi).astype(np.int32)
+            rank = len(shape_of_expr(acc.expr))
+            clamped = self.emit(relax.op.minimum(clamped, const(_broadcast(channel_hi, acc.axis, rank), "int32")))
         return QTensor(self.emit(relax.op.astype(clamped, dtype)), np.float64(scale), zero_point, dtype)
 
     def qparams_of(self, call) -> tuple[np.ndarray, np.ndarray] | None:
@@ -443,7 +455,7 @@ class Realizer:
             bias_expr = call.args[0]
         else:
             bias_expr = call.args[1]
-        if isinstance(x, Accumulator) and not (math.isfinite(x.lo) or math.isfinite(x.hi)):
+        if isinstance(x, Accumulator) and not x.clamped:
             bias = self.real_constant(bias_expr)
             out_shape = shape_of(var)
             if bias is not None and x.axis is not None:
@@ -495,6 +507,20 @@ class Realizer:
             qhi = min(qmax, int(math.floor(hi / float(x.scale))) + x.zero_point) if math.isfinite(hi) else qmax
             return replace(x, expr=self.emit(relax.op.clip(x.expr, qlo, max(qlo, qhi))))
         return None
+
+    def on_minimum(self, var, call):
+        """minimum(acc, per-channel constant): a per-channel clamp at requantization (equalized ReLU6)."""
+        x = self.state(call.args[0])
+        bound = self.real_constant(call.args[1])
+        if not isinstance(x, Accumulator) or x.axis is None or bound is None:
+            return None
+        rank = len(shape_of(var))
+        channels = shape_of(var)[x.axis]
+        along_channels = _broadcast(np.zeros(channels), x.axis, rank).shape
+        if bound.ndim > rank or (1,) * (rank - bound.ndim) + tuple(bound.shape) != along_channels:
+            return None
+        flat = bound.reshape(-1)
+        return replace(x, channel_hi=flat if x.channel_hi is None else np.minimum(x.channel_hi, flat))
 
     def on_mean(self, var, call):
         x = self.state(call.args[0])
@@ -554,6 +580,7 @@ class Realizer:
         "relax.multiply": on_multiply,
         "relax.nn.relu": on_relu,
         "relax.clip": on_clip,
+        "relax.minimum": on_minimum,
         "relax.mean": on_mean,
         "relax.nn.max_pool2d": on_passthrough,
         "relax.concat": on_concat,

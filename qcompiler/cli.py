@@ -137,7 +137,7 @@ def _add_calibration(q) -> None:
                    help="keep an ONNX node (by name) or every node of an op type in fp32 (repeatable)")
     q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration ranges from FILE, or write them there")
     q.add_argument("--equalize", action="store_true",
-                   help="cross-layer equalization of conv/matmul pairs joined by ReLU (before calibration)")
+                   help="cross-layer equalization of conv/matmul pairs joined by ReLU or ReLU6 (before calibration)")
     q.add_argument("--bias-correction", action="store_true",
                    help="remove the mean output shift that weight rounding adds (from calibration data)")
     q.add_argument("--adaround", action="store_true",

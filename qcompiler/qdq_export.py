@@ -11,6 +11,7 @@ convolution), with what quantization decided:
   the int8 values the integer artifact uses (after AdaRound, when on);
 * weights and biases take the values of qcompiler's float model: equalized (when on), and
   biases shifted by bias correction (when on; a Conv or Gemm without a bias gets one);
+* an equalized ReLU6 becomes Relu then Min with its per-channel bound;
 * ops kept in fp32 (--skip, the accuracy search) get no QDQ of their own.
 
 onnxruntime and TensorRT run such a model with their int8 kernels; its outputs agree with the
@@ -117,6 +118,11 @@ def qdq_model(imported: ImportedModel, q: Quantized) -> onnx.ModelProto:
             node.input[1] = writer.constant(f"{node.input[1]}_float", np.ascontiguousarray(_onnx_weight(node, weight, layout)[0]))
         _write_bias(writer, view, q, node, var, op)
 
+    for binding in view.bindings:
+        node = nodes.get(q.node_of.get(binding.var, ""))
+        if op_name(binding.value) == "relax.minimum" and node is not None and node.op_type == "Clip":
+            _write_channel_bound(writer, node, view.constant(binding.value.args[1]))
+
     qparams = q.calibration.qparams(q.config)
     graph_inputs = {i.name for i in model.graph.input}
     last_binding = {}
@@ -170,6 +176,23 @@ def _onnx_tensor(view: FunctionView, node_of: dict, nodes: dict, last_binding: d
         return None
     last = last_binding.get(node.name)
     return node.output[0] if last is not None and last.same_as(var) and len(node.output) == 1 else None
+
+
+def _write_channel_bound(writer: _Writer, node: onnx.NodeProto, bound: np.ndarray | None) -> None:
+    """An equalized ReLU6 (passes/equalize.py: min(relu(x), per-channel bound)) in place of the
+    node's Clip(x, 0, 6): Relu, then Min with the bound shaped [C, 1, 1] (NCHW) or [C]."""
+    if bound is None:
+        return
+    rank = 4 if bound.ndim == 4 else bound.ndim
+    channels = bound.reshape(-1)
+    shaped = channels.reshape(-1, 1, 1) if rank == 4 else channels
+    output = node.output[0]
+    node.op_type = "Relu"
+    del node.input[1:]
+    node.output[0] = writer.fresh(f"{output}_relu")
+    writer.after.setdefault(node.output[0], []).append(helper.make_node(
+        "Min", [node.output[0], writer.constant(f"{node.name}_channel_bound", shaped.astype(np.float32))], [output],
+        name=writer.fresh(f"{node.name}_channel_bound")))
 
 
 def _write_bias(writer: _Writer, view: FunctionView, q: Quantized, node: onnx.NodeProto, var, op) -> None:

@@ -120,7 +120,7 @@ def quantize(
         fp32, equalized = equalize(fp32)
         log.info("equalization: %d pairs of layers rescaled", len(equalized.pairs))
         for first, op in equalized.refused:
-            log.info("equalization: after %s refused: %s before the next layer is not scale-equivariant (only ReLU is)",
+            log.info("equalization: after %s refused: %s before the next layer is not scale-equivariant (only ReLU and ReLU6 are)",
                      node_of.get(first, first.name), op)
 
     plan = annotate(fp32, config, node_of, imported.node_op_types)

@@ -43,8 +43,9 @@ def conv_chain(activation: str = "Relu"):
     over 100× and the depthwise's inversely (what equalization evens out)."""
     rng = np.random.default_rng(0)
     spread = np.logspace(-1, 1, 8)
+    bounds = ["zero", "six"] if activation == "Clip" else []  # Clip: ReLU6
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node(activation, ["c1"], ["a1"], name="act1"),
+             helper.make_node(activation, ["c1", *bounds], ["a1"], name="act1"),
              helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=8),
              helper.make_node("Relu", ["c2"], ["a2"], name="act2"),
              helper.make_node("Conv", ["a2", "w3"], ["y"], name="conv3")]
@@ -52,7 +53,8 @@ def conv_chain(activation: str = "Relu"):
                       {"w1": rng.normal(0, 0.3, (8, 3, 3, 3)) * spread[:, None, None, None],
                        "b1": rng.normal(0, 0.1, 8) * spread,
                        "w2": rng.normal(0, 0.3, (8, 1, 3, 3)) / spread[:, None, None, None],
-                       "b2": rng.normal(0, 0.1, 8), "w3": rng.normal(0, 0.3, (4, 8, 1, 1))}, opset=14)
+                       "b2": rng.normal(0, 0.1, 8), "w3": rng.normal(0, 0.3, (4, 8, 1, 1)),
+                       **({"zero": np.float32(0), "six": np.float32(6)} if bounds else {})}, opset=14)
 
 
 def samples(shape, count, seed, mean=0.0):
@@ -157,12 +159,13 @@ def _fp32_and_equalized(activation):
     return fp32, *equalize(fp32)
 
 
-def test_equalization_keeps_fp32_outputs_and_evens_ranges():
+@pytest.mark.parametrize("activation", ["Relu", "Clip"])
+def test_equalization_keeps_fp32_outputs_and_evens_ranges(activation):
     from qcompiler.passes.calibrate import host_runner
     from qcompiler.passes.graph import FunctionView, op_name
     from qcompiler.quantize import host_target
 
-    fp32, equalized, result = _fp32_and_equalized("Relu")
+    fp32, equalized, result = _fp32_and_equalized(activation)
     assert len(result.pairs) == 2 and not result.refused
     x = samples((1, 3, 16, 16), 1, seed=3)[0]["x"]
     before, after = host_runner(fp32, host_target())([x])[0], host_runner(equalized, host_target())([x])[0]
@@ -206,6 +209,28 @@ def test_adaround_rounding_beats_nearest_on_its_objective():
     error = lambda q: float(np.sum(np.einsum("grk,gok->gro", x, w - scales[..., None] * q) ** 2))
     assert np.all(np.abs(learned - w / scales[..., None]) < 1.0)  # still a rounding, up or down
     assert error(learned) < 0.9 * error(nearest)  # measured 0.80
+
+
+def test_equalized_relu6_clamps_per_channel_in_integers_and_in_the_qdq_export(tmp_path):
+    """ReLU6 after equalization is min(relu(x), 6/s) per channel: the artifact stays all-integer
+    (no float minimum), gains SQNR, and onnxruntime runs the exported QDQ model within one output step."""
+    model = conv_chain("Clip")
+    calib = samples((1, 3, 16, 16), 16, seed=1)
+    evaluation = samples((1, 3, 16, 16), 8, seed=2)
+    ref = [ort_run(model, s)["y"] for s in evaluation]
+    config = qcompiler.QConfig(equalization=True)
+    plain = qcompiler.load(qcompiler.compile(model, quantize="int8", calib=calib).export(tmp_path / "plain.so"))
+    artifact = qcompiler.compile(model, quantize="int8", calib=calib, config=config, report=tmp_path / "r.json")
+    assert "relax.minimum" not in artifact.metadata.quantization["float_ops"]
+    equalized = qcompiler.load(artifact.export(tmp_path / "eq.so"))
+    gain = sqnr_db([equalized.run(s)["y"] for s in evaluation], ref) - sqnr_db([plain.run(s)["y"] for s in evaluation], ref)
+    assert gain > 1.0  # measured 2.8 dB
+    qdq = onnx.load(qcompiler.export_qdq(model, calib, tmp_path / "eq.qdq.onnx", config=config))
+    assert [n.op_type for n in qdq.graph.node if "Linear" not in n.op_type] == ["Conv", "Relu", "Min", "Conv", "Relu", "Conv"]
+    report = __import__("json").loads((tmp_path / "r.json").read_text())
+    step = next(layer["scale"] for layer in report["layers"] if layer["name"] == "conv3")
+    for s in evaluation:
+        assert np.abs(ort_run(qdq, s)["y"] - equalized.run(s)["y"]).max() <= step * 1.001
 
 
 # ------------------------------------------------------------------ export-qdq
