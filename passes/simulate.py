@@ -11,8 +11,9 @@ pre-quantized ONNX QDQ model imports as.
 (AdaRound) and a per-channel shift of an anchor's bias (bias correction, emitted as a bias
 add where the anchor has none; realize folds it into the accumulator's offset).
 
-With `switches`, `main` takes one more input, a float32 vector s (SWITCHES_INPUT): anchor i's
-weight becomes w + s[i]·(dq(w_q) − w) and its bias shift s[i]·δ, and tensor j (observer key j)
+With `switches`, `main` takes one more input, a float32 vector s (SWITCHES_INPUT): anchor i
+computes y(w) + s[i]·(y(dq(w_q)) − y(w)) (the op is linear in its weight, so this is y with
+weight w + s[i]·(dq(w_q) − w), while both products keep constant weights) and its bias shift s[i]·δ, and tensor j (observer key j)
 t + s[n + j]·(qdq(t) − t), n anchors. s = 0 computes the fp32 model, s = 1 the fake-quant
 one, and any mix a model with some ops in fp32: one compiled module serves the accuracy
 search's every trial (switch_values gives s for a set of ops kept in float).
@@ -122,15 +123,21 @@ def insert_qdq(
                 op = weights[var]
                 wq, scales = quantized_weight(op.weight, op.weight_axis, config.per_channel)
                 wq = corrections.weights.get(var, wq)
-                weight = self.builder_.emit(relax.op.dequantize(
-                    const(wq), const(scales), const(np.zeros(scales.shape, np.int32)),
-                    axis=op.weight_axis, out_dtype="float32"))
-                switch = None if switch_var is None else self.switch(op_index[var])
-                if switch is not None:
-                    weight = _mix(self.builder_, const(op.weight.astype(np.float32)), weight, switch)
                 call = binding.value
-                new_call = relax.Call(call.op, [self.visit_expr(call.args[0]), weight], call.attrs, call.ty_args)
-                new_var = self.builder_.emit(new_call, var.name)
+                data = self.visit_expr(call.args[0])
+                switch = None if switch_var is None else self.switch(op_index[var])
+                if switch is None:
+                    weight = self.builder_.emit(relax.op.dequantize(
+                        const(wq), const(scales), const(np.zeros(scales.shape, np.int32)),
+                        axis=op.weight_axis, out_dtype="float32"))
+                    new_var = self.builder_.emit(relax.Call(call.op, [data, weight], call.attrs, call.ty_args), var.name)
+                else:  # linear in the weight: both products keep constant weights (packed, fast kernels)
+                    shape = [1] * wq.ndim
+                    shape[op.weight_axis] = -1
+                    dequantized = (wq.astype(np.float32) * scales.reshape(shape)).astype(np.float32)
+                    exact, quantized = (self.builder_.emit(relax.Call(call.op, [data, const(w)], call.attrs, call.ty_args))
+                                        for w in (op.weight.astype(np.float32), dequantized))
+                    new_var = _mix(self.builder_, exact, quantized, switch)
                 if var in corrections.bias:
                     shift = const(channel_shaped(corrections.bias[var], call, len(shape_of(var))))
                     if switch is not None:

@@ -175,6 +175,7 @@ def quantize(
                                  "from --calib)")
         fallback = _search_fallback(fp32, plan, qparams, config, corrections, node_of, imported.node_op_types,
                                     eval_data, accuracy_target)
+        full_plan = plan
         plan = _with_fallback(fp32, plan, config, node_of, imported.node_op_types, fallback.fallback)
     qdq, dequantized_of = insert_qdq(fp32, plan, qparams, config, corrections)
     mod, stats = realize(qdq)
@@ -183,7 +184,7 @@ def quantize(
     quantized = Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout, fallback,
                           node_of, corrections)
     if fallback is not None:
-        quantized = _verified(quantized, fp32, node_of, imported.node_op_types, corrections, eval_data,
+        quantized = _verified(quantized, full_plan, node_of, imported.node_op_types, corrections, eval_data,
                               accuracy_target)
     return quantized
 
@@ -274,9 +275,12 @@ def _search_fallback(fp32, plan, qparams, config, corrections, node_of, op_types
 _MAX_EXTRA_FALLBACK = 4
 
 
-def _verified(q: Quantized, fp32, node_of, op_types, corrections, eval_data, target: AccuracyTarget) -> Quantized:
+def _verified(q: Quantized, full_plan: AnnotationPlan, node_of, op_types, corrections, eval_data,
+              target: AccuracyTarget) -> Quantized:
     """Measure the realized integer model on the evaluation samples; where it misses the target,
-    keep the next most sensitive ops in fp32 too (at most _MAX_EXTRA_FALLBACK)."""
+    keep the next most sensitive ops of `full_plan` (everything quantized) in fp32 too (at most
+    _MAX_EXTRA_FALLBACK)."""
+    fp32 = q.fp32
     from .passes.calibrate import host_runner
 
     names = [p.name for p in fp32["main"].params]
@@ -284,8 +288,7 @@ def _verified(q: Quantized, fp32, node_of, op_types, corrections, eval_data, tar
     reference = _run_all(host_runner(fp32, host_target()), samples)
     metric = target.function()
     result = q.accuracy
-    candidates = _candidates(_with_fallback(fp32, q.plan, q.config, node_of, op_types, []))
-    extra = fallback_order(result, candidates)[:_MAX_EXTRA_FALLBACK]
+    extra = fallback_order(result, _candidates(full_plan))[:_MAX_EXTRA_FALLBACK]
     while True:
         result.realized_value = metric(_run_all(host_runner(q.mod, host_target()), samples), reference)
         if result.realized_value >= target.value or not extra:
@@ -293,7 +296,7 @@ def _verified(q: Quantized, fp32, node_of, op_types, corrections, eval_data, tar
         result.fallback.append(extra.pop(0))
         log.info("accuracy search: the integer model reaches %.4g; keeping %s in fp32 too", result.realized_value,
                  result.fallback[-1])
-        plan = _with_fallback(fp32, q.plan, q.config, node_of, op_types, result.fallback)
+        plan = _with_fallback(fp32, full_plan, q.config, node_of, op_types, result.fallback)
         qdq, dequantized_of = insert_qdq(fp32, plan, q.calibration.qparams(q.config), q.config, corrections)
         mod, stats = realize(qdq)
         q = replace(q, mod=mod, qdq=qdq, plan=plan, stats=stats, dequantized_of=dequantized_of)

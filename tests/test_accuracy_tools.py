@@ -83,6 +83,26 @@ def test_fallback_search_chooses_the_one_bad_layer_and_only_it(tmp_path):
     assert np.mean(agree) >= 0.95
 
 
+def test_fallback_of_the_first_layer_unquantizes_the_model_input():
+    """fc1 kept in fp32 leaves the model input unquantized: the plan after the search has fewer
+    tensors than the search's (the realized model is checked on that plan)."""
+    model = outlier_mlp()
+    weights = {i.name: onnx.numpy_helper.to_array(i).copy() for i in model.graph.initializer}
+    weights["w1"][:, 5] = 1000.0  # fc1 now has the outlier, on input feature 5, which the samples keep at 0
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in weights.items())
+
+    def zeroed(data):
+        for sample in data:
+            sample["x"][:, 5] = 0.0
+        return data
+
+    artifact = qcompiler.compile(model, quantize="int8", calib=zeroed(samples((1, 16), 32, seed=1)),
+                                 accuracy_target="cosine=0.999", eval_data=zeroed(samples((1, 16), 32, seed=2)))
+    result = artifact.metadata.quantization["accuracy_target"]
+    assert "fc1" in result["fallback"] and result["realized_value"] >= 0.999
+
+
 def test_unreachable_target_says_so_in_one_line():
     with pytest.raises(QCompilerError, match=r"cannot be met: the fp32 model reaches 1 on these samples \(all int8: "):
         qcompiler.compile(outlier_mlp(), quantize="int8", calib=samples((1, 16), 16, seed=1),
