@@ -1,77 +1,91 @@
-"""bias correction: remove the mean shift that weight rounding adds to each conv/matmul output.
+"""bias correction: remove the mean shift that quantization adds to each conv/matmul output.
 
-With int8 weights w_q = s·q (q as quantized, or as AdaRound chose) and error ε = w_q − w, an
-anchor's output moves by ε applied to its input. Its expectation over the calibration data is,
-per output channel o (Nagel et al., "Data-Free Quantization", 2019, empirical form):
+An anchor y = W·x (+ b) computes, in int8, W_q·qdq(x): W_q = s·q the int8 weight (as rounded,
+or as AdaRound chose), qdq(x) its input quantized with the input's calibrated scale and zero
+point (rounding, and clipping of the tails the calibration range cuts off). Its mean output
+moves, per output channel o, by
 
-  matmul  y[n] = Σ_k x[k]·w[k, n]          E[Δy_n] = Σ_k E[x_k]·ε[k, n]
-  conv    y[o] = Σ_{i,taps} x[i]·w[o,i,·]   E[Δy_o] = Σ_i E[x_{g(o)·I/g + i}]·Σ_taps ε[o, i, taps]
+  E[Δy_o] = Σ_i Σ_taps (W_q[o, i, taps]·E[qdq(x)_{g(o)·I/g + i}] − W[o, i, taps]·E[x_{g(o)·I/g + i}])
 
-(g(o) the group of output channel o, I/g the input channels per group; E[x_i] the mean of input
-channel i over all calibration samples and positions, zero padding at the borders ignored).
-The correction subtracts E[Δy] from the anchor's bias, so the int8 output is unbiased on data
-like the calibration data. It changes only the int32 offset realize adds anyway: no run time.
+(g(o) the group of output channel o, I/g the input channels per group; for a matmul y[n] =
+Σ_k x[k]·w[k, n] the same with k for i and no taps). E[x] and E[qdq(x)] are the means of input
+channel i over calibration samples and positions, zero padding at the borders left out. This is
+Nagel et al.'s empirical bias correction ("Data-Free Quantization", 2019) with the input's own
+quantization included; each layer's estimate uses its fp32 input, so corrections do not
+compound. The correction −E[Δy] joins the anchor's bias: it changes only the int32 offset
+realize adds anyway, so it costs no run time.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from .annotate import AnnotationPlan
-from .qconfig import QConfig
+from .annotate import AnnotationPlan, QuantizedOp
+from .qconfig import QConfig, QParams
 from .simulate import quantized_weight
 
 
-def input_channel_axes(plan: AnnotationPlan) -> dict[str, int]:
-    """For each weighted anchor's input tensor: its observer key → its channel axis (the mean
-    calibration must collect)."""
-    axes = {}
-    for op in plan.ops:
-        if op.weight is None:
-            continue
-        axes[plan.keys[op.inputs[0]]] = _input_axis(op)
-    return axes
-
-
-def _input_axis(op) -> int:
+def input_channel_axis(op: QuantizedOp, rank: int) -> int:
     """Channel axis of the anchor's input: the last for matmul and NHWC conv, 1 for NCHW."""
-    if op.op == "relax.matmul":
-        return -1
-    return 3 if op.kernel_layout == "OHWI" else 1
+    if op.op == "relax.matmul" or op.kernel_layout == "OHWI":
+        return rank - 1
+    return 1
 
 
-def _per_group_error(op, error: np.ndarray) -> np.ndarray:
-    """Σ over kernel taps of the weight error, as [out channels, inputs per group]."""
+@dataclass
+class InputMeans:
+    """Running per-channel sums of each anchor's input x and of qdq(x)."""
+
+    sums: dict = field(default_factory=dict)  # anchor var → (Σ x, Σ qdq(x), count)
+
+    def update(self, op: QuantizedOp, x: np.ndarray, params: QParams) -> None:
+        axis = input_channel_axis(op, x.ndim)
+        rows = np.moveaxis(np.asarray(x, np.float64), axis, -1).reshape(-1, x.shape[axis])
+        dequantized = (params.quantize(rows).astype(np.float64) - params.zero_point) * params.scale
+        total, total_q, count = self.sums.get(op.var, (0.0, 0.0, 0))
+        self.sums[op.var] = (total + rows.sum(axis=0), total_q + dequantized.sum(axis=0), count + rows.shape[0])
+
+    def means(self, op: QuantizedOp) -> tuple[np.ndarray, np.ndarray] | None:
+        if op.var not in self.sums:
+            return None
+        total, total_q, count = self.sums[op.var]
+        return total / count, total_q / count
+
+
+def _taps_summed(op: QuantizedOp, weight: np.ndarray) -> np.ndarray:
+    """The weight summed over kernel taps, as [out channels, inputs per group]."""
     if op.op == "relax.matmul":
-        return error.T  # [K, N] → [N, K]
+        return weight.T  # [K, N] → [N, K]
     if op.kernel_layout == "OHWI":
-        return error.sum(axis=(1, 2))
-    return error.sum(axis=(2, 3))
+        return weight.sum(axis=(1, 2))
+    return weight.sum(axis=(2, 3))
 
 
-def expected_output_shift(op, error: np.ndarray, input_mean: np.ndarray) -> np.ndarray:
-    """E[Δy] per output channel for weight error `error` and input channel means `input_mean`."""
-    per_input = _per_group_error(op, np.asarray(error, np.float64))  # [O, I/g]
+def expected_output(op: QuantizedOp, weight: np.ndarray, input_mean: np.ndarray) -> np.ndarray:
+    """Σ_i Σ_taps weight[o, i, taps]·E[x_i] per output channel o: the mean output, bias and
+    padding aside."""
+    per_input = _taps_summed(op, np.asarray(weight, np.float64))  # [O, I/g]
     outputs, per_group = per_input.shape
     groups = input_mean.size // per_group
     means = input_mean.reshape(groups, per_group)[np.arange(outputs) // (outputs // groups)]
     return np.sum(per_input * means, axis=1)
 
 
-def bias_corrections(plan: AnnotationPlan, config: QConfig, channel_means: dict[str, np.ndarray],
-                     int8_weights: dict | None = None) -> dict:
-    """Per weighted anchor var: −E[Δy], the shift to add to its bias (simulate.Corrections.bias).
-    `int8_weights` holds weights chosen otherwise than by rounding to nearest (AdaRound)."""
+def bias_corrections(plan: AnnotationPlan, config: QConfig, means: InputMeans, int8_weights: dict | None = None) -> dict:
+    """Per weighted anchor var: −E[Δy], the shift to add to its bias (simulate.Corrections.bias)."""
     int8_weights = int8_weights or {}
     shifts = {}
     for op in plan.ops:
-        mean = channel_means.get(plan.keys[op.inputs[0]]) if op.weight is not None else None
-        if mean is None:
+        measured = means.means(op) if op.weight is not None else None
+        if measured is None:
             continue
+        mean_x, mean_qdq_x = measured
         wq, scales = quantized_weight(op.weight, op.weight_axis, config.per_channel)
         wq = int8_weights.get(op.var, wq)
         shape = [1] * op.weight.ndim
         shape[op.weight_axis] = -1
-        error = wq.astype(np.float64) * scales.reshape(shape) - op.weight
-        shifts[op.var] = -expected_output_shift(op, error, mean)
+        dequantized = wq.astype(np.float64) * scales.reshape(shape)
+        shifts[op.var] = expected_output(op, op.weight, mean_x) - expected_output(op, dequantized, mean_qdq_x)
     return shifts

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -29,14 +29,11 @@ CACHE_FORMAT = "qcompiler-calibration-cache"
 
 @dataclass
 class CalibrationResult:
-    """Per observer key: the chosen [lo, hi] range and the resulting quantization parameters;
-    for the keys asked for, the mean of the tensor along one axis (its channels) over all
-    samples and positions (bias correction's input statistics)."""
+    """Per observer key: the chosen [lo, hi] range and the resulting quantization parameters."""
 
     ranges: dict[str, tuple[float, float]]
     samples: int
     statistics_bytes: int
-    channel_means: dict[str, np.ndarray] = field(default_factory=dict)
 
     def qparams(self, config: QConfig) -> dict[str, QParams]:
         return {key: activation_qparams(lo, hi, config.activation_dtype) for key, (lo, hi) in self.ranges.items()}
@@ -73,34 +70,24 @@ def run_observers(
     config: QConfig,
     target: tvm.target.Target,
     progress: Callable[[int], None] | None = None,
-    mean_axes: dict[str, int] | None = None,
 ) -> CalibrationResult:
-    """Calibrate: compile the observed module, feed every sample, keep streaming statistics
-    (and for each key of `mean_axes` a running sum along that axis)."""
+    """Calibrate: compile the observed module, feed every sample, keep streaming statistics."""
     observed, keys = observed_module(mod, plan)
     run = host_runner(observed, target)
     observers = {key: make_observer(config) for key in keys}
-    mean_axes = mean_axes or {}
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
     count = 0
     for sample in samples:
         # The observed tensors follow the model's own outputs (which may be nested tuples).
         observed_values = run(sample)[-len(keys):] if keys else []
         for key, value in zip(keys, observed_values):
             observers[key].update(value)
-            if key in mean_axes:
-                channels = np.moveaxis(value.astype(np.float64), mean_axes[key], -1).reshape(-1, value.shape[mean_axes[key]])
-                sums[key] = sums.get(key, 0.0) + channels.sum(axis=0)
-                counts[key] = counts.get(key, 0) + channels.shape[0]
         count += 1
         if progress is not None:
             progress(count)
     if count == 0:
         raise QCompilerError("calibration got no samples")
     ranges = {key: observed_range(obs, config) for key, obs in observers.items()}
-    means = {key: sums[key] / counts[key] for key in sums}
-    return CalibrationResult(ranges, count, sum(obs.state_bytes() for obs in observers.values()), means)
+    return CalibrationResult(ranges, count, sum(obs.state_bytes() for obs in observers.values()))
 
 
 def save_cache(path: str | Path, result: CalibrationResult, model_sha256: str, config: QConfig) -> None:
@@ -112,7 +99,6 @@ def save_cache(path: str | Path, result: CalibrationResult, model_sha256: str, c
         "config": config.fingerprint(),
         "samples": result.samples,
         "ranges": {key: [lo, hi] for key, (lo, hi) in result.ranges.items()},
-        "channel_means": {key: mean.tolist() for key, mean in result.channel_means.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
@@ -141,7 +127,6 @@ def load_cache(path: str | Path, plan: AnnotationPlan, model_sha256: str, config
         )
     try:
         ranges = {key: (float(lo), float(hi)) for key, (lo, hi) in payload["ranges"].items()}
-        means = {key: np.asarray(mean, np.float64) for key, mean in payload.get("channel_means", {}).items()}
     except (KeyError, TypeError, ValueError) as err:
         raise QCompilerError(f"calibration cache {path} is malformed: {err}") from None
     if set(ranges) != set(plan.observer_keys):
@@ -149,4 +134,4 @@ def load_cache(path: str | Path, plan: AnnotationPlan, model_sha256: str, config
             f"calibration cache {path} does not match this model's quantized tensors "
             f"({len(ranges)} cached, {len(plan.observer_keys)} expected): the skip lists or the graph changed"
         )
-    return CalibrationResult(ranges, int(payload.get("samples", 0)), 0, means)
+    return CalibrationResult(ranges, int(payload.get("samples", 0)), 0)

@@ -5,10 +5,12 @@ The search runs one compiled module, the fake-quant model with switches (simulat
 
 1. int8 everywhere, and fp32 everywhere (s = 0). Where fp32 itself misses the target, no
    fallback can meet it: an error says so with both values.
-2. Sensitivity of each quantized op: the metric with that op alone in fp32, minus the metric
-   with none.
-3. Greedy: ops join the fallback set in order of sensitivity (largest gain first; ties: fewer
-   MACs first, then graph order) until the target is met.
+2. Sensitivity of each quantized op: the SQNR (dB) of the first output with that op alone in
+   fp32, minus the SQNR with none; and the same for the target's metric. The SQNR gain orders
+   the ops: a top-1 metric on a few hundred samples moves in steps of one sample, too coarse
+   to rank single ops, while the SQNR sees every op's contribution.
+3. Greedy: ops join the fallback set in order of sensitivity (largest SQNR gain first; ties:
+   fewer MACs first, then graph order) until the target is met.
 4. Pruning: each op of the set, last added first, is returned to int8 where the target still
    holds without it.
 
@@ -137,6 +139,7 @@ class FallbackResult:
     fp32_value: float
     value: float  # with the fallback, simulated
     sensitivity: dict[str, float] = field(default_factory=dict)  # node → metric gain when it alone is fp32
+    sqnr_gain: dict[str, float] = field(default_factory=dict)  # node → SQNR (dB) gain when it alone is fp32
     trials: int = 0
     samples: int = 0
     realized_value: float | None = None  # the integer model's, measured after realize
@@ -145,21 +148,22 @@ class FallbackResult:
         return {"metric": self.metric, "target": self.target, "fallback": self.fallback,
                 "int8_value": self.int8_value, "fp32_value": self.fp32_value, "simulated_value": self.value,
                 "realized_value": self.realized_value, "trials": self.trials, "evaluation_samples": self.samples,
-                "sensitivity": self.sensitivity}
+                "sensitivity": self.sensitivity, "sqnr_gain_db": self.sqnr_gain}
 
 
 def search_fallback(
-    evaluate: Callable[[frozenset[str]], float],
+    evaluate: Callable[[frozenset[str]], tuple[float, float]],
     candidates: Sequence[tuple[str, int]],
     target: AccuracyTarget,
 ) -> FallbackResult:
     """The fewest of `candidates` (node name, MACs; in graph order) to keep in fp32 so that
-    `evaluate(fallback set)` ≥ target.value (see the module docstring for the steps)."""
+    the metric `evaluate(fallback set)` returns (with the first output's SQNR) is ≥
+    target.value (see the module docstring for the steps)."""
     progress = Progress("accuracy search", len(candidates) + 2)
-    int8_value = evaluate(frozenset())
+    int8_value, int8_sqnr = evaluate(frozenset())
     progress(1)
     names = [name for name, _ in candidates]
-    fp32_value = evaluate(frozenset(names))
+    fp32_value, _ = evaluate(frozenset(names))
     progress(2)
     result = FallbackResult(target.name, target.value, [], int8_value, fp32_value, int8_value)
     if int8_value >= target.value:
@@ -171,24 +175,24 @@ def search_fallback(
         raise QCompilerError(f"accuracy target {target.name} >= {target.value:g} cannot be met: the fp32 model "
                              f"reaches {fp32_value:.4g} on these samples (all int8: {int8_value:.4g})")
     for i, name in enumerate(names):
-        result.sensitivity[name] = evaluate(frozenset([name])) - int8_value
+        value, sqnr = evaluate(frozenset([name]))
+        result.sensitivity[name], result.sqnr_gain[name] = value - int8_value, min(sqnr - int8_sqnr, 1e3)
         progress(i + 3)
     progress.close()
-    macs = dict(candidates)
-    order = sorted(names, key=lambda n: (-result.sensitivity[n], macs[n], names.index(n)))
+    order = fallback_order(result, candidates)
     trials = 2 + len(names)
     chosen: list[str] = []
     value = int8_value
     for name in order:
         chosen.append(name)
-        value = evaluate(frozenset(chosen))
+        value, _ = evaluate(frozenset(chosen))
         trials += 1
         log.info("accuracy search: %d in fp32 (+%s): %s %.4g", len(chosen), name, target.name, value)
         if value >= target.value:
             break
     for name in list(reversed(chosen[:-1])):
         without = [n for n in chosen if n != name]
-        trial = evaluate(frozenset(without))
+        trial, _ = evaluate(frozenset(without))
         trials += 1
         if trial >= target.value:
             chosen, value = without, trial
@@ -200,7 +204,7 @@ def fallback_order(result: FallbackResult, candidates: Sequence[tuple[str, int]]
     names = [name for name, _ in candidates]
     macs = dict(candidates)
     rest = [n for n in names if n not in result.fallback]
-    return sorted(rest, key=lambda n: (-result.sensitivity.get(n, 0.0), macs[n], names.index(n)))
+    return sorted(rest, key=lambda n: (-result.sqnr_gain.get(n, 0.0), macs[n], names.index(n)))
 
 
 LABELS = "labels"

@@ -15,12 +15,12 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .accuracy import AccuracyTarget, FallbackResult, fallback_order, search_fallback
+from .accuracy import AccuracyTarget, FallbackResult, fallback_order, search_fallback, sqnr_db
 from .errors import QCompilerError
 from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
 from .passes.adaround import adaround_weights
-from .passes.bias_correction import bias_corrections, input_channel_axes
+from .passes.bias_correction import InputMeans, bias_corrections
 from .passes.calibrate import CalibrationResult, load_cache, run_observers, save_cache
 from .passes.dynamic import DynamicStats, quantize_dynamic
 from .passes.equalize import equalize
@@ -130,7 +130,7 @@ def quantize(
     log.info("annotate: %d ops to int8, %d observed tensors, %d skipped", len(plan.ops), len(plan.observer_keys),
              len(plan.skipped))
     cache = Path(calib_cache) if calib_cache else None
-    adaround_samples: list = []
+    kept_samples: list = []  # the first calibration samples, for AdaRound and bias correction
     data = CalibrationData(calib, imported.inputs, config.holdout, config.num_samples) if calib is not None else None
     if cache is not None and cache.exists():
         calibration = load_cache(cache, plan, imported.source_sha256, config)
@@ -141,11 +141,10 @@ def quantize(
             raise QCompilerError("--quantize int8 needs calibration data: pass --calib DATA (or an existing --calib-cache)")
         # One sample at a time: calibration's memory does not grow with the number of samples.
         used = ([sample[spec.name] for spec in imported.inputs] for sample in data)
-        if config.adaround:
-            used = _keeping_first(used, adaround_samples, ADAROUND_SAMPLES)
+        if config.adaround or config.bias_correction:
+            used = _keeping_first(used, kept_samples, max(ADAROUND_SAMPLES, BIAS_CORRECTION_SAMPLES))
         progress = Progress(f"calibrate ({config.calibration.value})", data.used)
-        calibration = run_observers(fp32, plan, used, config, host_target(), progress=progress,
-                                    mean_axes=input_channel_axes(plan) if config.bias_correction else None)
+        calibration = run_observers(fp32, plan, used, config, host_target(), progress=progress)
         progress.close()
         holdout = data.holdout
         log.info("calibrate: %d samples, %d observers, statistics %.1f KB", calibration.samples,
@@ -154,19 +153,20 @@ def quantize(
             save_cache(cache, calibration, imported.source_sha256, config)
     qparams = calibration.qparams(config)
     corrections = Corrections()
+    if (config.adaround or config.bias_correction) and not kept_samples and data is not None:  # a cache was used
+        kept_samples = [[s[spec.name] for spec in imported.inputs]
+                        for _, s in zip(range(max(ADAROUND_SAMPLES, BIAS_CORRECTION_SAMPLES)), data)]
     if config.adaround:
-        if not adaround_samples and data is not None:
-            adaround_samples = [[s[spec.name] for spec in imported.inputs] for _, s in zip(range(ADAROUND_SAMPLES), data)]
-        if not adaround_samples:
+        if not kept_samples:
             raise QCompilerError("AdaRound learns from calibration samples: pass --calib DATA")
-        corrections.weights = _adaround(fp32, plan, config, adaround_samples)
+        corrections.weights = _adaround(fp32, plan, config, kept_samples[:ADAROUND_SAMPLES])
     if config.bias_correction:
-        missing = set(input_channel_axes(plan)) - set(calibration.channel_means)
-        if missing:
-            raise QCompilerError(f"bias correction needs the input channel means calibration collects, and the "
-                                 f"calibration cache {cache} has none for {len(missing)} tensors: calibrate again "
-                                 f"with bias correction on (delete the cache or pass another --calib-cache)")
-        corrections.bias = bias_corrections(plan, config, calibration.channel_means, corrections.weights)
+        if not kept_samples:
+            raise QCompilerError("bias correction measures input means on calibration samples: pass --calib DATA")
+        means = InputMeans()
+        for op, value in _anchor_inputs(fp32, plan, kept_samples[:BIAS_CORRECTION_SAMPLES]):
+            means.update(op, value, qparams[plan.keys[op.inputs[0]]])
+        corrections.bias = bias_corrections(plan, config, means, corrections.weights)
         log.info("bias correction: %d anchors", len(corrections.bias))
     fallback = None
     if accuracy_target is not None:
@@ -189,8 +189,21 @@ def quantize(
     return quantized
 
 
-# Calibration samples AdaRound draws its input rows from (passes/adaround.py).
+# Calibration samples AdaRound draws its input rows from (passes/adaround.py), and bias
+# correction its input means (passes/bias_correction.py).
 ADAROUND_SAMPLES = 4
+BIAS_CORRECTION_SAMPLES = 16
+
+
+def _anchor_inputs(fp32, plan: AnnotationPlan, samples: list):
+    """(op, its fp32 input) for each weighted anchor and sample, one sample at a time."""
+    from .passes.calibrate import host_runner
+    from .passes.graph import expose
+
+    ops = [op for op in plan.ops if op.weight is not None]
+    run = host_runner(expose(fp32, [op.inputs[0] for op in ops]), host_target())
+    for sample in samples:
+        yield from zip(ops, run(sample)[-len(ops):])
 
 
 def _keeping_first(samples, kept: list, count: int):
@@ -203,16 +216,10 @@ def _keeping_first(samples, kept: list, count: int):
 
 def _adaround(fp32, plan: AnnotationPlan, config: QConfig, samples: list) -> dict:
     """AdaRound's int8 weights for the plan's weighted anchors, from their fp32 inputs on `samples`."""
-    from .passes.calibrate import host_runner
-    from .passes.graph import expose
-
-    ops = [op for op in plan.ops if op.weight is not None]
-    run = host_runner(expose(fp32, [op.inputs[0] for op in ops]), host_target())
-    inputs: dict = {op.var: [] for op in ops}
-    for sample in samples:
-        for op, value in zip(ops, run(sample)[-len(ops):]):
-            inputs[op.var].append(value)
-    progress = Progress("adaround (layers)", len(ops))
+    inputs: dict = {}
+    for op, value in _anchor_inputs(fp32, plan, samples):
+        inputs.setdefault(op.var, []).append(value)
+    progress = Progress("adaround (layers)", len(inputs))
     weights = adaround_weights(plan, config, inputs, progress)
     progress.close()
     return weights
@@ -254,12 +261,13 @@ def _search_fallback(fp32, plan, qparams, config, corrections, node_of, op_types
     samples = [[sample[name] for name in names] for sample in eval_data]
     reference = _run_all(run, samples, [np.zeros(len(plan.ops) + len(plan.observer_keys), np.float32)])
     metric = target.function()
-    cache: dict[frozenset, float] = {}
+    cache: dict[frozenset, tuple[float, float]] = {}
 
-    def evaluate(fallback: frozenset) -> float:
+    def evaluate(fallback: frozenset) -> tuple[float, float]:
         if fallback not in cache:
             switches = switch_values(plan, _with_fallback(fp32, plan, config, node_of, op_types, sorted(fallback)))
-            cache[fallback] = metric(_run_all(run, samples, [switches]), reference)
+            outputs = _run_all(run, samples, [switches])
+            cache[fallback] = metric(outputs, reference), sqnr_db(outputs, reference)
         return cache[fallback]
 
     candidates = _candidates(plan)

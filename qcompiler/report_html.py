@@ -162,9 +162,11 @@ def html_report(report: QuantizationReport, q: Quantized, imported: ImportedMode
         search = (f"<p>Accuracy target {html.escape(accuracy.metric)} &ge; {accuracy.target:g} on {accuracy.samples} "
                   f"samples: all int8 {accuracy.int8_value:.4g}, fp32 {accuracy.fp32_value:.4g}, chosen {realized} "
                   f"with {len(accuracy.fallback)} ops in fp32 ({accuracy.trials} trials).</p>")
-        top = sorted(accuracy.sensitivity.items(), key=lambda item: -item[1])[:10]
-        search += "<table><tr><th>op</th><th>gain when alone in fp32</th></tr>" + "".join(
-            f"<tr><td>{html.escape(node)}</td><td>{gain:+.4g}</td></tr>" for node, gain in top) + "</table>"
+        top = sorted(accuracy.sqnr_gain, key=lambda node: -accuracy.sqnr_gain[node])[:10]
+        search += ("<table><tr><th>op (most sensitive first)</th><th>output SQNR gain, alone in fp32</th>"
+                   f"<th>{html.escape(accuracy.metric)} gain</th></tr>") + "".join(
+            f"<tr><td>{html.escape(node)}</td><td>{accuracy.sqnr_gain[node]:+.2f} dB</td>"
+            f"<td>{accuracy.sensitivity[node]:+.4g}</td></tr>" for node in top) + "</table>"
     decision_rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(r)}</td></tr>" for n, r in decisions) \
         or "<tr><td colspan=2>none: every quantizable op is int8</td></tr>"
     legend = "".join(f'<span><i class="swatch" style="background:{c}"></i>{label}</span>' for label, c in
