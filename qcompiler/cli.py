@@ -139,7 +139,7 @@ def _add_calibration(q) -> None:
     q.add_argument("--equalize", action="store_true",
                    help="cross-layer equalization of conv/matmul pairs joined by ReLU or ReLU6 (before calibration)")
     q.add_argument("--bias-correction", action="store_true",
-                   help="remove the mean output shift that weight rounding adds (from calibration data)")
+                   help="remove the mean output shift that quantization adds to each conv/matmul (from calibration data)")
     q.add_argument("--adaround", action="store_true",
                    help="learn each weight's rounding direction on calibration data (AdaRound)")
     q.add_argument("--seed", type=int, default=0, help="seed of the samples AdaRound draws")
