@@ -30,7 +30,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import FunctionView, conv_channel_axis, expose, op_name, shape_of
+from .graph import FunctionView, along_axis, conv_channel_axis, expose, op_name, shape_of
 from .qconfig import QConfig
 
 CARRY_OPS = frozenset({
@@ -138,12 +138,9 @@ def _channel_bound_after(view: FunctionView, var, channels: int, channel_axis: i
         return []
     args = view.value[user].args
     bound = view.constant(args[1]) if args[0].same_as(var) else None
-    if bound is None or bound.size != channels:
-        return []
-    rank = len(shape_of(var))
-    shape = [1] * rank
-    shape[channel_axis] = channels
-    return [user] if (1,) * (rank - bound.ndim) + tuple(bound.shape) == tuple(shape) else []
+    shape = shape_of(var)
+    return [user] if bound is not None and shape[channel_axis] == channels and along_axis(bound, channel_axis, shape) \
+        else []
 
 
 def _activation_after(view: FunctionView, var) -> list:

@@ -81,7 +81,8 @@ def _chain(view: FunctionView, first: Layer):
     """(bias add var or None, clip(0, c) var or None, next layer) after `first` through at most a
     bias add and a ReLU or ReLU6; (None, None, ops in the way) where other elementwise ops lead
     from `first` to exactly one next layer; None where the output goes anywhere else."""
-    bias = relu = clip = None
+    bias = clip = None
+    activated = False
     current = first.var
     while True:
         user = view.single_user(current)
@@ -91,13 +92,12 @@ def _chain(view: FunctionView, first: Layer):
         layer = _layer(view, user)
         if layer is not None:
             return (bias, clip, layer) if view.value[user].args[0].same_as(current) else None
-        activated = relu is not None or clip is not None
         if name == "relax.add" and bias is None and not activated and _constant_other(view, user, current) is not None:
             bias = user
         elif name == "relax.nn.relu" and not activated:
-            relu = user
+            activated = True
         elif name == "relax.clip" and not activated and _relu6_bound(view.value[user]) is not None:
-            clip = user
+            clip, activated = user, True
         else:
             break
         current = user

@@ -147,6 +147,14 @@ def shape_of(var) -> tuple[int, ...]:
     return tuple(int(d) for d in var.ty.shape.values)
 
 
+def along_axis(values: np.ndarray, axis: int, shape: tuple[int, ...]) -> bool:
+    """Whether `values` holds one value per index of `axis` of a tensor of `shape`, shaped to
+    broadcast along that axis only (e.g. (C,) or (1, 1, 1, C) for NHWC channels)."""
+    expected = [1] * len(shape)
+    expected[axis] = shape[axis]
+    return values.ndim <= len(shape) and (1,) * (len(shape) - values.ndim) + tuple(values.shape) == tuple(expected)
+
+
 def with_main(mod: tvm.IRModule, func: relax.Function) -> tvm.IRModule:
     """A copy of `mod` (helper PrimFuncs included) whose `main` is `func`."""
     new = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)

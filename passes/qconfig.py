@@ -54,7 +54,8 @@ class QConfig:
     through ReLU so their per-channel weight ranges even out (passes/equalize.py);
     `adaround` learns each weight's rounding direction on calibration data
     (passes/adaround.py, `seed` picks its samples); `bias_correction` removes the mean shift
-    weight rounding adds to each conv/matmul output (passes/bias_correction.py).
+    that quantizing the weights and the input adds to each conv/matmul output
+    (passes/bias_correction.py).
     """
 
     activation_dtype: ActivationDType = ActivationDType.UINT8

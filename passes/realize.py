@@ -44,7 +44,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Constant, FunctionView, const, constant_value, conv_channel_axis, op_name, shape_of, with_main
+from .graph import (Constant, FunctionView, along_axis, const, constant_value, conv_channel_axis, op_name, shape_of,
+                    with_main)
 
 LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                         "relax.strided_slice", "relax.flatten"})
@@ -514,10 +515,7 @@ class Realizer:
         bound = self.real_constant(call.args[1])
         if not isinstance(x, Accumulator) or x.axis is None or bound is None:
             return None
-        rank = len(shape_of(var))
-        channels = shape_of(var)[x.axis]
-        along_channels = _broadcast(np.zeros(channels), x.axis, rank).shape
-        if bound.ndim > rank or (1,) * (rank - bound.ndim) + tuple(bound.shape) != along_channels:
+        if not along_axis(bound, x.axis, shape_of(var)):
             return None
         flat = bound.reshape(-1)
         return replace(x, channel_hi=flat if x.channel_hi is None else np.minimum(x.channel_hi, flat))

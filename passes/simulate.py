@@ -13,8 +13,8 @@ add where the anchor has none; realize folds it into the accumulator's offset).
 
 With `switches`, `main` takes one more input, a float32 vector s (SWITCHES_INPUT): anchor i
 computes y(w) + s[i]·(y(dq(w_q)) − y(w)) (the op is linear in its weight, so this is y with
-weight w + s[i]·(dq(w_q) − w), while both products keep constant weights) and its bias shift s[i]·δ, and tensor j (observer key j)
-t + s[n + j]·(qdq(t) − t), n anchors. s = 0 computes the fp32 model, s = 1 the fake-quant
+weight w + s[i]·(dq(w_q) − w), while both products keep constant weights) and its bias shift
+s[i]·δ; tensor j (observer key j) becomes t + s[n + j]·(qdq(t) − t), n anchors. s = 0 computes the fp32 model, s = 1 the fake-quant
 one, and any mix a model with some ops in fp32: one compiled module serves the accuracy
 search's every trial (switch_values gives s for a set of ops kept in float).
 """

@@ -132,14 +132,12 @@ def _write_html_report(result, quantized, imported, artifact, preset, path, tuni
     """The HTML report, with the size and latency of this artifact and of the model built in fp32
     (measured here, when the target runs on this machine)."""
     import logging
+    import platform
     import tempfile
     from pathlib import Path
 
     from .build import build
     from .report_html import html_report, write_html
-
-    import platform
-
     from .targets import DeviceKind
 
     sizes = {}

@@ -120,8 +120,8 @@ def quantize(
         fp32, equalized = equalize(fp32)
         log.info("equalization: %d pairs of layers rescaled", len(equalized.pairs))
         for first, op in equalized.refused:
-            log.info("equalization: after %s refused: %s before the next layer is not scale-equivariant (only ReLU and ReLU6 are)",
-                     node_of.get(first, first.name), op)
+            log.info("equalization: after %s refused: %s before the next layer is not scale-equivariant "
+                     "(only ReLU and ReLU6 are)", node_of.get(first, first.name), op)
 
     plan = annotate(fp32, config, node_of, imported.node_op_types)
     if not plan.ops:
@@ -173,8 +173,8 @@ def quantize(
         if not eval_data:
             raise QCompilerError("an accuracy target needs evaluation data: pass --eval DATA (samples kept apart "
                                  "from --calib)")
-        fallback = _search_fallback(fp32, plan, qparams, config, corrections, node_of, imported.node_op_types,
-                                    eval_data, accuracy_target)
+        fallback, reference = _search_fallback(fp32, plan, qparams, config, corrections, node_of,
+                                               imported.node_op_types, eval_data, accuracy_target)
         full_plan = plan
         plan = _with_fallback(fp32, plan, config, node_of, imported.node_op_types, fallback.fallback)
     qdq, dequantized_of = insert_qdq(fp32, plan, qparams, config, corrections)
@@ -185,7 +185,7 @@ def quantize(
                           node_of, corrections)
     if fallback is not None:
         quantized = _verified(quantized, full_plan, node_of, imported.node_op_types, corrections, eval_data,
-                              accuracy_target)
+                              reference, accuracy_target)
     return quantized
 
 
@@ -250,15 +250,21 @@ def _run_all(run, samples, extra=()) -> list[list[np.ndarray]]:
     return [run([*sample, *extra]) for sample in samples]
 
 
+def _in_parameter_order(fp32, samples) -> list[list[np.ndarray]]:
+    """Each sample's arrays in the order of `main`'s parameters."""
+    names = [p.name for p in fp32["main"].params]
+    return [[sample[name] for name in names] for sample in samples]
+
+
 def _search_fallback(fp32, plan, qparams, config, corrections, node_of, op_types, eval_data,
-                     target: AccuracyTarget) -> FallbackResult:
-    """The accuracy search on the fake-quant module with switches (one compilation)."""
+                     target: AccuracyTarget) -> tuple[FallbackResult, list]:
+    """The accuracy search on the fake-quant module with switches (one compilation); also the
+    fp32 outputs on the samples (all switches 0), which the integer model is checked against."""
     from .passes.calibrate import host_runner
 
     switched, _ = insert_qdq(fp32, plan, qparams, config, corrections, switches=True)
     run = host_runner(switched, host_target())
-    names = [p.name for p in fp32["main"].params]
-    samples = [[sample[name] for name in names] for sample in eval_data]
+    samples = _in_parameter_order(fp32, eval_data)
     reference = _run_all(run, samples, [np.zeros(len(plan.ops) + len(plan.observer_keys), np.float32)])
     metric = target.function()
     cache: dict[frozenset, tuple[float, float]] = {}
@@ -275,7 +281,7 @@ def _search_fallback(fp32, plan, qparams, config, corrections, node_of, op_types
              len(candidates))
     result = search_fallback(evaluate, candidates, target)
     result.samples = len(samples)
-    return result
+    return result, reference
 
 
 # How many more ops the search may return to fp32 when the integer model misses a target the
@@ -283,17 +289,15 @@ def _search_fallback(fp32, plan, qparams, config, corrections, node_of, op_types
 _MAX_EXTRA_FALLBACK = 4
 
 
-def _verified(q: Quantized, full_plan: AnnotationPlan, node_of, op_types, corrections, eval_data,
+def _verified(q: Quantized, full_plan: AnnotationPlan, node_of, op_types, corrections, eval_data, reference,
               target: AccuracyTarget) -> Quantized:
-    """Measure the realized integer model on the evaluation samples; where it misses the target,
-    keep the next most sensitive ops of `full_plan` (everything quantized) in fp32 too (at most
-    _MAX_EXTRA_FALLBACK)."""
-    fp32 = q.fp32
+    """Measure the realized integer model on the evaluation samples against the fp32 outputs
+    `reference`; where it misses the target, keep the next most sensitive ops of `full_plan`
+    (everything quantized) in fp32 too (at most _MAX_EXTRA_FALLBACK)."""
     from .passes.calibrate import host_runner
 
-    names = [p.name for p in fp32["main"].params]
-    samples = [[sample[name] for name in names] for sample in eval_data]
-    reference = _run_all(host_runner(fp32, host_target()), samples)
+    fp32 = q.fp32
+    samples = _in_parameter_order(fp32, eval_data)
     metric = target.function()
     result = q.accuracy
     extra = fallback_order(result, _candidates(full_plan))[:_MAX_EXTRA_FALLBACK]

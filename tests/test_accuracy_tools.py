@@ -3,6 +3,7 @@ HTML report, each against an independent reference (onnxruntime, numpy, construc
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -247,7 +248,7 @@ def test_equalized_relu6_clamps_per_channel_in_integers_and_in_the_qdq_export(tm
     assert gain > 1.0  # measured 2.8 dB
     qdq = onnx.load(qcompiler.export_qdq(model, calib, tmp_path / "eq.qdq.onnx", config=config))
     assert [n.op_type for n in qdq.graph.node if "Linear" not in n.op_type] == ["Conv", "Relu", "Min", "Conv", "Relu", "Conv"]
-    report = __import__("json").loads((tmp_path / "r.json").read_text())
+    report = json.loads((tmp_path / "r.json").read_text())
     step = next(layer["scale"] for layer in report["layers"] if layer["name"] == "conv3")
     for s in evaluation:
         assert np.abs(ort_run(qdq, s)["y"] - equalized.run(s)["y"]).max() <= step * 1.001
@@ -270,7 +271,7 @@ def test_export_qdq_runs_in_onnxruntime_and_agrees_with_the_artifact(tmp_path):
     config = qcompiler.QConfig(bias_correction=True)
     so = qcompiler.compile(tmp_path / "chain.onnx", quantize="int8", calib=tmp_path / "calib.npz", config=config,
                            report=tmp_path / "r.json").export(tmp_path / "chain.so")
-    report = __import__("json").loads((tmp_path / "r.json").read_text())
+    report = json.loads((tmp_path / "r.json").read_text())
     step = next(layer["scale"] for layer in report["layers"] if layer["name"] == "conv3")
     model_so = qcompiler.load(so)
     for s in samples((1, 3, 16, 16), 4, seed=5):
