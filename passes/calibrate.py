@@ -21,6 +21,7 @@ from qcompiler.errors import QCompilerError
 from qcompiler.runtime import default_num_threads
 
 from .annotate import AnnotationPlan, observed_module
+from .input_grid import InputGrid
 from .observers import make_observer, observed_range
 from .qconfig import QConfig, QParams, activation_qparams
 
@@ -90,8 +91,10 @@ def run_observers(
     return CalibrationResult(ranges, count, sum(obs.state_bytes() for obs in observers.values()))
 
 
-def save_cache(path: str | Path, result: CalibrationResult, model_sha256: str, config: QConfig) -> None:
-    """Write the calibration cache atomically."""
+def save_cache(path: str | Path, result: CalibrationResult, model_sha256: str, config: QConfig,
+               input_grids: list[dict] = ()) -> None:
+    """Write the calibration cache atomically (with the input grids the ranges were calibrated
+    with, passes/input_grid.py)."""
     path = Path(path)
     payload = {
         "format": CACHE_FORMAT,
@@ -99,11 +102,22 @@ def save_cache(path: str | Path, result: CalibrationResult, model_sha256: str, c
         "config": config.fingerprint(),
         "samples": result.samples,
         "ranges": {key: [lo, hi] for key, (lo, hi) in result.ranges.items()},
+        "input_grids": list(input_grids),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def cached_input_grids(path: str | Path) -> list[InputGrid]:
+    """The input grids a calibration cache was made with ([] where it holds none or is unreadable:
+    load_cache reports what is wrong with it)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+        return [InputGrid.from_json(grid) for grid in payload.get("input_grids", [])]
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def load_cache(path: str | Path, plan: AnnotationPlan, model_sha256: str, config: QConfig) -> CalibrationResult:

@@ -56,6 +56,10 @@ class QConfig:
     (passes/adaround.py, `seed` picks its samples); `bias_correction` removes the mean shift
     that quantizing the weights and the input adds to each conv/matmul output
     (passes/bias_correction.py).
+
+    `input_grid` (on by default, uint8 activations): a float input whose calibration values lie
+    on an 8-bit grid per channel (images normalized per channel) and that feeds one convolution
+    is quantized on that grid, without loss (passes/input_grid.py).
     """
 
     activation_dtype: ActivationDType = ActivationDType.UINT8
@@ -70,6 +74,7 @@ class QConfig:
     equalization: bool = False
     adaround: bool = False
     bias_correction: bool = False
+    input_grid: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -90,6 +95,7 @@ class QConfig:
             "num_samples": self.num_samples,
             "holdout": self.holdout,
             "equalization": self.equalization,
+            "input_grid": self.input_grid,
         }
 
 

@@ -48,6 +48,7 @@ def _qconfig(args, model_path: str):
             bias_correction=getattr(args, "bias_correction", False),
             adaround=getattr(args, "adaround", False),
             seed=getattr(args, "seed", 0),
+            input_grid=not getattr(args, "no_input_grid", False),
         )
     except ValueError as err:
         raise QCompilerError(str(err)) from None
@@ -136,6 +137,8 @@ def _add_calibration(q) -> None:
     q.add_argument("--skip", action="append", default=[], metavar="NAME_OR_OPTYPE",
                    help="keep an ONNX node (by name) or every node of an op type in fp32 (repeatable)")
     q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration ranges from FILE, or write them there")
+    q.add_argument("--no-input-grid", action="store_true",
+                   help="quantize model inputs per tensor even where their values lie on an 8-bit grid per channel")
     q.add_argument("--equalize", action="store_true",
                    help="cross-layer equalization of conv/matmul pairs joined by ReLU or ReLU6 (before calibration)")
     q.add_argument("--bias-correction", action="store_true",

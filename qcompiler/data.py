@@ -12,6 +12,7 @@ with exactly the model's input shape and dtype, checked as it is read:
 
 from __future__ import annotations
 
+import itertools
 import os
 import tokenize
 import zipfile
@@ -157,11 +158,13 @@ class CalibrationData:
             return
         total = len(self._files) if self._files is not None else len(self._samples)
         split = total - self.keep if total > self.keep else total
-        read = (lambda i: _read_sample_file(self._files[i], self.inputs)) if self._files is not None \
-            else (lambda i: self._samples[i])
-        self.holdout = [read(i) for i in range(split if split < total else 0, total)]
+        self.holdout = [self._read(i) for i in range(split if split < total else 0, total)]
         for index in range(self.used):
-            yield read(index)
+            yield self._read(index)
+
+    def _read(self, index: int) -> dict[str, np.ndarray]:
+        """Sample `index` of a directory or an .npz file."""
+        return _read_sample_file(self._files[index], self.inputs) if self._files is not None else self._samples[index]
 
     def _stream(self) -> Iterator[dict[str, np.ndarray]]:
         """An iterable's samples: each yielded once `keep` later ones are seen (a sample among
@@ -182,6 +185,17 @@ class CalibrationData:
             raise QCompilerError(f"{self.where} has no samples")
         if not yielded:
             yield from self.holdout[: self.limit]
+
+    def peek(self, count: int) -> list[dict[str, np.ndarray]]:
+        """The first `count` samples of the data (calibration's own where it has more than
+        `count` + `keep`), without consuming them: an iterable's are read ahead and yielded
+        again by the iteration."""
+        if self._iterable is None:
+            return [self._read(i) for i in range(min(count, self.used))]
+        source = iter(self._iterable)
+        ahead = list(itertools.islice(source, count))
+        self._iterable = itertools.chain(ahead, source)
+        return [_checked(sample, index, self.inputs) for index, sample in enumerate(ahead)]
 
     def read_holdout(self) -> list[dict[str, np.ndarray]]:
         """`holdout`, reading the data through where calibration does not (a calibration cache)."""

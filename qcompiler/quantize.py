@@ -21,12 +21,13 @@ from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
 from .passes.adaround import adaround_weights
 from .passes.bias_correction import InputMeans, bias_corrections
-from .passes.calibrate import CalibrationResult, load_cache, run_observers, save_cache
+from .passes.calibrate import CalibrationResult, cached_input_grids, load_cache, run_observers, save_cache
 from .passes.dynamic import DynamicStats, quantize_dynamic
 from .passes.equalize import equalize
 from .passes.graph import FunctionView, op_name
+from .passes.input_grid import DETECTION_SAMPLES, GRID_RANGE, align_grid, detect_grid
 from .passes.layout import channels_last
-from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, QConfig
+from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, ActivationDType, QConfig
 from .passes.realize import RealizeStats, realize
 from .passes.reduced_precision import to_bf16, to_fp16
 from .passes.simulate import Corrections, insert_qdq, switch_values
@@ -52,6 +53,7 @@ class Quantized:
     accuracy: FallbackResult | None = None
     node_of: dict = field(default_factory=dict)  # bound var of `fp32` → ONNX node
     corrections: Corrections = field(default_factory=Corrections)
+    input_grids: list = field(default_factory=list)  # InputGrid of each input quantized on its grid
 
     @property
     def prequantized(self) -> bool:
@@ -76,6 +78,7 @@ class Quantized:
                 quantized_layers=len(self.plan.ops),
                 skipped=[name for name, _ in self.plan.skipped],
                 int8_mac_fraction=quantized_macs / self.plan.total_macs if self.plan.total_macs else 0.0,
+                input_grids=[grid.to_json() for grid in self.input_grids],
             )
         if self.accuracy is not None:
             summary["accuracy_target"] = self.accuracy.to_json()
@@ -123,15 +126,17 @@ def quantize(
             log.info("equalization: after %s refused: %s before the next layer is not scale-equivariant "
                      "(only ReLU and ReLU6 are)", node_of.get(first, first.name), op)
 
+    cache = Path(calib_cache) if calib_cache else None
+    data = CalibrationData(calib, imported.inputs, config.holdout, config.num_samples) if calib is not None else None
+    fp32, grids = _aligned_input_grids(fp32, imported, config, data, cache)
+
     plan = annotate(fp32, config, node_of, imported.node_op_types)
     if not plan.ops:
         raise QCompilerError("nothing to quantize: the model has no conv, matmul or other quantizable op "
                              "(or all of them are skipped)")
     log.info("annotate: %d ops to int8, %d observed tensors, %d skipped", len(plan.ops), len(plan.observer_keys),
              len(plan.skipped))
-    cache = Path(calib_cache) if calib_cache else None
     kept_samples: list = []  # the first calibration samples, for AdaRound and bias correction
-    data = CalibrationData(calib, imported.inputs, config.holdout, config.num_samples) if calib is not None else None
     if cache is not None and cache.exists():
         calibration = load_cache(cache, plan, imported.source_sha256, config)
         log.info("calibrate: using cache %s (%d samples)", cache, calibration.samples)
@@ -150,7 +155,10 @@ def quantize(
         log.info("calibrate: %d samples, %d observers, statistics %.1f KB", calibration.samples,
                  len(calibration.ranges), calibration.statistics_bytes / 1024)
         if cache is not None:
-            save_cache(cache, calibration, imported.source_sha256, config)
+            save_cache(cache, calibration, imported.source_sha256, config, [grid.to_json() for grid, _ in grids])
+    for _, index in grids:  # the grid index is exact in uint8 with scale 1, zero point 128
+        if index in plan.keys:
+            calibration.ranges[plan.keys[index]] = GRID_RANGE
     qparams = calibration.qparams(config)
     corrections = Corrections()
     if (config.adaround or config.bias_correction) and not kept_samples and data is not None:  # a cache was used
@@ -182,11 +190,35 @@ def quantize(
     log.info("realize: integer %s; float %s; %d requantizations", stats.integer_ops, stats.float_ops or "none",
              stats.requantize)
     quantized = Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout, fallback,
-                          node_of, corrections)
+                          node_of, corrections, [grid for grid, _ in grids])
     if fallback is not None:
         quantized = _verified(quantized, full_plan, node_of, imported.node_op_types, corrections, eval_data,
                               reference, accuracy_target)
     return quantized
+
+
+def _aligned_input_grids(fp32, imported: ImportedModel, config: QConfig, data, cache: Path | None):
+    """`fp32` with each model input on an 8-bit grid quantized on that grid (passes/input_grid.py),
+    and the (grid, grid index var) of each. The grids come from a calibration cache where one is
+    used (the ranges it holds were calibrated with them), else from the first calibration samples."""
+    if not config.input_grid or config.activation_dtype is not ActivationDType.UINT8:
+        return fp32, []
+    if cache is not None and cache.exists():
+        grids = cached_input_grids(cache)
+    elif data is not None:
+        samples = data.peek(DETECTION_SAMPLES)
+        grids = [grid for spec in imported.inputs
+                 if (grid := detect_grid(spec.name, [sample[spec.name] for sample in samples])) is not None]
+    else:
+        return fp32, []
+    aligned = []
+    for grid in grids:
+        fp32, index = align_grid(fp32, grid)
+        if index is not None:
+            aligned.append((grid, index))
+            log.info("input %s lies on an 8-bit grid per channel (steps %s): quantized on it, without loss",
+                     grid.name, ", ".join(f"{s:.4g}" for s in grid.step))
+    return fp32, aligned
 
 
 # Calibration samples AdaRound draws its input rows from (passes/adaround.py), and bias
