@@ -92,7 +92,7 @@ def _chain(view: FunctionView, first: Layer):
         layer = _layer(view, user)
         if layer is not None:
             return (bias, clip, layer) if view.value[user].args[0].same_as(current) else None
-        if name == "relax.add" and bias is None and not activated and _constant_other(view, user, current) is not None:
+        if name == "relax.add" and bias is None and not activated and view.other_constant(user, current) is not None:
             bias = user
         elif name == "relax.nn.relu" and not activated:
             activated = True
@@ -125,12 +125,6 @@ def _elementwise_region(view: FunctionView, start) -> str | None:
             else:
                 return None
     return ", ".join(dict.fromkeys(ops)) if len(exits) == 1 and ops else None
-
-
-def _constant_other(view: FunctionView, add_var, operand):
-    args = view.value[add_var].args
-    other = args[1] if args[0].same_as(operand) else args[0]
-    return view.constant(other)
 
 
 def _input_channel_ranges(layer: Layer, weight: np.ndarray) -> np.ndarray:
@@ -183,7 +177,7 @@ def equalize(mod: tvm.IRModule, iterations: int = 4) -> tuple[tvm.IRModule, Equa
             weights[first.var] = (w1 / scales.reshape(shape)).astype(np.float32)
             weights[second.var] = _scale_input_channels(second, w2, scales).astype(np.float32)
             if bias is not None:
-                b = weights.get(bias, _constant_other(view, bias, first.var)).astype(np.float64)
+                b = weights.get(bias, view.other_constant(bias, first.var)).astype(np.float64)
                 weights[bias] = (b / scales.reshape(b.shape) if b.size == scales.size else b).astype(np.float32)
             if clip is not None:  # clip(z, 0, c) · s = min(relu(z · s), c · s) per channel
                 c = bounds.get(clip, np.full(scales.size, _relu6_bound(view.value[clip])))
@@ -217,7 +211,7 @@ def _with_constants(mod: tvm.IRModule, view: FunctionView, new: dict, bounds: di
             if op_name(call) in _LAYERS:
                 args[1] = const(new[var])
             else:  # the bias add: replace its constant operand
-                index = 1 if view.constant(call.args[1]) is not None else 0
+                index = view.constant_index(var)
                 args[index] = const(new[var].reshape(view.constant(call.args[index]).shape))
             value = self.builder_.normalize(relax.Call(call.op, args, call.attrs, call.ty_args))
             self.builder_.emit_normalized(relax.VarBinding(var, value))

@@ -104,6 +104,16 @@ class FunctionView:
         return None
 
 
+    def other_constant(self, var, operand) -> np.ndarray | None:
+        """The value of binary op `var`'s operand beside `operand`, if it is a constant."""
+        args = self.value[var].args
+        return self.constant(args[1] if args[0].same_as(operand) else args[0])
+
+    def constant_index(self, var) -> int:
+        """Which argument of binary op `var` is the constant one (1 where both could be)."""
+        return 1 if self.constant(self.value[var].args[1]) is not None else 0
+
+
 def _var_args(expr):
     if isinstance(expr, relax.Var):
         return [expr]

@@ -17,10 +17,9 @@ rewrites the graph so that the quantized tensor is the grid index itself, exactl
 u quantized as uint8 with scale 1 and zero point 128 (calibration range `GRID_RANGE`) is exact
 on every real value; only the padding ring, where u = −origin/step − 128, is rounded. Centring
 u on 0 keeps the weights' rounding error from meeting a large mean (pixel indices average ~128),
-which would shift every output channel. The pad and the
-per-channel multiply-add run in float on the input, fused with its quantization. Inputs whose
-values are not on a grid of at most 256 levels (random data, 16-bit images, resized in float)
-are left alone.
+which would shift every output channel. The pad and the per-channel multiply-add run in float
+on the input, fused with its quantization. Inputs whose values are not on a grid of at most 256
+levels (random data, 16-bit images, resized in float) are left alone.
 """
 
 from __future__ import annotations
@@ -124,10 +123,8 @@ def align_grid(mod: tvm.IRModule, grid: InputGrid) -> tuple[tvm.IRModule, relax.
     bias_add = view.single_user(conv)
     bias = None
     if op_name(view.value.get(bias_add)) == "relax.add":
-        args = view.value[bias_add].args
-        other = args[1] if args[0].same_as(conv) else args[0]
-        bias = view.constant(other)
-        if bias is None or bias.size != offset.size:
+        bias = view.other_constant(bias_add, conv)
+        if bias is not None and bias.size != offset.size:
             bias = None
     out_shape = [1] * len(shape_of(conv))
     out_shape[out_axis] = -1
@@ -164,7 +161,7 @@ def align_grid(mod: tvm.IRModule, grid: InputGrid) -> tuple[tvm.IRModule, relax.
                 return
             if bias is not None and var.same_as(bias_add):
                 args = [self.visit_expr(a) for a in call.args]
-                index = 1 if view.constant(call.args[1]) is not None else 0
+                index = view.constant_index(var)
                 args[index] = const((bias.astype(np.float64) + offset.reshape(bias.shape)).astype(np.float32))
                 self.builder_.emit_normalized(relax.VarBinding(
                     var, self.builder_.normalize(relax.Call(call.op, args, call.attrs, call.ty_args))))
