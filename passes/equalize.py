@@ -9,7 +9,10 @@ max |W1[c]| of the first layer's output channel c and r2_c = max |W2[:, c]| of t
 input channel c, s_c = sqrt(r1_c / r2_c) makes both sqrt(r1_c · r2_c): channels whose weights
 were tiny next to their neighbours' (which per-tensor scales, and the activation between,
 round away) get the same range. Pairs are equalized in graph order, `iterations` times, so a
-layer between two pairs settles between both.
+layer between two pairs settles between both (`find_pairs`). `apply_pairs` rescales the pairs
+a caller accepts: the pipeline keeps those that lower the quantization noise predicted on
+calibration data (passes/equalize_noise.py), since with per-channel weights the rescaling can
+only move noise between the activation and the second layer's weights.
 
 Only a direct chain qualifies: the first layer's output (after an optional constant bias add)
 feeds, through at most one ReLU or ReLU6 and with no other user, the second layer alone.
@@ -23,6 +26,7 @@ constants change), so the ONNX node of each binding is still known afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +57,7 @@ class Layer:
 class EqualizationResult:
     pairs: list[tuple[relax.Var, relax.Var]] = field(default_factory=list)  # (first, second) layers equalized
     refused: list[tuple[relax.Var, str]] = field(default_factory=list)  # (first layer, the op in the way)
+    unchanged: list[tuple[relax.Var, relax.Var]] = field(default_factory=list)  # pairs not accepted
 
 
 def _layer(view: FunctionView, var) -> Layer | None:
@@ -136,7 +141,8 @@ def _input_channel_ranges(layer: Layer, weight: np.ndarray) -> np.ndarray:
     return per_out.reshape(groups, outputs // groups, per_group).max(axis=1).reshape(-1)
 
 
-def _scale_input_channels(layer: Layer, weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
+def scale_input_channels(layer: Layer, weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """`weight` with input channel c (over all groups) multiplied by scales[c]."""
     w = np.moveaxis(weight, (layer.out_axis, layer.in_axis), (0, 1)).copy()
     outputs, per_group = w.shape[:2]
     groups = layer.groups
@@ -145,13 +151,24 @@ def _scale_input_channels(layer: Layer, weight: np.ndarray, scales: np.ndarray) 
     return np.moveaxis(w, (0, 1), (layer.out_axis, layer.in_axis))
 
 
-def equalize(mod: tvm.IRModule, iterations: int = 4) -> tuple[tvm.IRModule, EqualizationResult]:
-    """`mod` with every qualifying pair of `main` equalized (see the module docstring)."""
+@dataclass
+class Pair:
+    """Two layers joined by a scale-equivariant chain, and the classic scales of their channels."""
+
+    first: Layer
+    bias: relax.Var | None  # the first layer's bias add
+    clip: relax.Var | None  # its ReLU6 (clip(0, c))
+    second: Layer
+    middle: relax.Var  # the tensor the second layer reads
+    scales: np.ndarray  # s per middle channel: W1[c] / s_c, W2[:, c] · s_c (float64)
+
+
+def find_pairs(mod: tvm.IRModule, iterations: int = 4) -> tuple[list[Pair], list[tuple[relax.Var, str]]]:
+    """The qualifying pairs of `main` in graph order with their scales (each pair equalized in
+    turn, `iterations` times, all pairs applied), and the refused ones (first layer, the op in
+    the way)."""
     view = FunctionView(mod["main"])
-    weights: dict = {}  # var → new weight (layers) or new bias (bias adds)
-    bounds: dict = {}  # clip(0, c) var → per-channel upper bounds after rescaling
-    result = EqualizationResult()
-    pairs = []
+    pairs, refused = [], []
     for binding in view.bindings:
         first = _layer(view, binding.var)
         chain = _chain(view, first) if first is not None else None
@@ -159,36 +176,76 @@ def equalize(mod: tvm.IRModule, iterations: int = 4) -> tuple[tvm.IRModule, Equa
             continue
         bias, clip, second = chain
         if isinstance(second, str):
-            result.refused.append((first.var, second))
+            refused.append((first.var, second))
             continue
         channels = first.weight.shape[first.out_axis]
         if second.weight.shape[second.in_axis] * second.groups != channels:
             continue
-        pairs.append((first, bias, clip, second))
+        middle = view.value[second.var].args[0]
+        pairs.append(Pair(first, bias, clip, second, middle, np.ones(channels)))
+    weights = {}
     for _ in range(iterations):
-        for first, bias, clip, second in pairs:
-            w1 = weights.get(first.var, first.weight).astype(np.float64)
-            w2 = weights.get(second.var, second.weight).astype(np.float64)
-            r1 = np.abs(np.moveaxis(w1, first.out_axis, 0)).reshape(w1.shape[first.out_axis], -1).max(axis=1)
-            r2 = _input_channel_ranges(second, w2)
+        for pair in pairs:
+            w1 = weights.get(pair.first.var, pair.first.weight.astype(np.float64))
+            w2 = weights.get(pair.second.var, pair.second.weight.astype(np.float64))
+            r1 = np.abs(np.moveaxis(w1, pair.first.out_axis, 0)).reshape(w1.shape[pair.first.out_axis], -1).max(axis=1)
+            r2 = _input_channel_ranges(pair.second, w2)
             scales = np.where((r1 > 0) & (r2 > 0), np.sqrt(r1 / np.where(r2 > 0, r2, 1.0)), 1.0)
-            shape = [1] * w1.ndim
-            shape[first.out_axis] = -1
-            weights[first.var] = (w1 / scales.reshape(shape)).astype(np.float32)
-            weights[second.var] = _scale_input_channels(second, w2, scales).astype(np.float32)
-            if bias is not None:
-                b = weights.get(bias, view.other_constant(bias, first.var)).astype(np.float64)
-                weights[bias] = (b / scales.reshape(b.shape) if b.size == scales.size else b).astype(np.float32)
-            if clip is not None:  # clip(z, 0, c) · s = min(relu(z · s), c · s) per channel
-                c = bounds.get(clip, np.full(scales.size, _relu6_bound(view.value[clip])))
-                bounds[clip] = c / scales
-    result.pairs = [(first.var, second.var) for first, _, _, second in pairs]
-    for first, _, clip, _ in pairs:
-        if clip is not None:
-            shape = [1] * len(shape_of(clip))
+            weights[pair.first.var] = scale_output_channels(pair.first, w1, scales)
+            weights[pair.second.var] = scale_input_channels(pair.second, w2, scales)
+            pair.scales = pair.scales * scales
+    return pairs, refused
+
+
+def scale_output_channels(layer: Layer, weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """`weight` with output channel c divided by scales[c]."""
+    shape = [1] * weight.ndim
+    shape[layer.out_axis] = -1
+    return weight / scales.reshape(shape)
+
+
+def equalize(mod: tvm.IRModule, iterations: int = 4,
+             accepted: Sequence[bool] | None = None) -> tuple[tvm.IRModule, EqualizationResult]:
+    """`mod` with the qualifying pairs of `main` equalized (see the module docstring): all of
+    them, or those `accepted` marks (one flag per pair of `find_pairs`, in its order)."""
+    pairs, refused = find_pairs(mod, iterations)
+    flags = _flags(pairs, accepted)
+    result = EqualizationResult(refused=refused)
+    for pair, keep in zip(pairs, flags):
+        (result.pairs if keep else result.unchanged).append((pair.first.var, pair.second.var))
+    return apply_pairs(mod, pairs, flags), result
+
+
+def _flags(pairs: list[Pair], accepted: Sequence[bool] | None) -> list[bool]:
+    if accepted is None:
+        return [True] * len(pairs)
+    if len(accepted) != len(pairs):
+        raise ValueError(f"{len(accepted)} equalization flags for {len(pairs)} pairs")
+    return [bool(flag) for flag in accepted]
+
+
+def apply_pairs(mod: tvm.IRModule, pairs: list[Pair], accepted: Sequence[bool] | None = None) -> tvm.IRModule:
+    """`mod` with each accepted pair's scales applied: W1 rows, its bias and ReLU6 bound divided
+    by s, W2's input channels multiplied by it."""
+    view = FunctionView(mod["main"])
+    weights: dict = {}  # var → new weight (layers) or new bias (bias adds)
+    bounds: dict = {}  # clip(0, c) var → per-channel upper bounds after rescaling
+    for pair, keep in zip(pairs, _flags(pairs, accepted)):
+        if not keep:
+            continue
+        first, second, scales = pair.first, pair.second, pair.scales
+        weights[first.var] = scale_output_channels(first, weights.get(first.var, first.weight.astype(np.float64)), scales)
+        weights[second.var] = scale_input_channels(second, weights.get(second.var, second.weight.astype(np.float64)),
+                                                   scales)
+        if pair.bias is not None:
+            b = view.other_constant(pair.bias, first.var).astype(np.float64)
+            weights[pair.bias] = b / scales.reshape(b.shape) if b.size == scales.size else b
+        if pair.clip is not None:  # clip(z, 0, c) · s = min(relu(z · s), c · s) per channel
+            shape = [1] * len(shape_of(pair.clip))
             shape[first.output_channel_axis] = -1
-            bounds[clip] = bounds[clip].reshape(shape).astype(np.float32)
-    return (_with_constants(mod, view, weights, bounds) if weights else mod), result
+            bounds[pair.clip] = (_relu6_bound(view.value[pair.clip]) / scales).reshape(shape).astype(np.float32)
+    weights = {var: w.astype(np.float32) for var, w in weights.items()}
+    return _with_constants(mod, view, weights, bounds) if weights else mod
 
 
 def _with_constants(mod: tvm.IRModule, view: FunctionView, new: dict, bounds: dict) -> tvm.IRModule:

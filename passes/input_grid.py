@@ -6,8 +6,10 @@ p ∈ {0, …, 255}, lies on a grid per channel: x = origin_c + step_c · k, k a
 offsets, so quantizing x re-rounds every pixel by up to half a step, noise the network then
 amplifies (on EfficientNet-Lite0 with ImageNet normalization, the input's quantization alone
 brings the logits' SQNR to 24 dB). Where the calibration samples of a float input lie on such
-a grid (`detect_grid`) and the input feeds one 2-D convolution (groups 1) alone, `align_grid`
-rewrites the graph so that the quantized tensor is the grid index itself, exactly in fp32:
+a grid (`detect_grid`, along the axis that becomes the convolution's channels: 1 for NCHW, 3
+for an NHWC input transposed on its way, `grid_channel_axis`) and the input feeds one 2-D
+convolution (groups 1) alone, `align_grid` rewrites the graph so that the quantized tensor is
+the grid index itself, exactly in fp32:
 
     conv(x, W, padding P) + b  =  conv(u, W', padding 0) + b'
     u  = (pad(x, P, 0) − origin) / step − 128   the grid index k − 128 on real values
@@ -86,24 +88,50 @@ def detect_grid(name: str, arrays: list[np.ndarray], axis: int = 1) -> InputGrid
     return InputGrid(name, axis, tuple(origins), tuple(steps))
 
 
+def _feeding_conv(view: FunctionView, param: relax.Var):
+    """(the conv's data tensor, the conv, the permutation between: axis i of the data tensor is
+    axis axes[i] of `param`) where `param` feeds one 2-D convolution with groups 1 alone,
+    directly or through permute_dims (an NHWC model's Transpose, channels_last's transform);
+    else None."""
+    tensor, axes = param, None
+    user = view.single_user(tensor)
+    value = view.value.get(user)
+    while op_name(value) == "relax.permute_dims" and value.attrs.axes is not None:
+        step = [int(a) for a in value.attrs.axes]
+        axes = [axes[a] for a in step] if axes is not None else step
+        tensor = user
+        user = view.single_user(tensor)
+        value = view.value.get(user)
+    if op_name(value) != "relax.nn.conv2d" or not value.args[0].same_as(tensor) or int(value.attrs.groups) != 1:
+        return None
+    return tensor, user, axes
+
+
+def grid_channel_axis(mod: tvm.IRModule, name: str) -> int | None:
+    """The axis of input `name` that becomes the channel axis of the convolution it alone feeds
+    (1 for NCHW, 3 for an NHWC input), or None where it feeds anything else."""
+    view = FunctionView(mod["main"])
+    param = next((p for p in mod["main"].params if p.name == name), None)
+    found = _feeding_conv(view, param) if param is not None else None
+    if found is None:
+        return None
+    _, conv, axes = found
+    axis = conv_channel_axis(view.value[conv])
+    return None if axis is None else (axes[axis] if axes is not None else axis)
+
+
 def align_grid(mod: tvm.IRModule, grid: InputGrid) -> tuple[tvm.IRModule, relax.Var | None]:
     """`mod` rewritten so that the grid index u of input `grid.name` feeds its convolution (see
     the module docstring), and u's var; (`mod`, None) where the input is used otherwise."""
     view = FunctionView(mod["main"])
     param = next((p for p in mod["main"].params if p.name == grid.name), None)
-    if param is None:
+    found = _feeding_conv(view, param) if param is not None else None
+    if found is None:
         return mod, None
-    tensor, channel_axis = param, grid.axis
-    user = view.single_user(tensor)
-    value = view.value.get(user)
-    if op_name(value) == "relax.permute_dims" and value.attrs.axes is not None:  # channels_last's transform
-        channel_axis = [int(a) for a in value.attrs.axes].index(grid.axis)
-        tensor = user
-        user = view.single_user(tensor)
-        value = view.value.get(user)
-    if op_name(value) != "relax.nn.conv2d" or not value.args[0].same_as(tensor) or int(value.attrs.groups) != 1:
-        return mod, None
+    tensor, user, axes = found
+    value = view.value[user]
     out_axis = conv_channel_axis(value)
+    channel_axis = axes.index(grid.axis) if axes is not None else grid.axis
     weight = view.constant(value.args[1])
     layout = str(value.attrs.kernel_layout)
     if out_axis is None or weight is None or weight.dtype != np.float32 or channel_axis != out_axis:

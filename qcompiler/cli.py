@@ -140,7 +140,8 @@ def _add_calibration(q) -> None:
     q.add_argument("--no-input-grid", action="store_true",
                    help="quantize model inputs per tensor even where their values lie on an 8-bit grid per channel")
     q.add_argument("--equalize", action="store_true",
-                   help="cross-layer equalization of conv/matmul pairs joined by ReLU or ReLU6 (before calibration)")
+                   help="cross-layer equalization of conv/matmul pairs joined by ReLU or ReLU6, each where it lowers "
+                        "the quantization noise predicted on the first calibration samples")
     q.add_argument("--bias-correction", action="store_true",
                    help="remove the mean output shift that quantization adds to each conv/matmul (from calibration data)")
     q.add_argument("--adaround", action="store_true",

@@ -21,11 +21,13 @@ from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
 from .passes.adaround import adaround_weights
 from .passes.bias_correction import InputMeans, bias_corrections
-from .passes.calibrate import CalibrationResult, cached_input_grids, load_cache, run_observers, save_cache
+from .passes.calibrate import (CalibrationResult, cached_equalization, cached_input_grids, load_cache, run_observers,
+                               save_cache)
 from .passes.dynamic import DynamicStats, quantize_dynamic
-from .passes.equalize import equalize
+from .passes.equalize import apply_pairs, find_pairs
+from .passes.equalize_noise import choose, measure
 from .passes.graph import FunctionView, op_name
-from .passes.input_grid import DETECTION_SAMPLES, GRID_RANGE, align_grid, detect_grid
+from .passes.input_grid import DETECTION_SAMPLES, GRID_RANGE, align_grid, detect_grid, grid_channel_axis
 from .passes.layout import channels_last
 from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, ActivationDType, QConfig
 from .passes.realize import RealizeStats, realize
@@ -54,6 +56,7 @@ class Quantized:
     node_of: dict = field(default_factory=dict)  # bound var of `fp32` → ONNX node
     corrections: Corrections = field(default_factory=Corrections)
     input_grids: list = field(default_factory=list)  # InputGrid of each input quantized on its grid
+    equalization: list[bool] | None = None  # per equalization pair, whether it was rescaled (None: off)
 
     @property
     def prequantized(self) -> bool:
@@ -80,6 +83,8 @@ class Quantized:
                 int8_mac_fraction=quantized_macs / self.plan.total_macs if self.plan.total_macs else 0.0,
                 input_grids=[grid.to_json() for grid in self.input_grids],
             )
+            if self.equalization is not None:
+                summary["equalization"] = {"pairs": len(self.equalization), "rescaled": sum(self.equalization)}
         if self.accuracy is not None:
             summary["accuracy_target"] = self.accuracy.to_json()
         return summary
@@ -119,15 +124,11 @@ def quantize(
     # consecutive int8 ops need no layout transform between them.
     fp32, renamed = channels_last(relax.transform.FoldConstant()(imported.mod))
     node_of = {renamed[var]: node for var, node in onnx_node_of(imported).items() if var in renamed}
-    if config.equalization:
-        fp32, equalized = equalize(fp32)
-        log.info("equalization: %d pairs of layers rescaled", len(equalized.pairs))
-        for first, op in equalized.refused:
-            log.info("equalization: after %s refused: %s before the next layer is not scale-equivariant "
-                     "(only ReLU and ReLU6 are)", node_of.get(first, first.name), op)
-
     cache = Path(calib_cache) if calib_cache else None
     data = CalibrationData(calib, imported.inputs, config.holdout, config.num_samples) if calib is not None else None
+    equalized: list[bool] | None = None
+    if config.equalization:
+        fp32, equalized = _equalized(fp32, imported, config, data, cache, node_of)
     fp32, grids = _aligned_input_grids(fp32, imported, config, data, cache)
 
     plan = annotate(fp32, config, node_of, imported.node_op_types)
@@ -155,7 +156,8 @@ def quantize(
         log.info("calibrate: %d samples, %d observers, statistics %.1f KB", calibration.samples,
                  len(calibration.ranges), calibration.statistics_bytes / 1024)
         if cache is not None:
-            save_cache(cache, calibration, imported.source_sha256, config, [grid.to_json() for grid, _ in grids])
+            save_cache(cache, calibration, imported.source_sha256, config, [grid.to_json() for grid, _ in grids],
+                       equalized)
     for _, index in grids:  # the grid index is exact in uint8 with scale 1, zero point 128
         if index in plan.keys:
             calibration.ranges[plan.keys[index]] = GRID_RANGE
@@ -190,11 +192,34 @@ def quantize(
     log.info("realize: integer %s; float %s; %d requantizations", stats.integer_ops, stats.float_ops or "none",
              stats.requantize)
     quantized = Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout, fallback,
-                          node_of, corrections, [grid for grid, _ in grids])
+                          node_of, corrections, [grid for grid, _ in grids], equalized)
     if fallback is not None:
         quantized = _verified(quantized, full_plan, node_of, imported.node_op_types, corrections, eval_data,
                               reference, accuracy_target)
     return quantized
+
+
+def _equalized(fp32, imported: ImportedModel, config: QConfig, data, cache: Path | None, node_of: dict):
+    """`fp32` with its equalization pairs rescaled (passes/equalize.py) where that lowers the
+    predicted quantization noise on the first calibration samples (passes/equalize_noise.py), and
+    the flag of each pair; a calibration cache's flags where one is used (its ranges were
+    calibrated with them; a cache without flags had every pair rescaled)."""
+    pairs, refused = find_pairs(fp32)
+    for first, op in refused:
+        log.info("equalization: after %s refused: %s before the next layer is not scale-equivariant "
+                 "(only ReLU and ReLU6 are)", node_of.get(first, first.name), op)
+    if cache is not None and cache.exists():
+        flags = cached_equalization(cache)
+        flags = flags if flags is not None and len(flags) == len(pairs) else [True] * len(pairs)
+    elif data is not None:
+        samples = [[sample[spec.name] for spec in imported.inputs] for sample in data.peek(EQUALIZATION_SAMPLES)]
+        stats = measure(fp32, pairs, samples, host_target())
+        flags = choose(fp32, pairs, stats, config.per_channel, config.activation_dtype)
+    else:
+        return fp32, None
+    log.info("equalization: %d of %d pairs of layers rescaled (the others would add quantization noise)",
+             sum(flags), len(pairs))
+    return apply_pairs(fp32, pairs, flags), flags
 
 
 def _aligned_input_grids(fp32, imported: ImportedModel, config: QConfig, data, cache: Path | None):
@@ -206,9 +231,10 @@ def _aligned_input_grids(fp32, imported: ImportedModel, config: QConfig, data, c
     if cache is not None and cache.exists():
         grids = cached_input_grids(cache)
     elif data is not None:
-        samples = data.peek(DETECTION_SAMPLES)
-        grids = [grid for spec in imported.inputs
-                 if (grid := detect_grid(spec.name, [sample[spec.name] for sample in samples])) is not None]
+        axes = {spec.name: axis for spec in imported.inputs if (axis := grid_channel_axis(fp32, spec.name)) is not None}
+        samples = data.peek(DETECTION_SAMPLES) if axes else []
+        grids = [grid for name, axis in axes.items()
+                 if (grid := detect_grid(name, [sample[name] for sample in samples], axis)) is not None]
     else:
         return fp32, []
     aligned = []
@@ -225,6 +251,8 @@ def _aligned_input_grids(fp32, imported: ImportedModel, config: QConfig, data, c
 # correction its input means (passes/bias_correction.py).
 ADAROUND_SAMPLES = 4
 BIAS_CORRECTION_SAMPLES = 16
+# Calibration samples equalization measures activation ranges on (passes/equalize_noise.py).
+EQUALIZATION_SAMPLES = 16
 
 
 def _anchor_inputs(fp32, plan: AnnotationPlan, samples: list):

@@ -203,6 +203,66 @@ def test_equalization_is_refused_across_hardswish():
     assert len(result.pairs) == 1  # the depthwise → conv3 pair, through ReLU, still qualifies
 
 
+def offset_chain():
+    """x[1,2,16,16] → conv1 → Relu → depthwise → Relu → conv3. x's channel 1 is 100× smaller than
+    channel 0, and conv1's weights on it grow over 100× from row to row: the rows' ranges spread
+    while their outputs, the activation's channels, stay alike. Classic equalization divides
+    the rows by up to 10× and so spreads the activation's ranges."""
+    rng = np.random.default_rng(4)
+    w1 = rng.normal(0, 0.5, (8, 2, 3, 3))
+    w1[:, 1] = np.sign(rng.normal(size=(8, 3, 3))) * 0.5 * np.logspace(0, 2, 8)[:, None, None]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["a1"], name="relu1"),
+             helper.make_node("Conv", ["a1", "w2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=8),
+             helper.make_node("Relu", ["c2"], ["a2"], name="relu2"),
+             helper.make_node("Conv", ["a2", "w3"], ["y"], name="conv3")]
+    return make_model(nodes, [("x", [1, 2, 16, 16])], [("y", [1, 4, 16, 16])],
+                      {"w1": w1, "w2": rng.normal(0, 0.3, (8, 1, 3, 3)), "w3": rng.normal(0, 0.3, (4, 8, 1, 1))})
+
+
+def offset_samples(count, seed):
+    rng = np.random.default_rng(seed)
+    return [{"x": (rng.normal(size=(1, 2, 16, 16)) * np.array([1.0, 0.01])[:, None, None]).astype(np.float32)}
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_equalization_keeps_only_rescalings_that_lower_the_noise(per_channel, monkeypatch, tmp_path):
+    """With per-channel weights, rescaling conv1's rows leaves their rounding error as it was and
+    spreads the activation's ranges: equalization leaves the chain alone (the artifact is the
+    plain one), and forcing every pair measures no better. With per-tensor weights it evens
+    conv1's rows: kept, and better than plain. A calibration cache keeps the decision."""
+    import qcompiler.quantize as pipeline
+
+    model = offset_chain()
+    calib, evaluation = offset_samples(16, seed=1), offset_samples(8, seed=2)
+    ref = [ort_run(model, s)["y"] for s in evaluation]
+
+    def measured(equalization, calib=calib, cache=None):
+        config = qcompiler.QConfig(per_channel=per_channel, equalization=equalization)
+        artifact = qcompiler.compile(model, quantize="int8", calib=calib, config=config, calib_cache=cache)
+        runtime = qcompiler.load(artifact.export(tmp_path / "m.so"))
+        return [runtime.run(s)["y"] for s in evaluation]
+
+    plain, kept = measured(False), measured(True, cache=tmp_path / "calib.json")
+    cached = measured(True, calib=None, cache=tmp_path / "calib.json")
+    choose = pipeline.choose
+    monkeypatch.setattr(pipeline, "choose", lambda mod, pairs, *args: [True] * len(pairs))
+    forced = measured(True)
+    flags = json.loads((tmp_path / "calib.json").read_text())["equalization"]
+    monkeypatch.setattr(pipeline, "choose", choose)
+    for a, b in zip(cached, kept):
+        np.testing.assert_array_equal(a, b)
+    if per_channel:  # measured: plain = kept 13.80 dB, forced 13.73 dB
+        assert flags == [False, False]
+        for a, b in zip(kept, plain):
+            np.testing.assert_array_equal(a, b)
+        assert sqnr_db(forced, ref) <= sqnr_db(kept, ref)
+    else:  # measured: plain 11.39 dB, kept 13.57 dB
+        assert flags[0] is True
+        assert sqnr_db(kept, ref) > sqnr_db(plain, ref) + 1.5
+
+
 def test_recovery_techniques_on_the_integer_artifact(tmp_path):
     """Each switch works end to end; equalization recovers the spread-range chain (measured > 10 dB)."""
     model = conv_chain("Relu")

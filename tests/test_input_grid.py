@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from onnx import helper
 from tvm import relax
 
@@ -14,7 +15,7 @@ from conftest import make_model, ort_run
 from qcompiler.frontend import load_onnx
 from qcompiler.passes.calibrate import host_runner
 from qcompiler.passes.graph import expose
-from qcompiler.passes.input_grid import align_grid, detect_grid
+from qcompiler.passes.input_grid import align_grid, detect_grid, grid_channel_axis
 from qcompiler.passes.layout import channels_last
 from qcompiler.quantize import host_target, quantize
 
@@ -42,16 +43,20 @@ def smooth_images(count: int, seed: int, size: int = 16) -> list[np.ndarray]:
     return out
 
 
-def stem():
+def stem(nhwc: bool = False):
     """x → 3×3 stride-2 conv (edge filters: each tap set sums to 0) padded on the bottom and right
-    only (TensorFlow "same") → Relu → 1×1 conv."""
+    only (TensorFlow "same") → Relu → 1×1 conv; with `nhwc`, x is [1, 16, 16, 3] and a Transpose
+    leads to the conv (as in models exported from Keras)."""
     rng = np.random.default_rng(0)
     w1 = rng.normal(0, 2.0, (8, 3, 3, 3))
     w1 -= w1.mean(axis=(2, 3), keepdims=True)
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="stem", strides=[2, 2], pads=[0, 0, 1, 1]),
+    transpose = [helper.make_node("Transpose", ["x"], ["x_nchw"], name="to_nchw", perm=[0, 3, 1, 2])] if nhwc else []
+    nodes = [*transpose,
+             helper.make_node("Conv", ["x_nchw" if nhwc else "x", "w1", "b1"], ["c1"], name="stem", strides=[2, 2],
+                              pads=[0, 0, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
              helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="head")]
-    return make_model(nodes, [("x", [1, 3, 16, 16])], [("y", [1, 4, 8, 8])],
+    return make_model(nodes, [("x", [1, 16, 16, 3] if nhwc else [1, 3, 16, 16])], [("y", [1, 4, 8, 8])],
                       {"w1": w1, "b1": rng.normal(0, 0.1, 8), "w2": rng.normal(0, 0.5, (4, 8, 1, 1)),
                        "b2": np.zeros(4)})
 
@@ -71,14 +76,25 @@ def test_detect_grid_finds_each_channels_step_and_refuses_other_data():
     assert detect_grid("x", [constant]) is None  # one value: no step
 
 
-def test_aligned_graph_computes_the_same_function_as_onnxruntime():
-    model = stem()
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_aligned_graph_computes_the_same_function_as_onnxruntime(nhwc):
+    model = stem(nhwc)
+    layout = (lambda x: x.transpose(0, 2, 3, 1).copy()) if nhwc else (lambda x: x)
     fp32, _ = channels_last(relax.transform.FoldConstant()(load_onnx(model, None).mod))
-    aligned, index = align_grid(fp32, detect_grid("x", images(4, seed=1)))
+    axis = grid_channel_axis(fp32, "x")
+    assert axis == (3 if nhwc else 1)
+    aligned, index = align_grid(fp32, detect_grid("x", [layout(x) for x in images(4, seed=1)], axis))
     assert index is not None and index.name == "grid_index"
     run = host_runner(aligned, host_target())
-    for x in images(3, seed=2):
+    for x in map(layout, images(3, seed=2)):
         np.testing.assert_allclose(run([x])[0], ort_run(model, {"x": x})["y"], atol=1e-4, rtol=0)
+
+
+def test_pipeline_detects_an_nhwc_input_on_its_channel_axis():
+    calib = [{"x": x.transpose(0, 2, 3, 1).copy()} for x in images(16, seed=1)]
+    q = quantize(load_onnx(stem(nhwc=True), None), qcompiler.QConfig(), calib)
+    assert [(grid.name, grid.axis) for grid in q.input_grids] == [("x", 3)]
+    np.testing.assert_allclose(q.input_grids[0].step, 1 / (255 * STD), rtol=1e-5)
 
 
 def test_grid_input_is_quantized_without_loss_in_the_artifact(tmp_path):
