@@ -17,6 +17,8 @@ Every 4-D value is either in its original layout or channels-last, i.e. stored a
   elementwise unary               unchanged; the result keeps its input's layout
   elementwise binary              unchanged when every operand is channels-last, a scalar or a
                                   constant (constants are transposed at compile time)
+  permute_dims(x, [0, 3, 1, 2])   nothing: x is its channels-last form (an NHWC model's input
+                                  transposed to NCHW costs no copy)
   anything else                   operands transposed back to the original layout first
 
 The function's outputs are returned in their original layout, so callers see no difference.
@@ -48,6 +50,11 @@ POOL_OPS = frozenset({"relax.nn.max_pool2d", "relax.nn.avg_pool2d"})
 def _rank(expr) -> int | None:
     ty = getattr(expr, "ty", None)
     return int(ty.ndim) if isinstance(ty, relax.TensorType) and ty.ndim >= 0 else None
+
+
+def _axes(call) -> list[int] | None:
+    axes = call.attrs.axes
+    return None if axes is None else [int(a) for a in axes]
 
 
 class _ChannelsLast:
@@ -136,6 +143,12 @@ class _ChannelsLast:
             self.env[var] = self.renamed[var] = self.env.get(value, value)
             if value in self.last:
                 self.last.add(var)
+            return
+        if op_name(value) == "relax.permute_dims" and _axes(value) == TO_NCHW and _rank(value.args[0]) == 4:
+            # An NHWC model's transpose to NCHW: channels-last, its value is the operand itself
+            # (no var of its own holds it: it stays out of `renamed`).
+            self.env[var] = self.original(value.args[0])
+            self.last.add(var)
             return
         rewritten = self.rewrite(var, value) if isinstance(value, relax.Call) else None
         if rewritten is not None:

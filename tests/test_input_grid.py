@@ -14,7 +14,7 @@ import qcompiler
 from conftest import make_model, ort_run
 from qcompiler.frontend import load_onnx
 from qcompiler.passes.calibrate import host_runner
-from qcompiler.passes.graph import expose
+from qcompiler.passes.graph import FunctionView, expose, op_name
 from qcompiler.passes.input_grid import align_grid, detect_grid, grid_channel_axis
 from qcompiler.passes.layout import channels_last
 from qcompiler.quantize import host_target, quantize
@@ -83,6 +83,8 @@ def test_aligned_graph_computes_the_same_function_as_onnxruntime(nhwc):
     fp32, _ = channels_last(relax.transform.FoldConstant()(load_onnx(model, None).mod))
     axis = grid_channel_axis(fp32, "x")
     assert axis == (3 if nhwc else 1)
+    first = FunctionView(fp32["main"]).bindings[0].value  # NHWC: the Transpose and channels-last's own cancel
+    assert nhwc == (op_name(first) == "relax.nn.conv2d" and first.args[0].same_as(fp32["main"].params[0]))
     aligned, index = align_grid(fp32, detect_grid("x", [layout(x) for x in images(4, seed=1)], axis))
     assert index is not None and index.name == "grid_index"
     run = host_runner(aligned, host_target())
