@@ -15,10 +15,12 @@ Every 4-D value is either in its original layout or channels-last, i.e. stored a
   mean over axes {2, 3}           mean over {1, 2} (its result keeps the layout iff keepdims)
   concat along axis 1             along axis 3
   elementwise unary               unchanged; the result keeps its input's layout
+  prelu along axis 1 (1-D slope)  along axis 3
   elementwise binary              unchanged when every operand is channels-last, a scalar or a
                                   constant (constants are transposed at compile time)
   permute_dims(x, [0, 3, 1, 2])   nothing: x is its channels-last form (an NHWC model's input
                                   transposed to NCHW costs no copy)
+  permute_dims(x, [0, 2, 3, 1])   nothing, where x is channels-last: the result is x's stored form
   anything else                   operands transposed back to the original layout first
 
 The function's outputs are returned in their original layout, so callers see no difference.
@@ -130,6 +132,8 @@ class _ChannelsLast:
         if name == "relax.concat" and isinstance(source, relax.Tuple) and int(attrs.axis) % 4 == 1 \
                 and all(_rank(f) == 4 for f in source.fields) and any(f in self.last for f in source.fields):
             return relax.op.concat([self.channels_last(f) for f in source.fields], axis=3), True
+        if name == "relax.nn.prelu" and source in self.last and int(attrs.axis) % 4 == 1 and _rank(call.args[1]) == 1:
+            return relax.op.nn.prelu(self.env[source], call.args[1], axis=3), True
         if name in UNARY_OPS and source in self.last:
             return relax.Call(call.op, [self.env[source], *call.args[1:]], attrs, call.ty_args), True
         if name in BINARY_OPS and _rank(var) == 4 and any(a in self.last for a in call.args):
@@ -149,6 +153,10 @@ class _ChannelsLast:
             # (no var of its own holds it: it stays out of `renamed`).
             self.env[var] = self.original(value.args[0])
             self.last.add(var)
+            return
+        if op_name(value) == "relax.permute_dims" and _axes(value) == TO_NHWC and value.args[0] in self.last:
+            # A transpose to NHWC of a channels-last value (a Keras flatten) is its channels-last form.
+            self.env[var] = self.env[value.args[0]]
             return
         rewritten = self.rewrite(var, value) if isinstance(value, relax.Call) else None
         if rewritten is not None:

@@ -346,6 +346,30 @@ def test_channels_last_keeps_fp32_numerics_and_adds_two_transposes():
     np.testing.assert_allclose(run(converted), run(mod), rtol=1e-5, atol=1e-5)
 
 
+def test_channels_last_absorbs_an_nhwc_models_transposes():
+    """x NHWC → Transpose to NCHW → Conv → PRelu → Transpose to NHWC → Flatten → MatMul (a Keras
+    export): the model's transposes are the layout's own, so none is left; fp32 as onnxruntime."""
+    from conftest import ort_run
+    from qcompiler.passes.graph import FunctionView, op_name
+
+    rng = np.random.default_rng(0)
+    nodes = [onnx_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             onnx_node("Conv", ["t", "w"], ["c"], pads=[1, 1, 1, 1]),
+             onnx_node("PRelu", ["c", "slope"], ["p"]),
+             onnx_node("Transpose", ["p"], ["back"], perm=[0, 2, 3, 1]),
+             onnx_node("Flatten", ["back"], ["flat"]),
+             onnx_node("MatMul", ["flat", "m"], ["y"])]
+    model = make_model(nodes, [("x", [1, 8, 8, 3])], [("y", [1, 5])],
+                       {"w": rng.normal(size=(4, 3, 3, 3)), "slope": rng.uniform(0.1, 0.5, (4, 1, 1)),
+                        "m": rng.normal(size=(256, 5))})
+    converted, _ = channels_last(relax.transform.FoldConstant()(load_onnx(model).mod))
+    ops = [op_name(b.value) for b in FunctionView(converted["main"]).bindings]
+    assert "relax.permute_dims" not in ops
+    x = rng.normal(size=(1, 8, 8, 3)).astype(np.float32)
+    got = relax.VirtualMachine(tvm.compile(converted, "llvm"), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-5, atol=1e-4)
+
+
 def test_channels_last_leaves_non_convolution_models_alone():
     model = make_model([onnx_node("Relu", ["x"], ["y"])], [("x", [1, 4, 3, 3])], [("y", [1, 4, 3, 3])])
     mod = load_onnx(model).mod
