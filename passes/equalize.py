@@ -141,13 +141,17 @@ def _input_channel_ranges(layer: Layer, weight: np.ndarray) -> np.ndarray:
     return per_out.reshape(groups, outputs // groups, per_group).max(axis=1).reshape(-1)
 
 
+def per_output(values: np.ndarray, outputs: int, groups: int) -> np.ndarray:
+    """values[c] over all input channels as [outputs, inputs per group]: each output's own group."""
+    per_group = values.size // groups
+    return np.repeat(values.reshape(groups, 1, per_group), outputs // groups, axis=1).reshape(outputs, per_group)
+
+
 def scale_input_channels(layer: Layer, weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """`weight` with input channel c (over all groups) multiplied by scales[c]."""
     w = np.moveaxis(weight, (layer.out_axis, layer.in_axis), (0, 1)).copy()
     outputs, per_group = w.shape[:2]
-    groups = layer.groups
-    per_out = scales.reshape(groups, 1, per_group).repeat(outputs // groups, axis=1).reshape(outputs, per_group)
-    w *= per_out.reshape(outputs, per_group, *([1] * (w.ndim - 2)))
+    w *= per_output(scales, outputs, layer.groups).reshape(outputs, per_group, *([1] * (w.ndim - 2)))
     return np.moveaxis(w, (0, 1), (layer.out_axis, layer.in_axis))
 
 

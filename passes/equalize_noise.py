@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 
-from .equalize import Pair
+from .equalize import Pair, per_output
 from .graph import FunctionView, expose
 from .qconfig import ActivationDType
 
@@ -93,12 +93,6 @@ def _canonical(layer, weight: np.ndarray) -> np.ndarray:
     return w.reshape(w.shape[0], w.shape[1], -1)
 
 
-def _per_output(values: np.ndarray, outputs: int, groups: int) -> np.ndarray:
-    """values[c] over all input channels as [outputs, inputs per group]: each output's own group."""
-    per_group = values.size // groups
-    return np.repeat(values.reshape(groups, 1, per_group), outputs // groups, axis=1).reshape(outputs, per_group)
-
-
 def _per_input(values: np.ndarray, groups: int) -> np.ndarray:
     """[outputs, inputs per group] summed over each group's outputs: one value per input channel."""
     outputs, per_group = values.shape
@@ -124,7 +118,7 @@ class _Predictor:
         if first is not None and flags[first]:
             w = w / self.pairs[first].scales[:, None, None]
         if second is not None and flags[second]:
-            w = w * _per_output(self.pairs[second].scales, w.shape[0], layer.groups)[:, :, None]
+            w = w * per_output(self.pairs[second].scales, w.shape[0], layer.groups)[:, :, None]
         return w
 
     def input_stats(self, layer, flags: list[bool]) -> ChannelStats:
@@ -140,11 +134,11 @@ class _Predictor:
         outputs, _, taps = w2.shape
         gain = _per_input((w2**2).sum(axis=2), pair.second.groups)  # G_c
         activation = x.step(self.dtype) ** 2 / 12 * gain.sum()
-        x_power = _per_output(x.power, outputs, pair.second.groups).sum(axis=1)
+        x_power = per_output(x.power, outputs, pair.second.groups).sum(axis=1)
         second = np.sum(_weight_steps(w2, self.per_channel) ** 2 / 12 * taps * x_power)
         w1 = self.weight(pair.first, flags)
         u = self.input_stats(pair.first, flags)
-        u_power = _per_output(u.power, w1.shape[0], pair.first.groups).sum(axis=1)
+        u_power = per_output(u.power, w1.shape[0], pair.first.groups).sum(axis=1)
         first = np.sum(gain * _weight_steps(w1, self.per_channel) ** 2 / 12 * w1.shape[2] * u_power)
         return float(activation + second + first)
 
