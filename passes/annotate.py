@@ -17,9 +17,10 @@ A chain of elementwise ops fed by a single quantized tensor (and scalar constant
 HardSwish, x · clip(x + 3, 0, 6) / 6 — is a unary region: its end is quantized, its inside
 is not (realize turns it into one lookup table).
 Every activation input and output of an anchor gets an observer (one per tensor; a carried
-tensor shares its source's observer). Ops skipped by ONNX op type or node name stay fp32, and
-so do ops outside this list (e.g. windowed average pooling, softmax), between a dequantize
-and a quantize.
+tensor shares its source's observer), except an anchor output that no quantized op reads:
+that stays float (its int32 sum dequantized, not rounded to 8 bits on the way out of the
+model). Ops skipped by ONNX op type or node name stay fp32, and so do ops outside this list
+(e.g. windowed average pooling, softmax), between a dequantize and a quantize.
 """
 
 from __future__ import annotations
@@ -241,7 +242,19 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         inside = users and all(unary_source.get(u) is not None and unary_source[u].same_as(src) for u in users)
         if src in keys and (var in view.outputs or not inside):
             key_for(var)
-    return AnnotationPlan(ops, keys, skipped, total_macs)
+    return AnnotationPlan(ops, _read_by_integer_ops(keys, ops, unary_source), skipped, total_macs)
+
+
+def _read_by_integer_ops(keys: dict, ops: list[QuantizedOp], unary_source: dict) -> dict:
+    """`keys` without the anchor outputs that no quantized op reads: an output that only float
+    ops or the caller read (logits, a box regression before a float decode) stays float, its
+    int32 sum dequantized directly instead of rounded to 8 bits first. A concat's output keeps
+    its key (its inputs are requantized to the output's parameters), and so does the end of a
+    unary region (its table is read by a max pool or layout op that runs on the integers)."""
+    read = {keys[var] for op in ops for var in op.inputs}
+    read |= {keys[src] for src in unary_source.values() if src in keys}
+    unread = {keys[op.output] for op in ops if op.op != "relax.concat"} - read
+    return {var: key for var, key in keys.items() if key not in unread}
 
 
 def _unary_sources(view: FunctionView) -> dict:

@@ -102,6 +102,10 @@ def entropy_threshold(obs: HistogramObserver, levels: int = 128) -> float:
     edge of the best i.
     """
     hist, width = obs.magnitude_histogram()
+    # The bin at 0 holds ReLU's exact zeros, which every threshold represents exactly; left in,
+    # its spike makes every merge of it with its neighbours look costly, and the smallest
+    # candidate wins however much it clips (ReLU6 outputs cut at a quarter of their range).
+    hist = np.concatenate([[0], hist[1:]])
     nbins = hist.size
     if hist.sum() == 0:
         return 0.0

@@ -88,8 +88,10 @@ def insert_qdq(
     corrections: Corrections | None = None, switches: bool = False,
 ) -> tuple[tvm.IRModule, dict]:
     """The QDQ (fake-quant) module for `plan` with calibrated `qparams` (per observer key),
-    and for each observer key the dequantized var that carries it in that module."""
+    and for each observer key the dequantized var that carries it in that module; an op whose
+    output stays float (no key) is there under its output var, with the var that computes it."""
     dequantized_of: dict = {}
+    float_outputs = {op.output for op in plan.ops if op.output not in plan.keys}
     corrections = corrections or Corrections()
     weights = {op.var: op for op in plan.ops if op.weight is not None}
     op_index = {op.var: i for i, op in enumerate(plan.ops)}
@@ -151,6 +153,10 @@ def insert_qdq(
                 dequantized = self.fake_quantized(emitted, plan.keys[var])
                 dequantized_of.setdefault(plan.keys[var], dequantized)
                 self.set_var_remap(var, dequantized)
+            elif var in float_outputs:  # (reading the remap makes an entry: set it)
+                emitted = self.get_var_remap(var) if self.get_var_remap(var) is not None else var
+                dequantized_of[var] = emitted
+                self.set_var_remap(var, emitted)
 
     mutator = InsertQDQ(mod)
     func = mutator.visit_expr(mod["main"])

@@ -53,7 +53,8 @@ class QuantizationReport:
             w = layer.get("weight_scale_range")
             wtext = f"{w[0]:.2e}..{w[1]:.2e}" if w else "-"
             sqnr = layer.get("sqnr_db")
-            lines.append(f"{layer['name'][:27]:<28}{layer['op'][:15]:<16}{layer['scale']:>11.3e}{layer['zero_point']:>5}"
+            scale, zero_point = (f"{layer['scale']:.3e}", layer["zero_point"]) if "scale" in layer else ("float", "-")
+            lines.append(f"{layer['name'][:27]:<28}{layer['op'][:15]:<16}{scale:>11}{zero_point:>5}"
                          f"{wtext:>22}{(f'{sqnr:.1f}' if sqnr is not None else '-'):>9}")
         lines.append(f"int8: {self.int8_op_fraction:.0%} of compute ops, {self.int8_mac_fraction:.1%} of MACs")
         m = self.model_metrics
@@ -77,7 +78,8 @@ def quantization_report(q: Quantized, output_names: list[str]) -> QuantizationRe
 
     if q.plan is not None:
         qparams = q.calibration.qparams(q.config)
-        keys = [q.plan.keys[op.output] for op in q.plan.ops]
+        # An op's output: its observer key, or the op's var where the output stays float.
+        keys = [q.plan.keys.get(op.output, op.output) for op in q.plan.ops]
         sqnr = {}
         if samples:
             fp32_tensors = [op.output for op in q.plan.ops]
@@ -87,7 +89,7 @@ def quantization_report(q: Quantized, output_names: list[str]) -> QuantizationRe
             n_out = len(fp32_run(samples[0])) - len(fp32_tensors)
             signal = np.zeros(len(keys))
             noise = np.zeros(len(keys))
-            edges = [_quantized_range(qparams[key]) for key in keys]
+            edges = [_quantized_range(qparams[key]) if isinstance(key, str) else None for key in keys]
             counts = [np.zeros(HISTOGRAM_BINS, np.int64) for _ in keys]
             for sample in samples:
                 ref = fp32_run(sample)[n_out:]
@@ -95,21 +97,26 @@ def quantization_report(q: Quantized, output_names: list[str]) -> QuantizationRe
                 for i, (r, g) in enumerate(zip(ref, got)):
                     signal[i] += float(np.sum(r.astype(np.float64) ** 2))
                     noise[i] += float(np.sum((g.astype(np.float64) - r) ** 2))
-                    counts[i] += np.histogram(np.clip(r, *edges[i]), HISTOGRAM_BINS, edges[i])[0]
+                    if edges[i] is not None:
+                        counts[i] += np.histogram(np.clip(r, *edges[i]), HISTOGRAM_BINS, edges[i])[0]
             for i in range(len(keys)):
                 sqnr[i] = float(10 * np.log10(signal[i] / noise[i])) if noise[i] > 0 else float("inf")
         from .passes.simulate import quantized_weight
 
         for i, op in enumerate(q.plan.ops):
-            params = qparams[keys[i]]
-            layer = {"name": op.node or op.var.name, "op": op.op.replace("relax.", ""), "scale": params.scale,
-                     "zero_point": params.zero_point, "dtype": params.dtype, "macs": op.macs}
+            layer = {"name": op.node or op.var.name, "op": op.op.replace("relax.", ""), "macs": op.macs}
+            if isinstance(keys[i], str):
+                params = qparams[keys[i]]
+                layer.update(scale=params.scale, zero_point=params.zero_point, dtype=params.dtype)
+            else:
+                layer["dtype"] = "float32"  # the int32 sum dequantized: no 8-bit output
             if op.weight is not None:
                 _, scales = quantized_weight(op.weight, op.weight_axis, q.config.per_channel)
                 layer["weight_scale_range"] = [float(scales.min()), float(scales.max())]
                 layer["weight_histogram"] = _histogram(op.weight)
             if i in sqnr:
                 layer["sqnr_db"] = sqnr[i]
+            if i in sqnr and edges[i] is not None:
                 lo, hi = edges[i]
                 layer["activation_histogram"] = {"range": [lo, hi], "counts": counts[i].tolist()}
             report.layers.append(layer)

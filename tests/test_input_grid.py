@@ -112,14 +112,17 @@ def test_grid_input_is_quantized_without_loss_in_the_artifact(tmp_path):
     for x in evaluation:
         # All but the padding ring (the last row and column) are grid points: no rounding at all.
         np.testing.assert_allclose(seen([x])[-1][:, :-1, :-1], exact([x])[-1][:, :-1, :-1], atol=1e-3, rtol=0)
-    # The integer artifact computes the same: within one output step of the QDQ module, which
-    # tracks onnxruntime's fp32 model.
+    # The integer artifact computes the same as the QDQ module, which tracks onnxruntime's fp32
+    # model: y stays float, so they differ where requantization rounds r1 otherwise than fake
+    # quantization, by at most one step of r1 per input of the head conv.
     so = qcompiler.compile(model, quantize="int8", calib=calib).export(tmp_path / "grid.so")
     simulated = host_runner(q.qdq, host_target())
+    head = next(op for op in q.plan.ops if op.node == "head")
+    r1_step = q.calibration.qparams(q.config)[q.plan.keys[head.inputs[0]]].scale
+    bound = r1_step * np.abs(head.weight).reshape(len(head.weight), -1).sum(axis=1).max()
     for x in evaluation:
         got, fake, ref = qcompiler.load(so).run({"x": x})["y"], simulated([x])[0], ort_run(model, {"x": x})["y"]
-        step = np.diff(np.unique(fake)).min()  # the QDQ output lies on the output's quantization grid
-        assert np.abs(got - fake).max() <= 1.01 * step
+        assert np.abs(got - fake).max() <= 1.01 * bound
         assert 10 * np.log10(np.sum(ref ** 2) / np.sum((got - ref) ** 2)) > 15  # measured 19-25 dB
 
 

@@ -114,6 +114,18 @@ def test_entropy_clips_outliers_of_a_gaussian():
     assert 2.5 < threshold < 15.0  # far below the outliers, well above the bulk
 
 
+def test_entropy_keeps_most_of_a_relu6_output():
+    """ReLU6 outputs: mostly exact zeros, the rest spread up to 6. The zeros are exact at any
+    threshold and must not decide it: they used to make the first candidate win, a quarter of
+    the range (1.5), clipping a tenth of the nonzero values."""
+    rng = np.random.default_rng(4)
+    x = np.clip(rng.normal(-2.0, 1.5, 200000), 0.0, 6.0)  # 91% zeros
+    obs = HistogramObserver()
+    obs.update(x)
+    threshold = entropy_threshold(obs, levels=256)
+    assert threshold > 3.0 and np.mean(x[x > 0] > threshold) < 1e-3
+
+
 def test_mse_threshold():
     rng = np.random.default_rng(3)
     uniform = HistogramObserver()

@@ -98,6 +98,7 @@ def test_annotate_plan(quantized):
     assert [v.name for v in by_node["dw"].epilogue] == ["dw_relu6"]  # relu6 absorbed
     keys = {v.name: k for v, k in q.plan.keys.items()}
     assert keys["pool"] == keys["stem_relu"]  # max pool carries its input's quantization
+    assert "fc" not in keys  # the logits: no quantized op reads them, they stay float
     assert q.summary()["int8_mac_fraction"] == 1.0
 
 
@@ -111,9 +112,10 @@ def test_realized_module_is_integer(quantized):
         assert str(call.attrs.out_dtype) == "int32"
         assert {str(a.ty.dtype) for a in call.args} <= {"uint8", "int8"}
     # No dequantize → quantize pair between consecutive int8 ops: one quantize at the model
-    # input, one dequantize at the model output, and nothing float in between.
+    # input, the logits' int32 sums scaled to float at the output, and nothing float in between.
     names = [name for name, _ in ops]
-    assert names.count("relax.quantize") == 1 and names.count("relax.dequantize") == 1
+    assert names.count("relax.quantize") == 1 and names.count("relax.dequantize") == 0
+    assert names[-2:] == ["relax.astype", "relax.multiply"] and str(ops[-1][1].ty.dtype) == "float32"
     assert not any(name in ("relax.nn.conv2d", "relax.matmul") and str(v.ty.dtype) == "float32" for name, v in ops)
 
 
@@ -137,7 +139,10 @@ def test_realized_matches_simulated_within_one_step(model, config):
     imported = load_onnx(model())
     q = quantize(imported, config, samples())
     fc = next(op for op in q.plan.ops if op.node == "fc")
-    step = q.calibration.qparams(config)[q.plan.keys[fc.output]].scale
+    # The logits stay float: realized and simulated differ where requantization rounds fc's
+    # input otherwise than fake quantization; one input one step apart moves a logit by at
+    # most step · max |W|.
+    step = q.calibration.qparams(config)[q.plan.keys[fc.inputs[0]]].scale * np.abs(fc.weight).max()
     run_realized, run_simulated, run_fp32 = runner(q.mod), runner(q.qdq), runner(q.fp32)
     for sample in samples(4, seed=9):
         realized = run_realized(sample["x"])
@@ -149,12 +154,13 @@ def test_realized_matches_simulated_within_one_step(model, config):
 
 
 def test_integer_conv_bit_exact_against_numpy():
-    """A lone uint8 conv with zero point and bias: the realized kernel equals the integer formula
+    """A uint8 conv with zero point and bias, read by an integer concat: the realized kernel equals the integer formula
     exactly (int32 accumulation over the zero-point-padded input; the zero-point correction,
     bias, output zero point and rounding folded into one float32 constant per channel)."""
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["y", "y"], ["z"], name="cat", axis=1)]  # an integer reader of y
     bias = w(3) * 4
-    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 6, 6])], {"w": w(3, 2, 3, 3), "b": bias})
+    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("z", [1, 6, 6, 6])], {"w": w(3, 2, 3, 3), "b": bias})
     imported = load_onnx(model)
     q = quantize(imported, QConfig(calibration=CalibrationMethod.MINMAX, holdout=0), samples_of(model, 8))
     qp = q.calibration.qparams(q.config)
@@ -177,8 +183,34 @@ def test_integer_conv_bit_exact_against_numpy():
     expected = requantize_reference(acc, ratios.reshape(1, 3, 1, 1), offset.reshape(1, 3, 1, 1),
                                     y_params.zero_point, 0, 255)
     realized = runner(q.mod)(x)
-    got = np.round(realized / np.float32(y_params.scale)).astype(np.int64) + y_params.zero_point
+    got = np.round(realized[:, :3] / np.float32(y_params.scale)).astype(np.int64) + y_params.zero_point
     np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(realized[:, :3], realized[:, 3:])
+
+
+def test_float_output_of_an_integer_conv_is_its_scaled_sum():
+    """A conv that only the caller reads is not requantized: its output is the int32 sum plus
+    the folded offset, times the per-channel scale s_x·s_w, in float32."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    bias = w(3) * 4
+    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 6, 6])], {"w": w(3, 2, 3, 3), "b": bias})
+    q = quantize(load_onnx(model), QConfig(calibration=CalibrationMethod.MINMAX, holdout=0), samples_of(model, 8))
+    op = q.plan.ops[0]
+    assert op.output not in q.plan.keys and "relax.dequantize" not in {name for name, _ in ops_of(q.mod)}
+    x_params = q.calibration.qparams(q.config)[q.plan.keys[op.inputs[0]]]
+    from qcompiler.passes.simulate import quantized_weight
+
+    wq, w_scales = quantized_weight(model_weight(model), 0, True)
+    x = samples_of(model, 1, seed=5)[0]["x"]
+    xpad = np.pad(x_params.quantize(x).astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)),
+                  constant_values=x_params.zero_point)
+    acc = sum(np.einsum("nchw,oc->nohw", xpad[:, :, i:i + 6, j:j + 6], wq[:, :, i, j].astype(np.int64))
+              for i in range(3) for j in range(3))
+    acc_scales = float(np.float32(x_params.scale)) * w_scales.astype(np.float64)
+    offset = (-x_params.zero_point * wq.astype(np.int64).reshape(3, -1).sum(axis=1)
+              + np.round(bias.astype(np.float64) / acc_scales).astype(np.int64))
+    expected = (acc + offset.reshape(1, 3, 1, 1)) * acc_scales.reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(runner(q.mod)(x), expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
 def model_weight(model):
