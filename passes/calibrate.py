@@ -121,11 +121,21 @@ def cached_input_grids(path: str | Path) -> list[InputGrid]:
         return []
 
 
-def cached_equalization(path: str | Path) -> list[bool] | None:
-    """The equalization flag of each pair a calibration cache was made with (None where it holds
-    none or is unreadable)."""
+def cached_equalization(path: str | Path, pairs: int) -> list[bool] | None:
+    """The equalization flag of each of the model's `pairs` pairs of layers that a calibration
+    cache was made with; None where it holds none (made without equalization) or is unreadable
+    (load_cache says why). Flags that are not `pairs` booleans are an error: the cache was
+    edited, or made for another graph."""
     flags = _cached(path, "equalization")
-    return [bool(flag) for flag in flags] if isinstance(flags, list) else None
+    if flags is None:
+        return None
+    if not isinstance(flags, list) or not all(isinstance(flag, bool) for flag in flags):
+        raise QCompilerError(f"calibration cache {path}: its equalization field is {json.dumps(flags)[:40]}, "
+                             f"expected a list of {pairs} true/false flags, one per pair of layers")
+    if len(flags) != pairs:
+        raise QCompilerError(f"calibration cache {path} holds {len(flags)} equalization flags, this model has "
+                             f"{pairs} pairs of layers: the graph changed; delete it or pass another --calib-cache")
+    return flags
 
 
 def _cached(path: str | Path, key: str):

@@ -209,8 +209,8 @@ def _equalized(fp32, imported: ImportedModel, config: QConfig, data, cache: Path
         log.info("equalization: after %s refused: %s before the next layer is not scale-equivariant "
                  "(only ReLU and ReLU6 are)", node_of.get(first, first.name), op)
     if cache is not None and cache.exists():
-        flags = cached_equalization(cache)
-        flags = flags if flags is not None and len(flags) == len(pairs) else [True] * len(pairs)
+        flags = cached_equalization(cache, len(pairs))
+        flags = [True] * len(pairs) if flags is None else flags
     elif data is not None:
         samples = [[sample[spec.name] for spec in imported.inputs] for sample in data.peek(EQUALIZATION_SAMPLES)]
         stats = measure(fp32, pairs, samples, host_target())

@@ -272,6 +272,22 @@ def test_equalization_keeps_only_rescalings_that_lower_the_noise(per_channel, mo
         assert sqnr_db(kept, ref) > sqnr_db(plain, ref) + 1.5
 
 
+@pytest.mark.parametrize("flags, message", [
+    ("yes", r'equalization field is "yes", expected a list of 2 true/false flags'),
+    ([True], "holds 1 equalization flags, this model has 2 pairs of layers"),
+])
+def test_a_calibration_cache_with_bad_equalization_flags_is_refused(tmp_path, flags, message):
+    model = offset_chain()
+    cache = tmp_path / "calib.json"
+    config = qcompiler.QConfig(equalization=True)
+    qcompiler.compile(model, quantize="int8", calib=offset_samples(8, seed=1), config=config, calib_cache=cache)
+    payload = json.loads(cache.read_text())
+    payload["equalization"] = flags
+    cache.write_text(json.dumps(payload))
+    with pytest.raises(QCompilerError, match=message):
+        qcompiler.compile(model, quantize="int8", calib=None, config=config, calib_cache=cache)
+
+
 def test_recovery_techniques_on_the_integer_artifact(tmp_path):
     """Each switch works end to end; equalization recovers the spread-range chain (measured > 10 dB)."""
     model = conv_chain("Relu")
