@@ -125,13 +125,21 @@ class QParams:
         return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}
 
 
+# A calibrated range narrower than this is a tensor that was zero (a dead branch's 1e-42s):
+# its scale would be denormal in float32, and a bias over it beyond int32.
+MIN_ACTIVATION_RANGE = 1e-30
+
+
 def activation_qparams(lo: float, hi: float, dtype: ActivationDType) -> QParams:
-    """Scale and zero point covering [lo, hi] (widened to include 0, as zero must be exact).
+    """Scale and zero point covering [lo, hi] (widened to include 0, as zero must be exact; a
+    range narrower than MIN_ACTIVATION_RANGE is a zero tensor, scale 1).
 
     uint8: scale = (hi − lo) / 255, zero_point = round(−lo / scale);
     int8:  scale = max(|lo|, |hi|) / 127, zero_point = 0.
     """
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo < MIN_ACTIVATION_RANGE:  # zero in calibration, up to float noise: any scale is exact
+        lo = hi = 0.0
     if dtype is ActivationDType.INT8:
         bound = max(-lo, hi)
         scale = bound / 127.0 if bound > 0 else 1.0

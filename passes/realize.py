@@ -464,10 +464,11 @@ class Realizer:
                 flat = bias.reshape(-1)
                 if flat.size in (1, channels) and (bias.ndim == 0 or bias.size == channels):
                     per_channel = np.broadcast_to(flat, (channels,))
-                    q = np.round(per_channel / x.scale).astype(np.int64)
-                    offset = q if x.offset is None else x.offset + q
-                    if np.all(np.abs(q) < 2**31) and np.all(np.abs(offset) < 2**31):
-                        return replace(x, offset=offset)
+                    units = np.round(per_channel / x.scale)  # a bias beyond int32 units stays a float add
+                    if np.all(np.abs(units) < 2**31):
+                        offset = units.astype(np.int64) + (0 if x.offset is None else x.offset)
+                        if np.all(np.abs(offset) < 2**31):
+                            return replace(x, offset=offset)
             return None
         if isinstance(x, QTensor) and isinstance(y, QTensor) and x.values is None and y.values is None \
                 and x.axis is None and y.axis is None and x is not y:

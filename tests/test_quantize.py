@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import onnx
@@ -211,6 +212,23 @@ def test_float_output_of_an_integer_conv_is_its_scaled_sum():
               + np.round(bias.astype(np.float64) / acc_scales).astype(np.int64))
     expected = (acc + offset.reshape(1, 3, 1, 1)) * acc_scales.reshape(1, 3, 1, 1)
     np.testing.assert_allclose(runner(q.mod)(x), expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+
+
+def test_a_tensor_that_was_zero_in_calibration_keeps_the_next_convs_bias(tmp_path):
+    """conv1's weights are 1e-39: its output is ~1e-39 on every sample, a range whose scale
+    would be denormal. It quantizes as a zero tensor, and conv2's bias is not cast to int64
+    units of a 1e-44 accumulator scale (undefined: it overflows): y = conv2's bias, as in onnxruntime."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["c2"], ["y"], name="relu")]
+    model = make_model(nodes, [("x", [1, 3, 4, 4])], [("y", [1, 4, 4, 4])],
+                       {"w1": np.full((4, 3, 1, 1), 1e-39), "w2": w(4, 4, 1, 1), "b2": np.array([0.5, 1.0, 2.0, 3.0])})
+    calib = samples_of(model, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no float → int64 cast of an overflowing bias
+        artifact = qcompiler.load(qcompiler.compile(model, quantize="int8", calib=calib).export(tmp_path / "m.so"))
+    x = samples_of(model, 1, seed=5)[0]
+    np.testing.assert_allclose(artifact.run(x)["y"], ort_run(model, x)["y"], atol=2e-2, rtol=0)
 
 
 def model_weight(model):
