@@ -141,9 +141,9 @@ def test_realized_matches_simulated_within_one_step(model, config):
     q = quantize(imported, config, samples())
     fc = next(op for op in q.plan.ops if op.node == "fc")
     # The logits stay float: realized and simulated differ where requantization rounds fc's
-    # input otherwise than fake quantization; one input one step apart moves a logit by at
-    # most step · max |W|.
-    step = q.calibration.qparams(config)[q.plan.keys[fc.inputs[0]]].scale * np.abs(fc.weight).max()
+    # inputs otherwise than fake quantization, each by at most one step, which moves logit o
+    # by at most step · Σ_k |W[k, o]|.
+    step = q.calibration.qparams(config)[q.plan.keys[fc.inputs[0]]].scale * np.abs(fc.weight).sum(axis=0).max()
     run_realized, run_simulated, run_fp32 = runner(q.mod), runner(q.qdq), runner(q.fp32)
     for sample in samples(4, seed=9):
         realized = run_realized(sample["x"])
