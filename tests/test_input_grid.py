@@ -11,7 +11,7 @@ from onnx import helper
 from tvm import relax
 
 import qcompiler
-from conftest import make_model, ort_run
+from conftest import input_step_bound, make_model, ort_run
 from qcompiler.frontend import load_onnx
 from qcompiler.passes.calibrate import host_runner
 from qcompiler.passes.graph import FunctionView, expose, op_name
@@ -118,8 +118,8 @@ def test_grid_input_is_quantized_without_loss_in_the_artifact(tmp_path):
     so = qcompiler.compile(model, quantize="int8", calib=calib).export(tmp_path / "grid.so")
     simulated = host_runner(q.qdq, host_target())
     head = next(op for op in q.plan.ops if op.node == "head")
-    r1_step = q.calibration.qparams(q.config)[q.plan.keys[head.inputs[0]]].scale
-    bound = r1_step * np.abs(head.weight).reshape(len(head.weight), -1).sum(axis=1).max()
+    bound = input_step_bound(q.calibration.qparams(q.config)[q.plan.keys[head.inputs[0]]].scale, head.weight,
+                             head.weight_axis)
     for x in evaluation:
         got, fake, ref = qcompiler.load(so).run({"x": x})["y"], simulated([x])[0], ort_run(model, {"x": x})["y"]
         assert np.abs(got - fake).max() <= 1.01 * bound

@@ -12,7 +12,7 @@ from onnx import helper
 from tvm import relax
 
 import qcompiler
-from conftest import make_model, ort_run, requantize_reference
+from conftest import input_step_bound, make_model, ort_run, requantize_reference
 from qcompiler import ActivationDType, CalibrationMethod, QConfig
 from qcompiler.errors import QCompilerError
 from qcompiler.frontend import load_onnx
@@ -141,9 +141,8 @@ def test_realized_matches_simulated_within_one_step(model, config):
     q = quantize(imported, config, samples())
     fc = next(op for op in q.plan.ops if op.node == "fc")
     # The logits stay float: realized and simulated differ where requantization rounds fc's
-    # inputs otherwise than fake quantization, each by at most one step, which moves logit o
-    # by at most step · Σ_k |W[k, o]|.
-    step = q.calibration.qparams(config)[q.plan.keys[fc.inputs[0]]].scale * np.abs(fc.weight).sum(axis=0).max()
+    # inputs otherwise than fake quantization, each by at most one step.
+    step = input_step_bound(q.calibration.qparams(config)[q.plan.keys[fc.inputs[0]]].scale, fc.weight, fc.weight_axis)
     run_realized, run_simulated, run_fp32 = runner(q.mod), runner(q.qdq), runner(q.fp32)
     for sample in samples(4, seed=9):
         realized = run_realized(sample["x"])
@@ -154,34 +153,45 @@ def test_realized_matches_simulated_within_one_step(model, config):
         assert cosine > 0.99
 
 
-def test_integer_conv_bit_exact_against_numpy():
-    """A uint8 conv with zero point and bias, read by an integer concat: the realized kernel equals the integer formula
-    exactly (int32 accumulation over the zero-point-padded input; the zero-point correction,
-    bias, output zero point and rounding folded into one float32 constant per channel)."""
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             helper.make_node("Concat", ["y", "y"], ["z"], name="cat", axis=1)]  # an integer reader of y
-    bias = w(3) * 4
-    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("z", [1, 6, 6, 6])], {"w": w(3, 2, 3, 3), "b": bias})
-    imported = load_onnx(model)
-    q = quantize(imported, QConfig(calibration=CalibrationMethod.MINMAX, holdout=0), samples_of(model, 8))
-    qp = q.calibration.qparams(q.config)
-    x_params = qp[q.plan.keys[q.plan.ops[0].inputs[0]]]
-    y_params = qp[q.plan.keys[q.plan.ops[0].output]]
+def integer_conv_reference(model, q, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The int32 sums of `model`'s 3×3 pad-1 conv "w" (bias "b", 2 → 3 channels, 6×6) on `x` as
+    quantized by `q`, over the zero-point-padded input, with the per-channel offset (the
+    zero-point correction and the bias in the sums' units) and the sums' scales s_x·s_w."""
     from qcompiler.passes.simulate import quantized_weight
 
+    x_params = q.calibration.qparams(q.config)[q.plan.keys[q.plan.ops[0].inputs[0]]]
     wq, w_scales = quantized_weight(model_weight(model), 0, True)
-    x = samples_of(model, 1, seed=5)[0]["x"]
-    xq = x_params.quantize(x).astype(np.int64)
-    xpad = np.pad(xq, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=x_params.zero_point)
-    acc = np.zeros((1, 3, 6, 6), np.int64)
-    for i in range(3):
-        for j in range(3):
-            acc += np.einsum("nchw,oc->nohw", xpad[:, :, i:i + 6, j:j + 6], wq[:, :, i, j].astype(np.int64))
+    bias = onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "b"))
+    xpad = np.pad(x_params.quantize(x).astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)),
+                  constant_values=x_params.zero_point)
+    acc = sum(np.einsum("nchw,oc->nohw", xpad[:, :, i:i + 6, j:j + 6], wq[:, :, i, j].astype(np.int64))
+              for i in range(3) for j in range(3))
     acc_scales = float(np.float32(x_params.scale)) * w_scales.astype(np.float64)
     offset = (-x_params.zero_point * wq.astype(np.int64).reshape(3, -1).sum(axis=1)
               + np.round(bias.astype(np.float64) / acc_scales).astype(np.int64))
-    ratios = acc_scales / float(np.float32(y_params.scale))
-    expected = requantize_reference(acc, ratios.reshape(1, 3, 1, 1), offset.reshape(1, 3, 1, 1),
+    return acc, offset.reshape(1, 3, 1, 1), acc_scales.reshape(1, 3, 1, 1)
+
+
+def lone_conv(read_by_concat: bool = False):
+    """x[1,2,6,6] → 3×3 conv "w" with bias "b" → y, the output; or z = concat(y, y), an integer reader of y."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    if read_by_concat:
+        nodes.append(helper.make_node("Concat", ["y", "y"], ["z"], name="cat", axis=1))
+    output = ("z", [1, 6, 6, 6]) if read_by_concat else ("y", [1, 3, 6, 6])
+    return make_model(nodes, [("x", [1, 2, 6, 6])], [output], {"w": w(3, 2, 3, 3), "b": w(3) * 4})
+
+
+def test_integer_conv_bit_exact_against_numpy():
+    """A uint8 conv with zero point and bias, read by an integer concat: the realized kernel
+    equals the integer formula exactly (int32 accumulation over the zero-point-padded input;
+    the zero-point correction, bias, output zero point and rounding folded into one float32
+    constant per channel)."""
+    model = lone_conv(read_by_concat=True)
+    q = quantize(load_onnx(model), QConfig(calibration=CalibrationMethod.MINMAX, holdout=0), samples_of(model, 8))
+    y_params = q.calibration.qparams(q.config)[q.plan.keys[q.plan.ops[0].output]]
+    x = samples_of(model, 1, seed=5)[0]["x"]
+    acc, offset, acc_scales = integer_conv_reference(model, q, x)
+    expected = requantize_reference(acc, acc_scales / float(np.float32(y_params.scale)), offset,
                                     y_params.zero_point, 0, 255)
     realized = runner(q.mod)(x)
     got = np.round(realized[:, :3] / np.float32(y_params.scale)).astype(np.int64) + y_params.zero_point
@@ -192,25 +202,12 @@ def test_integer_conv_bit_exact_against_numpy():
 def test_float_output_of_an_integer_conv_is_its_scaled_sum():
     """A conv that only the caller reads is not requantized: its output is the int32 sum plus
     the folded offset, times the per-channel scale s_x·s_w, in float32."""
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
-    bias = w(3) * 4
-    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 6, 6])], {"w": w(3, 2, 3, 3), "b": bias})
+    model = lone_conv()
     q = quantize(load_onnx(model), QConfig(calibration=CalibrationMethod.MINMAX, holdout=0), samples_of(model, 8))
-    op = q.plan.ops[0]
-    assert op.output not in q.plan.keys and "relax.dequantize" not in {name for name, _ in ops_of(q.mod)}
-    x_params = q.calibration.qparams(q.config)[q.plan.keys[op.inputs[0]]]
-    from qcompiler.passes.simulate import quantized_weight
-
-    wq, w_scales = quantized_weight(model_weight(model), 0, True)
+    assert q.plan.ops[0].output not in q.plan.keys and "relax.dequantize" not in {name for name, _ in ops_of(q.mod)}
     x = samples_of(model, 1, seed=5)[0]["x"]
-    xpad = np.pad(x_params.quantize(x).astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)),
-                  constant_values=x_params.zero_point)
-    acc = sum(np.einsum("nchw,oc->nohw", xpad[:, :, i:i + 6, j:j + 6], wq[:, :, i, j].astype(np.int64))
-              for i in range(3) for j in range(3))
-    acc_scales = float(np.float32(x_params.scale)) * w_scales.astype(np.float64)
-    offset = (-x_params.zero_point * wq.astype(np.int64).reshape(3, -1).sum(axis=1)
-              + np.round(bias.astype(np.float64) / acc_scales).astype(np.int64))
-    expected = (acc + offset.reshape(1, 3, 1, 1)) * acc_scales.reshape(1, 3, 1, 1)
+    acc, offset, acc_scales = integer_conv_reference(model, q, x)
+    expected = (acc + offset) * acc_scales
     np.testing.assert_allclose(runner(q.mod)(x), expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
