@@ -940,30 +940,84 @@ static void default_num_threads(void) {
 }
 
 /*
- * AMX tile data needs the process's permission once, before the first tile
- * instruction (which otherwise raises SIGILL): where the CPU has AMX-TILE and
- * AMX-INT8 (CPUID.(7,0):EDX bits 24, 25) and the OS manages tile state (XCR0
- * bits 17, 18), ask for it with arch_prctl(ARCH_REQ_XCOMP_PERM,
- * XFEATURE_XTILEDATA).  Idempotent; it covers every thread of the process.
+ * The AMX features the artifact's kernels need, from its exported symbols
+ * (.dynstr): qcompiler names its tile kernels ..._amx_... (kernels/amx.py),
+ * `bf16` in the name for AMX-BF16, AMX-INT8 otherwise; ..._amx_emulated_...
+ * kernels run anywhere.  The same rule as runtime.tile_features_needed in
+ * Python.  0 with *int8, *bf16 set; -1 with the error set.
  */
-static int enable_tile_data(const char* so_path) {
+static int amx_features_needed(const char* so_path, const unsigned char* data, size_t n, int* int8, int* bf16) {
+  *int8 = *bf16 = 0;
+  uint64_t off = 0, size = 0;
+  int found = qc_find_loaded_section(so_path, data, n, ".dynstr", &off, &size);
+  if (found < 0) return -1;
+  if (found != 0) return 0;
+  const char* p = (const char*)data + off;
+  const char* end = p + size;
+  static const char prefix[] = "__tvm_ffi_";
+  while (p < end) {
+    size_t len = strnlen(p, (size_t)(end - p));
+    if (len > sizeof(prefix) - 1 && strncmp(p, prefix, sizeof(prefix) - 1) == 0) {
+      /* The string is NUL-terminated inside the section or ends with it: copy it to search it. */
+      char name[512];
+      size_t m = len < sizeof(name) - 1 ? len : sizeof(name) - 1;
+      memcpy(name, p, m);
+      name[m] = '\0';
+      if (strstr(name, "_amx") != NULL && strstr(name, "_amx_emulated") == NULL) {
+        if (strstr(name, "bf16") != NULL) *bf16 = 1;
+        else *int8 = 1;
+      }
+    }
+    p += len + 1;
+  }
+  return 0;
+}
+
+/*
+ * AMX tile data needs the process's permission once, before the first tile
+ * instruction (which otherwise raises SIGILL): where the CPU has AMX-TILE
+ * (CPUID.(7,0):EDX bit 24) and the OS manages tile state (XCR0 bits 17, 18),
+ * ask for it with arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+ * Idempotent; it covers every thread of the process.  An artifact whose
+ * kernels need AMX-INT8 (EDX bit 25) or AMX-BF16 (EDX bit 22) on a CPU or OS
+ * without them, or whose request is refused, is a one-line error instead of a
+ * SIGILL at its first run.
+ */
+static int enable_tile_data(const char* so_path, const unsigned char* data, size_t n) {
+  int need_int8 = 0, need_bf16 = 0;
+  if (amx_features_needed(so_path, data, n, &need_int8, &need_bf16) != 0) return -1;
 #if defined(__x86_64__) && defined(__linux__)
-  unsigned a, b, c, d;
+  unsigned a, b, c, d, edx7 = 0, xcr0 = 0;
   __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
-  if (a < 7) return 0;
-  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
-  if (!(c & (1u << 27))) return 0; /* no OSXSAVE: no XCR0 to read */
-  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-  if ((d & (3u << 24)) != (3u << 24)) return 0;
-  unsigned lo, hi;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  if ((lo & (3u << 17)) != (3u << 17)) return 0;
-  if (syscall(158 /* SYS_arch_prctl */, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) != 0) {
-    set_err("%s: the kernel refused AMX tile data (arch_prctl(ARCH_REQ_XCOMP_PERM): %s)", so_path, strerror(errno));
+  if (a >= 7) {
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+    int osxsave = (c & (1u << 27)) != 0; /* without it there is no XCR0 to read */
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    edx7 = d;
+    if (osxsave) {
+      unsigned hi;
+      __asm__ volatile("xgetbv" : "=a"(xcr0), "=d"(hi) : "c"(0));
+    }
+  }
+  int tile = (edx7 & (1u << 24)) != 0 && (xcr0 & (3u << 17)) == (3u << 17);
+  const char* missing = need_int8 && !(tile && (edx7 & (1u << 25))) ? "amx_int8"
+                        : need_bf16 && !(tile && (edx7 & (1u << 22))) ? "amx_bf16" : NULL;
+  if (missing != NULL) {
+    set_err("%s has AMX kernels and this CPU has no AMX (%s not in CPUID, or tile state not enabled by the OS): "
+            "compile it for this machine (--target x86) or a preset it has", so_path, missing);
+    return -1;
+  }
+  if (tile && syscall(158 /* SYS_arch_prctl */, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) != 0 &&
+      (need_int8 || need_bf16)) {
+    set_err("%s: the kernel refused AMX tile data (arch_prctl(ARCH_REQ_XCOMP_PERM): %s); AMX needs Linux 5.16 or "
+            "later", so_path, strerror(errno));
     return -1;
   }
 #else
-  (void)so_path;
+  if (need_int8 || need_bf16) {
+    set_err("%s has AMX kernels: they run only on x86-64 Linux", so_path);
+    return -1;
+  }
 #endif
   return 0;
 }
@@ -1008,7 +1062,7 @@ qc_model* qc_load_ex(const char* so_path, int device_type, int device_id, unsign
   qc_section weights = {0, 0};
   int found = qc_find_section(so_path, data, n, QC_WEIGHTS_SECTION, &weights.offset, &weights.size);
   if (found < 0) goto fail;
-  if (enable_tile_data(so_path) != 0) goto fail;
+  if (enable_tile_data(so_path, data, n) != 0) goto fail;
   if (map_artifact(m, data, n, &weights, device_type, device_id) != 0) goto fail;
   if (get_runtime_functions(m) != 0) goto fail;
   if (found == 0 && load_weights(m, data + weights.offset, (size_t)weights.size) != 0) goto fail;

@@ -201,8 +201,8 @@ static int overlaps_loaded(const unsigned char* d, uint64_t off, uint64_t len) {
   return 0;
 }
 
-int qc_find_section(const char* path, const unsigned char* d, size_t n, const char* name,
-                    uint64_t* offset, uint64_t* size) {
+static int find_section(const char* path, const unsigned char* d, size_t n, const char* name, int may_be_loaded,
+                        uint64_t* offset, uint64_t* size) {
   uint64_t shoff = qc_rd64(d + 40);
   unsigned shnum = qc_rd16(d + 60), shstrndx = qc_rd16(d + 62);
   if (shnum == 0) return 1;
@@ -230,7 +230,7 @@ int qc_find_section(const char* path, const unsigned char* d, size_t n, const ch
                    (unsigned long long)(off + len), n);
       return -1;
     }
-    if ((flags & QC_SHF_ALLOC) != 0 || overlaps_loaded(d, off, len)) {
+    if (!may_be_loaded && ((flags & QC_SHF_ALLOC) != 0 || overlaps_loaded(d, off, len))) {
       qc_set_error("%s: its %s section overlaps the code the dynamic loader maps (expected a section "
                    "that is not loaded)", path, name);
       return -1;
@@ -240,6 +240,16 @@ int qc_find_section(const char* path, const unsigned char* d, size_t n, const ch
     return 0;
   }
   return 1;
+}
+
+int qc_find_section(const char* path, const unsigned char* d, size_t n, const char* name, uint64_t* offset,
+                    uint64_t* size) {
+  return find_section(path, d, n, name, 0, offset, size);
+}
+
+int qc_find_loaded_section(const char* path, const unsigned char* d, size_t n, const char* name, uint64_t* offset,
+                           uint64_t* size) {
+  return find_section(path, d, n, name, 1, offset, size);
 }
 
 /* ------------------------------------------------------------------------ */

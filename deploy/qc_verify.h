@@ -45,6 +45,10 @@ QC_HIDDEN int qc_check_elf(const char* path, const unsigned char* data, size_t n
 QC_HIDDEN int qc_find_section(const char* path, const unsigned char* data, size_t n, const char* name,
                               uint64_t* offset, uint64_t* size);
 
+/* The same for a section the dynamic loader maps too (read here, e.g. .dynstr). */
+QC_HIDDEN int qc_find_loaded_section(const char* path, const unsigned char* data, size_t n, const char* name,
+                                     uint64_t* offset, uint64_t* size);
+
 /*
  * Check data[0..n), the bytes of the artifact `so_path`, against the SHA-256
  * recorded in NAME.json (`artifact.sha256`; NAME.json must exist and be

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -190,11 +191,25 @@ def test_only_amx_targets_get_amx_kernels():
     assert (tile_engine_of(resolve("x86").target()) is amx.HARDWARE) == HOST_HAS_AMX
 
 
+def qc_run_zero_inputs(binary, so) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary), str(so), "--zero-inputs"], capture_output=True, text=True)
+
+
+def assert_refused_without_amx(so, qc_run_binary) -> None:
+    """Both runtimes refuse the artifact with one line, before any kernel runs (no SIGILL)."""
+    with pytest.raises(QCompilerError, match="has AMX kernels and this CPU has no AMX"):
+        qcompiler.load(so)
+    proc = qc_run_zero_inputs(qc_run_binary, so)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert proc.stderr.startswith("qc_run: error:") and proc.stderr.strip().count("\n") == 0
+    assert "has AMX kernels and this CPU has no AMX" in proc.stderr
+
+
 @needs_objdump
-def test_amx_artifact_runs_tdpbusd(tmp_path):
+def test_amx_artifact_runs_tdpbusd(tmp_path, qc_run_binary):
     """Cross-compiled for `x86-amx` (on any host): the tile kernel executes `tdpbusd` and no
-    VNNI; where the host has AMX, its outputs equal the emulation's, else loading it is a
-    one-line error (not a SIGILL)."""
+    VNNI; where the host has AMX, its outputs equal the emulation's, else loading it (from Python
+    or the C runtime) is a one-line error (not a SIGILL)."""
     model = MODELS["matmul 2x9x96 * 96x40"]()
     calib, name, shape = calibration(model)
     so = qcompiler.compile(model, target="x86-amx", quantize="int8", calib=calib).export(tmp_path / "amx.so")
@@ -203,9 +218,9 @@ def test_amx_artifact_runs_tdpbusd(tmp_path):
     assert usage[tile_kernel] == ["tdpbusd"]
     assert "tdpbusd (x86 AMX)" in inspect_path(so)
     if not HOST_HAS_AMX:
-        with pytest.raises(QCompilerError, match="has AMX kernels and this CPU has no AMX"):
-            qcompiler.load(so)
+        assert_refused_without_amx(so, qc_run_binary)
         return
+    assert qc_run_zero_inputs(qc_run_binary, so).returncode == 0
     x = {name: np.random.default_rng(5).standard_normal(shape).astype(np.float32)}
     emulated = qcompiler.compile(model, target=json.dumps(EMULATED_TARGET), quantize="int8", calib=calib)
     np.testing.assert_array_equal(qcompiler.load(so).run(x)["z"],
@@ -243,7 +258,7 @@ def test_bf16_tile_artifact_matches_vdpbf16ps_artifact(tmp_path, case):
 
 
 @needs_objdump
-def test_amx_bf16_artifact_runs_tdpbf16ps(tmp_path):
+def test_amx_bf16_artifact_runs_tdpbf16ps(tmp_path, qc_run_binary):
     """Cross-compiled for `x86-amx` with --quantize bf16: the tile kernel executes `tdpbf16ps`
     only; on a host without AMX-BF16 loading it is a one-line error, with it it matches the
     emulation."""
@@ -255,8 +270,7 @@ def test_amx_bf16_artifact_runs_tdpbf16ps(tmp_path):
     assert usage[tile_kernel] == ["tdpbf16ps"]
     assert "tdpbf16ps (x86 AMX-BF16)" in inspect_path(so)
     if not {"amx_tile", "amx_bf16"} <= read_cpu_flags()[1]:
-        with pytest.raises(QCompilerError, match="has AMX kernels and this CPU has no AMX"):
-            qcompiler.load(so)
+        assert_refused_without_amx(so, qc_run_binary)
         return
     x = {name: np.random.default_rng(8).standard_normal(shape).astype(np.float32)}
     emulated = qcompiler.compile(model, target=json.dumps(EMULATED_TARGET), quantize="bf16")
