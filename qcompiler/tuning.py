@@ -131,7 +131,7 @@ def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
 def _hand_written_kernels(target: tvm.target.Target) -> list:
     """qcompiler's kernels written for a kind of PrimFunc (each returns its kernel for a PrimFunc
     of its kind, else None): the tile engine's block products (kernels/amx.py), byte-table
-    lookups on the VBMI kernel (kernels/lookup.py) where `target` has the instruction,
+    lookups on the VBMI or AVX-512BW kernel (kernels/lookup.py) where `target` has the instruction,
     channels-last pads as the row copies of kernels/pad.py, and
     kernels that end in a pad with their default schedule, which splits it into a fill and an
     interior (kernels/schedules.py). They beat what tuning finds for these memory-bound kernels,
@@ -141,8 +141,7 @@ def _hand_written_kernels(target: tvm.target.Target) -> list:
 
     if target.kind.name == "cuda":
         return []
-    kernels = [lookup.byte_lookup_kernel] if lookup.has_byte_permute(target) else []
-    return [tile_engine_kernel, *kernels, pad.row_pad_kernel, split_pad_kernel]
+    return [tile_engine_kernel, *lookup.lookup_kernels(target), pad.row_pad_kernel, split_pad_kernel]
 
 
 def _first_that_applies(kernels: list):

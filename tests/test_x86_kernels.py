@@ -18,11 +18,13 @@ from qcompiler.frontend import load_onnx
 from qcompiler.inspect import inspect_path
 from qcompiler.kernels.dispatch import dispatch_int8_kernels
 from qcompiler.kernels.isa import VNNI, dot_product_of
+from qcompiler.kernels.lookup import lookup_kernels, word_lookup_kernel
 from qcompiler.kernels.schedules import SCHEDULE_SOURCE, SCHEDULED
 from qcompiler.passes.graph import const
 from qcompiler.passes.layout import channels_last
 from qcompiler.quantize import quantize
 from qcompiler.targets import resolve
+from qcompiler.targets.x86 import read_cpu_flags
 from qcompiler.tuning import cpu_pipeline, fused_module, with_default_schedules
 from test_quantize import residual_net, samples
 
@@ -42,18 +44,20 @@ def relax_main(func_body, specs: list[tuple[tuple[int, ...], str]]) -> tvm.IRMod
     return bb.get()
 
 
-def default_scheduled(mod: tvm.IRModule) -> tvm.IRModule:
-    """`mod` fused for TARGET, every kernel with its default schedule."""
-    with TARGET:
-        return with_default_schedules(fused_module(mod, TARGET), TARGET)
+def default_scheduled(mod: tvm.IRModule, target: tvm.target.Target = TARGET) -> tvm.IRModule:
+    """`mod` fused for `target`, every kernel with its default schedule."""
+    with target:
+        return with_default_schedules(fused_module(mod, target), target)
 
 
-def run_relax(func_body, inputs: list[np.ndarray], default_schedules: bool = True) -> np.ndarray:
-    """Build `func_body(*vars)` as `main` through qcompiler's CPU pipeline and run it."""
+def run_relax(func_body, inputs: list[np.ndarray], default_schedules: bool = True,
+              target: tvm.target.Target = TARGET) -> np.ndarray:
+    """Build `func_body(*vars)` as `main` through qcompiler's CPU pipeline for `target` (one this
+    host runs) and run it."""
     mod = relax_main(func_body, [(a.shape, str(a.dtype)) for a in inputs])
-    with TARGET:
-        lowered = cpu_pipeline(TARGET, None, default_schedules)(mod)
-    vm = relax.VirtualMachine(tvm.compile(lowered, TARGET), tvm.cpu())
+    with target:
+        lowered = cpu_pipeline(target, None, default_schedules)(mod)
+    vm = relax.VirtualMachine(tvm.compile(lowered, target), tvm.cpu())
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
 
 
@@ -249,9 +253,24 @@ def test_byte_table_lookups_are_exact(shape, dtype, vbmi):
     assert ("vpermi2var" in kernel.script()) == vbmi
 
 
-def single_kernel(body, shape, dtype) -> tvm.tirx.PrimFunc:
+@pytest.mark.skipif("avx512bw" not in read_cpu_flags()[1], reason="this CPU has no AVX-512BW")
+@pytest.mark.parametrize("shape,dtype", [((1, 2, 96, 200), "uint8"), ((1, 3, 7, 13), "int8"), ((96,), "int8")])
+def test_byte_table_lookups_without_vbmi_are_exact(shape, dtype):
+    """For an AVX-512 target without VBMI (Cascade Lake: `x86-avx512-vnni`), the lookup runs on
+    `vpermi2w` over the table widened to 16 bits (32 per chunk, then a scalar tail) and equals
+    numpy's table[q]."""
+    target = resolve("x86-avx512-vnni").target()
+    assert lookup_kernels(target) == [word_lookup_kernel]
+    q = rng.integers(0, 256, shape).astype(np.uint8)
+    table = rng.integers(-128, 128, 256).astype(dtype) if dtype == "int8" else rng.integers(0, 256, 256).astype(dtype)
+    body = lambda x: relax.op.take(const(table), x, axis=0, mode="clip")  # noqa: E731
+    np.testing.assert_array_equal(run_relax(body, [q], target=target), table[q])
+    assert "vpermi2var.hi" in single_kernel(body, shape, "uint8", target).script()
+
+
+def single_kernel(body, shape, dtype, target: tvm.target.Target = TARGET) -> tvm.tirx.PrimFunc:
     """The one kernel `body` of a [shape] `dtype` tensor gets from the default schedules."""
-    scheduled = default_scheduled(relax_main(body, [(shape, dtype)]))
+    scheduled = default_scheduled(relax_main(body, [(shape, dtype)]), target)
     (kernel,) = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     return kernel
 

@@ -12,6 +12,13 @@ in four 64-byte registers t0..t3 and
 look up 64 elements at once. `byte_lookup_kernel` replaces such a lookup PrimFunc by this loop
 (over chunks of 64, then a scalar tail), with the same parameters. Measured on Zen 4, 1 thread:
 38,400 lookups take 0.7 µs, against 10.8 µs for the vectorized gather of the default schedule.
+
+Without VBMI but with AVX-512BW (Skylake-SP, Cascade Lake: the `x86-avx512` and `x86-avx512-vnni`
+presets), `word_lookup_kernel` does the same on 16-bit words, 32 elements per register: the table
+widened to 16 bits fills eight registers w0..w7, q is zero-extended to words, and
+
+    p_j = vpermi2w(w_2j, q, w_2j+1)     table[q] for 64·j ≤ q < 64·(j + 1)    j = 0..3
+    out = truncate(bit 7 of q ? (bit 6 ? p3 : p2) : (bit 6 ? p1 : p0))
 """
 
 from __future__ import annotations
@@ -28,10 +35,24 @@ from ..fusion import is_table_lookup
 FEATURE = "avx512vbmi"
 CHUNK = 64  # bytes per 512-bit register
 PERMUTE = "llvm.x86.avx512.vpermi2var.qi.512"
+WORD_FEATURE = "avx512bw"
+WORD_CHUNK = 32  # 16-bit words per 512-bit register
+WORD_PERMUTE = "llvm.x86.avx512.vpermi2var.hi.512"
 
 
 def has_byte_permute(target: tvm.target.Target) -> bool:
     return target.kind.name == "llvm" and codegen.target_has_features(FEATURE, target)
+
+
+def has_word_permute(target: tvm.target.Target) -> bool:
+    return target.kind.name == "llvm" and codegen.target_has_features(WORD_FEATURE, target)
+
+
+def lookup_kernels(target: tvm.target.Target) -> list:
+    """The table-lookup kernel for `target` (a list of at most one): VBMI's, else AVX-512BW's."""
+    if has_byte_permute(target):
+        return [byte_lookup_kernel]
+    return [word_lookup_kernel] if has_word_permute(target) else []
 
 
 def _lookup_buffers(func: tirx.PrimFunc):
@@ -79,6 +100,49 @@ def byte_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
                     permute(bytes_at(table, 2 * CHUNK), bytes_at(flat_index, chunk * CHUNK), bytes_at(table, 3 * CHUNK)),
                     permute(bytes_at(table, 0), bytes_at(flat_index, chunk * CHUNK), bytes_at(table, CHUNK))))
             for i in range(chunks * CHUNK, size):
+                flat_out[i] = table[flat_index[i]]
+
+    return kernel
+
+
+def word_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """The AVX-512BW kernel for `func` if it is a byte-table lookup (see `_lookup_buffers`), else
+    None: 32 lookups per chunk on the table widened to 16-bit words (module docstring)."""
+    buffers = _lookup_buffers(func)
+    if buffers is None:
+        return None
+    table_buffer, _, out_buffer = buffers
+    shape, dtype = tuple(int(d) for d in out_buffer.shape), str(table_buffer.dtype)
+    size = math.prod(shape)
+    chunks, words = size // WORD_CHUNK, f"int16x{WORD_CHUNK}"
+
+    def table_words(table, j):
+        """Table entries 32·j .. 32·j + 31 widened to int16 (the sign kept for an int8 table)."""
+        return T.Cast(words, table.vload([j * WORD_CHUNK], f"{dtype}x{WORD_CHUNK}"))
+
+    def permute(table, j, q):
+        """vpermi2w: table[64·j + (q & 63)]."""
+        return T.call_llvm_pure_intrin(words, WORD_PERMUTE, table_words(table, 2 * j), q, table_words(table, 2 * j + 1))
+
+    def bit(q, value):
+        return T.bitwise_and(q, T.broadcast(T.int16(value), WORD_CHUNK)) != T.broadcast(T.int16(0), WORD_CHUNK)
+
+    def lookup(table, q):
+        """table[q] for 32 word indices q (one expression: see byte_lookup_kernel)."""
+        return T.Select(bit(q, 128),
+                        T.Select(bit(q, 64), permute(table, 3, q), permute(table, 2, q)),
+                        T.Select(bit(q, 64), permute(table, 1, q), permute(table, 0, q)))
+
+    @T.prim_func(private=True, s_tir=True)
+    def kernel(table: T.Buffer((256,), dtype), index: T.Buffer(shape, "uint8"), out: T.Buffer(shape, dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        with T.sblock("root"):
+            flat_index = T.decl_buffer((size,), "uint8", data=index.data)
+            flat_out = T.decl_buffer((size,), dtype, data=out.data)
+            for chunk in range(chunks):
+                flat_out[T.ramp(chunk * WORD_CHUNK, 1, WORD_CHUNK)] = T.Cast(f"{dtype}x{WORD_CHUNK}", lookup(
+                    table, T.Cast(words, flat_index.vload([chunk * WORD_CHUNK], f"uint8x{WORD_CHUNK}"))))
+            for i in range(chunks * WORD_CHUNK, size):
                 flat_out[i] = table[flat_index[i]]
 
     return kernel
