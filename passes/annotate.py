@@ -168,7 +168,7 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
             keys[var] = f"{len(dict.fromkeys(keys.values()))}:{var.name}"
         return keys[var]
 
-    unary_source = _unary_sources(view)
+    unary_source = unary_sources(view)
 
     def region_source(expr):
         return unary_source.get(expr, expr)
@@ -236,6 +236,7 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         ops.append(QuantizedOp(var, name, node, list(inputs), output, weight, weight_axis, epilogue,
                                _macs(var, value, weight) if weight is not None else 0,
                                *_conv_attributes(value)))
+    ops, keys = _without_unread_elementwise(ops, keys, unary_source)
     # The end of each unary region fed by a quantized tensor is quantized too.
     for var, src in unary_source.items():
         users = view.users.get(var, [])
@@ -243,6 +244,23 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
         if src in keys and (var in view.outputs or not inside):
             key_for(var)
     return AnnotationPlan(ops, _read_by_integer_ops(keys, ops, unary_source), skipped, total_macs)
+
+
+def _without_unread_elementwise(ops: list[QuantizedOp], keys: dict, unary_source: dict) -> tuple[list, dict]:
+    """`ops` without the add / multiply anchors whose output no quantized op (or unary region)
+    reads, and `keys` without the tensors only they read. Such an add saves nothing in int8 (its
+    result is dequantized at once), and it would round both its inputs to 8 bits: a transformer's
+    residual add before LayerNorm would quantize the residual stream itself, outliers and all.
+    Repeated until none is left (dropping one can leave another unread)."""
+    while True:
+        read = {keys[var] for op in ops for var in op.inputs}
+        read |= {keys[src] for src in unary_source.values() if src in keys}
+        kept = [op for op in ops if op.op not in ("relax.add", "relax.multiply") or keys[op.output] in read]
+        if len(kept) == len(ops):
+            break
+        ops = kept
+    used = {keys[var] for op in ops for var in (*op.inputs, op.output)}
+    return ops, {var: key for var, key in keys.items() if key in used}
 
 
 def _read_by_integer_ops(keys: dict, ops: list[QuantizedOp], unary_source: dict) -> dict:
@@ -257,7 +275,7 @@ def _read_by_integer_ops(keys: dict, ops: list[QuantizedOp], unary_source: dict)
     return {var: key for var, key in keys.items() if key not in unread}
 
 
-def _unary_sources(view: FunctionView) -> dict:
+def unary_sources(view: FunctionView) -> dict:
     """For each var computed by UNARY_OPS from one activation and scalar constants: that activation."""
     sources: dict = {}
     for binding in view.bindings:

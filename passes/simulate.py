@@ -1,7 +1,11 @@
 """simulate: the fake-quantized (QDQ) form of a model — quantize → dequantize in float.
 
 Each quantized tensor t is followed by `dequantize(quantize(t))` with its calibrated
-parameters, and every later use of t reads the dequantized value; each anchor's constant
+parameters, and every later use of t reads the dequantized value, except where t is computed
+in float (a model input, a float op's output): there only the ops that run on its integers (the
+quantized ops that read it, the layout ops that carry its quantization, the unary regions that
+become its lookup table) read the dequantized value, and float ops keep reading t itself (a
+transformer's residual add reads LayerNorm's output, not its 8-bit copy). Each anchor's constant
 weight becomes `dequantize(int8 weight)` with per-channel (or per-tensor) scales. This module
 computes in float what the integer model computes, up to rounding of requantization; it is
 the debugging mode, and the input `realize` turns into integer kernels — the same form a
@@ -27,8 +31,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .annotate import AnnotationPlan
-from .graph import const, conv_channel_axis, op_name, shape_of, with_main
+from .annotate import CARRY_OPS, AnnotationPlan, unary_sources
+from .graph import FunctionView, const, conv_channel_axis, op_name, shape_of, with_main
 from .qconfig import QConfig, QParams, quantize_weight, weight_scales
 
 SWITCHES_INPUT = "qc_switches"
@@ -100,10 +104,16 @@ def insert_qdq(
         if switches else None
 
     params = [p for p in mod["main"].params if p in plan.keys]
+    float_readers = _float_readers(mod, plan)
 
     @relax.expr_functor.mutator
     class InsertQDQ(relax.PyExprMutator):
         started = False
+
+        def __init__(self, module):
+            super().__init__(module)
+            self.computed: dict = {}  # quantized tensor → its float value, as emitted
+            self.fake: dict = {}  # quantized tensor → its dequantize(quantize(·))
 
         def switch(self, index: int):
             return self.builder_.emit(relax.op.strided_slice(switch_var, [0], [index], [index + 1]))
@@ -120,7 +130,11 @@ def insert_qdq(
                     dequantized = self.fake_quantized(param, plan.keys[param])
                     dequantized_of.setdefault(plan.keys[param], dequantized)
                     self.set_var_remap(param, dequantized)
+                    self.computed[param], self.fake[param] = param, dequantized
             var = binding.var
+            reads_float = [t for t in float_readers.get(var, ()) if t in self.computed]
+            for tensor in reads_float:  # this float op reads these float tensors themselves
+                self.set_var_remap(tensor, self.computed[tensor])
             if var in weights:
                 op = weights[var]
                 wq, scales = quantized_weight(op.weight, op.weight_axis, config.per_channel)
@@ -148,11 +162,14 @@ def insert_qdq(
                 self.set_var_remap(var, new_var)
             else:
                 super().visit_var_binding_(binding)
+            for tensor in reads_float:
+                self.set_var_remap(tensor, self.fake[tensor])
             if var in plan.keys:
                 emitted = self.get_var_remap(var) if self.get_var_remap(var) is not None else var
                 dequantized = self.fake_quantized(emitted, plan.keys[var])
                 dequantized_of.setdefault(plan.keys[var], dequantized)
                 self.set_var_remap(var, dequantized)
+                self.computed[var], self.fake[var] = emitted, dequantized
             elif var in float_outputs:  # (reading the remap makes an entry: set it)
                 emitted = self.get_var_remap(var) if self.get_var_remap(var) is not None else var
                 dequantized_of[var] = emitted
@@ -163,3 +180,23 @@ def insert_qdq(
     if switch_var is not None:
         func = relax.Function(list(func.params) + [switch_var], func.body, func.ret_ty, func.is_pure, func.attrs)
     return with_main(mod, func), dequantized_of
+
+
+def _float_readers(mod: tvm.IRModule, plan: AnnotationPlan) -> dict:
+    """For each binding that computes in float: the quantized tensors computed in float (model
+    inputs, float ops' outputs; not the quantized ops' outputs, which exist only as integers)
+    that it reads. The readers that run on the integers are not listed: the quantized ops, the
+    layout ops that carry the tensor's quantization, and the unary regions over it."""
+    view = FunctionView(mod["main"])
+    integer_readers = {op.var for op in plan.ops} | {var for var, source in unary_sources(view).items()
+                                                       if source in plan.keys}
+    integer_keys = {plan.keys[op.output] for op in plan.ops if op.output in plan.keys}  # and what carries them
+    readers: dict = {}
+    for tensor, key in plan.keys.items():
+        if key in integer_keys:
+            continue
+        for user in view.users.get(tensor, []):
+            carried = view.producer_op(user) in CARRY_OPS and plan.keys.get(user) == plan.keys[tensor]
+            if user not in integer_readers and not carried:
+                readers.setdefault(user, []).append(tensor)
+    return readers

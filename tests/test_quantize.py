@@ -211,6 +211,51 @@ def test_float_output_of_an_integer_conv_is_its_scaled_sum():
     np.testing.assert_allclose(runner(q.mod)(x), expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
+POST_NORM_GAMMA = np.where(np.arange(16) == 3, 40.0, 1.0).astype(np.float32)
+
+
+def post_norm_block():
+    """x → LayerNorm → n; y = LayerNorm(n + MatMul(n, W)): a transformer's residual add, read
+    only by a float LayerNorm. n has one channel 40× wider than the others (as transformers'
+    LayerNorm outputs do)."""
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], name="norm1", axis=-1),
+             helper.make_node("MatMul", ["n", "w"], ["m"], name="linear"),
+             helper.make_node("Add", ["n", "m"], ["r"], name="residual"),
+             helper.make_node("LayerNormalization", ["r", "ones", "b"], ["y"], name="norm2", axis=-1)]
+    return make_model(nodes, [("x", [1, 8, 16])], [("y", [1, 8, 16])],
+                      {"g": POST_NORM_GAMMA, "b": np.zeros(16), "ones": np.ones(16), "w": w(16, 16) * 0.01})
+
+
+def layer_norm(x, gamma=1.0):
+    x = np.asarray(x, np.float64)
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * gamma
+
+
+def test_residual_add_read_by_float_ops_stays_float():
+    """The residual add that only LayerNorm reads is no int8 op, and it reads n itself, not n's
+    8-bit copy: the residual stream stays exact (8-bit only as the matmul's input, whose step
+    its outlier channel sets), and the matmul's output stays float. Against numpy: the residual's error is at most the matmul's,
+    half a step on each input and half a weight step on each weight,
+    Σ_k (s_x/2)|W_kj| + |n_k| s_j/2, and norm2 scales it by at most 2/σ(r) (centring, then
+    division by the standard deviation). Rounding n itself to 8 bits would move r by up to
+    s_x/2 on every channel: over 10× the residual's bound here."""
+    model = post_norm_block()
+    q = quantize(load_onnx(model), QConfig(calibration=CalibrationMethod.MINMAX, holdout=0), samples_of(model, 8))
+    assert [op.op for op in q.plan.ops] == ["relax.matmul"]
+    (key,) = q.plan.observer_keys  # n, as the matmul's input
+    step = q.calibration.qparams(q.config)[key].scale
+    weight = model_weight(model).astype(np.float64)
+    x = samples_of(model, 1, seed=5)[0]["x"]
+    n = layer_norm(x, POST_NORM_GAMMA)
+    r = n + n @ weight
+    weight_steps = np.abs(weight).max(axis=0) / 127
+    residual_error = step / 2 * np.abs(weight).sum(axis=0) + np.abs(n) @ np.ones_like(weight) * weight_steps / 2
+    bound = residual_error.max(axis=-1, keepdims=True) * 2 / r.std(axis=-1, keepdims=True)
+    assert step / 2 > 10 * residual_error.max()
+    error = np.abs(runner(q.mod)(x) - layer_norm(r))
+    assert (error <= bound + 1e-5).all(), (error.max(axis=-1), bound.ravel())
+
+
 def test_a_tensor_that_was_zero_in_calibration_keeps_the_next_convs_bias(tmp_path):
     """conv1's weights are 1e-39: its output is ~1e-39 on every sample, a range whose scale
     would be denormal. It quantizes as a zero tensor, and conv2's bias is not cast to int64
