@@ -104,7 +104,7 @@ def insert_qdq(
         if switches else None
 
     params = [p for p in mod["main"].params if p in plan.keys]
-    float_readers = _float_readers(mod, plan)
+    float_readers = float_readers_of(mod, plan)
 
     @relax.expr_functor.mutator
     class InsertQDQ(relax.PyExprMutator):
@@ -182,7 +182,7 @@ def insert_qdq(
     return with_main(mod, func), dequantized_of
 
 
-def _float_readers(mod: tvm.IRModule, plan: AnnotationPlan) -> dict:
+def float_readers_of(mod: tvm.IRModule, plan: AnnotationPlan) -> dict:
     """For each binding that computes in float: the quantized tensors computed in float (model
     inputs, float ops' outputs; not the quantized ops' outputs, which exist only as integers)
     that it reads. The readers that run on the integers are not listed: the quantized ops, the

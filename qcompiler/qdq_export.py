@@ -5,7 +5,9 @@ convolution), with what quantization decided:
 
 * every quantized activation tensor T (an observer key's tensor that is an ONNX graph input or
   the single output of a node) becomes DequantizeLinear(QuantizeLinear(T)) with its calibrated
-  scale and zero point (uint8 or int8, per tensor); its consumers read the dequantized value;
+  scale and zero point (uint8 or int8, per tensor); its consumers read the dequantized value,
+  except float ops reading a tensor computed in float (a graph input, a float op's output),
+  which read T itself, as in the integer artifact (passes/simulate.py);
 * every quantized conv / matmul weight becomes DequantizeLinear(int8 initializer, scales, 0)
   per output channel (axis 0 for Conv and Gemm with transB, 1 for MatMul and plain Gemm), with
   the int8 values the integer artifact uses (after AdaRound, when on);
@@ -30,7 +32,7 @@ from onnx import helper, numpy_helper
 from .errors import QCompilerError
 from .frontend import ImportedModel
 from .passes.graph import FunctionView, op_name
-from .passes.simulate import quantized_weight
+from .passes.simulate import float_readers_of, quantized_weight
 from .quantize import Quantized
 
 # Per-channel QuantizeLinear / DequantizeLinear (`axis`) arrived in opset 13.
@@ -129,15 +131,17 @@ def qdq_model(imported: ImportedModel, q: Quantized) -> onnx.ModelProto:
     for binding in view.bindings:
         if binding.var in q.node_of:
             last_binding[q.node_of[binding.var]] = binding.var
-    done = set()
+    tensor_of = {var: _onnx_tensor(view, q.node_of, nodes, last_binding, graph_inputs, var) for var in q.plan.keys}
+    names = {}  # quantized ONNX tensor T → (the name its consumers read: DQ(Q(T)), the name of T's float value)
     for var, key in q.plan.keys.items():
-        tensor = _onnx_tensor(view, q.node_of, nodes, last_binding, graph_inputs, var)
-        if tensor is None:
-            continue
-        if tensor in done:
-            continue
-        done.add(tensor)
-        _quantize_tensor(writer, model.graph, tensor, qparams[key], from_input=tensor in graph_inputs)
+        tensor = tensor_of[var]
+        if tensor is not None and tensor not in names:
+            names[tensor] = _quantize_tensor(writer, model.graph, tensor, qparams[key], from_input=tensor in graph_inputs)
+    for reader, tensors in float_readers_of(q.fp32, q.plan).items():
+        node = nodes.get(q.node_of.get(reader, ""))
+        exact = dict(names[tensor_of[var]] for var in tensors if tensor_of[var] in names)
+        if node is not None:
+            node.input[:] = [exact.get(name, name) for name in node.input]
 
     ordered = list(writer.before)
 
@@ -228,8 +232,9 @@ def _write_bias(writer: _Writer, view: FunctionView, q: Quantized, node: onnx.No
         name=writer.fresh(f"{node.name}_bias_correction")))
 
 
-def _quantize_tensor(writer: _Writer, graph: onnx.GraphProto, tensor: str, params, from_input: bool) -> None:
-    """T → DequantizeLinear(QuantizeLinear(T)) for every consumer of T."""
+def _quantize_tensor(writer: _Writer, graph: onnx.GraphProto, tensor: str, params, from_input: bool) -> tuple[str, str]:
+    """T → DequantizeLinear(QuantizeLinear(T)) for every consumer of T; the names of the
+    dequantized value and of the float value."""
     scale = writer.constant(f"{tensor}_scale", np.array(params.scale, np.float32))
     zero_point = writer.constant(f"{tensor}_zero_point", np.array(params.zero_point, params.dtype))
     quantized = writer.fresh(f"{tensor}_quantized")
@@ -252,6 +257,7 @@ def _quantize_tensor(writer: _Writer, graph: onnx.GraphProto, tensor: str, param
         helper.make_node("DequantizeLinear", [quantized, scale, zero_point], [dequantized],
                          name=writer.fresh(f"{tensor}_dequantize")),
     ])
+    return dequantized, source
 
 
 def write_qdq(model: onnx.ModelProto, path: str | os.PathLike) -> Path:

@@ -215,20 +215,26 @@ POST_NORM_GAMMA = np.where(np.arange(16) == 3, 40.0, 1.0).astype(np.float32)
 
 
 def post_norm_block():
-    """x → LayerNorm → n; y = LayerNorm(n + MatMul(n, W)): a transformer's residual add, read
-    only by a float LayerNorm. n has one channel 40× wider than the others (as transformers'
-    LayerNorm outputs do)."""
-    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], name="norm1", axis=-1),
+    """n = tanh(x) · g; y = LayerNorm(n + MatMul(n, W)): a transformer's residual add, read only
+    by a float LayerNorm. n, computed in float, has one channel 40× wider than the others (as
+    transformers' LayerNorm outputs do)."""
+    nodes = [helper.make_node("Tanh", ["x"], ["t"], name="tanh"),
+             helper.make_node("Mul", ["t", "g"], ["n"], name="gain"),
              helper.make_node("MatMul", ["n", "w"], ["m"], name="linear"),
              helper.make_node("Add", ["n", "m"], ["r"], name="residual"),
              helper.make_node("LayerNormalization", ["r", "ones", "b"], ["y"], name="norm2", axis=-1)]
     return make_model(nodes, [("x", [1, 8, 16])], [("y", [1, 8, 16])],
-                      {"g": POST_NORM_GAMMA, "b": np.zeros(16), "ones": np.ones(16), "w": w(16, 16) * 0.01})
+                      {"g": POST_NORM_GAMMA, "b": np.zeros(16), "ones": np.ones(16), "w": w(16, 16) * 0.005})
 
 
-def layer_norm(x, gamma=1.0):
+def post_norm_stream(x):
+    """n of post_norm_block, in float64."""
+    return np.tanh(np.asarray(x, np.float64)) * POST_NORM_GAMMA
+
+
+def layer_norm(x):
     x = np.asarray(x, np.float64)
-    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * gamma
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
 
 
 def test_residual_add_read_by_float_ops_stays_float():
@@ -246,7 +252,7 @@ def test_residual_add_read_by_float_ops_stays_float():
     step = q.calibration.qparams(q.config)[key].scale
     weight = model_weight(model).astype(np.float64)
     x = samples_of(model, 1, seed=5)[0]["x"]
-    n = layer_norm(x, POST_NORM_GAMMA)
+    n = post_norm_stream(x)
     r = n + n @ weight
     weight_steps = np.abs(weight).max(axis=0) / 127
     residual_error = step / 2 * np.abs(weight).sum(axis=0) + np.abs(n) @ np.ones_like(weight) * weight_steps / 2
@@ -254,6 +260,24 @@ def test_residual_add_read_by_float_ops_stays_float():
     assert step / 2 > 10 * residual_error.max()
     error = np.abs(runner(q.mod)(x) - layer_norm(r))
     assert (error <= bound + 1e-5).all(), (error.max(axis=-1), bound.ravel())
+
+
+def test_qdq_export_of_a_residual_add_reads_the_float_stream(tmp_path):
+    """export-qdq follows the artifact: the residual add reads n's float value, only the matmul
+    reads its QuantizeLinear → DequantizeLinear copy; onnxruntime's outputs of the QDQ
+    model agree with the artifact's (one matmul input step through norm2, as above)."""
+    model = post_norm_block()
+    calib = samples_of(model, 8)
+    config = QConfig(calibration=CalibrationMethod.MINMAX, holdout=0)
+    qdq = onnx.load(qcompiler.export_qdq(model, calib, tmp_path / "m.qdq.onnx", config=config))
+    produced_by = {output: node for node in qdq.graph.node for output in node.output}
+    (residual,) = [node for node in qdq.graph.node if node.name == "residual"]
+    (linear,) = [node for node in qdq.graph.node if node.name == "linear"]
+    assert produced_by[residual.input[0]].op_type == "Mul"
+    assert produced_by[linear.input[0]].op_type == "DequantizeLinear"
+    x = samples_of(model, 1, seed=5)[0]
+    artifact = qcompiler.load(qcompiler.compile(model, quantize="int8", calib=calib, config=config).export(tmp_path / "m.so"))
+    np.testing.assert_allclose(ort_run(qdq, x)["y"], artifact.run(x)["y"], atol=0.01, rtol=0)
 
 
 def test_a_tensor_that_was_zero_in_calibration_keeps_the_next_convs_bias(tmp_path):
