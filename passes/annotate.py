@@ -4,7 +4,8 @@ Quantized ops (Relax op → role):
   conv2d with constant weights (any groups, so also depthwise)   anchor with weights
   matmul with constant 2-D weights (ONNX Gemm / MatMul)          anchor with weights
   matmul of two activations (batch matmul)                       anchor, both inputs quantized
-  add / multiply of two activations (residuals, gating)          anchor, both inputs quantized
+  add / multiply of two activations (residuals, gating)          anchor, both inputs quantized,
+                                                                 where a quantized op reads its output
   concat, mean over H and W (global average pooling)             anchor
   max_pool2d                                                     carries its input's quantization
   reshape, permute_dims, squeeze, expand_dims, strided_slice     carry their input's quantization

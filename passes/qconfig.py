@@ -76,6 +76,7 @@ class QConfig:
     adaround: bool = False
     bias_correction: bool = False
     input_grid: bool = True
+    smoothing: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -97,6 +98,7 @@ class QConfig:
             "holdout": self.holdout,
             "equalization": self.equalization,
             "input_grid": self.input_grid,
+            "smoothing": self.smoothing,
         }
 
 

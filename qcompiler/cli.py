@@ -47,6 +47,7 @@ def _qconfig(args, model_path: str):
             equalization=getattr(args, "equalize", False),
             bias_correction=getattr(args, "bias_correction", False),
             adaround=getattr(args, "adaround", False),
+            smoothing=getattr(args, "smooth", False),
             seed=getattr(args, "seed", 0),
             input_grid=not getattr(args, "no_input_grid", False),
         )
@@ -64,7 +65,7 @@ def _cmd_compile(args) -> None:
                                             ("--simulate", args.simulate),
                                             ("--accuracy-target", args.accuracy_target), ("--eval", args.eval),
                                             ("--equalize", args.equalize), ("--bias-correction", args.bias_correction),
-                                            ("--adaround", args.adaround)) if given]
+                                            ("--adaround", args.adaround), ("--smooth", args.smooth)) if given]
     if args.quantize is None and quant_flags:
         raise QCompilerError(f"{', '.join(quant_flags)} need --quantize int8")
     config = _qconfig(args, args.model) if args.quantize else None
@@ -146,6 +147,9 @@ def _add_calibration(q) -> None:
                    help="remove the mean output shift that quantization adds to each conv/matmul (from calibration data)")
     q.add_argument("--adaround", action="store_true",
                    help="learn each weight's rounding direction on calibration data (AdaRound)")
+    q.add_argument("--smooth", action="store_true",
+                   help="move matmul inputs' outlier channels into the weights (SmoothQuant; transformers), "
+                        "their ranges measured on calibration data")
     q.add_argument("--seed", type=int, default=0, help="seed of the samples AdaRound draws")
     q.add_argument("--accuracy-target", metavar="METRIC=VALUE",
                    help="keep the fewest ops in fp32 that meet this on --eval: top1-agreement, top1 (labels), cosine "

@@ -26,6 +26,7 @@ from .passes.calibrate import (CalibrationResult, cached_equalization, cached_in
 from .passes.dynamic import DynamicStats, quantize_dynamic
 from .passes.equalize import apply_pairs, find_pairs
 from .passes.equalize_noise import choose, measure
+from .passes.smooth import smooth
 from .passes.graph import FunctionView, op_name
 from .passes.input_grid import DETECTION_SAMPLES, GRID_RANGE, align_grid, detect_grid, grid_channel_axis
 from .passes.layout import channels_last
@@ -130,6 +131,8 @@ def quantize(
     if config.equalization:
         fp32, equalized = _equalized(fp32, imported, config, data, cache, node_of)
     fp32, grids = _aligned_input_grids(fp32, imported, config, data, cache)
+    if config.smoothing:
+        fp32 = _smoothed(fp32, imported, data)
 
     plan = annotate(fp32, config, node_of, imported.node_op_types)
     if not plan.ops:
@@ -222,6 +225,17 @@ def _equalized(fp32, imported: ImportedModel, config: QConfig, data, cache: Path
     return apply_pairs(fp32, pairs, flags), flags
 
 
+def _smoothed(fp32, imported: ImportedModel, data):
+    """`fp32` with its matmul inputs' outlier channels moved into the weights (passes/smooth.py),
+    their ranges measured on the first calibration samples."""
+    if data is None:
+        raise QCompilerError("smoothing measures activation ranges on calibration samples: pass --calib DATA")
+    samples = [[sample[spec.name] for spec in imported.inputs] for sample in data.peek(SMOOTHING_SAMPLES)]
+    fp32, groups = smooth(fp32, samples, host_target())
+    log.info("smoothing: %d matmul inputs rescaled", groups)
+    return fp32
+
+
 def _aligned_input_grids(fp32, imported: ImportedModel, config: QConfig, data, cache: Path | None):
     """`fp32` with each model input on an 8-bit grid quantized on that grid (passes/input_grid.py),
     and the (grid, grid index var) of each. The grids come from a calibration cache where one is
@@ -253,6 +267,8 @@ ADAROUND_SAMPLES = 4
 BIAS_CORRECTION_SAMPLES = 16
 # Calibration samples equalization measures activation ranges on (passes/equalize_noise.py).
 EQUALIZATION_SAMPLES = 16
+# Calibration samples smoothing measures matmul inputs' channel ranges on (passes/smooth.py).
+SMOOTHING_SAMPLES = 16
 
 
 def _anchor_inputs(fp32, plan: AnnotationPlan, samples: list):

@@ -388,3 +388,82 @@ def test_html_report_draws_its_charts_in_chromium(tmp_path):
     assert dom.count('class="bar"') >= 2 + 40  # SQNR bars of fc1 and fc3, histogram bars
     assert dom.count('class="node"') == 5  # the five ONNX nodes
     assert dom.count('fill="#e67e22"') >= 1  # fc2, kept in fp32, in the fallback colour
+
+
+# ------------------------------------------------------------------ smoothing (SmoothQuant)
+
+SMOOTH_GAIN = np.where(np.arange(16) == 5, 50.0, 1.0)
+
+
+def outlier_linear_pair():
+    """x[1,8,16] → LayerNorm whose channel 5 has gain 50 → n; y1 = n·W1, y2 = n·W2: two linear
+    layers reading one activation with an outlier channel (a transformer's Q and V), whose
+    weights on that channel are 50× smaller (it adds as much to the outputs as another)."""
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.normal(0, 0.3, (16, 12)), rng.normal(0, 0.3, (16, 12))
+    w1[5] /= 50
+    w2[5] /= 50
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], name="norm", axis=-1),
+             helper.make_node("MatMul", ["n", "w1"], ["y1"], name="linear1"),
+             helper.make_node("MatMul", ["n", "w2"], ["y2"], name="linear2")]
+    return make_model(nodes, [("x", [1, 8, 16])], [("y1", [1, 8, 12]), ("y2", [1, 8, 12])],
+                      {"g": SMOOTH_GAIN, "b": np.zeros(16), "w1": w1, "w2": w2})
+
+
+def test_smoothing_scales_by_hand():
+    from qcompiler.passes.smooth import smoothing_scales
+
+    weights = [np.array([[1.0, -4.0], [0.0, 0.0], [2.0, 1.0]]), np.array([[0.5, 0.5], [3.0, 0.0], [-8.0, 0.0]])]
+    # s_k = sqrt(max|X_k|) / sqrt(max over both weights of |W[k, :]|); channel 1 is 0 in x: s = 1
+    np.testing.assert_allclose(smoothing_scales(np.array([16.0, 0.0, 2.0]), weights), [4 / 2, 1.0, np.sqrt(2 / 8)])
+
+
+def test_smoothing_keeps_fp32_outputs_and_evens_ranges():
+    """The rewrite is exact in fp32 (1e-5 relative), and after it each channel's activation range
+    equals its weights' range: max|X_k| / s_k = s_k · max_m max|W_m[k, :]|."""
+    from qcompiler.frontend import load_onnx
+    from qcompiler.passes.calibrate import host_runner
+    from qcompiler.passes.graph import FunctionView, op_name
+    from qcompiler.passes.layout import channels_last
+    from qcompiler.passes.smooth import find_groups, measure_ranges, smooth
+    from qcompiler.quantize import host_target
+
+    fp32, _ = channels_last(relax.transform.FoldConstant()(load_onnx(outlier_linear_pair(), None).mod))
+    calib = [[s["x"]] for s in samples((1, 8, 16), 8, seed=1)]
+    (group,) = find_groups(fp32)
+    assert len(group.matmuls) == 2
+    smoothed, count = smooth(fp32, calib, host_target())
+    assert count == 1
+    x = samples((1, 8, 16), 1, seed=3)[0]["x"]
+    for before, after in zip(host_runner(fp32, host_target())([x]), host_runner(smoothed, host_target())([x])):
+        np.testing.assert_allclose(after, before, rtol=0, atol=1e-5 * np.abs(before).max())
+    view = FunctionView(smoothed["main"])
+    divided = next(b.var for b in view.bindings if b.var.name.endswith("_smoothed"))
+    (smoothed_group,) = find_groups(smoothed)
+    activation_range = measure_ranges(smoothed, [smoothed_group], calib, host_target())[divided]
+    weights = [view.constant(view.value[b.var].args[1]) for b in view.bindings if op_name(b.value) == "relax.matmul"]
+    np.testing.assert_allclose(activation_range, np.max([np.abs(w).max(axis=1) for w in weights], axis=0), rtol=1e-5)
+
+
+def test_smoothing_recovers_an_outlier_channel_on_the_integer_artifact(tmp_path):
+    """With one channel 50× wider, the activation's 8-bit step leaves the other channels a few
+    levels; smoothing (`--smooth` on the CLI) moves half of that into the weights: ≥ 6 dB better
+    outputs. export-qdq refuses it in one line (the QDQ model has no place for the multiply)."""
+    model = outlier_linear_pair()
+    onnx.save(model, tmp_path / "pair.onnx")
+    calib = samples((1, 8, 16), 16, seed=1)
+    np.savez(tmp_path / "calib.npz", x=np.stack([s["x"][0] for s in calib]))
+    evaluation = samples((1, 8, 16), 8, seed=2)
+    ref = [ort_run(model, s)["y1"] for s in evaluation]
+    plain = qcompiler.compile(model, quantize="int8", calib=calib,
+                              config=qcompiler.QConfig(calibration=qcompiler.CalibrationMethod.MINMAX))
+    run = subprocess.run([sys.executable, "-m", "qcompiler", "compile", tmp_path / "pair.onnx", "-o", tmp_path / "s.so",
+                          "--quantize", "int8", "--calib", tmp_path / "calib.npz", "--calib-method", "minmax", "--smooth"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    sqnr = {name: sqnr_db([qcompiler.load(so).run(s)["y1"] for s in evaluation], ref)
+            for name, so in (("plain", plain.export(tmp_path / "p.so")), ("smooth", tmp_path / "s.so"))}
+    assert sqnr["smooth"] > sqnr["plain"] + 6, sqnr
+    with pytest.raises(QCompilerError, match="export-qdq: smoothing"):
+        qcompiler.export_qdq(model, calib, tmp_path / "s.qdq.onnx", config=qcompiler.QConfig(smoothing=True))
+    assert not (tmp_path / "s.qdq.onnx").exists()
