@@ -68,23 +68,17 @@ def _lookup_buffers(func: tirx.PrimFunc):
     return table, index, out
 
 
-def byte_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-    """The VBMI kernel for `func` if it is a byte-table lookup (see `_lookup_buffers`), else None."""
+def _chunked_lookup(func: tirx.PrimFunc, chunk: int, lookup_chunk) -> tirx.PrimFunc | None:
+    """The kernel for `func` if it is a byte-table lookup (see `_lookup_buffers`), else None:
+    `lookup_chunk(table, flat_index, start, dtype)` is the vector expression of the `chunk`
+    results from `start`; a scalar loop does the tail. Same parameters as `func`."""
     buffers = _lookup_buffers(func)
     if buffers is None:
         return None
     table_buffer, _, out_buffer = buffers
     shape, dtype = tuple(int(d) for d in out_buffer.shape), str(table_buffer.dtype)
     size = math.prod(shape)
-    chunks, vector = size // CHUNK, f"int8x{CHUNK}"
-
-    def bytes_at(buffer, start):
-        """64 bytes of `buffer` from `start`, as int8x64 (LLVM's operand type)."""
-        return T.reinterpret(vector, buffer.vload([start], f"{buffer.dtype}x{CHUNK}"))
-
-    def permute(low_table, q, high_table):
-        """vpermi2b: low_table[q & 63] where bit 6 of q is 0, high_table[q & 63] where it is 1."""
-        return T.call_llvm_pure_intrin(vector, PERMUTE, low_table, q, high_table)
+    chunks = size // chunk
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(table: T.Buffer((256,), dtype), index: T.Buffer(shape, "uint8"), out: T.Buffer(shape, dtype)):
@@ -92,57 +86,63 @@ def byte_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         with T.sblock("root"):  # TVM's Relax passes expect a root block
             flat_index = T.decl_buffer((size,), "uint8", data=index.data)
             flat_out = T.decl_buffer((size,), dtype, data=out.data)
-            for chunk in range(chunks):  # serial: about 50 bytes per ns, less than starting threads
-                # One expression (q repeated): TVMScript would keep named vector values in
-                # workspace buffers allocated per iteration.
-                flat_out[T.ramp(chunk * CHUNK, 1, CHUNK)] = T.reinterpret(f"{dtype}x{CHUNK}", T.Select(
-                    bytes_at(flat_index, chunk * CHUNK) < T.broadcast(T.int8(0), CHUNK),
-                    permute(bytes_at(table, 2 * CHUNK), bytes_at(flat_index, chunk * CHUNK), bytes_at(table, 3 * CHUNK)),
-                    permute(bytes_at(table, 0), bytes_at(flat_index, chunk * CHUNK), bytes_at(table, CHUNK))))
-            for i in range(chunks * CHUNK, size):
+            for c in range(chunks):  # serial: tens of bytes per ns, less than starting threads
+                # One expression (the indices repeated): TVMScript would keep named vector values
+                # in workspace buffers allocated per iteration.
+                flat_out[T.ramp(c * chunk, 1, chunk)] = lookup_chunk(table, flat_index, c * chunk, dtype)
+            for i in range(chunks * chunk, size):
                 flat_out[i] = table[flat_index[i]]
 
     return kernel
+
+
+def _byte_permute_chunk(table, index, start, dtype):
+    """table[q] for the 64 indices q from `start`, on vpermi2b (module docstring)."""
+    vector = f"int8x{CHUNK}"
+
+    def bytes_at(buffer, at):
+        """64 bytes of `buffer` from `at`, as int8x64 (LLVM's operand type)."""
+        return T.reinterpret(vector, buffer.vload([at], f"{buffer.dtype}x{CHUNK}"))
+
+    def permute(low_table, q, high_table):
+        """vpermi2b: low_table[q & 63] where bit 6 of q is 0, high_table[q & 63] where it is 1."""
+        return T.call_llvm_pure_intrin(vector, PERMUTE, low_table, q, high_table)
+
+    q = bytes_at(index, start)
+    return T.reinterpret(f"{dtype}x{CHUNK}", T.Select(
+        q < T.broadcast(T.int8(0), CHUNK),
+        permute(bytes_at(table, 2 * CHUNK), q, bytes_at(table, 3 * CHUNK)),
+        permute(bytes_at(table, 0), q, bytes_at(table, CHUNK))))
+
+
+def _word_permute_chunk(table, index, start, dtype):
+    """table[q] for the 32 indices q from `start`, on vpermi2w over the table widened to 16 bits
+    (module docstring)."""
+    words = f"int16x{WORD_CHUNK}"
+
+    def table_words(j):
+        """Table entries 32·j .. 32·j + 31 widened to int16 (the sign kept for an int8 table)."""
+        return T.Cast(words, table.vload([j * WORD_CHUNK], f"{dtype}x{WORD_CHUNK}"))
+
+    def permute(j, q):
+        """vpermi2w: table[64·j + (q & 63)]."""
+        return T.call_llvm_pure_intrin(words, WORD_PERMUTE, table_words(2 * j), q, table_words(2 * j + 1))
+
+    def bit(q, value):
+        return T.bitwise_and(q, T.broadcast(T.int16(value), WORD_CHUNK)) != T.broadcast(T.int16(0), WORD_CHUNK)
+
+    q = T.Cast(words, index.vload([start], f"uint8x{WORD_CHUNK}"))
+    return T.Cast(f"{dtype}x{WORD_CHUNK}", T.Select(bit(q, 128),
+                                                  T.Select(bit(q, 64), permute(3, q), permute(2, q)),
+                                                  T.Select(bit(q, 64), permute(1, q), permute(0, q))))
+
+
+def byte_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """The VBMI kernel for `func` if it is a byte-table lookup (see `_lookup_buffers`), else None."""
+    return _chunked_lookup(func, CHUNK, _byte_permute_chunk)
 
 
 def word_lookup_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     """The AVX-512BW kernel for `func` if it is a byte-table lookup (see `_lookup_buffers`), else
     None: 32 lookups per chunk on the table widened to 16-bit words (module docstring)."""
-    buffers = _lookup_buffers(func)
-    if buffers is None:
-        return None
-    table_buffer, _, out_buffer = buffers
-    shape, dtype = tuple(int(d) for d in out_buffer.shape), str(table_buffer.dtype)
-    size = math.prod(shape)
-    chunks, words = size // WORD_CHUNK, f"int16x{WORD_CHUNK}"
-
-    def table_words(table, j):
-        """Table entries 32·j .. 32·j + 31 widened to int16 (the sign kept for an int8 table)."""
-        return T.Cast(words, table.vload([j * WORD_CHUNK], f"{dtype}x{WORD_CHUNK}"))
-
-    def permute(table, j, q):
-        """vpermi2w: table[64·j + (q & 63)]."""
-        return T.call_llvm_pure_intrin(words, WORD_PERMUTE, table_words(table, 2 * j), q, table_words(table, 2 * j + 1))
-
-    def bit(q, value):
-        return T.bitwise_and(q, T.broadcast(T.int16(value), WORD_CHUNK)) != T.broadcast(T.int16(0), WORD_CHUNK)
-
-    def lookup(table, q):
-        """table[q] for 32 word indices q (one expression: see byte_lookup_kernel)."""
-        return T.Select(bit(q, 128),
-                        T.Select(bit(q, 64), permute(table, 3, q), permute(table, 2, q)),
-                        T.Select(bit(q, 64), permute(table, 1, q), permute(table, 0, q)))
-
-    @T.prim_func(private=True, s_tir=True)
-    def kernel(table: T.Buffer((256,), dtype), index: T.Buffer(shape, "uint8"), out: T.Buffer(shape, dtype)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        with T.sblock("root"):
-            flat_index = T.decl_buffer((size,), "uint8", data=index.data)
-            flat_out = T.decl_buffer((size,), dtype, data=out.data)
-            for chunk in range(chunks):
-                flat_out[T.ramp(chunk * WORD_CHUNK, 1, WORD_CHUNK)] = T.Cast(f"{dtype}x{WORD_CHUNK}", lookup(
-                    table, T.Cast(words, flat_index.vload([chunk * WORD_CHUNK], f"uint8x{WORD_CHUNK}"))))
-            for i in range(chunks * WORD_CHUNK, size):
-                flat_out[i] = table[flat_index[i]]
-
-    return kernel
+    return _chunked_lookup(func, WORD_CHUNK, _word_permute_chunk)
