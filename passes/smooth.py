@@ -29,6 +29,7 @@ from .graph import FunctionView, const, expose, op_name, with_main
 
 MIGRATION = 0.5
 MAX_SCALE = 1e4
+SUFFIX = "_smoothed"  # the name of X / s is X's name + SUFFIX
 
 
 @dataclass
@@ -115,7 +116,7 @@ def smooth(mod: tvm.IRModule, samples: list, target: tvm.target.Target) -> tuple
             if data not in self.divided:
                 self.divided[data] = self.builder_.emit(
                     relax.op.multiply(self.visit_expr(data), const((1.0 / s).astype(np.float32))),
-                    f"{data.name}_smoothed")
+                    data.name + SUFFIX)
             call = binding.value
             weight = view.constant(call.args[1]) * s[:, None]
             value = self.builder_.normalize(relax.Call(call.op, [self.divided[data], const(weight.astype(np.float32))],
@@ -123,3 +124,16 @@ def smooth(mod: tvm.IRModule, samples: list, target: tvm.target.Target) -> tuple
             self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
 
     return with_main(mod, Rewrite(mod).visit_expr(mod["main"])), len(groups)
+
+
+def smoothing_multiplies(mod: tvm.IRModule) -> list[tuple]:
+    """(X / s var, X, 1/s) of each multiply `smooth` added to `mod`, in graph order."""
+    view = FunctionView(mod["main"])
+    found = []
+    for binding in view.bindings:
+        call = binding.value
+        if op_name(call) != "relax.multiply" or not isinstance(call.args[0], relax.Var):
+            continue
+        if binding.var.name == call.args[0].name + SUFFIX:
+            found.append((binding.var, call.args[0], view.constant(call.args[1])))
+    return found

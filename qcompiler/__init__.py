@@ -185,9 +185,6 @@ def export_qdq(
     # ONNX QDQ has one integer zero point per tensor or channel: an input grid's index (passes/input_grid.py),
     # a rewrite of qcompiler's own graph, has no place in the model written, whose inputs are quantized per tensor.
     config = dataclasses.replace(config or QConfig(), input_grid=False)
-    if config.smoothing:
-        raise QCompilerError("export-qdq: smoothing (--smooth) divides matmul inputs by per-channel scales in a "
-                             "multiply the QDQ model does not have: export without it")
     quantized = quantize(imported, config, calib, calib_cache, target_spec, samples)
     return write_qdq(qdq_model(imported, quantized), output)
 

@@ -818,6 +818,11 @@ def _import(static: onnx.ModelProto, inputs: Sequence[TensorSpec], opset: int, w
                 var_name = relax_var_name(node_name)
                 node_names[var_name] = node_name
                 result = self.bb.emit(result, name_hint=var_name)
+            elif isinstance(result, relax.Tuple) and result.fields and isinstance(result.fields[0], relax.Var) \
+                    and node_name and result.fields[0].name not in node_names:
+                # e.g. LayerNormalization: (Y, placeholders for its optional outputs), Y bound by
+                # TVM's converter under a name of its own: that binding is the node's
+                node_names[result.fields[0].name] = node_name
             return result
 
     for index, node in enumerate(static.graph.node):

@@ -14,6 +14,8 @@ convolution), with what quantization decided:
 * weights and biases take the values of qcompiler's float model: equalized (when on), and
   biases shifted by bias correction (when on; a Conv or Gemm without a bias gets one);
 * an equalized ReLU6 becomes Relu then Min with its per-channel bound;
+* a smoothed matmul input X (--smooth) becomes Mul(X, 1/s) before its QDQ, the weights' rows
+  multiplied by s;
 * ops kept in fp32 (--skip, the accuracy search) get no QDQ of their own.
 
 onnxruntime and TensorRT run such a model with their int8 kernels; its outputs agree with the
@@ -33,6 +35,8 @@ from .errors import QCompilerError
 from .frontend import ImportedModel
 from .passes.graph import FunctionView, op_name
 from .passes.simulate import float_readers_of, quantized_weight
+from .passes.smooth import SUFFIX as SMOOTHED
+from .passes.smooth import smoothing_multiplies
 from .quantize import Quantized
 
 # Per-channel QuantizeLinear / DequantizeLinear (`axis`) arrived in opset 13.
@@ -137,6 +141,22 @@ def qdq_model(imported: ImportedModel, q: Quantized) -> onnx.ModelProto:
         tensor = tensor_of[var]
         if tensor is not None and tensor not in names:
             names[tensor] = _quantize_tensor(writer, model.graph, tensor, qparams[key], from_input=tensor in graph_inputs)
+    source_of = {dequantized: tensor for tensor, (dequantized, _) in names.items()}
+    for smoothed, data, inverse in smoothing_multiplies(q.fp32):  # X / s (passes/smooth.py), then its QDQ
+        matmuls = [node for user in view.users.get(smoothed, []) if (node := nodes.get(q.node_of.get(user, "")))]
+        source = tensor_of.get(data) or _onnx_tensor(view, q.node_of, nodes, last_binding, graph_inputs, data) \
+            or (source_of.get(matmuls[0].input[0], matmuls[0].input[0]) if matmuls else None)
+        if source is None:
+            raise QCompilerError(f"export-qdq: the input of smoothed matmuls {data.name} is no ONNX tensor here; "
+                                 "export without smoothing")
+        out = writer.fresh(f"{source}{SMOOTHED}")
+        float_value = names.get(source, (source, source))[1]  # X itself, also where X is quantized for other ops
+        writer.after.setdefault(float_value, []).append(helper.make_node(
+            "Mul", [float_value, writer.constant(f"{source}_smoothing", inverse)], [out], name=writer.fresh(f"{source}_smooth")))
+        for node in matmuls:
+            node.input[0] = out
+        if smoothed in q.plan.keys:
+            names[out] = _quantize_tensor(writer, model.graph, out, qparams[q.plan.keys[smoothed]], from_input=False)
     for reader, tensors in float_readers_of(q.fp32, q.plan).items():
         node = nodes.get(q.node_of.get(reader, ""))
         exact = dict(names[tensor_of[var]] for var in tensors if tensor_of[var] in names)
