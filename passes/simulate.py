@@ -184,16 +184,16 @@ def insert_qdq(
 
 def float_readers_of(mod: tvm.IRModule, plan: AnnotationPlan) -> dict:
     """For each binding that computes in float: the quantized tensors computed in float (model
-    inputs, float ops' outputs; not the quantized ops' outputs, which exist only as integers)
-    that it reads. The readers that run on the integers are not listed: the quantized ops, the
+    inputs, float ops' outputs; not the quantized ops' outputs nor the unary regions' ends, which
+    exist only as integers) that it reads. The readers that run on the integers are not listed: the quantized ops, the
     layout ops that carry the tensor's quantization, and the unary regions over it."""
     view = FunctionView(mod["main"])
-    integer_readers = {op.var for op in plan.ops} | {var for var, source in unary_sources(view).items()
-                                                       if source in plan.keys}
+    lookups = {var for var, source in unary_sources(view).items() if source in plan.keys}  # realize: tables
+    integer_readers = {op.var for op in plan.ops} | lookups
     integer_keys = {plan.keys[op.output] for op in plan.ops if op.output in plan.keys}  # and what carries them
     readers: dict = {}
     for tensor, key in plan.keys.items():
-        if key in integer_keys:
+        if key in integer_keys or tensor in lookups:  # integers only: an op's output, a table's result
             continue
         for user in view.users.get(tensor, []):
             carried = view.producer_op(user) in CARRY_OPS and plan.keys.get(user) == plan.keys[tensor]
