@@ -40,7 +40,8 @@ import json, statistics, sys, time
 import numpy as np
 kind, path, threads, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 feed = dict(np.load(sys.argv[5]))
-WARMUP_S = 0.3  # at least, and at least 5 runs: threads spun up and caches warm before timing
+sys.path.insert(0, sys.argv[6])
+from cpu_check import WARMUP_S, time_onnxruntime
 if kind == "qcompiler":
     import qcompiler
     from qcompiler.runtime import set_num_threads
@@ -49,31 +50,19 @@ if kind == "qcompiler":
     start = time.perf_counter()
     while time.perf_counter() - start < WARMUP_S:
         model.time_run(feed, repeat=5, warmup=0)
-    times = model.time_run(feed, repeat=repeat, warmup=0)
+    median_ms = statistics.median(model.time_run(feed, repeat=repeat, warmup=0)) * 1e3
 else:
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    start = time.perf_counter()
-    while time.perf_counter() - start < WARMUP_S:
-        for _ in range(5):
-            session.run(None, feed)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
+    median_ms = time_onnxruntime(path, feed, threads, repeat)
 status = open("/proc/self/status").read().splitlines()
 peak_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # not ru_maxrss: it survives fork
-print(json.dumps({"median_ms": statistics.median(times) * 1e3, "peak_mb": peak_mb}))
+print(json.dumps({"median_ms": median_ms, "peak_mb": peak_mb}))
 """
 
 
 def measure_run(kind: str, path: Path, threads: int, repeat: int, feed_path: Path) -> dict:
     """{"median_ms", "peak_mb"} of running `path` (a qcompiler .so or an ONNX model) in a fresh process."""
-    proc = subprocess.run([sys.executable, "-c", _WORKER, kind, str(path), str(threads), str(repeat), str(feed_path)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", _WORKER, kind, str(path), str(threads), str(repeat), str(feed_path),
+                           str(Path(__file__).resolve().parent)], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

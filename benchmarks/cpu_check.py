@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-WARMUP_S = 0.3
+WARMUP_S = 0.3  # at least, and at least 5 runs: threads spun up and caches warm before timing
 
 
 def cpu_description() -> str:
@@ -77,6 +77,8 @@ def time_artifact(folder: Path, entry: dict, artifact: str, threads: int, repeat
 
 
 def time_onnxruntime(path: Path, feed: dict, threads: int, repeat: int) -> float:
+    """Median ms of `repeat` runs of onnxruntime on `feed` after ≥ WARMUP_S of warm-up (also
+    bench_latency's worker)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

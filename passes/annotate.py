@@ -247,6 +247,12 @@ def annotate(mod: tvm.IRModule, config: QConfig, node_of: dict, op_type_of: dict
     return AnnotationPlan(ops, _read_by_integer_ops(keys, ops, unary_source), skipped, total_macs)
 
 
+def _read_keys(ops: list[QuantizedOp], keys: dict, unary_source: dict) -> set:
+    """The observer keys that run on integers downstream: the quantized ops' inputs and the
+    unary regions' sources (their tables)."""
+    return {keys[var] for op in ops for var in op.inputs} | {keys[src] for src in unary_source.values() if src in keys}
+
+
 def _without_unread_elementwise(ops: list[QuantizedOp], keys: dict, unary_source: dict) -> tuple[list, dict]:
     """`ops` without the add / multiply anchors whose output no quantized op (or unary region)
     reads, and `keys` without the tensors only they read. Such an add saves nothing in int8 (its
@@ -254,8 +260,7 @@ def _without_unread_elementwise(ops: list[QuantizedOp], keys: dict, unary_source
     residual add before LayerNorm would quantize the residual stream itself, outliers and all.
     Repeated until none is left (dropping one can leave another unread)."""
     while True:
-        read = {keys[var] for op in ops for var in op.inputs}
-        read |= {keys[src] for src in unary_source.values() if src in keys}
+        read = _read_keys(ops, keys, unary_source)
         kept = [op for op in ops if op.op not in ("relax.add", "relax.multiply") or keys[op.output] in read]
         if len(kept) == len(ops):
             break
@@ -270,9 +275,7 @@ def _read_by_integer_ops(keys: dict, ops: list[QuantizedOp], unary_source: dict)
     int32 sum dequantized directly instead of rounded to 8 bits first. A concat's output keeps
     its key (its inputs are requantized to the output's parameters), and so does the end of a
     unary region (its table is read by a max pool or layout op that runs on the integers)."""
-    read = {keys[var] for op in ops for var in op.inputs}
-    read |= {keys[src] for src in unary_source.values() if src in keys}
-    unread = {keys[op.output] for op in ops if op.op != "relax.concat"} - read
+    unread = {keys[op.output] for op in ops if op.op != "relax.concat"} - _read_keys(ops, keys, unary_source)
     return {var: key for var, key in keys.items() if key not in unread}
 
 

@@ -135,17 +135,18 @@ def qdq_model(imported: ImportedModel, q: Quantized) -> onnx.ModelProto:
     for binding in view.bindings:
         if binding.var in q.node_of:
             last_binding[q.node_of[binding.var]] = binding.var
-    tensor_of = {var: _onnx_tensor(view, q.node_of, nodes, last_binding, graph_inputs, var) for var in q.plan.keys}
+    smoothings = smoothing_multiplies(q.fp32)
+    tensor_of = {var: _onnx_tensor(view, q.node_of, nodes, last_binding, graph_inputs, var)
+                 for var in [*q.plan.keys, *(data for _, data, _ in smoothings)]}
     names = {}  # quantized ONNX tensor T → (the name its consumers read: DQ(Q(T)), the name of T's float value)
     for var, key in q.plan.keys.items():
         tensor = tensor_of[var]
         if tensor is not None and tensor not in names:
             names[tensor] = _quantize_tensor(writer, model.graph, tensor, qparams[key], from_input=tensor in graph_inputs)
     source_of = {dequantized: tensor for tensor, (dequantized, _) in names.items()}
-    for smoothed, data, inverse in smoothing_multiplies(q.fp32):  # X / s (passes/smooth.py), then its QDQ
+    for smoothed, data, inverse in smoothings:  # X / s (passes/smooth.py), then its QDQ
         matmuls = [node for user in view.users.get(smoothed, []) if (node := nodes.get(q.node_of.get(user, "")))]
-        source = tensor_of.get(data) or _onnx_tensor(view, q.node_of, nodes, last_binding, graph_inputs, data) \
-            or (source_of.get(matmuls[0].input[0], matmuls[0].input[0]) if matmuls else None)
+        source = tensor_of[data] or (source_of.get(matmuls[0].input[0], matmuls[0].input[0]) if matmuls else None)
         if source is None:
             raise QCompilerError(f"export-qdq: the input of smoothed matmuls {data.name} is no ONNX tensor here; "
                                  "export without smoothing")

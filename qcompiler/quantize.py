@@ -26,7 +26,6 @@ from .passes.calibrate import (CalibrationResult, cached_equalization, cached_in
 from .passes.dynamic import DynamicStats, quantize_dynamic
 from .passes.equalize import apply_pairs, find_pairs
 from .passes.equalize_noise import choose, measure
-from .passes.smooth import smooth
 from .passes.graph import FunctionView, op_name
 from .passes.input_grid import DETECTION_SAMPLES, GRID_RANGE, align_grid, detect_grid, grid_channel_axis
 from .passes.layout import channels_last
@@ -34,6 +33,7 @@ from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, ActivationDType, QConfi
 from .passes.realize import RealizeStats, realize
 from .passes.reduced_precision import to_bf16, to_fp16
 from .passes.simulate import Corrections, insert_qdq, switch_values
+from .passes.smooth import smooth
 from .passes.weight_only import quantize_weights_only
 from .progress import Progress
 
@@ -215,8 +215,7 @@ def _equalized(fp32, imported: ImportedModel, config: QConfig, data, cache: Path
         flags = cached_equalization(cache, len(pairs))
         flags = [True] * len(pairs) if flags is None else flags
     elif data is not None:
-        samples = [[sample[spec.name] for spec in imported.inputs] for sample in data.peek(EQUALIZATION_SAMPLES)]
-        stats = measure(fp32, pairs, samples, host_target())
+        stats = measure(fp32, pairs, _first_samples(imported, data, EQUALIZATION_SAMPLES), host_target())
         flags = choose(fp32, pairs, stats, config.per_channel, config.activation_dtype)
     else:
         return fp32, None
@@ -225,13 +224,18 @@ def _equalized(fp32, imported: ImportedModel, config: QConfig, data, cache: Path
     return apply_pairs(fp32, pairs, flags), flags
 
 
+def _first_samples(imported: ImportedModel, data, count: int) -> list[list[np.ndarray]]:
+    """The first `count` calibration samples (left in `data` for calibration), each as the
+    model's inputs in order."""
+    return [[sample[spec.name] for spec in imported.inputs] for sample in data.peek(count)]
+
+
 def _smoothed(fp32, imported: ImportedModel, data):
     """`fp32` with its matmul inputs' outlier channels moved into the weights (passes/smooth.py),
     their ranges measured on the first calibration samples."""
     if data is None:
         raise QCompilerError("smoothing measures activation ranges on calibration samples: pass --calib DATA")
-    samples = [[sample[spec.name] for spec in imported.inputs] for sample in data.peek(SMOOTHING_SAMPLES)]
-    fp32, groups = smooth(fp32, samples, host_target())
+    fp32, groups = smooth(fp32, _first_samples(imported, data, SMOOTHING_SAMPLES), host_target())
     log.info("smoothing: %d matmul inputs rescaled", groups)
     return fp32
 
