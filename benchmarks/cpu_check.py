@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+NO_TILES = " no tiles"  # an artifact label's suffix: the same op built without the tile engine (prepare --ops)
 WARMUP_S = 0.3  # at least, and at least 5 runs: threads spun up and caches warm before timing
 
 
@@ -96,6 +97,14 @@ def time_onnxruntime(path: Path, feed: dict, threads: int, repeat: int) -> float
     return statistics.median(times) * 1e3
 
 
+def _ratio_name(qc: str, base: str) -> str:
+    """'int8 x86-amx/ort int8', or 'int8 x86-amx tiles/no tiles' for an artifact against its build
+    without the tile engine."""
+    if base.endswith(NO_TILES):
+        return f"{' '.join(qc.split()[1:])} tiles/no tiles"
+    return f"{' '.join(qc.split()[1:])}/{base}"
+
+
 def geomean(values: list[float]) -> float:
     values = [v for v in values if v > 0 and math.isfinite(v)]
     return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
@@ -116,7 +125,7 @@ def main() -> int:
     onnxruntime.set_default_logger_severity(3)
     print(f"host: {cpu_description()}")
     print(f"onnxruntime {onnxruntime.__version__}; {args.repeat} runs after warm-up, medians in ms", flush=True)
-    rows, differ, broken = [], False, False
+    rows, differ, broken = {}, False, False  # (model, threads) → its row: an entry per strategy adds columns
     for entry in checks:
         feed = {name: np.load(folder / path) for name, path in entry["inputs"].items()}
         for label, artifact in entry["artifacts"].items():
@@ -125,27 +134,40 @@ def main() -> int:
             broken |= status not in ("match", "DIFFERS")
             print(f"{entry['model']:18} {label:28} {status} (max |diff| / max |expected| {worst:.2e})", flush=True)
         for threads in args.threads:
-            row = {"model": entry["model"], "threads": threads}
+            row = rows.setdefault((entry["model"], threads), {"model": entry["model"], "threads": threads})
             for label, artifact in entry["artifacts"].items():
                 row[label] = time_artifact(folder, entry, artifact, threads, args.repeat, args.warmup)
-            for label, path in entry["ort"].items():
-                row[label] = time_onnxruntime(folder / path, feed, threads, args.repeat)
-            rows.append(row)
-    labels = [label for label in rows[0] if label not in ("model", "threads")] if rows else []
+            for label, path in entry.get("ort", {}).items():
+                if label not in row:
+                    try:
+                        row[label] = time_onnxruntime(folder / path, feed, threads, args.repeat)
+                    except Exception as err:  # onnxruntime's own errors (an IR version it is too old for, say)
+                        row[label] = math.nan
+                        print(f"{entry['model']:18} {label:28} onnxruntime could not run {path}: "
+                              f"{str(err).strip().splitlines()[-1]}", flush=True)
+    rows = list(rows.values())
+    labels = list(dict.fromkeys(label for row in rows for label in row if label not in ("model", "threads")))
     qc_labels = [label for label in labels if label.startswith("qc ")]
-    ratios = [(qc, base) for qc in qc_labels for base in ("ort int8", "ort fp32")]
+    ratios = [(qc, base) for qc in qc_labels if not qc.endswith(NO_TILES)
+              for base in ("ort int8", "ort fp32") if any(qc in row and base in row for row in rows)]
+    ratios += [(qc.removesuffix(NO_TILES), qc) for qc in qc_labels if qc.endswith(NO_TILES)]
+
+    def ratio(row: dict, qc: str, base: str) -> float:
+        return row[qc] / row[base] if qc in row and base in row else math.nan
+
     print()
-    header = ["model", "threads", *labels, *(f"{qc.split()[-1]}/{base}" for qc, base in ratios)]
+    header = ["model", "threads", *labels, *(_ratio_name(qc, base) for qc, base in ratios)]
     print(" | ".join(header))
     for row in rows:
-        cells = [row["model"], str(row["threads"]), *(f"{row[label]:.3f}" for label in labels),
-                 *(f"{row[qc] / row[base]:.2f}" for qc, base in ratios)]
+        cells = [row["model"], str(row["threads"]), *(f"{row[label]:.3f}" if label in row else "-" for label in labels),
+                 *(f"{ratio(row, qc, base):.2f}" for qc, base in ratios)]
         print(" | ".join(cells))
     for threads in args.threads:
         chosen = [row for row in rows if row["threads"] == threads]
-        means = ", ".join(f"{qc.split()[-1]}/{base} {geomean([r[qc] / r[base] for r in chosen]):.2f}"
-                          for qc, base in ratios)
-        print(f"geometric means, {threads} threads, {len(chosen)} models: {means}")
+        for qc, base in ratios:
+            values = [value for row in chosen if math.isfinite(value := ratio(row, qc, base))]
+            print(f"geometric mean, {threads} threads, {_ratio_name(qc, base)}: "
+                  f"{geomean(values):.2f} over {len(values)} models")
     if args.json:
         Path(args.json).write_text(json.dumps({"host": cpu_description(), "rows": rows}, indent=1) + "\n")
     if broken:

@@ -48,6 +48,43 @@ def scheduled_tile_kernel(rows: int, depth: int, out_channels: int, engine: amx.
     return sch.mod
 
 
+def windows_reference(x: np.ndarray, kh: int, kw: int, strides, dilation, row_multiple: int, depth_multiple: int):
+    """The windows of NHWC `x` as matrix rows, (r, s, c) along K, zero-padded: by slicing."""
+    n, height, width, channels = x.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    out_h, out_w = (height - (kh - 1) * dh - 1) // sh + 1, (width - (kw - 1) * dw - 1) // sw + 1
+    cols = np.stack([x[:, r * dh:r * dh + (out_h - 1) * sh + 1:sh, s * dw:s * dw + (out_w - 1) * sw + 1:sw]
+                     for r in range(kh) for s in range(kw)], axis=3).reshape(n * out_h * out_w, -1)
+    out = np.zeros((round_up(len(cols), row_multiple), round_up(cols.shape[1], depth_multiple)), x.dtype)
+    out[:len(cols), :cols.shape[1]] = cols
+    return out
+
+
+@pytest.mark.parametrize("shape,kernel,strides,dilation", [
+    ((1, 11, 11, 28), (3, 3), (1, 1), (1, 1)),   # MTCNN's 3×3 over 28 channels: K 252 → 256
+    ((2, 9, 10, 5), (3, 2), (2, 1), (1, 1)),     # batch 2, strided, non-square
+    ((1, 13, 13, 8), (3, 3), (1, 2), (2, 2)),    # dilated: one run per tap
+    ((1, 40, 40, 64), (3, 3), (1, 1), (1, 1)),   # large enough for the parallel loop
+])
+@pytest.mark.parametrize("dtype", ["uint8", "bfloat16"])
+def test_im2col_kernel_writes_padded_windows(shape, kernel, strides, dilation, dtype):
+    """im2col.py's run copies give the windows of each output pixel as one row of the padded
+    matrix, zeros in the padded rows and K, whatever the output buffer held before."""
+    import ml_dtypes
+
+    from qcompiler.kernels.im2col import im2col_kernel
+
+    numpy_dtype = np.uint8 if dtype == "uint8" else ml_dtypes.bfloat16
+    x = (rng.integers(1, 256, shape) if dtype == "uint8" else rng.standard_normal(shape)).astype(numpy_dtype)
+    func = im2col_kernel(shape, dtype, *kernel, strides, dilation, amx.BLOCK, 64)
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"}))
+    expected = windows_reference(x, *kernel, strides, dilation, amx.BLOCK, 64)
+    out = tvm.runtime.tensor(np.full(expected.shape, 7, numpy_dtype))
+    lib(tvm.runtime.tensor(x), out)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
 @pytest.mark.parametrize("rows", [1, 7, 17, 100])
 @pytest.mark.parametrize("depth,out_channels", [(64, 32), (200, 40)])
 def test_emulated_tile_kernel_is_exact(rows, depth, out_channels):
@@ -140,13 +177,15 @@ def conv_model(channels, out_channels, height, width, kernel, stride=1, pad=0, d
                       {"w": rng.standard_normal((out_channels, channels, kernel, kernel)) * 0.1})
 
 
+# Each at least one 32-row block, 128 bytes of K and 64 output channels (tiles_worthwhile), with
+# tails: rows, K and channels not multiples of the 32 × 32 block or the 64-byte tile row.
 MODELS = {
-    "matmul 2x9x96 * 96x40": lambda: matmul_model([2, 9], 96, 40),
-    "matmul 33x64 * 64x16": lambda: matmul_model([33], 64, 16),
-    "1x1 conv 72 -> 48 on 7x9": lambda: pointwise_conv_model(72, 48, 7, 9),
-    "3x3 conv 32 -> 40 on 9x11, pad 1": lambda: conv_model(32, 40, 9, 11, 3, pad=1),
-    "3x3/2 conv 16 -> 24 on 12x13": lambda: conv_model(16, 24, 12, 13, 3, stride=2),
-    "3x3 dilated 2 conv 24 -> 16 on 10x10": lambda: conv_model(24, 16, 10, 10, 3, pad=2, dilation=2),
+    "matmul 2x17x136 * 136x72": lambda: matmul_model([2, 17], 136, 72),
+    "matmul 33x128 * 128x80": lambda: matmul_model([33], 128, 80),
+    "1x1 conv 136 -> 72 on 7x9": lambda: pointwise_conv_model(136, 72, 7, 9),
+    "3x3 conv 32 -> 72 on 9x11, pad 1": lambda: conv_model(32, 72, 9, 11, 3, pad=1),
+    "3x3/2 conv 16 -> 64 on 16x17": lambda: conv_model(16, 64, 16, 17, 3, stride=2),
+    "3x3 dilated 2 conv 24 -> 64 on 10x10": lambda: conv_model(24, 64, 10, 10, 3, pad=2, dilation=2),
 }
 
 
@@ -176,11 +215,16 @@ def test_tile_engine_artifact_equals_vnni_artifact(tmp_path, case, activations):
 
 
 def test_small_products_stay_on_vnni():
-    """Fewer than 16 rows, 64 input or 16 output channels: the vector kernels (no padding waste)."""
-    for model in (matmul_model([8], 96, 40), matmul_model([20], 32, 40), pointwise_conv_model(72, 8, 7, 9)):
+    """Fewer than 32 rows, 128 bytes of K or 64 output channels: the vector kernels (on tiles
+    these ran slower on AMX hardware)."""
+    for model in (matmul_model([20], 256, 128), matmul_model([40], 96, 128), pointwise_conv_model(136, 48, 7, 9),
+                  conv_model(12, 96, 9, 9, 3)):  # K = 108 bytes
         calib, _, _ = calibration(model)
         artifact = qcompiler.compile(model, target=json.dumps(EMULATED_TARGET), quantize="int8", calib=calib)
         assert not [k for k in artifact.metadata.kernels if "amx" in k] and [k for k in artifact.metadata.kernels if "vnni" in k]
+    matmul = matmul_model([40], 96, 128)  # bfloat16: 192 bytes of K
+    assert [k for k in qcompiler.compile(matmul, target=json.dumps(EMULATED_TARGET), quantize="bf16").metadata.kernels
+            if "_amx" in k]
 
 
 def test_only_amx_targets_get_amx_kernels():
@@ -210,7 +254,7 @@ def test_amx_artifact_runs_tdpbusd(tmp_path, qc_run_binary):
     """Cross-compiled for `x86-amx` (on any host): the tile kernel executes `tdpbusd` and no
     VNNI; where the host has AMX, its outputs equal the emulation's, else loading it (from Python
     or the C runtime) is a one-line error (not a SIGILL)."""
-    model = MODELS["matmul 2x9x96 * 96x40"]()
+    model = MODELS["matmul 2x17x136 * 136x72"]()
     calib, name, shape = calibration(model)
     so = qcompiler.compile(model, target="x86-amx", quantize="int8", calib=calib).export(tmp_path / "amx.so")
     usage = dict(compute_kernel_usage(so))
@@ -262,7 +306,7 @@ def test_amx_bf16_artifact_runs_tdpbf16ps(tmp_path, qc_run_binary):
     """Cross-compiled for `x86-amx` with --quantize bf16: the tile kernel executes `tdpbf16ps`
     only; on a host without AMX-BF16 loading it is a one-line error, with it it matches the
     emulation."""
-    model = MODELS["1x1 conv 72 -> 48 on 7x9"]()
+    model = MODELS["1x1 conv 136 -> 72 on 7x9"]()
     _, name, shape = calibration(model)
     so = qcompiler.compile(model, target="x86-amx", quantize="bf16").export(tmp_path / "amx.so")
     usage = dict(compute_kernel_usage(so))

@@ -47,13 +47,15 @@ def with_rounded_operands(model, strategy: str, rounded: dict[str, np.ndarray]):
     return model
 
 
-def conv_and_matmul_model(w: dict[str, np.ndarray]):
+def conv_and_matmul_model(w: dict[str, np.ndarray], rows: int = 7):
     """A 3×3 stride-2 Conv with 3 input and 20 output channels (neither a multiple of the
-    instruction's 2 × 16), Relu, then a MatMul over a reduction of 33 (odd) of rank-3 rows."""
+    instruction's 2 × 16), Relu, then a MatMul of rank-3 rows [2, rows] by w["w"] (a reduction of 33, odd, in
+    most tests)."""
     nodes = [helper.make_node("Conv", ["x", "k"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
              helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("MatMul", ["m", "w"], ["y"])]
-    return make_model(nodes, [("x", [1, 3, 17, 17]), ("m", [2, 7, 33])], [("r", [1, 20, 9, 9]), ("y", [2, 7, 40])], w)
+    return make_model(nodes, [("x", [1, 3, 17, 17]), ("m", [2, rows, w["w"].shape[0]])],
+                      [("r", [1, 20, 9, 9]), ("y", [2, rows, w["w"].shape[1]])], w)
 
 
 @pytest.mark.parametrize("strategy", ["bf16", "fp16"])
@@ -102,8 +104,12 @@ def test_bf16_runs_vdpbf16ps_on_this_host(tmp_path):
 
 def test_bf16_artifact_for_another_cpu_runs_bf16_instructions(tmp_path):
     """Cross-compiled for `x86-amx` (Sapphire Rapids: AVX-512 BF16 and AMX-BF16) on any host: the
-    3×3 convolution on `vdpbf16ps`, the matmul (16 rows) on `tdpbf16ps` tiles."""
-    so = qcompiler.compile(model_with_every_kind(weights()), target="x86-amx", quantize="bf16").export(tmp_path / "m.so")
+    3×3 convolution (20 output channels) on `vdpbf16ps`, the matmul (2 × 48 rows, K = 72, 64 output
+    channels) on `tdpbf16ps` tiles."""
+    rng = np.random.default_rng(5)
+    w = {"k": rng.standard_normal((20, 3, 3, 3)).astype(np.float32), "w": rng.standard_normal((72, 64)).astype(np.float32)}
+    model = conv_and_matmul_model(w, rows=48)
+    so = qcompiler.compile(model, target="x86-amx", quantize="bf16").export(tmp_path / "m.so")
     counts = dot_product_counts(so)
     products = {name: c for name, c in counts.items() if "dense" in name or "conv2d" in name}
     assert sorted(tuple(sorted(c)) for c in products.values()) == [("tdpbf16ps",), ("vdpbf16ps",)], products

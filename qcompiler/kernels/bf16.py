@@ -18,8 +18,8 @@ on targets without AVX-512 BF16) go to the float32 kernels, which convert bfloat
 multiply-add (fp32.py): the same products, one FMA per product instead of one instruction per two.
 
 With AMX-BF16 (isa.tile_engine_of(target, amx.BF16): Sapphire Rapids and newer, or the emulation),
-matmuls and groups = 1 convolutions with ≥ 16 rows (output pixels), K ≥ 32 (KH·KW·C for a
-convolution, over its im2col columns unless 1×1 stride 1) and ≥ 16 output channels run on
+matmuls and groups = 1 convolutions with ≥ 32 rows (output pixels), K ≥ 64 (KH·KW·C for a
+convolution, over its windows unless 1×1 stride 1: im2col.py) and ≥ 64 output channels run on
 `tdpbf16ps` tiles instead (amx.py; rows padded to 32, K to 32), as the int8 ones on `tdpbusd`.
 """
 
@@ -35,7 +35,7 @@ from ..passes.graph import Constant, constant_value, conv_channel_axis, shape_of
 from . import amx
 from . import compute as kc
 from .isa import DotProduct, bf16_dot_of, tile_engine_of
-from .kernel_dispatch import ConvAttrs, KernelDispatch, conv_rows, tiles_worthwhile
+from .kernel_dispatch import ConvAttrs, KernelDispatch, Windows, conv_rows, tiles_worthwhile
 
 BFLOAT16 = "bfloat16"
 
@@ -55,8 +55,8 @@ class _BF16KernelDispatch(KernelDispatch):
     def tile_engine_worthwhile(self, rows: int, depth: int, out_channels: int) -> bool:
         return self.engine is not None and tiles_worthwhile(amx.BF16, rows, depth, out_channels)
 
-    def dense_on_tiles(self, data, w: np.ndarray) -> relax.Expr:
-        return self.dense_tiles(data, w, self.dp, self.engine, amx.BF16, f"dense_bf16_{self.engine.name}")
+    def dense_on_tiles(self, data, w: np.ndarray, windows: Windows | None = None) -> relax.Expr:
+        return self.dense_tiles(data, w, self.dp, self.engine, amx.BF16, f"dense_bf16_{self.engine.name}", windows)
 
     def bf16_weight(self, call) -> np.ndarray | None:
         """The constant bfloat16 weight of a call with a bfloat16 activation and float32 result."""

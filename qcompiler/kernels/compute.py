@@ -121,17 +121,6 @@ def windows(size: int, kernel: int, stride: int, dilation: int) -> int:
     return (size - (kernel - 1) * dilation - 1) // stride + 1
 
 
-def im2col_nhwc(data: te.Tensor, kh: int, kw: int, strides, dilation) -> te.Tensor:
-    """The windows of a padded NHWC tensor as columns for a matrix product:
-    cols[n, y, x, r, s, c] = data[n, y·sh + r·dh, x·sw + s·dw, c]; [N, OH, OW, KH·KW·C] once
-    reshaped, it times an OHWI weight reshaped to [O, KH·KW·C]ᵀ is the convolution."""
-    n, height, width, channels = (int(d) for d in data.shape)
-    (sh, sw), (dh, dw) = strides, dilation
-    out_h, out_w = windows(height, kh, sh, dh), windows(width, kw, sw, dw)
-    return te.compute(shape64(n, out_h, out_w, kh, kw, channels),
-                      lambda b, y, x, r, s, c: data[b, y * sh + r * dh, x * sw + s * dw, c], name="im2col")
-
-
 def conv2d_nhwc_packed(data: te.Tensor, packed: te.Tensor, dp: DotProduct, strides, dilation,
                        out_channels: int, groups: int = 1) -> te.Tensor:
     n, height, width, channels = (int(d) for d in data.shape)

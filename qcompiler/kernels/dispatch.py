@@ -21,9 +21,9 @@ not: DotProduct.for_channels):
                                       the zero points (batch_matmul); same batch axes only
 
 With a tile engine (AMX, or its emulation: isa.tile_engine_of), matmuls and groups = 1
-convolutions with ≥ 16 rows (output pixels), K ≥ 64 (KH·KW·C for a convolution) and ≥ 16 output
-channels go to amx.py's block product instead (dense_on_tiles; a k×k convolution over its im2col
-columns, KernelDispatch.conv_on_tiles): rows padded to 32, K to 64, weights [N'/16, K'/4, 16, 4].
+convolutions with ≥ 32 rows (output pixels), K ≥ 128 (KH·KW·C for a convolution) and ≥ 64 output
+channels (kernel_dispatch.tiles_worthwhile) go to amx.py's block product instead (dense_on_tiles;
+a k×k convolution over its windows written as matrix rows by im2col.py, KernelDispatch.conv_on_tiles): rows padded to 32, K to 64, weights [N'/16, K'/4, 16, 4].
 
 Activations x of the other signedness than the instruction takes (`vpdpbusd`: uint8, `sdot`
 and `__dp4a`: int8; NEON takes both) are fed as x ∓ 128 and the accumulator corrected by
@@ -50,7 +50,7 @@ from ..passes.graph import Constant, const, constant_value, conv_channel_axis, o
 from . import compute as kc
 from . import amx
 from .isa import DotProduct, dot_product_of, tile_engine_of
-from .kernel_dispatch import ConvAttrs, KernelDispatch, conv_rows, depthwise_taps, tiles_worthwhile
+from .kernel_dispatch import ConvAttrs, KernelDispatch, Windows, conv_rows, depthwise_taps, tiles_worthwhile
 from .schedules import MIN_PARALLEL_WORK
 from .taps import aligned_positions, group_step, interleaves, phased, tap_interleave_kernel
 
@@ -289,13 +289,13 @@ class _Int8KernelDispatch(KernelDispatch):
     def tile_engine_worthwhile(self, rows: int, depth: int, out_channels: int) -> bool:
         return self.engine is not None and tiles_worthwhile(amx.U8S8, rows, depth, out_channels)
 
-    def dense_on_tiles(self, data, w: np.ndarray) -> relax.Expr:
-        """`data` [..., K] × constant int8 `w` [K, N] on `tdpbusd` tiles (uint8 activations,
-        int8 ones shifted by 128 and corrected)."""
-        leading = _shape(data)[:-1]
-        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1] * len(leading) + [w.shape[1]])
+    def dense_on_tiles(self, data, w: np.ndarray, windows: Windows | None = None) -> relax.Expr:
+        """`data` [..., K] (or its `windows`) × constant int8 `w` [K, N] on `tdpbusd` tiles
+        (uint8 activations, int8 ones shifted by 128 and corrected)."""
+        rank = 4 if windows is not None else len(_shape(data))
+        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1] * (rank - 1) + [w.shape[1]])
         kernel = self.dense_tiles(data, w, self.dp, self.engine, amx.U8S8,
-                                  f"dense_{self.operands(data)}_{self.engine.name}")
+                                  f"dense_{self.operands(data)}_{self.engine.name}", windows)
         return self.corrected(kernel, correction)
 
     def operands(self, data) -> str:
