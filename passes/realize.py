@@ -46,6 +46,7 @@ from tvm import relax
 
 from .graph import (Constant, FunctionView, along_axis, const, constant_value, conv_channel_axis, op_name, shape_of,
                     with_main)
+from .weight_only import quantize_embedding_tables
 
 LAYOUT_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
                         "relax.strided_slice", "relax.flatten"})
@@ -109,6 +110,7 @@ class RealizeStats:
     integer_ops: dict = field(default_factory=dict)
     float_ops: dict = field(default_factory=dict)
     requantize: int = 0
+    int8_tables: int = 0  # embedding tables stored as int8 rows
 
 
 def _broadcast(values: np.ndarray, axis: int | None, rank: int) -> np.ndarray:
@@ -634,7 +636,9 @@ def shape_of_expr(expr) -> tuple[int, ...]:
 
 
 def realize(mod: tvm.IRModule) -> tuple[tvm.IRModule, RealizeStats]:
-    """Integer kernels for the QDQ module `mod` (see the module docstring)."""
+    """Integer kernels for the QDQ module `mod` (see the module docstring); the float embedding
+    tables that gathers read stored as int8 rows (weight_only.quantize_embedding_tables)."""
     realizer = Realizer(mod["main"])
     func = realizer.run()
-    return with_main(mod, func), realizer.stats
+    realized, realizer.stats.int8_tables = quantize_embedding_tables(with_main(mod, func))
+    return realized, realizer.stats

@@ -34,7 +34,7 @@ from .passes.realize import RealizeStats, realize
 from .passes.reduced_precision import to_bf16, to_fp16
 from .passes.simulate import Corrections, insert_qdq, switch_values
 from .passes.smooth import smooth
-from .passes.weight_only import quantize_weights_only
+from .passes.weight_only import quantize_embedding_tables, quantize_weights_only
 from .progress import Progress
 
 log = logging.getLogger("qcompiler")
@@ -72,6 +72,8 @@ class Quantized:
             "float_ops": dict(self.stats.float_ops),
             "requantize_ops": self.stats.requantize,
         }
+        if self.stats.int8_tables:
+            summary["int8_embedding_tables"] = self.stats.int8_tables
         if self.plan is not None:
             quantized_macs = sum(op.macs for op in self.plan.ops)
             summary.update(
@@ -417,6 +419,15 @@ class CalibrationFree:
         return summary
 
 
+def _int8_dynamic(mod: tvm.IRModule) -> tuple[tvm.IRModule, DynamicStats]:
+    """int8-dynamic's matmuls (passes/dynamic.py), and its embedding tables as int8 rows."""
+    mod, stats = quantize_dynamic(mod)
+    mod, tables = quantize_embedding_tables(mod)
+    if tables:
+        log.info("int8-dynamic: %d embedding tables stored as int8 rows", tables)
+    return mod, stats
+
+
 @dataclass(frozen=True)
 class CalibrationFreePass:
     """A calibration-free strategy's pass, what its weights and activations are, and what it
@@ -431,7 +442,7 @@ class CalibrationFreePass:
 _INT8_WEIGHTS = "int8 symmetric per-channel"
 _HALF_QUANTIZES = "convolutions (groups = 1), matmuls or embedding tables with constant float weights"
 CALIBRATION_FREE = {
-    "int8-dynamic": CalibrationFreePass(quantize_dynamic, _INT8_WEIGHTS,
+    "int8-dynamic": CalibrationFreePass(_int8_dynamic, _INT8_WEIGHTS,
                                         "uint8 asymmetric per row, ranges computed at run time",
                                         "matmuls (MatMul, Gemm) with constant weights"),
     "int8-weight-only": CalibrationFreePass(quantize_weights_only, _INT8_WEIGHTS, "float32",

@@ -9,7 +9,7 @@ its rows padded to a multiple of a block and K to whole tile rows. Written as on
 and a pad, each element's indices are divisions and remainders of (m, k), which TVM cannot
 vectorize: 11 µs for MTCNN's 81 × 252 bytes on one Zen 4 core, twice the VNNI convolution it
 replaces. Channels-last windows are contiguous runs instead: with dilation 1 a window row is
-KW·C consecutive bytes of an input row. `im2col_kernel` writes each matrix row as KH such
+KW·C consecutive elements of an input row. `im2col_kernel` writes each matrix row as KH such
 copies (KH·KW of C bytes when dilated), then zeros for the K padding; the padded rows are zeros.
 LLVM turns the runs into vector copies.
 """
@@ -22,7 +22,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .compute import windows
+from .compute import round_up, windows
 
 PARALLEL_BYTES = 1 << 16  # matrices smaller than this are written by one thread: a pool launch costs more
 
@@ -36,8 +36,8 @@ def im2col_kernel(in_shape: tuple[int, int, int, int], dtype: str, kh: int, kw: 
     (sh, sw), (dh, dw) = strides, dilation
     out_h, out_w = windows(height, kh, sh, dh), windows(width, kw, sw, dw)
     rows, depth = batch * out_h * out_w, kh * kw * channels
-    padded_rows, padded_depth = -(-rows // row_multiple) * row_multiple, -(-depth // depth_multiple) * depth_multiple
-    run = kw * channels if dw == 1 else channels  # bytes copied at a time
+    padded_rows, padded_depth = round_up(rows, row_multiple), round_up(depth, depth_multiple)
+    run = kw * channels if dw == 1 else channels  # elements copied in one run
     runs = kh if dw == 1 else kh * kw
     in_size, out_size = math.prod(in_shape), padded_rows * padded_depth
     pixel_rows = batch * out_h  # one task per output row of pixels

@@ -100,10 +100,11 @@ class KernelDispatch(CallRewriter):
             matrix = self.pad(matrix, [(0, -rows % amx.BLOCK), (0, -depth % product.row_elements)])
         else:
             leading = windows.out_pixels(shape_of(data))
-            kernel = im2col_kernel(tuple(shape_of(data)), str(data.ty.dtype), windows.kh, windows.kw, windows.strides,
+            dtype = str(data.ty.dtype)
+            kernel = im2col_kernel(tuple(shape_of(data)), dtype, windows.kh, windows.kw, windows.strides,
                                    windows.dilation, amx.BLOCK, product.row_elements)
-            matrix = self.builder_.emit(relax.call_tir(self.builder_.add_func(kernel, "im2col_nhwc"), [data], relax.TensorType(
-                [int(d) for d in kernel.params[1].ty.shape], str(data.ty.dtype))))
+            cols_ty = relax.TensorType([int(d) for d in kernel.params[1].ty.shape], dtype)
+            matrix = self.builder_.emit(relax.call_tir(self.builder_.add_func(kernel, "im2col_nhwc"), [data], cols_ty))
         out_channels = w.shape[1]
         packed = kc.pack_dense_weight(w, dp, n_multiple=amx.BLOCK, k_multiple=product.row_elements)
         block = engine.dense_block(product)
@@ -114,7 +115,7 @@ class KernelDispatch(CallRewriter):
         """A groups = 1 NHWC convolution (OHWI weight `w`) as the subclass's `dense_on_tiles`
         (activation rows [..., K] × a constant [K, O]): a 1×1 stride-1 one over its pixels
         directly, any other over its windows (`Windows`, K = KH·KW·C) of the padded input."""
-        out_channels, kh, kw, channels = w.shape
+        out_channels, kh, kw, _ = w.shape
         matrix = w.reshape(out_channels, -1).T
         if (kh, kw) == (1, 1) and conv.strides == [1, 1] and not any(conv.padding):
             return self.dense_on_tiles(data, matrix)
