@@ -8,7 +8,8 @@ onnxruntime. For each model of checks.json and each qcompiler artifact (one per 
 build (max |diff| <= tolerance · max |expected|), then times that sample (median of --repeat
 runs after --warmup, TVM_NUM_THREADS threads). onnxruntime's fp32 and int8 models are timed in
 this process on the same sample (intra-op threads as given, ≥ 0.3 s of warm-up, median of
---repeat runs). Prints the host CPU, a table in ms with qc / ort ratios, and geometric means.
+--repeat runs). Prints the host CPU, a table in ms with qc / ort ratios (and, for the single ops
+of prepare_cpu_check.py --ops, the tile engine / the same op without it), and geometric means.
 Exit status: 0 when every artifact ran and matched, 1 when an output differed, 2 when an
 artifact could not run here (an AMX artifact on a CPU without AMX, say: its one-line error is
 printed).

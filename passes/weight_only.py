@@ -21,6 +21,8 @@ from tvm import relax
 from .dynamic import DynamicStats, quantize_weight
 from .graph import CONV_LAYOUTS, CallRewriter, const, float32_constant, is_float32
 
+MIN_SIZE = 256  # smaller constants stay float32
+
 
 @relax.expr_functor.mutator
 class _WeightOnly(CallRewriter):
@@ -69,21 +71,33 @@ class _WeightOnly(CallRewriter):
     def take(self, call) -> relax.Expr | None:
         """An embedding table (rows gathered from a float32 constant [V, D]): int8 rows, each with
         its own scale, gathered together and converted after the gather."""
-        table, indices = call.args
-        if not (is_float32(call) and call.attrs.axis is not None and int(call.attrs.axis) == 0):
+        t = embedding_table(call, self.min_size)
+        if t is None:
             return None
-        t = float32_constant(table, self.min_size)
-        if t is None or t.ndim != 2:
-            return None
-        rows_q, scale = quantize_weight(t.T)  # a row of the table is a column here
+        rows_q, scale = int8_rows(t)
+        indices = call.args[1]
         self.stats.layers.append(str(indices))
-        rows = self.builder_.emit(relax.op.astype(relax.op.take(const(np.ascontiguousarray(rows_q.T)), indices, axis=0),
-                                                  "float32"))
+        rows = self.builder_.emit(relax.op.astype(relax.op.take(const(rows_q), indices, axis=0), "float32"))
         scales = self.builder_.emit(relax.op.take(const(scale.reshape(-1, 1)), indices, axis=0))
         return relax.op.multiply(rows, scales)
 
 
-def quantize_weights_only(mod: tvm.IRModule, min_size: int = 256) -> tuple[tvm.IRModule, DynamicStats]:
+def embedding_table(call, min_size: int = MIN_SIZE) -> np.ndarray | None:
+    """The table [V, D] of a float32 gather of rows (`take`, axis 0) from a float32 constant of at
+    least `min_size` elements, else None: what these passes store as int8 rows."""
+    if not (is_float32(call) and call.attrs.axis is not None and int(call.attrs.axis) == 0):
+        return None
+    table = float32_constant(call.args[0], min_size)
+    return table if table is not None and table.ndim == 2 else None
+
+
+def int8_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 rows [V, D], float32 scale per row [V]): table ≈ rows · scale[:, None]."""
+    rows_q, scale = quantize_weight(table.T)  # a row of the table is a column here
+    return np.ascontiguousarray(rows_q.T), scale
+
+
+def quantize_weights_only(mod: tvm.IRModule, min_size: int = MIN_SIZE) -> tuple[tvm.IRModule, DynamicStats]:
     """`mod` with the float32 constant weights (≥ `min_size` elements) of its matmuls and
     convolutions as int8 with a per-channel scale; constants folded first."""
     rewriter = _WeightOnly(relax.transform.FoldConstant()(mod), min_size)
@@ -95,7 +109,7 @@ class _EmbeddingTables(_WeightOnly._cls):
     HANDLERS = {"relax.take": "take"}
 
 
-def quantize_embedding_tables(mod: tvm.IRModule, min_size: int = 256) -> tuple[tvm.IRModule, int]:
+def quantize_embedding_tables(mod: tvm.IRModule, min_size: int = MIN_SIZE) -> tuple[tvm.IRModule, int]:
     """`mod` with the float32 embedding tables (≥ `min_size` elements) that its gathers read
     stored as int8 rows with a scale each, as above, and how many. For the int8 strategies, whose
     passes put matmuls and convolutions on int8 and leave gathers in float: a transformer's token

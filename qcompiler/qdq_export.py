@@ -11,6 +11,8 @@ convolution), with what quantization decided:
 * every quantized conv / matmul weight becomes DequantizeLinear(int8 initializer, scales, 0)
   per output channel (axis 0 for Conv and Gemm with transB, 1 for MatMul and plain Gemm), with
   the int8 values the integer artifact uses (after AdaRound, when on);
+* every embedding table that realize stores as int8 rows (a Gather of a float constant of
+  ≥ 256 elements) becomes DequantizeLinear(int8 rows, scale per row, 0) on axis 0;
 * weights and biases take the values of qcompiler's float model: equalized (when on), and
   biases shifted by bias correction (when on; a Conv or Gemm without a bias gets one);
 * an equalized ReLU6 becomes Relu then Min with its per-channel bound;
@@ -37,6 +39,7 @@ from .passes.graph import FunctionView, op_name
 from .passes.simulate import float_readers_of, quantized_weight
 from .passes.smooth import SUFFIX as SMOOTHED
 from .passes.smooth import smoothing_multiplies
+from .passes.weight_only import embedding_table, int8_rows
 from .quantize import Quantized
 
 # Per-channel QuantizeLinear / DequantizeLinear (`axis`) arrived in opset 13.
@@ -78,6 +81,16 @@ class _Writer:
         self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
+    def dequantized(self, base: str, int8: np.ndarray, scales: np.ndarray, axis: int, node_name: str) -> str:
+        """DequantizeLinear(int8, scales, 0) along `axis` (a weight or table named `base`); its output's name."""
+        out = self.fresh(f"{base}_dequantized")
+        self.before.append(helper.make_node(
+            "DequantizeLinear",
+            [self.constant(f"{base}_int8", np.ascontiguousarray(int8)), self.constant(f"{base}_scale", scales.astype(np.float32)),
+             self.constant(f"{base}_zero_point", np.zeros(scales.shape, np.int8))],
+            [out], name=self.fresh(node_name), axis=axis))
+        return out
+
 
 def qdq_model(imported: ImportedModel, q: Quantized) -> onnx.ModelProto:
     """The ONNX QDQ model of `q` (see the module docstring)."""
@@ -112,17 +125,17 @@ def qdq_model(imported: ImportedModel, q: Quantized) -> onnx.ModelProto:
             wq, scales = quantized_weight(op.weight, op.weight_axis, q.config.per_channel)
             wq = q.corrections.weights.get(var, wq)
             int8, axis = _onnx_weight(node, wq, layout)
-            dequantized = writer.fresh(f"{node.input[1]}_dequantized")
-            writer.before.append(helper.make_node(
-                "DequantizeLinear",
-                [writer.constant(f"{node.input[1]}_int8", np.ascontiguousarray(int8)),
-                 writer.constant(f"{node.input[1]}_scale", scales.astype(np.float32)),
-                 writer.constant(f"{node.input[1]}_zero_point", np.zeros(scales.shape, np.int8))],
-                [dequantized], name=writer.fresh(f"{node.name}_weight_dequantize"), axis=axis))
-            node.input[1] = dequantized
+            node.input[1] = writer.dequantized(node.input[1], int8, scales, axis, f"{node.name}_weight_dequantize")
         else:
             node.input[1] = writer.constant(f"{node.input[1]}_float", np.ascontiguousarray(_onnx_weight(node, weight, layout)[0]))
         _write_bias(writer, view, q, node, var, op)
+
+    for binding in view.bindings:  # embedding tables, stored as int8 rows by realize
+        node = nodes.get(q.node_of.get(binding.var, ""))
+        table = embedding_table(binding.value) if op_name(binding.value) == "relax.take" else None
+        if table is not None and node is not None and node.op_type == "Gather":
+            rows, scales = int8_rows(table)
+            node.input[0] = writer.dequantized(node.input[0], rows, scales, 0, f"{node.name}_table_dequantize")
 
     for binding in view.bindings:
         node = nodes.get(q.node_of.get(binding.var, ""))
@@ -179,13 +192,34 @@ def qdq_model(imported: ImportedModel, q: Quantized) -> onnx.ModelProto:
         for output in node.output:
             emit_after(output)
     del model.graph.node[:]
-    model.graph.node.extend(ordered)
+    model.graph.node.extend(_live(ordered, {o.name for o in model.graph.output}))
     used = {t for n in model.graph.node for t in n.input}
     kept = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept + [i for i in writer.initializers if i.name in used])
     model.producer_name = "qcompiler export-qdq"
     return model
+
+
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """`nodes` (in order) without those whose outputs nothing reads: what computed a replaced
+    embedding table, say."""
+    live, needed = [], set(outputs)
+    for node in reversed(nodes):
+        if any(output in needed for output in node.output):
+            live.append(node)
+            needed.update(_reads(node))
+    return live[::-1]
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors `node` reads: its inputs, and what the nodes of its subgraphs (If, Loop) read."""
+    names = set(node.input)
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+            for inner in graph.node:
+                names |= _reads(inner)
+    return names
 
 
 def _onnx_tensor(view: FunctionView, node_of: dict, nodes: dict, last_binding: dict, graph_inputs: set, var):

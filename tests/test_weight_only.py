@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -89,6 +90,29 @@ def test_int8_strategies_store_embedding_tables_as_int8(tmp_path, strategy):
     got = qcompiler.load(so).run(feed)["y"]
     fp32 = ort_run(model, feed)["y"]
     assert float((got * fp32).sum() / np.linalg.norm(got) / np.linalg.norm(fp32)) > 0.999
+
+
+def test_export_qdq_writes_the_int8_table(tmp_path):
+    """export-qdq writes the table as the artifact stores it, int8 rows dequantized per row (axis
+    0), and drops the float copy; onnxruntime on the export agrees with the artifact."""
+    w = weights()
+    model = model_with_every_kind(w)
+    calib = [{"ids": rng.integers(0, VOCAB, (1, 16)).astype(np.int64)} for _ in range(8)]
+    qdq = onnx.load(qcompiler.export_qdq(model, calib, tmp_path / "m.qdq.onnx"))
+    initializers = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    produced_by = {output: node for node in qdq.graph.node for output in node.output}
+    (gather,) = [n for n in qdq.graph.node if n.op_type == "Gather"]
+    dequantize = produced_by[gather.input[0]]
+    rows, scales = (initializers[name] for name in dequantize.input[:2])
+    assert dequantize.op_type == "DequantizeLinear" and helper.get_attribute_value(dequantize.attribute[0]) == 0
+    assert rows.dtype == np.int8 and rows.shape == w["table"].shape and scales.shape == (VOCAB,)
+    np.testing.assert_allclose(rows * scales[:, None], w["table"], atol=float(scales.max()) / 2 * 1.0001)
+    assert not [a for a in initializers.values() if a.dtype == np.float32 and a.size >= w["table"].size]
+    artifact = qcompiler.load(qcompiler.compile(model, quantize="int8", calib=calib).export(tmp_path / "m.so"))
+    feed = {"ids": rng.integers(0, VOCAB, (1, 16)).astype(np.int64)}
+    got, want = ort_run(qdq, feed)["y"], artifact.run(feed)["y"]
+    # the same integer model; float epilogues may round a requantization tie the other way
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * float(np.abs(want).max()))
 
 
 def test_cli_int8_weight_only(tmp_path):
