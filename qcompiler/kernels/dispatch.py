@@ -23,7 +23,8 @@ not: DotProduct.for_channels):
 With a tile engine (AMX, or its emulation: isa.tile_engine_of), matmuls and groups = 1
 convolutions with ≥ 32 rows (output pixels), K ≥ 128 (KH·KW·C for a convolution) and ≥ 64 output
 channels (kernel_dispatch.tiles_worthwhile) go to amx.py's block product instead (dense_on_tiles;
-a k×k convolution over its windows written as matrix rows by im2col.py, KernelDispatch.conv_on_tiles): rows padded to 32, K to 64, weights [N'/16, K'/4, 16, 4].
+a k×k convolution over its windows, written as matrix rows by im2col.py: KernelDispatch.conv_on_tiles):
+rows padded to 32, K to 64, weights [N'/16, K'/4, 16, 4].
 
 Activations x of the other signedness than the instruction takes (`vpdpbusd`: uint8, `sdot`
 and `__dp4a`: int8; NEON takes both) are fed as x ∓ 128 and the accumulator corrected by
@@ -292,8 +293,8 @@ class _Int8KernelDispatch(KernelDispatch):
     def dense_on_tiles(self, data, w: np.ndarray, windows: Windows | None = None) -> relax.Expr:
         """`data` [..., K] (or its `windows`) × constant int8 `w` [K, N] on `tdpbusd` tiles
         (uint8 activations, int8 ones shifted by 128 and corrected)."""
-        rank = 4 if windows is not None else len(_shape(data))
-        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1] * (rank - 1) + [w.shape[1]])
+        leading = _shape(data)[:-1]  # of the padded NHWC input with `windows`: the same rank as the output
+        data, correction = self.as_instruction_dtype(data, w.sum(axis=0), [1] * len(leading) + [w.shape[1]])
         kernel = self.dense_tiles(data, w, self.dp, self.engine, amx.U8S8,
                                   f"dense_{self.operands(data)}_{self.engine.name}", windows)
         return self.corrected(kernel, correction)
