@@ -31,7 +31,7 @@ from tvm import relax
 from .errors import QCompilerError
 from .kernels.isa import DOT_PRODUCTS
 from .kernels.schedules import (DEFAULT_CANDIDATE, DEFAULT_KERNEL, GENERIC_LOOPS, SCHEDULE_SOURCE, SCHEDULED,
-                                child_blocks, default_schedule, default_space, split_pad_kernel,
+                                child_blocks, default_schedule, default_space, partitioned_kernel,
                                 tile_engine_kernel)
 from .kernels.vnni import INTRIN as VNNI_INTRIN
 from .kernels.vnni import TVM_INTRIN as TVM_VNNI
@@ -133,15 +133,15 @@ def _hand_written_kernels(target: tvm.target.Target) -> list:
     of its kind, else None): the tile engine's block products (kernels/amx.py), byte-table
     lookups on the VBMI or AVX-512BW kernel (kernels/lookup.py) where `target` has the instruction,
     channels-last pads as the row copies of kernels/pad.py, and
-    kernels that end in a pad with their default schedule, which splits it into a fill and an
-    interior (kernels/schedules.py). They beat what tuning finds for these memory-bound kernels,
+    element-wise kernels whose default schedule partitions their loops: a final pad into a fill
+    and an interior, a concatenation into its segments (kernels/schedules.py). They beat what tuning finds for these memory-bound kernels,
     so they take precedence over tuning records, and such kernels are no tuning tasks. None on
     GPUs (gpu_pipeline)."""
     from .kernels import lookup, pad
 
     if target.kind.name == "cuda":
         return []
-    return [tile_engine_kernel, *lookup.lookup_kernels(target), pad.row_pad_kernel, split_pad_kernel]
+    return [tile_engine_kernel, *lookup.lookup_kernels(target), pad.row_pad_kernel, partitioned_kernel]
 
 
 def _first_that_applies(kernels: list):

@@ -238,6 +238,7 @@ def test_int32_batch_matmul_kernel_exact(a_shape, b_shape):
 
 @pytest.mark.parametrize("shape,dtype,vbmi", [
     ((1, 2, 96, 200), "uint8", True),   # 600 chunks of 64
+    ((1, 40, 64, 64), "uint8", True),   # 256 KiB read and written: chunks in parallel
     ((1, 3, 7, 13), "int8", True),      # 4 chunks and a tail of 17
     ((64,), "uint8", True),
     ((1, 5, 9), "uint8", False),        # under one register: the default schedule
@@ -291,6 +292,29 @@ def test_channels_last_pads_are_exact(shape, pads, dtype, rows):
     kernel = single_kernel(body, shape, dtype).script()
     assert ("flat_out" in kernel) == rows  # pad.py's row copies
     assert "if_then_else" not in kernel  # else the default schedule: a fill, then the interior
+
+
+@pytest.mark.parametrize("widths,partitioned", [
+    ((24, 24), True),       # vectors of 8, partitioned at 24
+    ((20, 12, 16), True),   # vectors of 4, at 20 and 32
+    ((32, 16), True),       # vectors of 16, at 32
+    ((3, 5), False),        # too narrow for vectors
+])
+def test_concatenations_along_the_innermost_axis_are_vectorized_per_segment(widths, partitioned):
+    """A residual add concatenated with other branches along the channels (CSP blocks): the
+    channel loop is partitioned at the segment starts, in vectors of the widest width (4 to 16)
+    that divides them, so that no vector selects its input per lane; equal to numpy."""
+    xs = [rng.integers(0, 100, (1, 5, 7, width)).astype(np.uint8) for width in widths]
+    extra = rng.integers(0, 100, xs[0].shape).astype(np.uint8)
+
+    def body(*tensors):
+        return relax.op.concat([relax.op.add(tensors[0], tensors[-1]), *tensors[1:-1]], axis=3)
+
+    expected = np.concatenate([xs[0] + extra, *xs[1:]], axis=3)
+    np.testing.assert_array_equal(run_relax(body, [*xs, extra]), expected)
+    scheduled = default_scheduled(relax_main(body, [(x.shape, "uint8") for x in (*xs, extra)]))
+    (kernel,) = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert ("_partition" in kernel.script()) == partitioned
 
 
 @pytest.mark.parametrize("dtype,groups", [("int8", 1), ("uint8", 2), ("int8", 3)])

@@ -38,6 +38,9 @@ PERMUTE = "llvm.x86.avx512.vpermi2var.qi.512"
 WORD_FEATURE = "avx512bw"
 WORD_CHUNK = 32  # 16-bit words per 512-bit register
 WORD_PERMUTE = "llvm.x86.avx512.vpermi2var.hi.512"
+# Bytes read and written from which a lookup runs its chunks in parallel: it moves tens of bytes
+# per ns on one core, so smaller ones take less time than waking the other threads.
+PARALLEL_BYTES = 1 << 18
 
 
 def has_byte_permute(target: tvm.target.Target) -> bool:
@@ -79,6 +82,7 @@ def _chunked_lookup(func: tirx.PrimFunc, chunk: int, lookup_chunk) -> tirx.PrimF
     shape, dtype = tuple(int(d) for d in out_buffer.shape), str(table_buffer.dtype)
     size = math.prod(shape)
     chunks = size // chunk
+    chunk_loop = T.parallel if size * 2 >= PARALLEL_BYTES else T.serial
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(table: T.Buffer((256,), dtype), index: T.Buffer(shape, "uint8"), out: T.Buffer(shape, dtype)):
@@ -86,7 +90,7 @@ def _chunked_lookup(func: tirx.PrimFunc, chunk: int, lookup_chunk) -> tirx.PrimF
         with T.sblock("root"):  # TVM's Relax passes expect a root block
             flat_index = T.decl_buffer((size,), "uint8", data=index.data)
             flat_out = T.decl_buffer((size,), dtype, data=out.data)
-            for c in range(chunks):  # serial: tens of bytes per ns, less than starting threads
+            for c in chunk_loop(chunks):
                 # One expression (the indices repeated): TVMScript would keep named vector values
                 # in workspace buffers allocated per iteration.
                 flat_out[T.ramp(c * chunk, 1, chunk)] = lookup_chunk(table, flat_index, c * chunk, dtype)
