@@ -85,12 +85,15 @@ def test_im2col_kernel_writes_padded_windows(shape, kernel, strides, dilation, d
     np.testing.assert_array_equal(out.numpy(), expected)
 
 
-@pytest.mark.parametrize("rows", [1, 7, 17, 100])
-@pytest.mark.parametrize("depth,out_channels", [(64, 32), (200, 40)])
+@pytest.mark.parametrize("rows,depth,out_channels", [
+    *((rows, depth, out_channels) for rows in (1, 7, 17, 100) for depth, out_channels in ((64, 32), (200, 40))),
+    (300, 64, 100),   # 10 row panels: each panel product computes all 4 column blocks
+    (100, 128, 300),  # 4 row panels: the 10 column blocks in 2 groups of 5
+])
 def test_emulated_tile_kernel_is_exact(rows, depth, out_channels):
-    """M tails (1, 7, 17, 100 rows), K and N not multiples of the tile: the kernel against
-    numpy's int64 product; the emulation executes the instructions' specification with the
-    hardware kernel's configuration, addresses and strides."""
+    """M tails (1, 7, 17, 100 rows), K and N not multiples of the tile, panels of several column
+    blocks: the kernel against numpy's int64 product; the emulation executes the instructions'
+    specification with the hardware kernel's configuration, addresses and strides."""
     lib = tvm.tirx.build(scheduled_tile_kernel(rows, depth, out_channels, amx.EMULATED), tvm.target.Target(EMULATED_TARGET))
     x = rng.integers(0, 256, (rows, depth), dtype=np.uint8)
     w = rng.integers(-128, 128, (depth, out_channels), dtype=np.int8)

@@ -298,13 +298,15 @@ def test_channels_last_pads_are_exact(shape, pads, dtype, rows):
     ((24, 24), True),       # vectors of 8, partitioned at 24
     ((20, 12, 16), True),   # vectors of 4, at 20 and 32
     ((32, 16), True),       # vectors of 16, at 32
-    ((3, 5), False),        # too narrow for vectors
+    ((3, 5), True),         # too narrow for vectors: vectors along the rows, per segment
+    ((40, 3), False),       # wider than a vector, segments of 3: as before
 ])
 def test_concatenations_along_the_innermost_axis_are_vectorized_per_segment(widths, partitioned):
     """A residual add concatenated with other branches along the channels (CSP blocks): the
     channel loop is partitioned at the segment starts, in vectors of the widest width (4 to 16)
-    that divides them, so that no vector selects its input per lane; equal to numpy."""
-    xs = [rng.integers(0, 100, (1, 5, 7, width)).astype(np.uint8) for width in widths]
+    that divides them, or, for segments too narrow (a space-to-depth's), with vectors along the
+    next axis inside each; so that no vector selects its input per lane; equal to numpy."""
+    xs = [rng.integers(0, 100, (1, 5, 16, width)).astype(np.uint8) for width in widths]
     extra = rng.integers(0, 100, xs[0].shape).astype(np.uint8)
 
     def body(*tensors):
