@@ -31,6 +31,7 @@ from functools import partial
 import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
+from tvm.s_tir import analysis as s_tir_analysis
 from tvm.sym.analyzer import Analyzer
 
 from ..fusion import child_blocks
@@ -503,17 +504,18 @@ def schedule_generic(sch: Schedule, partition: bool = True) -> bool:
     return partitioned
 
 
-def _segment_starts(sch: Schedule, block) -> list[int]:
-    """Where the reads of `block` shift along its innermost axis v: the constants d > 0 of the
-    read indices v - d (the segments of a concatenation along that axis, whose block selects
-    input j for v in [d_j, d_j+1)), ascending, below the axis's extent."""
-    inner = sch.get(block).iter_vars[-1]
-    extent = int(inner.dom.extent)
+def _segment_starts(sch: Schedule, block, axis: int = -1) -> list[int]:
+    """Where the reads of `block` shift along its iteration variable `axis` (the innermost by
+    default), v: the constants d > 0 of the read indices v - d (the segments of a concatenation
+    along that axis, whose block selects input j for v in [d_j, d_j+1); a pad's start),
+    ascending, below the axis's extent."""
+    iter_var = sch.get(block).iter_vars[axis]
+    extent = int(iter_var.dom.extent)
     analyzer = Analyzer()
     starts = set()
     for region in sch.get(block).reads:
-        for axis in region.region:
-            shift = analyzer.simplify(inner.var - axis.min)
+        for index in region.region:
+            shift = analyzer.simplify(iter_var.var - index.min)
             if isinstance(shift, tirx.IntImm) and 0 < shift.value < extent:
                 starts.add(int(shift.value))
     return sorted(starts)
@@ -702,7 +704,7 @@ def _finished(sch: Schedule, source: str) -> tirx.PrimFunc:
     variables, which TVM's check, run by every later Schedule of the function, rejects; parsing
     defines each block's afresh. TVM's RenewDefs keeps them shared.)"""
     func = sch.mod["main"]
-    if not tirx.analysis.verify_well_formed(func, False):
+    if not s_tir_analysis.verify_well_formed(func, False):
         func = tvm.script.from_source(func.script())
     return func.with_attr(SCHEDULED, True).with_attr(SCHEDULE_SOURCE, source)
 
@@ -719,6 +721,9 @@ def partitioned_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     blocks = child_blocks(sch)
     if not blocks or not all(_is_spatial(sch, block) for block in blocks):
         return None
+    if not _is_constant_pad(sch, blocks[-1]) and not any(
+            _segment_starts(sch, block, axis) for block in blocks for axis in range(len(sch.get(block).iter_vars))):
+        return None  # nothing to partition: spares scheduling twice
     try:
         if not schedule_generic(sch):
             return None
