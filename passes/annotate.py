@@ -26,6 +26,7 @@ model). Ops skipped by ONNX op type or node name stay fp32, and so do ops outsid
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,11 +42,15 @@ CARRY_OPS = frozenset({
 })
 ACTIVATION_OPS = frozenset({"relax.nn.relu", "relax.clip"})
 # Elementwise ops that, applied to one quantized tensor (and scalar constants), realize as a
-# 256-entry lookup table: hardswish, hardsigmoid, sigmoid, tanh, ... chains of them.
-UNARY_OPS = frozenset({
-    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.clip", "relax.nn.relu",
-    "relax.sigmoid", "relax.tanh", "relax.exp", "relax.maximum", "relax.minimum",
-})
+# 256-entry lookup table: hardswish, hardsigmoid, sigmoid, tanh, GELU's erf, ... chains of them;
+# each with its function on float64 arrays (realize computes the table with it), and clip.
+UNARY_FUNCTIONS = {
+    "relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply, "relax.divide": np.divide,
+    "relax.maximum": np.maximum, "relax.minimum": np.minimum,
+    "relax.nn.relu": lambda v: np.maximum(v, 0.0), "relax.sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
+    "relax.tanh": np.tanh, "relax.exp": np.exp, "relax.erf": np.vectorize(math.erf, otypes=[np.float64]),
+}
+UNARY_OPS = frozenset({*UNARY_FUNCTIONS, "relax.clip"})
 
 
 @dataclass

@@ -44,6 +44,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .annotate import UNARY_FUNCTIONS, UNARY_OPS
 from .graph import (Constant, FunctionView, along_axis, const, constant_value, conv_channel_axis, op_name, shape_of,
                     with_main)
 from .weight_only import quantize_embedding_tables
@@ -93,14 +94,6 @@ class Unary:
 
     source: QTensor
     fn: Callable[[np.ndarray], np.ndarray]
-
-
-_NUMPY_UNARY = {
-    "relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply, "relax.divide": np.divide,
-    "relax.maximum": np.maximum, "relax.minimum": np.minimum,
-    "relax.nn.relu": lambda v: np.maximum(v, 0.0), "relax.sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
-    "relax.tanh": np.tanh, "relax.exp": np.exp,
-}
 
 
 @dataclass
@@ -207,7 +200,7 @@ class Realizer:
     def as_unary(self, call) -> Unary | None:
         """A Unary for an elementwise op of one per-tensor QTensor (or Unary of it) and scalars."""
         name = op_name(call)
-        if name not in _NUMPY_UNARY and name != "relax.clip":
+        if name not in UNARY_OPS:
             return None
         source, parts = None, []
         for arg in call.args[:1] if name == "relax.clip" else call.args:
@@ -233,7 +226,7 @@ class Realizer:
             lo, hi = float(call.args[1].value), float(call.args[2].value)
             inner = parts[0]
             return Unary(source, lambda v: np.clip(inner(v), lo, hi))
-        op = _NUMPY_UNARY[name]
+        op = UNARY_FUNCTIONS[name]
         if len(parts) == 1:
             inner = parts[0]
             return Unary(source, lambda v: op(inner(v)))

@@ -293,6 +293,31 @@ def test_a_max_pool_after_a_lookup_table_stays_on_integers():
     assert q.stats.integer_ops.get("lookup_table") == 1 and "relax.nn.max_pool2d" not in q.stats.float_ops
 
 
+def test_gelu_through_erf_is_one_lookup_table(tmp_path):
+    """conv → GELU as exported before opset 20 (x · 0.5 · (1 + erf(x / √2))) → conv: the whole
+    chain is a function of the conv's 8-bit output, one lookup table with no float op left;
+    the artifact's output within 5% of the largest of onnxruntime fp32's."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Div", ["c1", "sqrt2"], ["s"]),
+             helper.make_node("Erf", ["s"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]),
+             helper.make_node("Mul", ["c1", "e1"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["g"]),
+             helper.make_node("Conv", ["g", "w2"], ["y"], name="conv2")]
+    scalars = {"sqrt2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
+               "half": np.array(0.5, np.float32)}
+    model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 4, 7, 7])],
+                       {"w1": w(8, 3, 3, 3), "w2": w(4, 8, 2, 2), **scalars})
+    calib = samples_of(model, 8)
+    q = quantize(load_onnx(model), QConfig(holdout=0), calib)
+    assert q.stats.integer_ops.get("lookup_table") == 1
+    assert not {"relax.erf", "relax.multiply", "relax.add"} & set(q.stats.float_ops)
+    x = samples_of(model, 1, seed=5)[0]
+    artifact = qcompiler.load(qcompiler.compile(model, quantize="int8", calib=calib).export(tmp_path / "m.so"))
+    expected = ort_run(model, x)["y"]
+    np.testing.assert_allclose(artifact.run(x)["y"], expected, atol=0.05 * np.abs(expected).max(), rtol=0)
+
+
 def test_a_tensor_that_was_zero_in_calibration_keeps_the_next_convs_bias(tmp_path):
     """conv1's weights are 1e-39: its output is ~1e-39 on every sample, a range whose scale
     would be denormal. It quantizes as a zero tensor, and conv2's bias is not cast to int64
