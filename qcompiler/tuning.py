@@ -130,7 +130,7 @@ def _unscheduled_kernels_through(mod: tvm.IRModule, schedule) -> tvm.IRModule:
 
 def _hand_written_kernels(target: tvm.target.Target) -> list:
     """qcompiler's kernels written for a kind of PrimFunc (each returns its kernel for a PrimFunc
-    of its kind, else None): the tile engine's block products (kernels/amx.py), byte-table
+    of its kind, else None): the tile engine's panel products (kernels/amx.py), byte-table
     lookups on the VBMI or AVX-512BW kernel (kernels/lookup.py) where `target` has the instruction,
     channels-last pads as the row copies of kernels/pad.py, and
     element-wise kernels whose default schedule partitions their loops: a final pad into a fill

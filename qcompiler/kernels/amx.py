@@ -96,11 +96,11 @@ EMULATED = TileBackend("amx_emulated", True)
 BACKENDS = (HARDWARE, EMULATED)
 
 
-def intrinsic_name(backend: TileBackend, product: TileProduct, depth: int, columns: int = BLOCK) -> str:
+def intrinsic_name(backend: TileBackend, product: TileProduct, depth: int, columns: int) -> str:
     return f"qcompiler_{backend.name}_{product.name}_{BLOCK}x{columns}x{depth}"
 
 
-def gemm_panel_intrinsic(depth: int, backend: TileBackend, product: TileProduct = U8S8, columns: int = BLOCK):
+def gemm_panel_intrinsic(depth: int, columns: int, backend: TileBackend, product: TileProduct = U8S8):
     """(description, implementation) of the panel product above for K = `depth`, N = `columns`."""
     per_row = product.row_elements  # K elements per tile row
     if depth % per_row:
@@ -227,9 +227,9 @@ def gemm_panel_intrinsic(depth: int, backend: TileBackend, product: TileProduct 
     return description, implementation
 
 
-def register(backend: TileBackend, depth: int, product: TileProduct = U8S8, columns: int = BLOCK) -> str:
+def register(backend: TileBackend, depth: int, columns: int, product: TileProduct = U8S8) -> str:
     """Register the panel product for K = `depth`, N = `columns` with `backend` (idempotent);
     return its name."""
     name = intrinsic_name(backend, product, depth, columns)
-    TensorIntrin.register(name, *gemm_panel_intrinsic(depth, backend, product, columns), override=True)
+    TensorIntrin.register(name, *gemm_panel_intrinsic(depth, columns, backend, product), override=True)
     return name

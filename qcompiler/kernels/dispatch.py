@@ -22,7 +22,7 @@ not: DotProduct.for_channels):
 
 With a tile engine (AMX, or its emulation: isa.tile_engine_of), matmuls and groups = 1
 convolutions with ≥ 32 rows (output pixels), K ≥ 128 (KH·KW·C for a convolution) and ≥ 64 output
-channels (kernel_dispatch.tiles_worthwhile) go to amx.py's block product instead (dense_on_tiles;
+channels (kernel_dispatch.tiles_worthwhile) go to amx.py's panel product instead (dense_on_tiles;
 a k×k convolution over its windows, written as matrix rows by im2col.py: KernelDispatch.conv_on_tiles):
 rows padded to 32, K to 64, weights [N'/16, K'/4, 16, 4].
 

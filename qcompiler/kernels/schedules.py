@@ -242,7 +242,7 @@ def schedule_dense_tiles(sch: Schedule, block, engine: amx.TileBackend, product:
         _parallel_outer(sch, [mo], block)
     init = sch.decompose_reduction(block, mi)
     _vectorize_inner(sch, init)
-    sch.tensorize(mi, amx.register(engine, depth, product, loop_extent(sch, oi)))
+    sch.tensorize(mi, amx.register(engine, depth, loop_extent(sch, oi), product))
 
 
 def column_groups(row_panels: int, column_blocks: int) -> int:
@@ -292,7 +292,8 @@ def fma_tile(rows: int, vectors: int, max_rows: int = 14) -> tuple[int, int]:
 
 
 PANEL_ROW_TILES = 4  # row tiles that must read a weight panel for converting it once to pay
-PANEL_PARALLEL = 8  # parallel iterations wanted around a panel (chunks of the last outer axis × channel tiles)
+PANEL_PARALLEL = 8  # parallel iterations wanted around a panel (a weight panel: chunks of the last outer axis ×
+#                     channel tiles; a tile-engine panel: row panels × column groups)
 
 
 def _panel_chunks(extent: int, channel_tiles: int) -> int:
@@ -735,7 +736,7 @@ def partitioned_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
 
 def tile_engine_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     """`func` with its default schedule where it is a tile-engine kernel (amx.py), None for other
-    kernels. Its block product is the whole reduction in tile registers, which MetaSchedule's
+    kernels. Its panel product is the whole reduction in tile registers, which MetaSchedule's
     x86 design space cannot express: these kernels are no tuning tasks (tuning.py)."""
     sch = Schedule(func)
     if not any(sch.get(block).name_hint in TILE_ENGINE_BLOCKS for block in child_blocks(sch)):
