@@ -2,17 +2,22 @@
 Adaptive Rounding for Post-Training Quantization", 2020), in numpy, layer by layer.
 
 Per conv / matmul anchor with weight rows W [O, K] (per group), scales s [O] and input rows X
-[R, K] (patches of the layer's fp32 input on calibration samples, R ≤ ROWS), the int8 weight is
+[R, K] (patches of the layer's fp32 input on calibration samples), the int8 weight is
 floor(W / s) + h(V) with h(V) = clip(σ(V)·(ζ − γ) + γ, 0, 1), ζ = 1.1, γ = −0.1, and V
 minimises
 
-  ‖X (W − s·(floor(W/s) + h(V)))ᵀ‖² / R  +  λ Σ (1 − |2h(V) − 1|^β)
+  ‖X Eᵀ‖² / R + λ Σ (1 − |2h(V) − 1|^β) = tr(E G Eᵀ) + λ Σ (1 − |2h(V) − 1|^β),
+  E = W − s·(floor(W/s) + h(V)),  G = XᵀX / R
 
 by Adam (learning rate 0.01, ITERATIONS steps; β anneals from 20 to 2 after a 20% warm start
 without the regulariser, which pushes every h to 0 or 1). V starts where h equals the
-fractional part (rounding to nearest is the start), and the result rounds h at ½. The rows
-sampled are chosen by `seed`: the same seed gives the same weights. Time is bounded by
-ROWS × ITERATIONS per layer.
+fractional part (rounding to nearest is the start), and the result rounds h at ½.
+
+The inputs enter only through the Gram matrix G [K, K], summed one sample at a time
+(`InputGrams`): every output position of a sample, up to ROWS_PER_SAMPLE chosen by `seed`,
+adds its row, so many samples can be used at no cost per step and with memory K² per layer
+(rows fewer than K would leave G singular and the rounding fitted to those rows alone). A
+step costs O·K² multiply-adds per group: time is bounded by ITERATIONS × O·K².
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from .qconfig import QConfig
 from .simulate import quantized_weight
 
 ZETA, GAMMA = 1.1, -0.1
-ROWS = 512
-ITERATIONS = 200
+ROWS_PER_SAMPLE = 1024
+ITERATIONS = 1000
 REGULARIZATION = 0.01
 
 
@@ -36,21 +41,21 @@ def _rectified_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(raw, 0.0, 1.0), np.where((raw > 0) & (raw < 1), sig * (1 - sig) * (ZETA - GAMMA), 0.0)
 
 
-def round_adaptively(x: np.ndarray, w: np.ndarray, scales: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
-    """int8 rows for weights `w` [G, O, K] with `scales` [G, O] given inputs `x` [G, R, K]."""
+def round_adaptively(gram: np.ndarray, w: np.ndarray, scales: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
+    """int8 rows for weights `w` [G, O, K] with `scales` [G, O] given the inputs' Gram matrix
+    `gram` [G, K, K] (XᵀX / R per group). The optimisation runs in float32."""
+    gram, w, scales = (np.asarray(a, np.float32) for a in (gram, w, scales))
     steps = w / scales[..., None]
     floor = np.floor(steps)
     frac = np.clip(steps - floor, 0.01, 0.99)
     v = -np.log((ZETA - GAMMA) / (frac - GAMMA) - 1.0)  # h(v) = frac
     m = np.zeros_like(v)
     u = np.zeros_like(v)
-    rows = x.shape[1]
     warm = iterations // 5
     for step in range(iterations):
         h, dh = _rectified_sigmoid(v)
         error = w - scales[..., None] * (floor + h)  # [G, O, K]
-        residual = x @ np.swapaxes(error, 1, 2)  # [G, R, O] (batched BLAS products, not einsum's loops)
-        grad_h = -2.0 / rows * (np.swapaxes(residual, 1, 2) @ x) * scales[..., None]
+        grad_h = -2.0 * (error @ gram) * scales[..., None]  # batched BLAS products
         if step >= warm:
             beta = 20.0 - (20.0 - 2.0) * (step - warm) / max(iterations - warm - 1, 1)
             centred = 2 * h - 1
@@ -75,46 +80,67 @@ def _rows(op: QuantizedOp) -> tuple[np.ndarray, int]:
     return w.reshape(groups, outputs // groups, -1), groups
 
 
+def _positions(total: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """All of `total` positions where they are at most `count`, else `count` distinct ones."""
+    return np.arange(total) if total <= count else np.sort(rng.choice(total, count, replace=False))
+
+
 def input_rows(op: QuantizedOp, x: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` rows of the layer's input `x` as the weight rows see them, [G, count, K]:
-    matmul rows, or conv patches (taps × input channels of each group) at random output positions."""
+    """At most `count` rows of the layer's input `x` as the weight rows see them, [G, rows, K]:
+    matmul rows, or conv patches (taps × input channels of each group) at output positions (all
+    of them where there are at most `count`, else `count` chosen by `rng`)."""
     if op.op == "relax.matmul":
         flat = x.reshape(-1, x.shape[-1])
-        return flat[rng.integers(0, flat.shape[0], count)][None]
+        return flat[_positions(flat.shape[0], count, rng)][None]
     nhwc = x if op.kernel_layout == "OHWI" else np.transpose(x, (0, 2, 3, 1))
     (sh, sw), (dh, dw), (top, left, bottom, right) = op.conv_geometry
     kh, kw = op.weight.shape[1:3] if op.kernel_layout == "OHWI" else op.weight.shape[2:4]
     padded = np.pad(nhwc, ((0, 0), (top, bottom), (left, right), (0, 0)))
     out_h = (padded.shape[1] - dh * (kh - 1) - 1) // sh + 1
     out_w = (padded.shape[2] - dw * (kw - 1) - 1) // sw + 1
-    n = rng.integers(0, nhwc.shape[0], count)
-    oh, ow = rng.integers(0, out_h, count), rng.integers(0, out_w, count)
-    rows_h = oh[:, None] * sh + np.arange(kh)[None] * dh  # [count, kh]
+    n, oh, ow = np.unravel_index(_positions(nhwc.shape[0] * out_h * out_w, count, rng), (nhwc.shape[0], out_h, out_w))
+    rows_h = oh[:, None] * sh + np.arange(kh)[None] * dh  # [rows, kh]
     rows_w = ow[:, None] * sw + np.arange(kw)[None] * dw
-    patches = padded[n[:, None, None], rows_h[:, :, None], rows_w[:, None, :]]  # [count, kh, kw, C]
+    patches = padded[n[:, None, None], rows_h[:, :, None], rows_w[:, None, :]]  # [rows, kh, kw, C]
     groups = op.groups
     channels = patches.shape[-1]
-    patches = patches.reshape(count, kh, kw, groups, channels // groups)
-    return np.transpose(patches, (3, 0, 1, 2, 4)).reshape(groups, count, -1)
+    patches = patches.reshape(len(n), kh, kw, groups, channels // groups)
+    return np.transpose(patches, (3, 0, 1, 2, 4)).reshape(groups, len(n), -1)
 
 
-def adaround_weights(plan: AnnotationPlan, config: QConfig, inputs: dict, progress=None) -> dict:
-    """Per weighted anchor var: its int8 weight with learned rounding (simulate.Corrections.weights).
-    `inputs` maps each anchor var to a list of its fp32 input tensors on calibration samples;
-    `progress(layers done)` is called after each layer."""
-    rng = np.random.default_rng(config.seed)
+class InputGrams:
+    """Per weighted anchor var, Σ xᵀx over its input rows x (`input_rows`, at most
+    ROWS_PER_SAMPLE per sample) and the number of rows, added one sample at a time."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.sums: dict = {}
+        self.rows: dict = {}
+
+    def add(self, op: QuantizedOp, x: np.ndarray) -> None:
+        rows = input_rows(op, x.astype(np.float64), ROWS_PER_SAMPLE, self.rng)
+        product = np.swapaxes(rows, 1, 2) @ rows
+        self.sums[op.var] = self.sums[op.var] + product if op.var in self.sums else product
+        self.rows[op.var] = self.rows.get(op.var, 0) + rows.shape[1]
+
+    def gram(self, var) -> np.ndarray:
+        """XᵀX / R, [G, K, K]."""
+        return self.sums[var] / self.rows[var]
+
+
+def adaround_weights(plan: AnnotationPlan, config: QConfig, grams: InputGrams, progress=None) -> dict:
+    """Per weighted anchor var: its int8 weight with learned rounding (simulate.Corrections.weights),
+    from the Gram matrices of its fp32 inputs on calibration samples; `progress(layers done)` is
+    called after each layer."""
     chosen = {}
     for op in plan.ops:
-        if op.weight is None or op.var not in inputs:
+        if op.weight is None or op.var not in grams.sums:
             continue
         if progress is not None:
             progress(len(chosen) + 1)
         wq, scales = quantized_weight(op.weight, op.weight_axis, config.per_channel)
         rows, groups = _rows(op)
-        per_sample = max(1, ROWS // len(inputs[op.var]))
-        x = np.concatenate([input_rows(op, sample.astype(np.float64), per_sample, rng) for sample in inputs[op.var]],
-                           axis=1)
-        learned = round_adaptively(x, rows, scales.astype(np.float64).reshape(groups, -1))
+        learned = round_adaptively(grams.gram(op.var), rows, scales.astype(np.float64).reshape(groups, -1))
         if op.op == "relax.matmul":
             chosen[op.var] = learned[0].T.astype(np.int8)
             continue

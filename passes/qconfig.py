@@ -54,7 +54,7 @@ class QConfig:
     through ReLU so their per-channel weight ranges even out, pair by pair where that lowers
     the predicted quantization noise (passes/equalize.py, passes/equalize_noise.py);
     `adaround` learns each weight's rounding direction on calibration data
-    (passes/adaround.py, `seed` picks its samples); `bias_correction` removes the mean shift
+    (passes/adaround.py, `seed` picks its input positions); `bias_correction` removes the mean shift
     that quantizing the weights and the input adds to each conv/matmul output
     (passes/bias_correction.py).
 

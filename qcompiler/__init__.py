@@ -57,6 +57,7 @@ def compile(  # noqa: A001 - the public verb of this package
     constant_inputs: "Mapping[str, object] | None" = None,
     accuracy_target: "AccuracyTarget | str | None" = None,
     eval_data: "str | os.PathLike | Iterable[Mapping[str, object]] | None" = None,
+    min_int8_macs: float | None = None,
 ) -> "Artifact":
     """Compile an ONNX model (path or `onnx.ModelProto`) for a target preset or raw TVM target JSON.
 
@@ -77,6 +78,9 @@ def compile(  # noqa: A001 - the public verb of this package
     `accuracy_target` (an `AccuracyTarget`, or "METRIC=VALUE" such as "top1-agreement=0.97")
     keeps the fewest ops in fp32 that meet it on `eval_data` (samples as for `calib`, kept
     apart from them; an .npz may add `labels` for the top1 metric): qcompiler.accuracy.
+    `min_int8_macs` (a fraction, e.g. 0.9) bounds that search: at least this share of the
+    model's MACs stays int8, and where the target needs more, the best set within it is kept
+    with a warning.
     """
     import logging
 
@@ -110,7 +114,7 @@ def compile(  # noqa: A001 - the public verb of this package
                      committed_logs=committed_logs, default_schedules=default_schedules)
     from .quantize import quantize as run_quantization
 
-    target_spec, samples = _accuracy_goal(imported, accuracy_target, eval_data)
+    target_spec, samples = _accuracy_goal(imported, accuracy_target, eval_data, min_int8_macs)
     quantized = run_quantization(imported, config or QConfig(), calib, calib_cache, target_spec, samples)
     artifact = build(imported, preset, quantized, simulate=simulate, tuning_logs=list(tuning_logs),
                      committed_logs=committed_logs, default_schedules=default_schedules)
@@ -169,6 +173,7 @@ def export_qdq(
     accuracy_target: "AccuracyTarget | str | None" = None,
     eval_data: "str | os.PathLike | Iterable[Mapping[str, object]] | None" = None,
     constant_inputs: "Mapping[str, object] | None" = None,
+    min_int8_macs: float | None = None,
 ) -> "os.PathLike":
     """Calibrate (and correct, and search fallbacks, as `compile` with quantize="int8" does) and
     write the model as standard ONNX QDQ to `output` (qcompiler.qdq_export), for onnxruntime or
@@ -181,7 +186,7 @@ def export_qdq(
 
     imported = load_onnx(model, input_shapes, on_note=logging.getLogger("qcompiler").warning,
                          constant_inputs=constant_inputs)
-    target_spec, samples = _accuracy_goal(imported, accuracy_target, eval_data)
+    target_spec, samples = _accuracy_goal(imported, accuracy_target, eval_data, min_int8_macs)
     # ONNX QDQ has one integer zero point per tensor or channel: an input grid's index (passes/input_grid.py),
     # a rewrite of qcompiler's own graph, has no place in the model written, whose inputs are quantized per tensor.
     config = dataclasses.replace(config or QConfig(), input_grid=False)
@@ -189,9 +194,12 @@ def export_qdq(
     return write_qdq(qdq_model(imported, quantized), output)
 
 
-def _accuracy_goal(imported, accuracy_target, eval_data):
+def _accuracy_goal(imported, accuracy_target, eval_data, min_int8_macs=None):
     """(AccuracyTarget, evaluation samples), or (None, None) without a target."""
     if accuracy_target is None and eval_data is None:
+        if min_int8_macs is not None:
+            raise QCompilerError("a least int8 share of MACs bounds the accuracy search: give --accuracy-target "
+                                 "METRIC=VALUE and --eval DATA with it")
         return None, None
     from .accuracy import load_evaluation
 
@@ -200,6 +208,8 @@ def _accuracy_goal(imported, accuracy_target, eval_data):
                              "METRIC=VALUE and --eval DATA")
     samples, labels = load_evaluation(eval_data, imported.inputs)
     target = AccuracyTarget.parse(accuracy_target, labels) if isinstance(accuracy_target, str) else accuracy_target
+    if min_int8_macs is not None:
+        target = dataclasses.replace(target, min_int8_macs=min_int8_macs)
     return target, samples
 
 

@@ -10,7 +10,10 @@ The search runs one compiled module, the fake-quant model with switches (simulat
    the ops: a top-1 metric on a few hundred samples moves in steps of one sample, too coarse
    to rank single ops, while the SQNR sees every op's contribution.
 3. Greedy: ops join the fallback set in order of sensitivity (largest SQNR gain first; ties:
-   fewer MACs first, then graph order) until the target is met.
+   fewer MACs first, then graph order) until the target is met. With a least int8 share of
+   MACs (`min_int8_macs`), an op that would take the share below it is passed over; where the
+   target is not met within it, the set of the greedy's steps with the best metric (ties: the
+   best SQNR, then the fewest ops) is kept, and a warning says so with the value reached.
 4. Pruning: each op of the set, last added first, is returned to int8 where the target still
    holds without it.
 
@@ -96,8 +99,12 @@ class AccuracyTarget:
     metric: "str | MetricFn"
     value: float
     labels: "np.ndarray | None" = None
+    min_int8_macs: float = 0.0  # the least share of the model's MACs the search leaves in int8
 
     def __post_init__(self):
+        if not 0.0 <= self.min_int8_macs <= 1.0:
+            raise QCompilerError(f"least int8 share of MACs {self.min_int8_macs:g}: expected a fraction from 0 to 1, "
+                                 f"e.g. 0.9")
         if isinstance(self.metric, str) and self.metric not in METRICS:
             raise QCompilerError(f"accuracy metric {self.metric!r} is not one of {', '.join(METRICS)}")
         if self.metric == "top1" and self.labels is None:
@@ -115,7 +122,7 @@ class AccuracyTarget:
             or top1_of(self.labels)
 
     @classmethod
-    def parse(cls, text: str, labels: "np.ndarray | None" = None) -> "AccuracyTarget":
+    def parse(cls, text: str, labels: "np.ndarray | None" = None, min_int8_macs: float = 0.0) -> "AccuracyTarget":
         """METRIC=VALUE, e.g. top1-agreement=0.97 or sqnr-db=30."""
         metric, sep, value = text.partition("=")
         try:
@@ -125,7 +132,7 @@ class AccuracyTarget:
         if not sep or number is None:
             raise QCompilerError(f"--accuracy-target {text!r}: expected METRIC=VALUE with METRIC one of "
                                  f"{', '.join(METRICS)}, e.g. top1-agreement=0.97")
-        return cls(metric, number, labels)
+        return cls(metric, number, labels, min_int8_macs)
 
 
 @dataclass
@@ -143,29 +150,36 @@ class FallbackResult:
     trials: int = 0
     samples: int = 0
     realized_value: float | None = None  # the integer model's, measured after realize
+    min_int8_macs: float = 0.0
+
+    @property
+    def met(self) -> bool:
+        return (self.value if self.realized_value is None else self.realized_value) >= self.target
 
     def to_json(self) -> dict:
-        return {"metric": self.metric, "target": self.target, "fallback": self.fallback,
-                "int8_value": self.int8_value, "fp32_value": self.fp32_value, "simulated_value": self.value,
-                "realized_value": self.realized_value, "trials": self.trials, "evaluation_samples": self.samples,
-                "sensitivity": self.sensitivity, "sqnr_gain_db": self.sqnr_gain}
+        return {"metric": self.metric, "target": self.target, "met": self.met, "min_int8_macs": self.min_int8_macs,
+                "fallback": self.fallback, "int8_value": self.int8_value, "fp32_value": self.fp32_value,
+                "simulated_value": self.value, "realized_value": self.realized_value, "trials": self.trials,
+                "evaluation_samples": self.samples, "sensitivity": self.sensitivity, "sqnr_gain_db": self.sqnr_gain}
 
 
 def search_fallback(
     evaluate: Callable[[frozenset[str]], tuple[float, float]],
     candidates: Sequence[tuple[str, int]],
     target: AccuracyTarget,
+    budget: int | None = None,
 ) -> FallbackResult:
     """The fewest of `candidates` (node name, MACs; in graph order) to keep in fp32 so that
     the metric `evaluate(fallback set)` returns (with the first output's SQNR) is ≥
-    target.value (see the module docstring for the steps)."""
+    target.value, their MACs summing to at most `budget` (see the module docstring for the steps)."""
     progress = Progress("accuracy search", len(candidates) + 2)
     int8_value, int8_sqnr = evaluate(frozenset())
     progress(1)
     names = [name for name, _ in candidates]
     fp32_value, _ = evaluate(frozenset(names))
     progress(2)
-    result = FallbackResult(target.name, target.value, [], int8_value, fp32_value, int8_value)
+    result = FallbackResult(target.name, target.value, [], int8_value, fp32_value, int8_value,
+                            min_int8_macs=target.min_int8_macs)
     if int8_value >= target.value:
         progress.close()
         result.trials = 2
@@ -179,17 +193,30 @@ def search_fallback(
         result.sensitivity[name], result.sqnr_gain[name] = value - int8_value, min(sqnr - int8_sqnr, 1e3)
         progress(i + 3)
     progress.close()
-    order = fallback_order(result, candidates)
+    macs = dict(candidates)
+    left = sum(macs.values()) if budget is None else budget
     trials = 2 + len(names)
     chosen: list[str] = []
-    value = int8_value
-    for name in order:
+    value, sqnr = int8_value, int8_sqnr
+    best = (value, sqnr, 0)  # (metric, SQNR, −ops) of the best step, and its set
+    best_set: list[str] = []
+    for name in fallback_order(result, candidates):
+        if macs[name] > left:
+            continue
         chosen.append(name)
-        value, _ = evaluate(frozenset(chosen))
+        left -= macs[name]
+        value, sqnr = evaluate(frozenset(chosen))
         trials += 1
         log.info("accuracy search: %d in fp32 (+%s): %s %.4g", len(chosen), name, target.name, value)
+        if (value, sqnr, -len(chosen)) > best:
+            best, best_set = (value, sqnr, -len(chosen)), list(chosen)
         if value >= target.value:
             break
+    if value < target.value:
+        log.warning("accuracy target %s >= %g not met with at least %.0f%% of MACs in int8: best %.4g with %d ops "
+                    "in fp32 (all int8: %.4g)", target.name, target.value, 100 * target.min_int8_macs, best[0],
+                    len(best_set), int8_value)
+        return replace(result, fallback=best_set, value=best[0], trials=trials)
     for name in list(reversed(chosen[:-1])):
         without = [n for n in chosen if n != name]
         trial, _ = evaluate(frozenset(without))

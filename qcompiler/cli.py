@@ -64,6 +64,7 @@ def _cmd_compile(args) -> None:
                                             ("--report", args.report), ("--skip", args.skip),
                                             ("--simulate", args.simulate),
                                             ("--accuracy-target", args.accuracy_target), ("--eval", args.eval),
+                                            ("--min-int8-macs", args.min_int8_macs is not None),
                                             ("--equalize", args.equalize), ("--bias-correction", args.bias_correction),
                                             ("--adaround", args.adaround), ("--smooth", args.smooth)) if given]
     if args.quantize is None and quant_flags:
@@ -75,7 +76,8 @@ def _cmd_compile(args) -> None:
                              committed_logs=not args.no_tuning_logs, default_schedules=not args.naive_schedules,
                              initializers_as_inputs=args.initializers_as_inputs,
                              constant_inputs=_read_inputs(args.constant_input, "--constant-input"),
-                             accuracy_target=args.accuracy_target, eval_data=args.eval)
+                             accuracy_target=args.accuracy_target, eval_data=args.eval,
+                             min_int8_macs=args.min_int8_macs)
     artifact.export(args.output)
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.json')}")
     if args.accuracy_target:
@@ -91,7 +93,9 @@ def _print_fallback(artifact, so_path: str) -> None:
     fallback = result["fallback"]
     print(f"accuracy target {result['metric']} >= {result['target']:g} on {result['evaluation_samples']} samples: "
           f"int8 model {result['realized_value']:.4g} (all ops int8: {result['int8_value']:.4g}, "
-          f"fp32: {result['fp32_value']:.4g})")
+          f"fp32: {result['fp32_value']:.4g})" + ("" if result["met"] else ": not met"
+                                                 + (f" within {result['min_int8_macs']:.0%} int8 MACs; the best set is kept"
+                                                    if result["min_int8_macs"] else "")))
     print(f"kept in fp32 ({len(fallback)}): {', '.join(fallback) if fallback else 'none'}")
     timing = bench(so_path, repeat=20, warmup=3)
     print(f"int8 MACs: {quantization['int8_mac_fraction']:.1%}; size {Path(so_path).stat().st_size / 1e6:.2f} MB; "
@@ -120,7 +124,7 @@ def _cmd_export_qdq(args) -> None:
 
     path = export_qdq(args.model, args.calib, args.output, dict(parse_shape(t) for t in args.input_shape),
                       config=_qconfig(args, args.model), calib_cache=args.calib_cache,
-                      accuracy_target=args.accuracy_target, eval_data=args.eval,
+                      accuracy_target=args.accuracy_target, eval_data=args.eval, min_int8_macs=args.min_int8_macs,
                       constant_inputs=_read_inputs(args.constant_input, "--constant-input"))
     print(f"wrote {path}")
 
@@ -150,12 +154,16 @@ def _add_calibration(q) -> None:
     q.add_argument("--smooth", action="store_true",
                    help="move matmul inputs' outlier channels into the weights (SmoothQuant; transformers), "
                         "their ranges measured on calibration data")
-    q.add_argument("--seed", type=int, default=0, help="seed of the samples AdaRound draws")
+    q.add_argument("--seed", type=int, default=0,
+                   help="seed of the input positions AdaRound draws (where a sample has more than 1,024)")
     q.add_argument("--accuracy-target", metavar="METRIC=VALUE",
                    help="keep the fewest ops in fp32 that meet this on --eval: top1-agreement, top1 (labels), cosine "
                         "or sqnr-db, e.g. top1-agreement=0.97")
     q.add_argument("--eval", metavar="DATA", help="evaluation samples for --accuracy-target (as --calib, kept apart "
                    "from it; an .npz may add an array 'labels')")
+    q.add_argument("--min-int8-macs", metavar="FRACTION", type=float,
+                   help="with --accuracy-target: keep at least this share of MACs in int8 (e.g. 0.9); where the "
+                        "target needs more, the best fallback within it is kept, with a warning")
 
 
 def _cmd_run(args) -> None:
@@ -206,7 +214,7 @@ def _model_to_tune(args):
         return quantize_without_calibration(imported, args.quantize).mod
     from . import _accuracy_goal
 
-    target, samples = _accuracy_goal(imported, args.accuracy_target, args.eval)
+    target, samples = _accuracy_goal(imported, args.accuracy_target, args.eval, args.min_int8_macs)
     return quantize(imported, _qconfig(args, args.model), args.calib, args.calib_cache, target, samples).mod
 
 

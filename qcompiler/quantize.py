@@ -19,7 +19,7 @@ from .accuracy import AccuracyTarget, FallbackResult, fallback_order, search_fal
 from .errors import QCompilerError
 from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
-from .passes.adaround import adaround_weights
+from .passes.adaround import InputGrams, adaround_weights
 from .passes.bias_correction import InputMeans, bias_corrections
 from .passes.calibrate import (CalibrationResult, cached_equalization, cached_input_grids, load_cache, run_observers,
                                save_cache)
@@ -269,7 +269,7 @@ def _aligned_input_grids(fp32, imported: ImportedModel, config: QConfig, data, c
 
 # Calibration samples AdaRound draws its input rows from (passes/adaround.py), and bias
 # correction its input means (passes/bias_correction.py).
-ADAROUND_SAMPLES = 4
+ADAROUND_SAMPLES = 16
 BIAS_CORRECTION_SAMPLES = 16
 # Calibration samples equalization measures activation ranges on (passes/equalize_noise.py).
 EQUALIZATION_SAMPLES = 16
@@ -298,11 +298,11 @@ def _keeping_first(samples, kept: list, count: int):
 
 def _adaround(fp32, plan: AnnotationPlan, config: QConfig, samples: list) -> dict:
     """AdaRound's int8 weights for the plan's weighted anchors, from their fp32 inputs on `samples`."""
-    inputs: dict = {}
+    grams = InputGrams(config.seed)
     for op, value in _anchor_inputs(fp32, plan, samples):
-        inputs.setdefault(op.var, []).append(value)
-    progress = Progress("adaround (layers)", len(inputs))
-    weights = adaround_weights(plan, config, inputs, progress)
+        grams.add(op, value)
+    progress = Progress("adaround (layers)", len(grams.sums))
+    weights = adaround_weights(plan, config, grams, progress)
     progress.close()
     return weights
 
@@ -361,9 +361,16 @@ def _search_fallback(fp32, plan, qparams, config, corrections, node_of, op_types
     candidates = _candidates(plan)
     log.info("accuracy search: %s >= %g on %d samples, %d candidate ops", target.name, target.value, len(samples),
              len(candidates))
-    result = search_fallback(evaluate, candidates, target)
+    result = search_fallback(evaluate, candidates, target, _fallback_budget(plan, target))
     result.samples = len(samples)
     return result, reference
+
+
+def _fallback_budget(plan: AnnotationPlan, target: AccuracyTarget) -> int | None:
+    """The MACs the search may move to fp32 and keep int8 ≥ target.min_int8_macs of the model's."""
+    if not target.min_int8_macs:
+        return None
+    return max(0, sum(op.macs for op in plan.ops) - int(np.ceil(target.min_int8_macs * plan.total_macs)))
 
 
 # How many more ops the search may return to fp32 when the integer model misses a target the
@@ -382,12 +389,18 @@ def _verified(q: Quantized, full_plan: AnnotationPlan, node_of, op_types, correc
     samples = _in_parameter_order(fp32, eval_data)
     metric = target.function()
     result = q.accuracy
-    extra = fallback_order(result, _candidates(full_plan))[:_MAX_EXTRA_FALLBACK]
-    while True:
+    macs = dict(_candidates(full_plan))
+    budget = _fallback_budget(full_plan, target)
+    spent = sum(macs[name] for name in result.fallback)
+    # More ops only where the simulated model met the target (else the search kept its best set).
+    extra = fallback_order(result, list(macs.items())) if result.value >= target.value else []
+    for added in range(_MAX_EXTRA_FALLBACK + 1):
         result.realized_value = metric(_run_all(host_runner(q.mod, host_target()), samples), reference)
-        if result.realized_value >= target.value or not extra:
+        extra = [name for name in extra if budget is None or spent + macs[name] <= budget]
+        if result.realized_value >= target.value or not extra or added == _MAX_EXTRA_FALLBACK:
             break
         result.fallback.append(extra.pop(0))
+        spent += macs[result.fallback[-1]]
         log.info("accuracy search: the integer model reaches %.4g; keeping %s in fp32 too", result.realized_value,
                  result.fallback[-1])
         plan = _with_fallback(fp32, full_plan, q.config, node_of, op_types, result.fallback)

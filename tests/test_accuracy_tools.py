@@ -4,6 +4,7 @@ HTML report, each against an independent reference (onnxruntime, numpy, construc
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,28 @@ def test_fallback_search_chooses_the_one_bad_layer_and_only_it(tmp_path):
     assert np.mean(agree) >= 0.95
 
 
+
+def test_fallback_within_a_least_int8_share_of_macs(caplog):
+    """fc2 holds 1024 of the 1856 MACs (55%): with at least 50% of MACs in int8 it cannot fall
+    back, the target is missed, the best set within the bound is kept and a warning says so; with
+    at least 40% the search is as without a bound."""
+    model, calib, evaluation = outlier_mlp(), samples((1, 16), 32, seed=1), samples((1, 16), 64, seed=2)
+    with caplog.at_level(logging.WARNING, logger="qcompiler"):
+        bounded = qcompiler.compile(model, quantize="int8", calib=calib, accuracy_target="top1-agreement=0.95",
+                                    eval_data=evaluation, min_int8_macs=0.5)
+    result = bounded.metadata.quantization["accuracy_target"]
+    assert "fc2" not in result["fallback"] and not result["met"] and result["min_int8_macs"] == 0.5
+    assert result["realized_value"] < 0.95 and bounded.metadata.quantization["int8_mac_fraction"] >= 0.5
+    assert any("not met with at least 50% of MACs in int8: best" in r.getMessage() for r in caplog.records)
+    loose = qcompiler.compile(model, quantize="int8", calib=calib, accuracy_target="top1-agreement=0.95",
+                              eval_data=evaluation, min_int8_macs=0.4).metadata.quantization["accuracy_target"]
+    assert loose["fallback"] == ["fc2"] and loose["met"]
+    with pytest.raises(QCompilerError, match="least int8 share of MACs 1.5: expected a fraction from 0 to 1"):
+        qcompiler.compile(model, quantize="int8", calib=calib, accuracy_target="top1-agreement=0.95",
+                          eval_data=evaluation, min_int8_macs=1.5)
+    with pytest.raises(QCompilerError, match="give --accuracy-target METRIC=VALUE and --eval DATA with it"):
+        qcompiler.compile(model, quantize="int8", calib=calib, min_int8_macs=0.9)
+
 def test_fallback_of_the_first_layer_unquantizes_the_model_input():
     """fc1 kept in fp32 leaves the model input unquantized: the plan after the search has fewer
     tensors than the search's (the realized model is checked on that plan)."""
@@ -148,6 +171,11 @@ def test_top1_with_labels_from_the_eval_npz_on_the_cli(tmp_path):
                           "--quantize", "int8", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "bad.npz",
                           "--accuracy-target", "top1=0.95"], capture_output=True, text=True)
     assert run.returncode == 2 and "5 labels for 48 samples" in run.stderr and not (tmp_path / "b.so").exists()
+    run = subprocess.run([sys.executable, "-m", "qcompiler", "compile", tmp_path / "mlp.onnx", "-o", tmp_path / "c.so",
+                          "--quantize", "int8", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz",
+                          "--accuracy-target", "top1=0.95", "--min-int8-macs", "0.5"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "not met within 50% int8 MACs; the best set is kept" in run.stdout and "fc2" not in run.stdout
 
 
 # ------------------------------------------------------------------ bias correction
@@ -310,11 +338,40 @@ def test_adaround_rounding_beats_nearest_on_its_objective():
     w = rng.normal(size=(1, 6, 24))
     scales = np.abs(w).max(axis=2) / 127 * 16  # coarse steps: rounding matters
     nearest = np.clip(np.round(w / scales[..., None]), -127, 127)
-    learned = round_adaptively(x, w, scales, iterations=300)
+    learned = round_adaptively(np.swapaxes(x, 1, 2) @ x / x.shape[1], w, scales, iterations=300)
     error = lambda q: float(np.sum(np.einsum("grk,gok->gro", x, w - scales[..., None] * q) ** 2))
     assert np.all(np.abs(learned - w / scales[..., None]) < 1.0)  # still a rounding, up or down
     assert error(learned) < 0.9 * error(nearest)  # measured 0.80
 
+
+def test_adaround_gram_matches_the_convolution_it_models():
+    """tr(E G Eᵀ) from the Gram matrix of all patches equals the mean square output of convolving the
+    input with the weight error E (a direct numpy convolution: grouped, strided, asymmetric padding)."""
+    from qcompiler.passes.adaround import InputGrams
+    from qcompiler.passes.annotate import QuantizedOp
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 7, 6, 4))  # NHWC, 2 samples in one tensor
+    error = rng.normal(size=(6, 3, 2, 2))  # OHWI, 2 groups of 2 input channels → 3 outputs each
+    op = QuantizedOp(var="conv", op="relax.nn.conv2d", node=None, inputs=[], output=None, weight=error,
+                     kernel_layout="OHWI", groups=2, conv_geometry=((2, 1), (1, 2), (1, 0, 0, 2)))
+    grams = InputGrams(seed=0)
+    grams.add(op, x)
+    rows = error.reshape(2, 3, -1)  # [G, O/G, K], K in (kh, kw, c) order as the patches
+    predicted = sum(np.trace(rows[g] @ grams.gram("conv")[g] @ rows[g].T) for g in range(2))
+
+    padded = np.pad(x, ((0, 0), (1, 0), (0, 2), (0, 0)))
+    out_h, out_w = (padded.shape[1] - 3) // 2 + 1, (padded.shape[2] - 2 * 1 - 1) // 1 + 1
+    y = np.zeros((2, out_h, out_w, 6))
+    for o in range(6):
+        group = o // 3
+        for i in range(out_h):
+            for j in range(out_w):
+                for a in range(3):
+                    for b in range(2):
+                        y[:, i, j, o] += padded[:, 2 * i + a, j + 2 * b, 2 * group:2 * group + 2] @ error[o, a, b]
+    assert grams.rows["conv"] == 2 * out_h * out_w
+    np.testing.assert_allclose(predicted, np.sum(y ** 2) / (2 * out_h * out_w), rtol=1e-10)
 
 def test_equalized_relu6_clamps_per_channel_in_integers_and_in_the_qdq_export(tmp_path):
     """ReLU6 after equalization is min(relu(x), 6/s) per channel: the artifact stays all-integer
