@@ -140,7 +140,7 @@ def adaround_weights(plan: AnnotationPlan, config: QConfig, grams: InputGrams, p
             progress(len(chosen) + 1)
         wq, scales = quantized_weight(op.weight, op.weight_axis, config.per_channel)
         rows, groups = _rows(op)
-        learned = round_adaptively(grams.gram(op.var), rows, scales.astype(np.float64).reshape(groups, -1))
+        learned = round_adaptively(grams.gram(op.var), rows, scales.reshape(groups, -1))
         if op.op == "relax.matmul":
             chosen[op.var] = learned[0].T.astype(np.int8)
             continue

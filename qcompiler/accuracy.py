@@ -125,7 +125,7 @@ class AccuracyTarget:
             or top1_of(self.labels)
 
     @classmethod
-    def parse(cls, text: str, labels: "np.ndarray | None" = None, min_int8_macs: float = 0.0) -> "AccuracyTarget":
+    def parse(cls, text: str, labels: "np.ndarray | None" = None) -> "AccuracyTarget":
         """METRIC=VALUE, e.g. top1-agreement=0.97 or sqnr-db=30."""
         metric, sep, value = text.partition("=")
         try:
@@ -135,7 +135,7 @@ class AccuracyTarget:
         if not sep or number is None:
             raise QCompilerError(f"--accuracy-target {text!r}: expected METRIC=VALUE with METRIC one of "
                                  f"{', '.join(METRICS)}, e.g. top1-agreement=0.97")
-        return cls(metric, number, labels, min_int8_macs)
+        return cls(metric, number, labels)
 
 
 @dataclass
