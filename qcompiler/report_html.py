@@ -159,9 +159,12 @@ def html_report(report: QuantizationReport, q: Quantized, imported: ImportedMode
     search = ""
     if accuracy is not None:
         realized = f"{accuracy.realized_value:.4g}" if accuracy.realized_value is not None else "-"
-        search = (f"<p>Accuracy target {html.escape(accuracy.metric)} &ge; {accuracy.target:g} on {accuracy.samples} "
-                  f"samples: all int8 {accuracy.int8_value:.4g}, fp32 {accuracy.fp32_value:.4g}, chosen {realized} "
-                  f"with {len(accuracy.fallback)} ops in fp32 ({accuracy.trials} trials).</p>")
+        bound = f" with at least {accuracy.min_int8_macs:.0%} of MACs in int8" if accuracy.min_int8_macs else ""
+        outcome = "met" if accuracy.met else "<strong>not met</strong>: the best set found is kept"
+        search = (f"<p>Accuracy target {html.escape(accuracy.metric)} &ge; {accuracy.target:g}{bound} on "
+                  f"{accuracy.samples} samples: {outcome}. All int8 {accuracy.int8_value:.4g}, fp32 "
+                  f"{accuracy.fp32_value:.4g}, chosen {realized} with {len(accuracy.fallback)} ops in fp32 "
+                  f"({accuracy.trials} trials).</p>")
         top = sorted(accuracy.sqnr_gain, key=lambda node: -accuracy.sqnr_gain[node])[:10]
         search += ("<table><tr><th>op (most sensitive first)</th><th>output SQNR gain, alone in fp32</th>"
                    f"<th>{html.escape(accuracy.metric)} gain</th></tr>") + "".join(

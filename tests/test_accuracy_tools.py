@@ -173,9 +173,13 @@ def test_top1_with_labels_from_the_eval_npz_on_the_cli(tmp_path):
     assert run.returncode == 2 and "5 labels for 48 samples" in run.stderr and not (tmp_path / "b.so").exists()
     run = subprocess.run([sys.executable, "-m", "qcompiler", "compile", tmp_path / "mlp.onnx", "-o", tmp_path / "c.so",
                           "--quantize", "int8", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz",
-                          "--accuracy-target", "top1=0.95", "--min-int8-macs", "0.5"], capture_output=True, text=True)
+                          "--accuracy-target", "top1=0.95", "--min-int8-macs", "0.5", "--report", tmp_path / "c.html"],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "not met within 50% int8 MACs; the best set is kept" in run.stdout and "fc2" not in run.stdout
+    assert "not met within 50% int8 MACs; the best set is kept" in run.stdout
+    assert "fc2" not in next(line for line in run.stdout.splitlines() if line.startswith("kept in fp32"))
+    page = (tmp_path / "c.html").read_text()
+    assert "top1 &ge; 0.95 with at least 50% of MACs in int8 on 48 samples: <strong>not met</strong>" in page
 
 
 # ------------------------------------------------------------------ bias correction
@@ -438,6 +442,7 @@ def test_html_report_draws_its_charts_in_chromium(tmp_path):
     qcompiler.compile(model, quantize="int8", calib=samples((1, 16), 24, seed=1), report=tmp_path / "report.html",
                       accuracy_target="top1-agreement=0.95", eval_data=samples((1, 16), 32, seed=2))
     page = (tmp_path / "report.html").read_text()
+    assert "top1-agreement &ge; 0.95 on 32 samples: met." in page
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
     assert "<rect" not in page  # every chart element is drawn by the page's script
     dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
