@@ -110,18 +110,23 @@ def entropy_threshold(obs: HistogramObserver, levels: int = 128) -> float:
     if hist.sum() == 0:
         return 0.0
     best_i, best_kl = nbins, np.inf
+    hist = hist.astype(np.float64)
+    positions = np.arange(nbins)
     for i in range(levels, nbins + 1):
-        reference = hist[:i].astype(np.float64).copy()
+        reference = hist[:i].copy()
         reference[i - 1] += hist[i:].sum()
         if reference.sum() == 0:
             continue
-        chunks = np.array_split(hist[:i].astype(np.float64), levels)
-        expanded = []
-        for chunk in chunks:
-            nonzero = chunk > 0
-            mass = chunk.sum()
-            expanded.append(np.where(nonzero, mass / max(nonzero.sum(), 1), 0.0))
-        candidate = np.concatenate(expanded)
+        # Level of each of the i bins, as np.array_split(i bins, levels) groups them: the first
+        # i % levels levels hold one bin more (i ≥ levels: every level holds at least one).
+        size, extra = divmod(i, levels)
+        j = positions[:i]
+        level = np.where(j < extra * (size + 1), j // (size + 1), extra + (j - extra * (size + 1)) // size)
+        chunk = hist[:i]
+        nonzero = chunk > 0
+        mass = np.bincount(level, weights=chunk, minlength=levels)
+        filled = np.bincount(level, weights=nonzero, minlength=levels)
+        candidate = np.where(nonzero, mass[level] / np.maximum(filled[level], 1), 0.0)
         p = reference / reference.sum()
         if candidate.sum() == 0:
             continue

@@ -126,6 +126,36 @@ def test_entropy_keeps_most_of_a_relu6_output():
     assert threshold > 3.0 and np.mean(x[x > 0] > threshold) < 1e-3
 
 
+def _entropy_threshold_by_chunks(obs: HistogramObserver, levels: int) -> float:
+    """entropy_threshold written out with np.array_split, chunk by chunk (the reference)."""
+    hist, width = obs.magnitude_histogram()
+    hist = np.concatenate([[0], hist[1:]])
+    best_i, best_kl = hist.size, np.inf
+    for i in range(levels, hist.size + 1):
+        reference = hist[:i].astype(np.float64).copy()
+        reference[i - 1] += hist[i:].sum()
+        expanded = [np.where(chunk > 0, chunk.sum() / max((chunk > 0).sum(), 1), 0.0)
+                    for chunk in np.array_split(hist[:i].astype(np.float64), levels)]
+        p, q = reference / reference.sum(), np.concatenate(expanded)
+        q = q / q.sum()
+        q = np.where((p > 0) & (q == 0), 1e-12, q)
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return best_i * width
+
+
+@pytest.mark.parametrize("levels", [128, 256])
+def test_entropy_threshold_matches_the_chunked_reference(levels):
+    rng = np.random.default_rng(levels)
+    for values in (rng.laplace(0, 1, 50000), np.maximum(rng.normal(size=50000), 0), rng.standard_t(2, 50000),
+                   np.round(rng.normal(size=50000) * 4) / 4):  # sparse: many empty bins
+        obs = HistogramObserver()
+        obs.update(values)
+        assert entropy_threshold(obs, levels) == _entropy_threshold_by_chunks(obs, levels)
+
+
 def test_mse_threshold():
     rng = np.random.default_rng(3)
     uniform = HistogramObserver()
