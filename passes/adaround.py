@@ -118,7 +118,7 @@ class InputGrams:
         self.rows: dict = {}
 
     def add(self, op: QuantizedOp, x: np.ndarray) -> None:
-        rows = input_rows(op, x.astype(np.float64), ROWS_PER_SAMPLE, self.rng)
+        rows = input_rows(op, x, ROWS_PER_SAMPLE, self.rng).astype(np.float64)  # cast the rows, not all of x
         product = np.swapaxes(rows, 1, 2) @ rows
         self.sums[op.var] = self.sums[op.var] + product if op.var in self.sums else product
         self.rows[op.var] = self.rows.get(op.var, 0) + rows.shape[1]
