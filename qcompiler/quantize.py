@@ -19,7 +19,7 @@ from .accuracy import AccuracyTarget, FallbackResult, fallback_order, search_fal
 from .errors import QCompilerError
 from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
-from .passes.adaround import InputGrams, adaround_weights
+from .passes.adaround import MAX_GRAM_ELEMENTS, MAX_STEP_MACS, InputGrams, adaround_weights, learned_layers
 from .passes.bias_correction import InputMeans, bias_corrections
 from .passes.calibrate import (CalibrationResult, cached_equalization, cached_input_grids, load_cache, run_observers,
                                save_cache)
@@ -88,6 +88,10 @@ class Quantized:
             )
             if self.equalization is not None:
                 summary["equalization"] = {"pairs": len(self.equalization), "rescaled": sum(self.equalization)}
+            if self.config.adaround:
+                weighted = [op.var for op in self.plan.ops if op.weight is not None]
+                summary["adaround"] = {"layers": len(weighted),
+                                       "learned": sum(var in self.corrections.weights for var in weighted)}
         if self.accuracy is not None:
             summary["accuracy_target"] = self.accuracy.to_json()
         return summary
@@ -277,12 +281,13 @@ EQUALIZATION_SAMPLES = 16
 SMOOTHING_SAMPLES = 16
 
 
-def _anchor_inputs(fp32, plan: AnnotationPlan, samples: list):
-    """(op, its fp32 input) for each weighted anchor and sample, one sample at a time."""
+def _anchor_inputs(fp32, plan: AnnotationPlan, samples: list, ops: list | None = None):
+    """(op, its fp32 input) for each of `ops` (default: every weighted anchor) and sample, one
+    sample at a time."""
     from .passes.calibrate import host_runner
     from .passes.graph import expose
 
-    ops = [op for op in plan.ops if op.weight is not None]
+    ops = [op for op in plan.ops if op.weight is not None] if ops is None else ops
     run = host_runner(expose(fp32, [op.inputs[0] for op in ops]), host_target())
     for sample in samples:
         yield from zip(ops, run(sample)[-len(ops):])
@@ -298,8 +303,17 @@ def _keeping_first(samples, kept: list, count: int):
 
 def _adaround(fp32, plan: AnnotationPlan, config: QConfig, samples: list) -> dict:
     """AdaRound's int8 weights for the plan's weighted anchors, from their fp32 inputs on `samples`."""
+    learned, nearest = learned_layers([op for op in plan.ops if op.weight is not None])
+    if nearest:
+        names = [op.node or op.var.name_hint for op in nearest]
+        log.warning("adaround: %d of %d layers keep rounding to nearest, to bound AdaRound's memory (at most %d "
+                    "Gram values per layer) and time (%d G multiply-adds per step in all): %s%s", len(nearest),
+                    len(nearest) + len(learned), MAX_GRAM_ELEMENTS, MAX_STEP_MACS // 10**9, ", ".join(names[:8]),
+                    f" and {len(names) - 8} more" if len(names) > 8 else "")
+    if not learned:
+        return {}
     grams = InputGrams(config.seed)
-    for op, value in _anchor_inputs(fp32, plan, samples):
+    for op, value in _anchor_inputs(fp32, plan, samples, learned):
         grams.add(op, value)
     progress = Progress("adaround (layers)", len(grams.sums))
     weights = adaround_weights(plan, config, grams, progress)

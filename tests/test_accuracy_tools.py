@@ -377,6 +377,54 @@ def test_adaround_gram_matches_the_convolution_it_models():
     assert grams.rows["conv"] == 2 * out_h * out_w
     np.testing.assert_allclose(predicted, np.sum(y ** 2) / (2 * out_h * out_w), rtol=1e-10)
 
+def test_adaround_bounds_by_hand():
+    """Layers over the Gram bound keep nearest rounding; the rest are learned cheapest step first
+    until the step budget is spent (O·K² per step, G·K² Gram values)."""
+    from qcompiler.passes.adaround import gram_elements, learned_layers, step_macs
+    from qcompiler.passes.annotate import QuantizedOp
+
+    def layer(name, op, shape, axis, groups=1):
+        return QuantizedOp(var=name, op=op, node=name, inputs=[], output=None, weight=np.zeros(shape, np.float32),
+                           weight_axis=axis, kernel_layout="OIHW", groups=groups)
+
+    dense = layer("dense", "relax.matmul", (4, 3), 1)  # K 4, O 3
+    grouped = layer("grouped", "relax.nn.conv2d", (8, 2, 3, 3), 0, groups=4)  # K 18 per group, O 8
+    wide = layer("wide", "relax.nn.conv2d", (2, 100, 1, 1), 0)  # K 100, O 2
+    assert [step_macs(op) for op in (dense, grouped, wide)] == [48, 2592, 20000]
+    assert [gram_elements(op) for op in (dense, grouped, wide)] == [16, 1296, 10000]
+    names = lambda ops: [op.node for op in ops]
+    learned, nearest = learned_layers([wide, dense, grouped], max_gram_elements=5000, max_step_macs=10**6)
+    assert names(learned) == ["dense", "grouped"] and names(nearest) == ["wide"]
+    learned, nearest = learned_layers([wide, dense, grouped], max_gram_elements=10**6, max_step_macs=2600)
+    assert names(learned) == ["dense"] and names(nearest) == ["wide", "grouped"]
+    learned, _ = learned_layers([wide, dense, grouped], max_gram_elements=10**6, max_step_macs=22640)
+    assert names(learned) == ["wide", "dense", "grouped"]
+
+
+def test_adaround_keeps_nearest_rounding_on_a_layer_too_wide_for_its_gram(tmp_path, caplog):
+    """A matmul with K = 8193 inputs (a K×K Gram of 67 M values, over the bound) is left to nearest
+    rounding, named in a warning and counted in the metadata; the other layer is learned, and the
+    artifact still agrees with onnxruntime."""
+    from qcompiler.passes.adaround import MAX_GRAM_ELEMENTS
+
+    k = 8193
+    assert k * k > MAX_GRAM_ELEMENTS
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="wide"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="narrow")]
+    model = make_model(nodes, [("x", [1, k])], [("y", [1, 4])],
+                       {"w1": rng.normal(0, 0.02, (k, 16)), "w2": rng.normal(0, 0.3, (16, 4))})
+    calib = [{"x": rng.normal(size=(1, k)).astype(np.float32)} for _ in range(8)]
+    with caplog.at_level(logging.WARNING, logger="qcompiler"):
+        artifact = qcompiler.compile(model, quantize="int8", calib=calib, config=qcompiler.QConfig(adaround=True))
+    assert "adaround: 1 of 2 layers keep rounding to nearest" in caplog.text and ": wide" in caplog.text
+    assert artifact.metadata.quantization["adaround"] == {"layers": 2, "learned": 1}
+    loaded = qcompiler.load(artifact.export(tmp_path / "wide.so"))
+    evaluation = [{"x": rng.normal(size=(1, k)).astype(np.float32)} for _ in range(4)]
+    assert sqnr_db([loaded.run(s)["y"] for s in evaluation], [ort_run(model, s)["y"] for s in evaluation]) > 25  # measured 28.2
+
+
 def test_equalized_relu6_clamps_per_channel_in_integers_and_in_the_qdq_export(tmp_path):
     """ReLU6 after equalization is min(relu(x), 6/s) per channel: the artifact stays all-integer
     (no float minimum), gains SQNR, and onnxruntime runs the exported QDQ model within one output step."""
