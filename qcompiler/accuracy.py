@@ -262,5 +262,5 @@ def load_evaluation(source, inputs) -> tuple[list[dict[str, np.ndarray]], "np.nd
                                  f"{len(next(iter(arrays.values())))} samples: expected one label per sample")
         count = len(next(iter(arrays.values()))) if arrays else 0
         source = [{name: array[i] for name, array in arrays.items()} for i in range(count)]
-    samples = load_calibration(source, inputs)
+    samples = load_calibration(source, inputs, kind="evaluation")
     return samples, labels

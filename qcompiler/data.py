@@ -61,17 +61,17 @@ def _check_names(names, inputs: list[TensorSpec], where: str) -> None:
         raise QCompilerError(f"{where}: {'; '.join(parts)}: the model's inputs are {', '.join(map(repr, expected))}")
 
 
-def _from_npz(path: Path, inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
+def _from_npz(path: Path, inputs: list[TensorSpec], kind: str) -> list[dict[str, np.ndarray]]:
     try:
         archive = np.load(path, allow_pickle=False)
     except UNREADABLE as err:
-        raise QCompilerError(f"calibration data {path} is not a readable .npz: {err}") from None
+        raise QCompilerError(f"{kind} data {path} is not a readable .npz: {err}") from None
     with archive:
         _check_names(archive.files, inputs, str(path))
         try:  # each array is read (and its CRC checked) here, not by np.load
             arrays = {spec.name: archive[spec.name] for spec in inputs}
         except UNREADABLE as err:
-            raise QCompilerError(f"calibration data {path} is not a readable .npz: {err}") from None
+            raise QCompilerError(f"{kind} data {path} is not a readable .npz: {err}") from None
     counts = {name: len(a) if a.ndim else 0 for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
         raise QCompilerError(f"{path}: inputs have different sample counts {counts}")
@@ -83,8 +83,8 @@ def _directory_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
 
 
-def _read_sample_file(file: Path, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    """One sample of a calibration directory: an .npz keyed by input name, or a single-input
+def _read_sample_file(file: Path, inputs: list[TensorSpec], kind: str) -> dict[str, np.ndarray]:
+    """One sample of a data directory: an .npz keyed by input name, or a single-input
     model's .npy."""
     if file.suffix == ".npz":
         try:
@@ -92,7 +92,7 @@ def _read_sample_file(file: Path, inputs: list[TensorSpec]) -> dict[str, np.ndar
                 _check_names(archive.files, inputs, str(file))
                 return {spec.name: _fit(archive[spec.name], spec, str(file)) for spec in inputs}
         except UNREADABLE as err:
-            raise QCompilerError(f"calibration file {file} is not a readable .npz: {err}") from None
+            raise QCompilerError(f"{kind} file {file} is not a readable .npz: {err}") from None
     if len(inputs) != 1:
         raise QCompilerError(
             f"{file}: a .npy sample only fits a single-input model; use .npz files keyed by "
@@ -101,15 +101,15 @@ def _read_sample_file(file: Path, inputs: list[TensorSpec]) -> dict[str, np.ndar
     try:
         array = np.load(file, allow_pickle=False)
     except UNREADABLE as err:
-        raise QCompilerError(f"calibration file {file} is not a readable .npy: {err}") from None
+        raise QCompilerError(f"{kind} file {file} is not a readable .npy: {err}") from None
     return {inputs[0].name: _fit(array, inputs[0], str(file))}
 
 
-def _checked(sample, index: int, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+def _checked(sample, index: int, inputs: list[TensorSpec], kind: str) -> dict[str, np.ndarray]:
     if not isinstance(sample, Mapping):
-        raise QCompilerError(f"calibration sample {index} is a {type(sample).__name__}, expected a dict of arrays")
-    _check_names(list(sample), inputs, f"calibration sample {index}")
-    return {spec.name: _fit(sample[spec.name], spec, f"calibration sample {index}") for spec in inputs}
+        raise QCompilerError(f"{kind} sample {index} is a {type(sample).__name__}, expected a dict of arrays")
+    _check_names(list(sample), inputs, f"{kind} sample {index}")
+    return {spec.name: _fit(sample[spec.name], spec, f"{kind} sample {index}") for spec in inputs}
 
 
 class CalibrationData:
@@ -118,14 +118,15 @@ class CalibrationData:
     last `keep` samples of the data, held back from calibration for the accuracy report (where
     the data has `keep` samples or fewer, all of them, which are then used too). `used` is the
     number of samples iterating yields, where it is known in advance (not for an iterable).
+    Errors name the data by `kind`.
 
     Memory: a directory or an iterable is read one sample at a time (plus the `keep` held back),
     so calibrating on 10,000 samples takes no more memory than on 100; an .npz file holds one
     array per input and is read whole."""
 
     def __init__(self, source: str | os.PathLike | Iterable[Mapping[str, np.ndarray]], inputs: list[TensorSpec],
-                 keep: int, limit: int | None = None):
-        self.inputs, self.keep, self.limit = inputs, max(keep, 0), limit
+                 keep: int, limit: int | None = None, kind: str = "calibration"):
+        self.inputs, self.keep, self.limit, self.kind = inputs, max(keep, 0), limit, kind
         self.holdout: list[dict[str, np.ndarray]] = []
         self._files: list[Path] | None = None
         self._samples: list[dict[str, np.ndarray]] | None = None
@@ -134,21 +135,21 @@ class CalibrationData:
             path = Path(source)
             self.where = str(path)
             if not path.exists():
-                raise QCompilerError(f"calibration data not found: {path}")
+                raise QCompilerError(f"{kind} data not found: {path}")
             if path.is_dir():
                 self._files = _directory_files(path)
                 total = len(self._files)
             elif path.suffix == ".npz":
-                self._samples = _from_npz(path, inputs)
+                self._samples = _from_npz(path, inputs, kind)
                 total = len(self._samples)
             else:
-                raise QCompilerError(f"calibration data {path}: expected an .npz file or a directory of .npy/.npz files")
+                raise QCompilerError(f"{kind} data {path}: expected an .npz file or a directory of .npy/.npz files")
             if total == 0:
                 raise QCompilerError(f"{path} has no samples")
             split = total - self.keep if total > self.keep else total
             self.used: int | None = split if limit is None else min(split, limit)
         else:
-            self.where = "calibration data"
+            self.where = f"{kind} data"
             self._iterable = source
             self.used = None
 
@@ -164,7 +165,7 @@ class CalibrationData:
 
     def _read(self, index: int) -> dict[str, np.ndarray]:
         """Sample `index` of a directory or an .npz file."""
-        return _read_sample_file(self._files[index], self.inputs) if self._files is not None else self._samples[index]
+        return _read_sample_file(self._files[index], self.inputs, self.kind) if self._files is not None else self._samples[index]
 
     def _stream(self) -> Iterator[dict[str, np.ndarray]]:
         """An iterable's samples: each yielded once `keep` later ones are seen (a sample among
@@ -174,7 +175,7 @@ class CalibrationData:
         window: deque = deque()
         yielded = 0
         for index, sample in enumerate(self._iterable):
-            window.append(_checked(sample, index, self.inputs))
+            window.append(_checked(sample, index, self.inputs, self.kind))
             if len(window) > self.keep:
                 oldest = window.popleft()
                 if self.limit is None or yielded < self.limit:
@@ -195,7 +196,7 @@ class CalibrationData:
         source = iter(self._iterable)
         ahead = list(itertools.islice(source, count))
         self._iterable = itertools.chain(ahead, source)
-        return [_checked(sample, index, self.inputs) for index, sample in enumerate(ahead)]
+        return [_checked(sample, index, self.inputs, self.kind) for index, sample in enumerate(ahead)]
 
     def read_holdout(self) -> list[dict[str, np.ndarray]]:
         """`holdout`, reading the data through where calibration does not (a calibration cache)."""
@@ -205,8 +206,10 @@ class CalibrationData:
 
 
 def load_calibration(
-    source: str | os.PathLike | Iterable[Mapping[str, np.ndarray]], inputs: list[TensorSpec]
+    source: str | os.PathLike | Iterable[Mapping[str, np.ndarray]], inputs: list[TensorSpec],
+    kind: str = "calibration",
 ) -> list[dict[str, np.ndarray]]:
-    """Every calibration sample, checked against the model's inputs; an error names what is wrong."""
-    data = CalibrationData(source, inputs, keep=0)
+    """Every sample, checked against the model's inputs; an error names what is wrong, and the
+    data by its `kind` ("calibration", "evaluation")."""
+    data = CalibrationData(source, inputs, keep=0, kind=kind)
     return list(data)

@@ -151,6 +151,9 @@ def test_accuracy_target_bad_input():
     with pytest.raises(QCompilerError, match="give both --accuracy-target METRIC=VALUE and --eval DATA"):
         qcompiler.compile(outlier_mlp(), quantize="int8", calib=samples((1, 16), 8, seed=1),
                           accuracy_target="cosine=0.99")
+    with pytest.raises(QCompilerError, match=r"^evaluation sample 0: input 'x' sample has shape \[15\], expected \[1, 16\]"):
+        qcompiler.compile(outlier_mlp(), quantize="int8", calib=samples((1, 16), 8, seed=1),
+                          accuracy_target="cosine=0.99", eval_data=samples((15,), 4, seed=2))
 
 
 def test_top1_with_labels_from_the_eval_npz_on_the_cli(tmp_path):
