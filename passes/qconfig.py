@@ -84,6 +84,12 @@ class QConfig:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.histogram_bins < 256 or self.histogram_bins % 2:
             raise ValueError(f"histogram_bins must be an even number >= 256, got {self.histogram_bins}")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1 (or None for all samples), got {self.num_samples}")
+        if self.holdout < 0:
+            raise ValueError(f"holdout must be a number of samples >= 0, got {self.holdout}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
         object.__setattr__(self, "skip_op_types", frozenset(self.skip_op_types))
         object.__setattr__(self, "skip_nodes", frozenset(self.skip_nodes))
 

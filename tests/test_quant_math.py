@@ -182,3 +182,9 @@ def test_qconfig_validation():
         QConfig(percentile=30)
     with pytest.raises(ValueError):
         QConfig(histogram_bins=100)
+    with pytest.raises(ValueError, match="num_samples must be at least 1"):
+        QConfig(num_samples=0)
+    with pytest.raises(ValueError, match="holdout must be"):
+        QConfig(holdout=-1)
+    with pytest.raises(ValueError, match="seed must be an integer from 0"):
+        QConfig(seed=-1)
