@@ -103,7 +103,8 @@ def step_macs(op: QuantizedOp) -> int:
     return outputs * k * k
 
 
-def learned_layers(ops, max_gram_elements: int = MAX_GRAM_ELEMENTS, max_step_macs: int = MAX_STEP_MACS) -> tuple[list, list]:
+def learned_layers(ops, max_gram_elements: int = MAX_GRAM_ELEMENTS,
+                   max_step_macs: int = MAX_STEP_MACS) -> tuple[list, list]:
     """(learned, nearest): the weighted `ops` AdaRound learns, and those that keep rounding to
     nearest because their Gram matrices exceed `max_gram_elements` or, taking layers cheapest
     step first, their steps would take the sum of O·K² beyond `max_step_macs`. Both in `ops`' order."""

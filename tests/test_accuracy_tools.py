@@ -151,7 +151,8 @@ def test_accuracy_target_bad_input():
     with pytest.raises(QCompilerError, match="give both --accuracy-target METRIC=VALUE and --eval DATA"):
         qcompiler.compile(outlier_mlp(), quantize="int8", calib=samples((1, 16), 8, seed=1),
                           accuracy_target="cosine=0.99")
-    with pytest.raises(QCompilerError, match=r"^evaluation sample 0: input 'x' sample has shape \[15\], expected \[1, 16\]"):
+    wrong_shape = r"^evaluation sample 0: input 'x' sample has shape \[15\], expected \[1, 16\]"
+    with pytest.raises(QCompilerError, match=wrong_shape):
         qcompiler.compile(outlier_mlp(), quantize="int8", calib=samples((1, 16), 8, seed=1),
                           accuracy_target="cosine=0.99", eval_data=samples((15,), 4, seed=2))
 
@@ -425,7 +426,8 @@ def test_adaround_keeps_nearest_rounding_on_a_layer_too_wide_for_its_gram(tmp_pa
     assert artifact.metadata.quantization["adaround"] == {"layers": 2, "learned": 1}
     loaded = qcompiler.load(artifact.export(tmp_path / "wide.so"))
     evaluation = [{"x": rng.normal(size=(1, k)).astype(np.float32)} for _ in range(4)]
-    assert sqnr_db([loaded.run(s)["y"] for s in evaluation], [ort_run(model, s)["y"] for s in evaluation]) > 25  # measured 28.2
+    reference = [ort_run(model, s)["y"] for s in evaluation]
+    assert sqnr_db([loaded.run(s)["y"] for s in evaluation], reference) > 25  # measured 28.2
 
 
 def test_equalized_relu6_clamps_per_channel_in_integers_and_in_the_qdq_export(tmp_path):
