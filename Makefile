@@ -65,6 +65,8 @@ bench: $(STAMP) bench-deps
 	$(PY) benchmarks/bench_latency.py
 	$(PY) benchmarks/bench_x86.py
 	$(PY) benchmarks/bench_accuracy.py
+	$(PY) benchmarks/bench_calibration.py
+	$(PY) benchmarks/bench_qdq_export.py
 
 clean:
 	rm -rf out deploy/build .pytest_cache

@@ -187,10 +187,7 @@ def export_qdq(
     imported = load_onnx(model, input_shapes, on_note=logging.getLogger("qcompiler").warning,
                          constant_inputs=constant_inputs)
     target_spec, samples = _accuracy_goal(imported, accuracy_target, eval_data, min_int8_macs)
-    # ONNX QDQ has one integer zero point per tensor or channel: an input grid's index (passes/input_grid.py),
-    # a rewrite of qcompiler's own graph, has no place in the model written, whose inputs are quantized per tensor.
-    config = dataclasses.replace(config or QConfig(), input_grid=False)
-    quantized = quantize(imported, config, calib, calib_cache, target_spec, samples)
+    quantized = quantize(imported, config or QConfig(), calib, calib_cache, target_spec, samples)
     return write_qdq(qdq_model(imported, quantized), output)
 
 

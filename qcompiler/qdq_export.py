@@ -18,6 +18,11 @@ convolution), with what quantization decided:
 * an equalized ReLU6 becomes Relu then Min with its per-channel bound;
 * a smoothed matmul input X (--smooth) becomes Mul(X, 1/s) before its QDQ, the weights' rows
   multiplied by s;
+* an input on an 8-bit grid (passes/input_grid.py) becomes what qcompiler computes: its
+  convolution reads the grid index u = (Pad(x, the conv's pads, 0) · 1/step − centre/step),
+  quantized as uint8 with scale 1 and zero point 128 (exact on every real value), with pads 0,
+  the weights multiplied by step per input channel and the bias shifted (as the integer
+  artifact's); the Pad, Mul and Add run in float before the QDQ;
 * ops kept in fp32 (--skip, the accuracy search) get no QDQ of their own.
 
 onnxruntime and TensorRT run such a model with their int8 kernels; its outputs agree with the
@@ -143,6 +148,8 @@ def qdq_model(imported: ImportedModel, q: Quantized) -> onnx.ModelProto:
             _write_channel_bound(writer, node, view.constant(binding.value.args[1]))
 
     qparams = q.calibration.qparams(q.config)
+    for index in q.grid_indices.values():
+        _write_grid_index(writer, view, q, nodes, index, qparams)
     graph_inputs = {i.name for i in model.graph.input}
     last_binding = {}
     for binding in view.bindings:
@@ -254,11 +261,55 @@ def _write_channel_bound(writer: _Writer, node: onnx.NodeProto, bound: np.ndarra
         name=writer.fresh(f"{node.name}_channel_bound")))
 
 
+def _write_grid_index(writer: _Writer, view: FunctionView, q: Quantized, nodes: dict, index, qparams) -> None:
+    """The grid index u of an input on an 8-bit grid (passes/input_grid.py) in front of the
+    convolution it feeds: Pad (the conv's padding, value 0), Mul by 1/step and Add −centre/step per
+    channel (the Relax constants), then u's QDQ where u is quantized; the conv's own pads become 0
+    (its weights and bias are the aligned ones of qcompiler's float model)."""
+    conv_var = view.single_user(index)
+    node = nodes.get(q.node_of.get(conv_var, ""))
+    if node is None or node.op_type != "Conv":
+        raise QCompilerError(f"export-qdq: the grid index of an input feeds no ONNX Conv here; export with "
+                             f"--no-input-grid")
+    added = view.value[index]  # add(multiply(data, 1/step), −centre/step), data = pad(x) or x
+    multiplied = view.value[added.args[0]]
+    data = view.value.get(multiplied.args[0])
+    layout = str(view.value[conv_var].attrs.data_layout)
+    rank = len(layout)
+    pads = [0] * (2 * rank)
+    if op_name(data) == "relax.nn.pad":
+        width = [int(w) for w in data.attrs.pad_width]
+        for onnx_axis, letter in enumerate("NCHW"):
+            axis = layout.index(letter)
+            pads[onnx_axis], pads[rank + onnx_axis] = width[2 * axis], width[2 * axis + 1]
+    channel = lambda constant: view.constant(constant).reshape(-1).reshape(1, -1, 1, 1).astype(np.float32)
+    source, base = node.input[0], node.input[0]
+    steps = []
+    if any(pads):
+        steps.append(("Pad", [writer.constant(f"{base}_grid_pads", np.array(pads, np.int64)),
+                              writer.constant(f"{base}_grid_pad_value", np.array(0.0, np.float32))]))
+    steps += [("Mul", [writer.constant(f"{base}_grid_inverse_step", channel(multiplied.args[1]))]),
+              ("Add", [writer.constant(f"{base}_grid_offset", channel(added.args[1]))])]
+    for op_type, constants in steps:
+        out = writer.fresh(f"{base}_grid_{op_type.lower()}")
+        writer.after.setdefault(source, []).append(helper.make_node(
+            op_type, [source, *constants], [out], name=writer.fresh(f"{node.name}_grid_{op_type.lower()}")))
+        source = out
+    node.input[0] = source
+    if index in q.plan.keys:
+        params = qparams[q.plan.keys[index]]
+        node.input[0] = _quantize_tensor(writer, writer.graph, source, params, from_input=False)[0]
+    for attribute in list(node.attribute):
+        if attribute.name in ("pads", "auto_pad"):
+            node.attribute.remove(attribute)
+    node.attribute.append(helper.make_attribute("pads", [0, 0, 0, 0]))
+
+
 def _write_bias(writer: _Writer, view: FunctionView, q: Quantized, node: onnx.NodeProto, var, op) -> None:
     """The node's bias from qcompiler's float model (equalized), plus bias correction's shift."""
     user = view.single_user(var)
     bias_var = user if user is not None and op_name(view.value[user]) == "relax.add" \
-        and q.node_of.get(user) == node.name else None
+        and q.node_of.get(user, node.name) == node.name else None  # (no node: input_grid's bias add)
     bias = None
     if bias_var is not None:
         args = view.value[bias_var].args

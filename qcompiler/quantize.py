@@ -57,6 +57,7 @@ class Quantized:
     node_of: dict = field(default_factory=dict)  # bound var of `fp32` → ONNX node
     corrections: Corrections = field(default_factory=Corrections)
     input_grids: list = field(default_factory=list)  # InputGrid of each input quantized on its grid
+    grid_indices: dict = field(default_factory=dict)  # input name → the var of its grid index u (input_grid.py)
     equalization: list[bool] | None = None  # per equalization pair, whether it was rescaled (None: off)
 
     @property
@@ -201,7 +202,8 @@ def quantize(
     log.info("realize: integer %s; float %s; %d requantizations", stats.integer_ops, stats.float_ops or "none",
              stats.requantize)
     quantized = Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout, fallback,
-                          node_of, corrections, [grid for grid, _ in grids], equalized)
+                          node_of, corrections, [grid for grid, _ in grids],
+                          {grid.name: index for grid, index in grids}, equalized)
     if fallback is not None:
         quantized = _verified(quantized, full_plan, node_of, imported.node_op_types, corrections, eval_data,
                               reference, accuracy_target)

@@ -167,3 +167,32 @@ def test_detection_reads_ahead_of_a_one_shot_generator():
     seen = [s["x"] for s in data]
     assert len(seen) == 36 and all(np.array_equal(s, x) for s, x in zip(seen, source))
     assert len(data.holdout) == 4 and np.array_equal(data.holdout[-1]["x"], source[-1])
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_export_qdq_quantizes_the_grid_index_as_the_artifact_does(tmp_path, nhwc):
+    """export-qdq writes the grid index in front of the stem (Pad, Mul, Add, then uint8 QDQ with
+    scale 1 and zero point 128; the stem's pads 0): onnxruntime's output stays within one step of
+    r1 per head input of the artifact's, as fake quantization's does (test above)."""
+    import onnx
+
+    model = stem(nhwc)
+    layout = (lambda x: x.transpose(0, 2, 3, 1).copy()) if nhwc else (lambda x: x)
+    calib = [{"x": layout(x)} for x in smooth_images(32, seed=1)]
+    qdq = onnx.load(qcompiler.export_qdq(model, calib, tmp_path / "stem.qdq.onnx"))
+    ops = [n.op_type for n in qdq.graph.node if n.op_type != "DequantizeLinear" or "x" in n.input[0]]
+    start = ops.index("Pad")
+    assert ops[start:start + 5] == ["Pad", "Mul", "Add", "QuantizeLinear", "DequantizeLinear"]
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    grid_q = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear")
+    assert constants[grid_q.input[1]] == 1.0 and constants[grid_q.input[2]] == 128
+    conv = next(n for n in qdq.graph.node if n.name == "stem")
+    assert next(a.ints for a in conv.attribute if a.name == "pads") == [0, 0, 0, 0]
+    report = tmp_path / "r.json"
+    so = qcompiler.compile(model, quantize="int8", calib=calib, report=report).export(tmp_path / "stem.so")
+    r1 = next(layer["scale"] for layer in json.loads(report.read_text())["layers"] if layer["name"] == "stem")
+    w2 = next(t for name, t in constants.items() if name.startswith("w2"))
+    bound = input_step_bound(r1, w2, 0)
+    artifact = qcompiler.load(so)
+    for x in map(layout, smooth_images(8, seed=2)):
+        assert np.abs(ort_run(qdq, {"x": x})["y"] - artifact.run({"x": x})["y"]).max() <= 1.01 * bound
