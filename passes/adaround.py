@@ -21,8 +21,9 @@ step costs O·K² multiply-adds (all groups): a layer's time is ITERATIONS × O�
 
 Time and memory are bounded (`learned_layers`): a layer whose Gram matrices hold more than
 MAX_GRAM_ELEMENTS values (float64: 512 MB) keeps rounding to nearest, and so do the costliest
-layers beyond a budget of MAX_STEP_MACS multiply-adds per step summed over the layers (the
-cheapest are learned first, so most layers are). Fewer steps would not serve: with β annealed
+layers beyond a budget of MAX_STEP_MACS multiply-adds per step summed over the layers, or of
+MAX_TOTAL_GRAM_ELEMENTS Gram values in all (every Gram is summed before the first layer is
+learned; the cheapest steps are taken first, so most layers are learned). Fewer steps would not serve: with β annealed
 over fewer steps the rounding settles before it fits (EfficientNet-Lite0: 1000 steps gain
 over nearest rounding, 250 lose), so a layer is learned in full or not at all.
 """
@@ -41,6 +42,7 @@ ITERATIONS = 1000
 REGULARIZATION = 0.01
 MAX_GRAM_ELEMENTS = 1 << 26  # per layer, G·K² (K = 8192 with one group)
 MAX_STEP_MACS = 16 * 10**9  # per step, Σ O·K² over the learned layers: ~4 min at 70 G/s (2 cores)
+MAX_TOTAL_GRAM_ELEMENTS = 1 << 28  # Σ G·K² over the learned layers (float64: 2 GB)
 
 
 def _rectified_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,17 +105,18 @@ def step_macs(op: QuantizedOp) -> int:
     return outputs * k * k
 
 
-def learned_layers(ops, max_gram_elements: int = MAX_GRAM_ELEMENTS,
-                   max_step_macs: int = MAX_STEP_MACS) -> tuple[list, list]:
+def learned_layers(ops, max_gram_elements: int = MAX_GRAM_ELEMENTS, max_step_macs: int = MAX_STEP_MACS,
+                   max_total_gram_elements: int = MAX_TOTAL_GRAM_ELEMENTS) -> tuple[list, list]:
     """(learned, nearest): the weighted `ops` AdaRound learns, and those that keep rounding to
     nearest because their Gram matrices exceed `max_gram_elements` or, taking layers cheapest
-    step first, their steps would take the sum of O·K² beyond `max_step_macs`. Both in `ops`' order."""
+    step first, they would take the sum of O·K² beyond `max_step_macs` or of G·K² beyond
+    `max_total_gram_elements`. Both in `ops`' order."""
     fits = [op for op in ops if gram_elements(op) <= max_gram_elements]
-    spent, chosen = 0, set()
+    macs, grams, chosen = 0, 0, set()
     for op in sorted(fits, key=step_macs):
-        if spent + step_macs(op) > max_step_macs:
+        if macs + step_macs(op) > max_step_macs or grams + gram_elements(op) > max_total_gram_elements:
             break
-        spent += step_macs(op)
+        macs, grams = macs + step_macs(op), grams + gram_elements(op)
         chosen.add(id(op))
     return [op for op in ops if id(op) in chosen], [op for op in ops if id(op) not in chosen]
 

@@ -19,7 +19,8 @@ from .accuracy import AccuracyTarget, FallbackResult, fallback_order, search_fal
 from .errors import QCompilerError
 from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
-from .passes.adaround import MAX_GRAM_ELEMENTS, MAX_STEP_MACS, InputGrams, adaround_weights, learned_layers
+from .passes.adaround import (MAX_GRAM_ELEMENTS, MAX_STEP_MACS, MAX_TOTAL_GRAM_ELEMENTS, InputGrams,
+                               adaround_weights, learned_layers)
 from .passes.bias_correction import InputMeans, bias_corrections
 from .passes.calibrate import (CalibrationResult, cached_equalization, cached_input_grids, load_cache, run_observers,
                                save_cache)
@@ -308,9 +309,10 @@ def _adaround(fp32, plan: AnnotationPlan, config: QConfig, samples: list) -> dic
     learned, nearest = learned_layers([op for op in plan.ops if op.weight is not None])
     if nearest:
         names = [op.node or op.var.name_hint for op in nearest]
-        log.warning("adaround: %d of %d layers keep rounding to nearest, to bound AdaRound's memory (at most %d "
-                    "Gram values per layer) and time (%d G multiply-adds per step in all): %s%s", len(nearest),
-                    len(nearest) + len(learned), MAX_GRAM_ELEMENTS, MAX_STEP_MACS // 10**9, ", ".join(names[:8]),
+        log.warning("adaround: %d of %d layers keep rounding to nearest, to bound AdaRound's memory (Gram values: "
+                    "at most %d per layer, %d in all) and time (%d G multiply-adds per step in all): %s%s",
+                    len(nearest), len(nearest) + len(learned), MAX_GRAM_ELEMENTS, MAX_TOTAL_GRAM_ELEMENTS,
+                    MAX_STEP_MACS // 10**9, ", ".join(names[:8]),
                     f" and {len(names) - 8} more" if len(names) > 8 else "")
     if not learned:
         return {}

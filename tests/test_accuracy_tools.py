@@ -383,7 +383,7 @@ def test_adaround_gram_matches_the_convolution_it_models():
 
 def test_adaround_bounds_by_hand():
     """Layers over the Gram bound keep nearest rounding; the rest are learned cheapest step first
-    until the step budget is spent (O·K² per step, G·K² Gram values)."""
+    until the step budget or the total Gram budget is spent (O·K² per step, G·K² Gram values)."""
     from qcompiler.passes.adaround import gram_elements, learned_layers, step_macs
     from qcompiler.passes.annotate import QuantizedOp
 
@@ -403,6 +403,9 @@ def test_adaround_bounds_by_hand():
     assert names(learned) == ["dense"] and names(nearest) == ["wide", "grouped"]
     learned, _ = learned_layers([wide, dense, grouped], max_gram_elements=10**6, max_step_macs=22640)
     assert names(learned) == ["wide", "dense", "grouped"]
+    learned, nearest = learned_layers([wide, dense, grouped], max_gram_elements=10**6, max_step_macs=10**6,
+                                      max_total_gram_elements=11311)  # 16 + 1296 + 10000 = 11312
+    assert names(learned) == ["dense", "grouped"] and names(nearest) == ["wide"]
 
 
 def test_adaround_keeps_nearest_rounding_on_a_layer_too_wide_for_its_gram(tmp_path, caplog):
