@@ -165,7 +165,9 @@ class CalibrationData:
 
     def _read(self, index: int) -> dict[str, np.ndarray]:
         """Sample `index` of a directory or an .npz file."""
-        return _read_sample_file(self._files[index], self.inputs, self.kind) if self._files is not None else self._samples[index]
+        if self._files is None:
+            return self._samples[index]
+        return _read_sample_file(self._files[index], self.inputs, self.kind)
 
     def _stream(self) -> Iterator[dict[str, np.ndarray]]:
         """An iterable's samples: each yielded once `keep` later ones are seen (a sample among

@@ -269,8 +269,8 @@ def _write_grid_index(writer: _Writer, view: FunctionView, q: Quantized, nodes: 
     conv_var = view.single_user(index)
     node = nodes.get(q.node_of.get(conv_var, ""))
     if node is None or node.op_type != "Conv":
-        raise QCompilerError(f"export-qdq: the grid index of an input feeds no ONNX Conv here; export with "
-                             f"--no-input-grid")
+        raise QCompilerError("export-qdq: the grid index of an input feeds no ONNX Conv here; export with "
+                             "--no-input-grid")
     added = view.value[index]  # add(multiply(data, 1/step), −centre/step), data = pad(x) or x
     multiplied = view.value[added.args[0]]
     data = view.value.get(multiplied.args[0])
@@ -282,7 +282,10 @@ def _write_grid_index(writer: _Writer, view: FunctionView, q: Quantized, nodes: 
         for onnx_axis, letter in enumerate("NCHW"):
             axis = layout.index(letter)
             pads[onnx_axis], pads[rank + onnx_axis] = width[2 * axis], width[2 * axis + 1]
-    channel = lambda constant: view.constant(constant).reshape(-1).reshape(1, -1, 1, 1).astype(np.float32)
+
+    def channel(constant) -> np.ndarray:  # a per-channel Relax constant, shaped for ONNX NCHW
+        return view.constant(constant).reshape(1, -1, 1, 1).astype(np.float32)
+
     source, base = node.input[0], node.input[0]
     steps = []
     if any(pads):
