@@ -4,8 +4,9 @@
         [--techniques plain no-input-grid equalize bias-correction adaround bias-adaround all per-tensor
                       per-tensor-equalize fallback fallback-bias-adaround fallback-bias-adaround-90]
 
-For each real model: qcompiler fp32 and int8 artifacts, and onnxruntime fp32 and int8 (QDQ,
-per-channel weights, uint8 activations, calibrated on the same samples). Prints top-1
+For each real model: qcompiler fp32 and int8 artifacts, onnxruntime fp32 and int8 (QDQ,
+per-channel weights, uint8 activations, calibrated on the same samples), and onnxruntime running
+qcompiler's calibration written by export-qdq. Prints top-1
 agreement of each int8 model with its own fp32 model on held-out data, accuracy where labels
 exist, and the size of the int8 model relative to fp32 (qcompiler: .so files; onnxruntime:
 .onnx files). Then qcompiler's int8 agreement with each accuracy technique alone and together
@@ -270,13 +271,15 @@ def evaluate(case: Case, work: Path, method: str) -> dict:
     session = ort.InferenceSession(str(case.onnx_path), providers=["CPUExecutionProvider"])
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     shapes = {input_name: case.input_shape}
+    calib = [{input_name: x[None]} for x in case.calib]
+    config = qcompiler.QConfig(calibration=qcompiler.CalibrationMethod(method), holdout=0)
     start = time.perf_counter()
     fp32 = qcompiler.compile(case.onnx_path, input_shapes=shapes).export(work / f"{case.name}.so")
-    int8 = qcompiler.compile(case.onnx_path, input_shapes=shapes, quantize="int8",
-                             calib=[{input_name: x[None]} for x in case.calib],
-                             config=qcompiler.QConfig(calibration=qcompiler.CalibrationMethod(method), holdout=0)
+    int8 = qcompiler.compile(case.onnx_path, input_shapes=shapes, quantize="int8", calib=calib, config=config
                              ).export(work / f"{case.name}_int8.so")
     compile_s = time.perf_counter() - start
+    qdq = ort.InferenceSession(str(qcompiler.export_qdq(case.onnx_path, calib, work / f"{case.name}.qdq.onnx", shapes,
+                                                        config=config)), providers=["CPUExecutionProvider"])
     ort8_path = ort_int8(case.onnx_path, input_name, case.calib, work / f"{case.name}_ort_int8.onnx")
     try:
         ort8 = ort.InferenceSession(str(ort8_path), providers=["CPUExecutionProvider"])
@@ -287,6 +290,7 @@ def evaluate(case: Case, work: Path, method: str) -> dict:
     out = {key: predictions(lambda x, m=m: m.run({input_name: x})[output_name], case.evaluate)
            for key, m in models.items()}
     out["ort fp32"] = predictions(lambda x: session.run(None, {input_name: x})[0], case.evaluate)
+    out["ort qdq"] = predictions(lambda x: qdq.run(None, {input_name: x})[0], case.evaluate)
     if ort8 is not None:
         out["ort int8"] = predictions(lambda x: ort8.run(None, {input_name: x})[0], case.evaluate)
     top1 = {k: v.argmax(-1) for k, v in out.items()}
@@ -294,6 +298,7 @@ def evaluate(case: Case, work: Path, method: str) -> dict:
         "samples": len(case.evaluate),
         "qc agreement": float(np.mean(top1["qc int8"] == top1["qc fp32"])),
         "ort agreement": float(np.mean(top1["ort int8"] == top1["ort fp32"])) if ort8 else float("nan"),
+        "qdq agreement": float(np.mean(top1["ort qdq"] == top1["ort fp32"])),
         "qc size ratio": int8.stat().st_size / fp32.stat().st_size,
         "ort size ratio": ort8_path.stat().st_size / case.onnx_path.stat().st_size,
         "qc fp32 vs ort fp32 max |diff|": float(np.abs(out["qc fp32"] - out["ort fp32"]).max()),
@@ -368,14 +373,16 @@ def main() -> None:
             print(f"\n{name}: {result.pop('samples')} held-out samples, calibration {len(case.calib)} samples "
                   f"({args.calib_method})")
             print(f"  top-1 agreement int8 vs fp32: qcompiler {result.pop('qc agreement'):.2%}, "
-                  f"onnxruntime {result.pop('ort agreement'):.2%}")
+                  f"onnxruntime {result.pop('ort agreement'):.2%}, "
+                  f"onnxruntime running qcompiler's export-qdq model {result.pop('qdq agreement'):.2%}")
             if case.labels is not None:
                 result.setdefault("acc ort int8", float("nan"))
                 print(f"  accuracy: fp32 {result['acc qc fp32']:.2%} (onnxruntime fp32 {result['acc ort fp32']:.2%}); "
                       f"int8 qcompiler {result['acc qc int8']:.2%} "
                       f"(drop {100 * (result['acc qc fp32'] - result['acc qc int8']):.2f} points), "
                       f"onnxruntime {result['acc ort int8']:.2%} "
-                      f"(drop {100 * (result['acc ort fp32'] - result['acc ort int8']):.2f} points)")
+                      f"(drop {100 * (result['acc ort fp32'] - result['acc ort int8']):.2f} points), "
+                      f"onnxruntime on qcompiler's export-qdq model {result['acc ort qdq']:.2%}")
             print(f"  int8 size / fp32 size: qcompiler .so {result['qc size ratio']:.0%}, "
                   f"onnxruntime .onnx {result['ort size ratio']:.0%}")
             print(f"  qcompiler fp32 vs onnxruntime fp32: max |diff| {result['qc fp32 vs ort fp32 max |diff|']:.2e}; "
