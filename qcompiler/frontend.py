@@ -105,8 +105,8 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
         proto = onnx.load_model_from_string(data)
     except (DecodeError, RuntimeError, ValueError) as err:
         # A serialized ModelProto starts with field 1 (ir_version, varint): tag byte 0x08.
-        what = "truncated or corrupt ONNX model" if data[:1] == b"\x08" else "not an ONNX model"
-        raise QCompilerError(f"{path} is a {what}: cannot parse it as ONNX protobuf ({err})") from None
+        what = "a truncated or corrupt ONNX model" if data[:1] == b"\x08" else "not an ONNX model"
+        raise QCompilerError(f"{path} is {what}: cannot parse it as ONNX protobuf ({err})") from None
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise QCompilerError(f"{path} is not an ONNX model: it parses as protobuf but has no graph or ir_version")
     _load_external_data(proto, path)
