@@ -35,12 +35,14 @@ def _qconfig(args, model_path: str):
         unknown = [s for s in args.skip if s not in op_types and s not in node_names]
         if unknown:
             raise QCompilerError(f"--skip {', '.join(unknown)}: not an op type or node name of {model_path}")
+    if args.percentile is not None and args.calib_method != "percentile":
+        raise QCompilerError(f"--percentile applies to --calib-method percentile, not {args.calib_method}")
     try:
         return QConfig(
             activation_dtype=ActivationDType(args.activation_dtype),
             per_channel=not args.per_tensor,
             calibration=CalibrationMethod(args.calib_method),
-            percentile=args.percentile,
+            percentile=QConfig.percentile if args.percentile is None else args.percentile,
             num_samples=args.num_samples,
             skip_op_types=frozenset(s for s in args.skip if s in op_types),
             skip_nodes=frozenset(s for s in args.skip if s in node_names and s not in op_types),
@@ -134,7 +136,7 @@ def _add_calibration(q) -> None:
     q.add_argument("--calib", metavar="DATA", help=".npz (arrays keyed by input name, first axis = samples) "
                    "or a directory of .npy/.npz samples")
     q.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"])
-    q.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile")
+    q.add_argument("--percentile", type=float, help="for --calib-method percentile (default 99.99)")
     q.add_argument("--num-samples", type=int, help="use at most N calibration samples")
     q.add_argument("--activation-dtype", default="uint8", choices=["uint8", "int8"],
                    help="uint8 asymmetric (default) or int8 symmetric activations")

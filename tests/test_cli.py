@@ -130,6 +130,8 @@ def test_quantization_flag_errors(tmp_path):
         ("--quantize", "int8"): "needs calibration data",
         ("--quantize", "int8", "--calib", str(tmp_path / "missing.npz")): "calibration data not found",
         ("--quantize", "int8", "--calib", str(path), "--percentile", "20"): "percentile must be",
+        ("--quantize", "int8", "--calib", str(path), "--calib-method", "mse", "--percentile", "99"):
+            "--percentile applies to --calib-method percentile, not mse",
         ("--quantize", "int8", "--calib", str(path), "--adaround", "--seed", "-1"): "seed must be an integer from 0",
         ("--quantize", "int8", "--calib", str(path), "--num-samples", "0"): "num_samples must be at least 1",
     }
