@@ -23,9 +23,10 @@ Time and memory are bounded (`learned_layers`): a layer whose Gram matrices hold
 MAX_GRAM_ELEMENTS values (float64: 512 MB) keeps rounding to nearest, and so do the costliest
 layers beyond a budget of MAX_STEP_MACS multiply-adds per step summed over the layers, or of
 MAX_TOTAL_GRAM_ELEMENTS Gram values in all (every Gram is summed before the first layer is
-learned; the cheapest steps are taken first, so most layers are learned). Fewer steps would not serve: with β annealed
-over fewer steps the rounding settles before it fits (EfficientNet-Lite0: 1000 steps gain
-over nearest rounding, 250 lose), so a layer is learned in full or not at all.
+learned; the cheapest steps are taken first, so most layers are learned). Fewer steps would
+not serve: with β annealed over fewer steps the rounding settles before it fits
+(EfficientNet-Lite0: 1000 steps gain over nearest rounding, 250 lose), so a layer is learned
+in full or not at all.
 """
 
 from __future__ import annotations
@@ -91,18 +92,20 @@ def _rows(op: QuantizedOp) -> tuple[np.ndarray, int]:
     return w.reshape(groups, outputs // groups, -1), groups
 
 
+def _row_length(op: QuantizedOp) -> int:
+    """K: the inputs one output channel's weight row reads (per group)."""
+    return op.weight.size // op.weight.shape[op.weight_axis]
+
+
 def gram_elements(op: QuantizedOp) -> int:
     """G·K²: the values of the layer's Gram matrices."""
     groups = 1 if op.op == "relax.matmul" else op.groups
-    k = op.weight.size // op.weight.shape[op.weight_axis]  # per group
-    return groups * k * k
+    return groups * _row_length(op) ** 2
 
 
 def step_macs(op: QuantizedOp) -> int:
     """O·K²: the multiply-adds of one optimisation step of the layer (E G over its groups)."""
-    outputs = op.weight.shape[op.weight_axis]
-    k = op.weight.size // outputs
-    return outputs * k * k
+    return op.weight.shape[op.weight_axis] * _row_length(op) ** 2
 
 
 def learned_layers(ops, max_gram_elements: int = MAX_GRAM_ELEMENTS, max_step_macs: int = MAX_STEP_MACS,

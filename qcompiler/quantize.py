@@ -308,7 +308,7 @@ def _adaround(fp32, plan: AnnotationPlan, config: QConfig, samples: list) -> dic
     """AdaRound's int8 weights for the plan's weighted anchors, from their fp32 inputs on `samples`."""
     learned, nearest = learned_layers([op for op in plan.ops if op.weight is not None])
     if nearest:
-        names = [op.node or op.var.name_hint for op in nearest]
+        names = [op.node or op.var.name for op in nearest]
         log.warning("adaround: %d of %d layers keep rounding to nearest, to bound AdaRound's memory (Gram values: "
                     "at most %d per layer, %d in all) and time (%d G multiply-adds per step in all): %s%s",
                     len(nearest), len(nearest) + len(learned), MAX_GRAM_ELEMENTS, MAX_TOTAL_GRAM_ELEMENTS,
