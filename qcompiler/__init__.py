@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from .accuracy import AccuracyTarget
 from .errors import QCompilerError
-from .passes.qconfig import ActivationDType, CalibrationMethod, QConfig
+from .passes.qconfig import ActivationDType, CalibrationMethod, FallbackPrecision, QConfig
 from .runtime import Model, load
 from .targets import TargetPreset, all_presets, resolve
 from .tensor_spec import TensorSpec
@@ -27,6 +27,7 @@ __all__ = [
     "ActivationDType",
     "Artifact",
     "CalibrationMethod",
+    "FallbackPrecision",
     "Model",
     "QConfig",
     "QCompilerError",
@@ -100,6 +101,12 @@ def compile(  # noqa: A001 - the public verb of this package
     if quantize in CALIBRATION_FREE_STRATEGIES and (report is not None or simulate or accuracy_target is not None):
         raise QCompilerError(f"a report, an accuracy target and simulate are for quantize='int8' (static); "
                              f"{quantize} has none of them")
+    if report is not None and not str(report).endswith((".json", ".html", ".htm")):
+        raise QCompilerError(f"report {report}: expected a path ending in .json (the per-layer report) or .html "
+                             f"(the page with charts)")
+    if quantize in CALIBRATION_FREE_STRATEGIES and config is not None and config.fallback_precision is not FallbackPrecision.FP32:
+        raise QCompilerError(f"fallback_precision {config.fallback_precision.value} applies to quantize='int8', "
+                             f"not {quantize}")
     imported = load_onnx(model, input_shapes, on_note=log.warning, initializers_as_inputs=initializers_as_inputs,
                          constant_inputs=constant_inputs)
     if quantize is None:

@@ -25,7 +25,7 @@ log = logging.getLogger("qcompiler")
 def _qconfig(args, model_path: str):
     """QConfig from the compile flags; --skip names are ONNX op types or node names of the model."""
     from .frontend import read_model
-    from .passes.qconfig import ActivationDType, CalibrationMethod, QConfig
+    from .passes.qconfig import ActivationDType, CalibrationMethod, FallbackPrecision, QConfig
 
     op_types, node_names = set(), set()
     if args.skip:
@@ -52,6 +52,7 @@ def _qconfig(args, model_path: str):
             smoothing=getattr(args, "smooth", False),
             seed=getattr(args, "seed", 0),
             input_grid=not getattr(args, "no_input_grid", False),
+            fallback_precision=FallbackPrecision(args.fallback_precision),
         )
     except ValueError as err:
         raise QCompilerError(str(err)) from None
@@ -68,7 +69,8 @@ def _cmd_compile(args) -> None:
                                             ("--accuracy-target", args.accuracy_target), ("--eval", args.eval),
                                             ("--min-int8-macs", args.min_int8_macs is not None),
                                             ("--equalize", args.equalize), ("--bias-correction", args.bias_correction),
-                                            ("--adaround", args.adaround), ("--smooth", args.smooth)) if given]
+                                            ("--adaround", args.adaround), ("--smooth", args.smooth),
+                                            ("--fallback-precision", args.fallback_precision != "fp32")) if given]
     if args.quantize is None and quant_flags:
         raise QCompilerError(f"{', '.join(quant_flags)} need --quantize int8")
     config = _qconfig(args, args.model) if args.quantize else None
@@ -98,7 +100,14 @@ def _print_fallback(artifact, so_path: str) -> None:
           f"fp32: {result['fp32_value']:.4g})" + ("" if result["met"] else ": not met"
                                                  + (f" within {result['min_int8_macs']:.0%} int8 MACs; the best set is kept"
                                                     if result["min_int8_macs"] else "")))
-    print(f"kept in fp32 ({len(fallback)}): {', '.join(fallback) if fallback else 'none'}")
+    names = ", ".join(fallback) if fallback else "none"
+    precision = quantization.get("fallback_precision")
+    if precision and fallback:
+        half = [name for name in fallback if name in precision["layers"]]
+        print(f"kept out of int8 ({len(fallback)}): {names}; on {precision['dtype']} products: "
+              f"{', '.join(half) if half else 'none'}; the rest in fp32")
+    else:
+        print(f"kept in fp32 ({len(fallback)}): {names}")
     timing = bench(so_path, repeat=20, warmup=3)
     print(f"int8 MACs: {quantization['int8_mac_fraction']:.1%}; size {Path(so_path).stat().st_size / 1e6:.2f} MB; "
           f"latency {timing.median_ms:.3f} ms (median of 20)")
@@ -124,6 +133,9 @@ def _cmd_export_qdq(args) -> None:
     from . import export_qdq
     from .frontend import parse_shape
 
+    if args.fallback_precision != "fp32":
+        raise QCompilerError(f"--fallback-precision {args.fallback_precision} is for compile: export-qdq writes the "
+                             f"ops kept out of int8 as float32 ONNX ops")
     path = export_qdq(args.model, args.calib, args.output, dict(parse_shape(t) for t in args.input_shape),
                       config=_qconfig(args, args.model), calib_cache=args.calib_cache,
                       accuracy_target=args.accuracy_target, eval_data=args.eval, min_int8_macs=args.min_int8_macs,
@@ -163,6 +175,9 @@ def _add_calibration(q) -> None:
                         "or sqnr-db, e.g. top1-agreement=0.97")
     q.add_argument("--eval", metavar="DATA", help="evaluation samples for --accuracy-target (as --calib, kept apart "
                    "from it; an .npz may add an array 'labels')")
+    q.add_argument("--fallback-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="what the convolutions and matmuls kept out of int8 (--skip, --accuracy-target) compute in: "
+                        "fp32 (default), or bf16 / fp16 weights and products with fp32 sums")
     q.add_argument("--min-int8-macs", metavar="FRACTION", type=float,
                    help="with --accuracy-target: keep at least this share of MACs in int8 (e.g. 0.9); where the "
                         "target needs more, the best fallback within it is kept, with a warning")
@@ -313,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quantize", choices=list(STRATEGIES),
                    help="; ".join(f"{name}: {what}" for name, what in STRATEGIES.items()))
     _add_calibration(q)
-    q.add_argument("--report", metavar="FILE", help="write the per-layer quantization report and print it: JSON, or a "
-                   "self-contained HTML page (charts, graph by precision, fp32/int8 size and latency) for FILE.html")
+    q.add_argument("--report", metavar="FILE", help="write the per-layer quantization report and print it: JSON for "
+                   "FILE.json, or a self-contained HTML page (charts, graph by precision, fp32/int8 size and latency) "
+                   "for FILE.html")
     q.add_argument("--simulate", action="store_true", help="build the fake-quant (float QDQ) model, for debugging")
     p.add_argument("--tuning-log", action="append", default=[], metavar="DIR",
                    help="MetaSchedule database from `qcompiler tune`, applied with tuning_logs/<target>/ (repeatable)")

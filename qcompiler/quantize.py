@@ -27,12 +27,12 @@ from .passes.calibrate import (CalibrationResult, cached_equalization, cached_in
 from .passes.dynamic import DynamicStats, quantize_dynamic
 from .passes.equalize import apply_pairs, find_pairs
 from .passes.equalize_noise import choose, measure
-from .passes.graph import FunctionView, op_name
+from .passes.graph import Constant, FunctionView, op_name
 from .passes.input_grid import DETECTION_SAMPLES, GRID_RANGE, align_grid, detect_grid, grid_channel_axis
 from .passes.layout import channels_last
-from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, ActivationDType, QConfig
+from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, ActivationDType, FallbackPrecision, QConfig
 from .passes.realize import RealizeStats, realize
-from .passes.reduced_precision import to_bf16, to_fp16
+from .passes.reduced_precision import to_bf16, to_fp16, to_half_precision
 from .passes.simulate import Corrections, insert_qdq, switch_values
 from .passes.smooth import smooth
 from .passes.weight_only import quantize_embedding_tables, quantize_weights_only
@@ -60,6 +60,7 @@ class Quantized:
     input_grids: list = field(default_factory=list)  # InputGrid of each input quantized on its grid
     grid_indices: dict = field(default_factory=dict)  # input name → the var of its grid index u (input_grid.py)
     equalization: list[bool] | None = None  # per equalization pair, whether it was rescaled (None: off)
+    half_precision_layers: list[str] = field(default_factory=list)  # float convs/matmuls in config.fallback_precision
 
     @property
     def prequantized(self) -> bool:
@@ -94,6 +95,9 @@ class Quantized:
                 weighted = [op.var for op in self.plan.ops if op.weight is not None]
                 summary["adaround"] = {"layers": len(weighted),
                                        "learned": sum(var in self.corrections.weights for var in weighted)}
+        if self.config.fallback_precision is not FallbackPrecision.FP32:
+            summary["fallback_precision"] = {"dtype": self.config.fallback_precision.value,
+                                             "layers": self.half_precision_layers}
         if self.accuracy is not None:
             summary["accuracy_target"] = self.accuracy.to_json()
         return summary
@@ -126,9 +130,10 @@ def quantize(
     if is_prequantized(imported.mod):
         # No FoldConstant here: it would fold dequantize(int8 weights) back into float weights.
         log.info("model is pre-quantized (QuantizeLinear/DequantizeLinear): realizing its own scales")
-        mod, stats = realize(imported.mod)
+        mod, stats, half = _realized(imported.mod, config, {})
         holdout = CalibrationData(calib, imported.inputs, max(config.holdout, 1)).read_holdout() if calib is not None else []
-        return Quantized(mod, imported.mod, imported.mod, config, None, None, stats, {}, holdout)
+        return Quantized(mod, imported.mod, imported.mod, config, None, None, stats, {}, holdout,
+                         half_precision_layers=half)
     # Channels-last first, so that int8 convolutions get the layout of dot-product kernels and
     # consecutive int8 ops need no layout transform between them.
     fp32, renamed = channels_last(relax.transform.FoldConstant()(imported.mod))
@@ -199,16 +204,37 @@ def quantize(
         full_plan = plan
         plan = _with_fallback(fp32, plan, config, node_of, imported.node_op_types, fallback.fallback)
     qdq, dequantized_of = insert_qdq(fp32, plan, qparams, config, corrections)
-    mod, stats = realize(qdq)
+    mod, stats, half = _realized(qdq, config, _weight_nodes(fp32, node_of))
     log.info("realize: integer %s; float %s; %d requantizations", stats.integer_ops, stats.float_ops or "none",
              stats.requantize)
     quantized = Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout, fallback,
                           node_of, corrections, [grid for grid, _ in grids],
-                          {grid.name: index for grid, index in grids}, equalized)
+                          {grid.name: index for grid, index in grids}, equalized, half)
     if fallback is not None:
         quantized = _verified(quantized, full_plan, node_of, imported.node_op_types, corrections, eval_data,
                               reference, accuracy_target)
     return quantized
+
+
+def _realized(qdq: tvm.IRModule, config: QConfig, names: dict) -> tuple[tvm.IRModule, RealizeStats, list[str]]:
+    """realize(qdq), the float convolutions and matmuls it leaves (ops kept out of int8) in
+    config.fallback_precision, and those layers' names (`names`: weight constant → ONNX node;
+    none in fp32)."""
+    mod, stats = realize(qdq)
+    if config.fallback_precision is FallbackPrecision.FP32:
+        return mod, stats, []
+    mod, half = to_half_precision(mod, config.fallback_precision.value, names=names,
+                                  instead="--fallback-precision bf16 (fallback_precision=FallbackPrecision.BF16)")
+    log.info("fallback precision %s: %d float convolutions and matmuls", config.fallback_precision.value,
+             len(half.layers))
+    return mod, stats, half.layers
+
+
+def _weight_nodes(fp32: tvm.IRModule, node_of: dict) -> dict:
+    """Each convolution's and matmul's constant weight in `fp32` → the ONNX node of that op."""
+    return {b.value.args[1]: node_of[b.var] for b in FunctionView(fp32["main"]).bindings
+            if b.var in node_of and op_name(b.value) in ("relax.nn.conv2d", "relax.matmul")
+            and isinstance(b.value.args[1], Constant)}
 
 
 def _equalized(fp32, imported: ImportedModel, config: QConfig, data, cache: Path | None, node_of: dict):
@@ -423,8 +449,9 @@ def _verified(q: Quantized, full_plan: AnnotationPlan, node_of, op_types, correc
                  result.fallback[-1])
         plan = _with_fallback(fp32, full_plan, q.config, node_of, op_types, result.fallback)
         qdq, dequantized_of = insert_qdq(fp32, plan, q.calibration.qparams(q.config), q.config, corrections)
-        mod, stats = realize(qdq)
-        q = replace(q, mod=mod, qdq=qdq, plan=plan, stats=stats, dequantized_of=dequantized_of)
+        mod, stats, half = _realized(qdq, q.config, _weight_nodes(fp32, node_of))
+        q = replace(q, mod=mod, qdq=qdq, plan=plan, stats=stats, dequantized_of=dequantized_of,
+                    half_precision_layers=half)
     if result.realized_value < target.value:
         log.warning("accuracy target %s >= %g not met by the integer model: %.4g with %d ops in fp32 (simulated %.4g)",
                     target.name, target.value, result.realized_value, len(result.fallback), result.value)

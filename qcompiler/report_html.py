@@ -154,7 +154,9 @@ def html_report(report: QuantizationReport, q: Quantized, imported: ImportedMode
     payload = json.dumps(_finite(data), allow_nan=False).replace("</", "<\\/")
     summary = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                       for k, v in _summary_rows(report, artifacts))
-    decisions = [(node, reason) for node, reason in (q.plan.skipped if q.plan is not None else [])]
+    half = set(q.half_precision_layers)
+    decisions = [(node, reason + (f"; runs on {q.config.fallback_precision.value} products" if node in half else ""))
+                 for node, reason in (q.plan.skipped if q.plan is not None else [])]
     accuracy = q.accuracy
     search = ""
     if accuracy is not None:

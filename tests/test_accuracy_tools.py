@@ -8,6 +8,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import onnx
@@ -175,6 +176,11 @@ def test_top1_with_labels_from_the_eval_npz_on_the_cli(tmp_path):
                           "--quantize", "int8", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "bad.npz",
                           "--accuracy-target", "top1=0.95"], capture_output=True, text=True)
     assert run.returncode == 2 and "5 labels for 48 samples" in run.stderr and not (tmp_path / "b.so").exists()
+    run = subprocess.run([sys.executable, "-m", "qcompiler", "compile", tmp_path / "mlp.onnx", "-o", tmp_path / "h.so",
+                          "--quantize", "int8", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz",
+                          "--accuracy-target", "top1=0.95", "--fallback-precision", "bf16"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "kept out of int8 (1): fc2; on bf16 products: fc2; the rest in fp32" in run.stdout
     run = subprocess.run([sys.executable, "-m", "qcompiler", "compile", tmp_path / "mlp.onnx", "-o", tmp_path / "c.so",
                           "--quantize", "int8", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz",
                           "--accuracy-target", "top1=0.95", "--min-int8-macs", "0.5", "--report", tmp_path / "c.html"],
@@ -184,6 +190,77 @@ def test_top1_with_labels_from_the_eval_npz_on_the_cli(tmp_path):
     assert "fc2" not in next(line for line in run.stdout.splitlines() if line.startswith("kept in fp32"))
     page = (tmp_path / "c.html").read_text()
     assert "top1 &ge; 0.95 with at least 50% of MACs in int8 on 48 samples: <strong>not met</strong>" in page
+
+
+# ------------------------------------------------------------------ fallback precision
+
+HALF_OFF = 2.0 ** -12  # below half a unit in the last place of 1 in bf16 (2^-8) and fp16 (2^-11)
+
+
+def half_fallback_pair(peak: float = 2.0):
+    """x[1,8,6,6] → conv_a (1×1, 32 channels, to be kept out of int8) → y1 (an output) → Relu →
+    conv_b (3×3, int8) → y2. conv_a's weights are k·(1 + 2⁻¹²) with k in {±1, ±2} (and `peak`
+    once): in bf16 and fp16 they round to k, so on inputs that are multiples of 1/4 conv_a
+    computes Σ k·x exactly, and in float32 Σ k·(1 + 2⁻¹²)·x."""
+    rng = np.random.default_rng(3)
+    k = rng.choice([-2.0, -1.0, 1.0, 2.0], size=(32, 8, 1, 1))
+    k[0, 0, 0, 0] = peak
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["y1"], name="conv_a"),
+             helper.make_node("Relu", ["y1"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "wb"], ["y2"], name="conv_b", pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [("x", [1, 8, 6, 6])], [("y1", [1, 32, 6, 6]), ("y2", [1, 8, 6, 6])],
+                       {"wa": k * (1 + HALF_OFF), "wb": rng.normal(0, 0.1, (8, 32, 3, 3))})
+    return model, k
+
+
+def quarter_samples(count, seed):
+    rng = np.random.default_rng(seed)
+    return [{"x": (rng.integers(-8, 9, (1, 8, 6, 6)) / 4).astype(np.float32)} for _ in range(count)]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_fallback_precision_computes_the_kept_conv_in_half_precision(tmp_path, precision):
+    model, k = half_fallback_pair()
+    calib, evaluation = quarter_samples(16, seed=1), quarter_samples(4, seed=2)
+    # No input grid: it would rewrite conv_a on the grid index with a float32 bias (exact, but not Σ k·x).
+    config = qcompiler.QConfig(skip_nodes={"conv_a"}, holdout=0, input_grid=False,
+                               fallback_precision=qcompiler.FallbackPrecision(precision))
+    artifact = qcompiler.compile(model, quantize="int8", calib=calib, config=config, report=tmp_path / "r.html")
+    quantization = artifact.metadata.quantization
+    assert quantization["fallback_precision"] == {"dtype": precision, "layers": ["conv_a"]}
+    assert f"<td>conv_a</td><td>skipped by configuration (Conv); runs on {precision} products</td>" in \
+        (tmp_path / "r.html").read_text()
+    assert quantization["skipped"] == ["conv_a"] and quantization["integer_ops"]
+    half = qcompiler.load(artifact.export(tmp_path / "half.so"))
+    fp32 = qcompiler.load(qcompiler.compile(model, quantize="int8", calib=calib, config=dataclasses_replace(
+        config, fallback_precision=qcompiler.FallbackPrecision.FP32)).export(tmp_path / "fp32.so"))
+    for sample in evaluation:
+        exact = np.einsum("oc,chw->ohw", k[:, :, 0, 0], sample["x"][0].astype(np.float64))[None]
+        got, kept_fp32, ref = half.run(sample), fp32.run(sample), ort_run(model, sample)
+        np.testing.assert_allclose(got["y1"], exact, atol=1e-6)  # the half-precision weights: k
+        np.testing.assert_allclose(kept_fp32["y1"], exact * (1 + HALF_OFF), rtol=1e-6, atol=1e-6)
+        assert sqnr_db([got["y2"]], [ref["y2"]]) > 30  # conv_b is int8 in both
+
+
+def test_fallback_precision_bad_input(tmp_path):
+    model, _ = half_fallback_pair(peak=1e5)
+    fp16 = qcompiler.QConfig(skip_nodes={"conv_a"}, input_grid=False,
+                             fallback_precision=qcompiler.FallbackPrecision.FP16)
+    with pytest.raises(QCompilerError, match=r"^the weight of convolution conv_a has values up to 1e\+05, "
+                                             r"beyond float16's range \(±65504\): use --fallback-precision bf16"):
+        qcompiler.compile(model, quantize="int8", calib=quarter_samples(8, seed=1), config=fp16)
+    with pytest.raises(QCompilerError, match="fallback_precision fp16 applies to quantize='int8', not int8-dynamic"):
+        qcompiler.compile(model, quantize="int8-dynamic", config=fp16)
+    onnx.save(model, tmp_path / "pair.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.stack([s["x"] for s in quarter_samples(8, seed=1)]))
+    run = subprocess.run([sys.executable, "-m", "qcompiler", "export-qdq", tmp_path / "pair.onnx", "--calib",
+                          tmp_path / "calib.npz", "-o", tmp_path / "out.onnx", "--fallback-precision", "bf16"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "export-qdq writes the ops kept out of int8 as float32" in run.stderr
+    assert not (tmp_path / "out.onnx").exists()
+    run = subprocess.run([sys.executable, "-m", "qcompiler", "compile", tmp_path / "pair.onnx", "-o",
+                          tmp_path / "m.so", "--fallback-precision", "bf16"], capture_output=True, text=True)
+    assert run.returncode == 2 and "--fallback-precision need --quantize int8" in run.stderr
 
 
 # ------------------------------------------------------------------ bias correction
@@ -491,6 +568,14 @@ def test_export_qdq_bad_input(tmp_path):
 
 
 # ------------------------------------------------------------------ HTML report
+
+def test_a_report_path_names_its_format(tmp_path):
+    """JSON for .json, the page for .html; anything else is refused before compiling."""
+    with pytest.raises(QCompilerError, match=r"^report .*r\.txt: expected a path ending in \.json \(the per-layer "
+                                             r"report\) or \.html \(the page with charts\)$"):
+        qcompiler.compile(outlier_mlp(), quantize="int8", calib=samples((1, 16), 8, seed=1), report=tmp_path / "r.txt")
+    assert not list(tmp_path.iterdir())
+
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian package chromium is not installed")
 def test_html_report_draws_its_charts_in_chromium(tmp_path):
