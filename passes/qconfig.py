@@ -74,7 +74,8 @@ class QConfig:
     `fallback_precision`: the convolutions (groups = 1) and matmuls with constant weights that
     stay out of int8 (skipped, kept in float by the accuracy search, or not quantizable) compute
     in float32, or with bf16 / fp16 weights and products and float32 sums, as
-    `--quantize bf16` / `fp16` do (passes/reduced_precision.py); other float ops stay float32.
+    `--quantize bf16` / `fp16` do (passes/reduced_precision.py); other float ops stay float32
+    (as do all of them in the fake-quant build, `simulate`, and in export-qdq's ONNX model).
     """
 
     activation_dtype: ActivationDType = ActivationDType.UINT8

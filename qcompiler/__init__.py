@@ -104,7 +104,8 @@ def compile(  # noqa: A001 - the public verb of this package
     if report is not None and not str(report).endswith((".json", ".html", ".htm")):
         raise QCompilerError(f"report {report}: expected a path ending in .json (the per-layer report) or .html "
                              f"(the page with charts)")
-    if quantize in CALIBRATION_FREE_STRATEGIES and config is not None and config.fallback_precision is not FallbackPrecision.FP32:
+    half_fallback = config is not None and config.fallback_precision is not FallbackPrecision.FP32
+    if quantize in CALIBRATION_FREE_STRATEGIES and half_fallback:
         raise QCompilerError(f"fallback_precision {config.fallback_precision.value} applies to quantize='int8', "
                              f"not {quantize}")
     imported = load_onnx(model, input_shapes, on_note=log.warning, initializers_as_inputs=initializers_as_inputs,
@@ -184,12 +185,17 @@ def export_qdq(
 ) -> "os.PathLike":
     """Calibrate (and correct, and search fallbacks, as `compile` with quantize="int8" does) and
     write the model as standard ONNX QDQ to `output` (qcompiler.qdq_export), for onnxruntime or
-    TensorRT. Returns the path written."""
+    TensorRT. Returns the path written. The ops kept out of int8 are float32 ONNX ops: a config
+    with another fallback_precision is refused."""
     import logging
 
     from .qdq_export import qdq_model, write_qdq
     from .frontend import load_onnx
     from .quantize import quantize
+
+    if config is not None and config.fallback_precision is not FallbackPrecision.FP32:
+        raise QCompilerError(f"fallback_precision {config.fallback_precision.value} is for compile: export-qdq writes "
+                             f"the ops kept out of int8 as float32 ONNX ops")
 
     imported = load_onnx(model, input_shapes, on_note=logging.getLogger("qcompiler").warning,
                          constant_inputs=constant_inputs)

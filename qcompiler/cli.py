@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import QCompilerError
 from .data import UNREADABLE
-from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, STRATEGIES
+from .passes.qconfig import CALIBRATION_FREE_STRATEGIES, STRATEGIES, FallbackPrecision
 
 log = logging.getLogger("qcompiler")
 
@@ -25,7 +25,7 @@ log = logging.getLogger("qcompiler")
 def _qconfig(args, model_path: str):
     """QConfig from the compile flags; --skip names are ONNX op types or node names of the model."""
     from .frontend import read_model
-    from .passes.qconfig import ActivationDType, CalibrationMethod, FallbackPrecision, QConfig
+    from .passes.qconfig import ActivationDType, CalibrationMethod, QConfig
 
     op_types, node_names = set(), set()
     if args.skip:
@@ -133,9 +133,6 @@ def _cmd_export_qdq(args) -> None:
     from . import export_qdq
     from .frontend import parse_shape
 
-    if args.fallback_precision != "fp32":
-        raise QCompilerError(f"--fallback-precision {args.fallback_precision} is for compile: export-qdq writes the "
-                             f"ops kept out of int8 as float32 ONNX ops")
     path = export_qdq(args.model, args.calib, args.output, dict(parse_shape(t) for t in args.input_shape),
                       config=_qconfig(args, args.model), calib_cache=args.calib_cache,
                       accuracy_target=args.accuracy_target, eval_data=args.eval, min_int8_macs=args.min_int8_macs,
@@ -175,7 +172,7 @@ def _add_calibration(q) -> None:
                         "or sqnr-db, e.g. top1-agreement=0.97")
     q.add_argument("--eval", metavar="DATA", help="evaluation samples for --accuracy-target (as --calib, kept apart "
                    "from it; an .npz may add an array 'labels')")
-    q.add_argument("--fallback-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    q.add_argument("--fallback-precision", default="fp32", choices=[p.value for p in FallbackPrecision],
                    help="what the convolutions and matmuls kept out of int8 (--skip, --accuracy-target) compute in: "
                         "fp32 (default), or bf16 / fp16 weights and products with fp32 sums")
     q.add_argument("--min-int8-macs", metavar="FRACTION", type=float,

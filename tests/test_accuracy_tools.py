@@ -178,7 +178,8 @@ def test_top1_with_labels_from_the_eval_npz_on_the_cli(tmp_path):
     assert run.returncode == 2 and "5 labels for 48 samples" in run.stderr and not (tmp_path / "b.so").exists()
     run = subprocess.run([sys.executable, "-m", "qcompiler", "compile", tmp_path / "mlp.onnx", "-o", tmp_path / "h.so",
                           "--quantize", "int8", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz",
-                          "--accuracy-target", "top1=0.95", "--fallback-precision", "bf16"], capture_output=True, text=True)
+                          "--accuracy-target", "top1=0.95", "--fallback-precision", "bf16"],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "kept out of int8 (1): fc2; on bf16 products: fc2; the rest in fp32" in run.stdout
     run = subprocess.run([sys.executable, "-m", "qcompiler", "compile", tmp_path / "mlp.onnx", "-o", tmp_path / "c.so",
@@ -251,6 +252,10 @@ def test_fallback_precision_bad_input(tmp_path):
         qcompiler.compile(model, quantize="int8", calib=quarter_samples(8, seed=1), config=fp16)
     with pytest.raises(QCompilerError, match="fallback_precision fp16 applies to quantize='int8', not int8-dynamic"):
         qcompiler.compile(model, quantize="int8-dynamic", config=fp16)
+    with pytest.raises(QCompilerError, match="^fallback_precision fp16 is for compile: export-qdq writes the ops kept "
+                                             "out of int8 as float32 ONNX ops$"):
+        qcompiler.export_qdq(model, quarter_samples(8, seed=1), tmp_path / "api.onnx", config=fp16)
+    assert not (tmp_path / "api.onnx").exists()
     onnx.save(model, tmp_path / "pair.onnx")
     np.savez(tmp_path / "calib.npz", x=np.stack([s["x"] for s in quarter_samples(8, seed=1)]))
     run = subprocess.run([sys.executable, "-m", "qcompiler", "export-qdq", tmp_path / "pair.onnx", "--calib",
