@@ -67,6 +67,7 @@ bench: $(STAMP) bench-deps
 	$(PY) benchmarks/bench_accuracy.py
 	$(PY) benchmarks/bench_calibration.py
 	$(PY) benchmarks/bench_qdq_export.py
+	$(PY) benchmarks/bench_fallback_precision.py
 
 clean:
 	rm -rf out deploy/build .pytest_cache
