@@ -336,6 +336,16 @@ FALLBACKS = {"fallback": ("plain", "top1-agreement=0.99", None, "fp32"),
 LATENCY_ROUNDS, LATENCY_RUNS = 5, 20
 
 
+def interleaved_latency_ms(models: dict, feed: dict) -> dict[str, float]:
+    """Each loaded model's median latency (ms) on `feed` over LATENCY_ROUNDS rounds of
+    LATENCY_RUNS runs, the models interleaved so that a slow spell of the machine hits every one."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(LATENCY_ROUNDS):
+        for name, model in models.items():
+            times[name] += model.time_run(feed, repeat=LATENCY_RUNS)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
 def techniques(case: Case, work: Path, method: str, names: list[str]) -> None:
     """qcompiler int8 top-1 agreement with fp32 per technique, on the case's evaluation samples,
     and the artifact's latency (Python runtime, this process's threads)."""
@@ -370,13 +380,9 @@ def techniques(case: Case, work: Path, method: str, names: list[str]) -> None:
         models[name] = model
         print(f"  {name:<30} agreement {np.mean(top1 == reference):.2%}  int8 MACs "
               f"{quantization['int8_mac_fraction']:.1%}{note}  ({seconds:.0f} s)", flush=True)
-    feed = {input_name: case.evaluate[:1]}
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(LATENCY_ROUNDS):  # interleaved, so that a slow spell of the machine hits every artifact
-        for name, model in models.items():
-            times[name] += model.time_run(feed, repeat=LATENCY_RUNS)
+    latency = interleaved_latency_ms(models, {input_name: case.evaluate[:1]})
     print(f"  latency, median of {LATENCY_ROUNDS} x {LATENCY_RUNS} runs interleaved: " + ", ".join(
-        f"{name} {1e3 * float(np.median(t)):.3f} ms" for name, t in times.items()), flush=True)
+        f"{name} {ms:.3f} ms" for name, ms in latency.items()), flush=True)
 
 
 def main() -> None:

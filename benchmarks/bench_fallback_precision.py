@@ -20,21 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qcompiler  # noqa: E402
+from bench_accuracy import interleaved_latency_ms  # noqa: E402
 from bench_calibration import MODELS, load_case  # noqa: E402
-
-ROUNDS, RUNS = 5, 20
-
-
-def sqnr_db(model, feeds, reference) -> float:
-    outputs = [np.asarray(next(iter(model.run(feed).values())), np.float64) for feed in feeds]
-    error = sum(float(np.sum((o - r) ** 2)) for o, r in zip(outputs, reference))
-    power = sum(float(np.sum(r ** 2)) for r in reference)
-    return 10 * np.log10(power / error) if error else float("inf")
+from qcompiler.accuracy import sqnr_db  # noqa: E402
 
 
 def measure(name: str, target: str, work: Path) -> None:
@@ -43,7 +34,7 @@ def measure(name: str, target: str, work: Path) -> None:
     onnx_path, shapes, calib, evaluate = load_case(name)
     search, held_out = evaluate[0::2], evaluate[1::2]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    reference = [np.asarray(session.run(None, feed)[0], np.float64) for feed in held_out]
+    reference = [session.run(None, feed) for feed in held_out]
     variants = {"fp32 model": {}, "int8": {"quantize": "int8", "calib": calib,
                                            "config": qcompiler.QConfig(holdout=0)}}
     for precision in ("fp32", "bf16"):
@@ -57,17 +48,15 @@ def measure(name: str, target: str, work: Path) -> None:
         models[label] = qcompiler.load(path)
         quantization = artifact.metadata.quantization or {}
         searched = quantization.get("accuracy_target")
-        rows[label] = {"sqnr": sqnr_db(models[label], held_out, reference), "size": path.stat().st_size / 1e6,
+        outputs = [list(models[label].run(feed).values()) for feed in held_out]
+        rows[label] = {"sqnr": sqnr_db(outputs, reference), "size": path.stat().st_size / 1e6,
                        "int8": quantization.get("int8_mac_fraction", 0.0),
                        "kept": "" if searched is None else f"{len(searched['fallback'])} ops kept out of int8"}
-    times: dict[str, list[float]] = {label: [] for label in models}
-    for _ in range(ROUNDS):  # interleaved, so that a slow spell of the machine hits every artifact
-        for label, model in models.items():
-            times[label] += model.time_run(held_out[0], repeat=RUNS)
+    latency = interleaved_latency_ms(models, held_out[0])
     print(f"\n{name}: search {target} on {len(search)} samples, measured on {len(held_out)} others")
     for label, row in rows.items():
         print(f"  {label:18s} SQNR {row['sqnr']:6.2f} dB  int8 MACs {row['int8']:6.1%}  size {row['size']:7.2f} MB  "
-              f"latency {1e3 * float(np.median(times[label])):8.3f} ms  {row['kept']}", flush=True)
+              f"latency {latency[label]:8.3f} ms  {row['kept']}", flush=True)
 
 
 def main() -> None:
