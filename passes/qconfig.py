@@ -106,6 +106,15 @@ class QConfig:
             raise ValueError(f"holdout must be a number of samples >= 0, got {self.holdout}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
+        for name, kind in (("activation_dtype", ActivationDType), ("calibration", CalibrationMethod),
+                           ("fallback_precision", FallbackPrecision)):
+            value = getattr(self, name)
+            if not isinstance(value, kind):  # the enum's value ("bf16") names it as well
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    choices = ", ".join(k.value for k in kind)
+                    raise ValueError(f"{name} must be one of {choices}, got {value!r}") from None
         object.__setattr__(self, "skip_op_types", frozenset(self.skip_op_types))
         object.__setattr__(self, "skip_nodes", frozenset(self.skip_nodes))
 

@@ -20,6 +20,7 @@ from qcompiler.passes.observers import (
 from qcompiler.passes.qconfig import (
     ActivationDType,
     CalibrationMethod,
+    FallbackPrecision,
     QConfig,
     activation_qparams,
     quantize_weight,
@@ -188,3 +189,11 @@ def test_qconfig_validation():
         QConfig(holdout=-1)
     with pytest.raises(ValueError, match="seed must be an integer from 0"):
         QConfig(seed=-1)
+    # Enum fields take their values as strings too; anything else names the choices.
+    config = QConfig(calibration="mse", activation_dtype="int8", fallback_precision="bf16")
+    assert (config.calibration, config.activation_dtype, config.fallback_precision) == \
+        (CalibrationMethod.MSE, ActivationDType.INT8, FallbackPrecision.BF16)
+    with pytest.raises(ValueError, match=r"^fallback_precision must be one of fp32, bf16, fp16, got 'bf17'$"):
+        QConfig(fallback_precision="bf17")
+    with pytest.raises(ValueError, match=r"^calibration must be one of minmax, percentile, entropy, mse, got 'kl'$"):
+        QConfig(calibration="kl")
