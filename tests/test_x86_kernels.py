@@ -19,7 +19,7 @@ from qcompiler.inspect import inspect_path
 from qcompiler.kernels.dispatch import dispatch_int8_kernels
 from qcompiler.kernels.isa import VNNI, dot_product_of
 from qcompiler.kernels.lookup import lookup_kernels, word_lookup_kernel
-from qcompiler.kernels.schedules import SCHEDULE_SOURCE, SCHEDULED
+from qcompiler.kernels.schedules import MIN_PARALLEL_WORK, SCHEDULE_SOURCE, SCHEDULED
 from qcompiler.passes.graph import const
 from qcompiler.passes.layout import channels_last
 from qcompiler.quantize import quantize
@@ -280,17 +280,22 @@ def single_kernel(body, shape, dtype, target: tvm.target.Target = TARGET) -> tvm
     ((1, 24, 96, 8), [0, 0, 1, 1, 1, 1, 0, 0], "uint8", True),
     ((2, 7, 9, 16), [0, 0, 2, 0, 0, 3, 0, 0], "int8", True),
     ((1, 3, 5, 4), [0, 0, 0, 0, 1, 0, 0, 0], "float32", True),
+    ((2, 40, 36, 32), [0, 0, 1, 2, 2, 1, 0, 0], "float32", True),  # 430 KB: rows written in parallel
     ((1, 7, 9, 16), [0, 0, 2, 1, 0, 3, 0, 1], "int8", False),  # pads channels too: the default schedule
 ])
 def test_channels_last_pads_are_exact(shape, pads, dtype, rows):
-    """Pads of H and W of an [N, H, W, C] tensor run as row copies, other pads as a fill and a
-    copy of the interior (neither with a per-element test); both equal numpy's pad."""
+    """Pads of H and W of an [N, H, W, C] tensor run as row copies (in parallel from
+    MIN_PARALLEL_WORK bytes of output), other pads as a fill and a copy of the interior (neither
+    with a per-element test); both equal numpy's pad."""
     x = (rng.standard_normal(shape) * 50).astype(dtype)
     body = lambda t: relax.op.nn.pad(t, pads, pad_value=7.0)  # noqa: E731
     expected = np.pad(x, list(zip(pads[0::2], pads[1::2])), constant_values=7)
     np.testing.assert_array_equal(run_relax(body, [x]), expected)
     kernel = single_kernel(body, shape, dtype).script()
     assert ("flat_out" in kernel) == rows  # pad.py's row copies
+    if rows:
+        out_bytes = np.prod(expected.shape) * expected.itemsize
+        assert ("T.parallel" in kernel) == (out_bytes >= MIN_PARALLEL_WORK), kernel
     assert "if_then_else" not in kernel  # else the default schedule: a fill, then the interior
 
 

@@ -9,18 +9,20 @@ With a few channels per pixel (8 bytes in MobileNetV3's early layers), the test 
 arithmetic per pixel cost more than the copy. Channels-last rows are contiguous, so
 `row_pad_kernel` writes each output row as at most three runs instead (fill, copy of the input
 row, fill), or one fill for the rows above and below; LLVM turns the runs into vector stores
-and copies.
+and copies. The rows are written in parallel where the output holds MIN_PARALLEL_WORK bytes
+or more: a float32 pad is a memory copy that one core cannot saturate.
 """
 
 from __future__ import annotations
 
 import math
 
-from tvm import ir, tirx
+from tvm import DataType, ir, tirx
 from tvm.sym.analyzer import Analyzer
 from tvm.script import tirx as T
 
 from ..fusion import sole_block
+from .schedules import MIN_PARALLEL_WORK
 
 
 def _row_padding(func: tirx.PrimFunc) -> tuple[list[int], list[int], ir.expr.Expr, list[int]] | None:
@@ -67,6 +69,8 @@ def row_pad_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     tail = out_row - head - row
     in_size, out_size = math.prod(in_shape), math.prod(out_shape)
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    rows = batch * out_height
+    rows_loop = T.parallel if out_size * DataType(dtype).bits // 8 >= MIN_PARALLEL_WORK else T.serial
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(source: T.Buffer(in_shape, dtype), padded: T.Buffer(out_shape, dtype)):
@@ -74,16 +78,18 @@ def row_pad_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         with T.sblock("root"):  # TVM's Relax passes expect a root block
             flat_data = T.decl_buffer((in_size,), dtype, data=source.data)
             flat_out = T.decl_buffer((out_size,), dtype, data=padded.data)
-            for n, h in T.grid(batch, out_height):
+            for r in rows_loop(rows):
+                n = r // out_height
+                h = r % out_height
                 if top <= h and h < top + height:
                     for j in range(head):
-                        flat_out[(n * out_height + h) * out_row + j] = T.Cast(dtype, fill)
+                        flat_out[r * out_row + j] = T.Cast(dtype, fill)
                     for j in range(row):
-                        flat_out[(n * out_height + h) * out_row + head + j] = flat_data[(n * height + h - top) * row + j]
+                        flat_out[r * out_row + head + j] = flat_data[(n * height + h - top) * row + j]
                     for j in range(tail):
-                        flat_out[(n * out_height + h) * out_row + head + row + j] = T.Cast(dtype, fill)
+                        flat_out[r * out_row + head + row + j] = T.Cast(dtype, fill)
                 else:
                     for j in range(out_row):
-                        flat_out[(n * out_height + h) * out_row + j] = T.Cast(dtype, fill)
+                        flat_out[r * out_row + j] = T.Cast(dtype, fill)
 
     return kernel
