@@ -63,6 +63,28 @@ def test_conv_against_onnxruntime(tmp_path, cin, cout, k, stride, dilation, grou
     assert_fma_kernels(kernels, ("conv2d_nhwc_f32", "depthwise_nhwc_f32"))
 
 
+@pytest.mark.parametrize("channels, k, stride, dilation, pads, size", [
+    (96, 3, 2, 1, [0, 0, 1, 1], 14),  # TensorFlow's SAME padding of a stride-2 layer: bottom and right only
+    (32, 3, 1, 2, [2, 2, 2, 2], 9),   # dilated
+    (24, 5, 1, 1, [2, 1, 0, 3], 8),   # a different padding on every side
+])
+def test_depthwise_reads_its_padding(tmp_path, channels, k, stride, dilation, pads, size):
+    """A depthwise convolution tests each tap against its unpadded input instead of reading a
+    padded copy: no pad kernel runs, and the result equals onnxruntime's."""
+    top, left, bottom, right = pads
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[k, k], strides=[stride] * 2,
+                              dilations=[dilation] * 2, pads=pads, group=channels)]
+    out_h = (size + top + bottom - dilation * (k - 1) - 1) // stride + 1
+    out_w = (size + left + right - dilation * (k - 1) - 1) // stride + 1
+    model = make_model(nodes, [("x", [1, channels, size, size])], [("y", [1, channels, out_h, out_w])],
+                       {"w": w(channels, 1, k, k), "b": w(channels)})
+    feed = {"x": rng.standard_normal((1, channels, size, size)).astype(np.float32)}
+    kernels, got = compiled_outputs(model, feed, tmp_path)
+    assert_close_rel(got["y"], ort_run(model, feed)["y"], rtol=1e-5)
+    assert_fma_kernels(kernels, ("depthwise_nhwc_f32",))
+    assert not [name for name in kernels if "pad" in name], kernels
+
+
 @pytest.mark.parametrize("batch, seq, k, n", [(1, 7, 384, 1536), (1, 32, 24, 200), (1, 128, 64, 7), (1, 1, 200, 3),
                                                (5, 3, 4, 24), (3, 7, 32, 40)])
 def test_matmul_with_constant_weight_against_onnxruntime(tmp_path, batch, seq, k, n):

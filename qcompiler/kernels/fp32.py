@@ -25,7 +25,9 @@ and activations float16 or bfloat16, each converted to float32 in the kernel (`w
 
 so that the kernel's innermost step is one vector of L output channels times one broadcast
 activation, a fused multiply-add (kernels/schedules.py tiles pixels × channel vectors in
-registers). Spatial padding becomes an explicit pad before the kernel; padded output channels
+registers). Spatial padding becomes an explicit pad before the kernel, except in depthwise
+convolutions, which test whether each tap lies inside their unpadded input (the padded copy, a
+pass over memory as large as the layer's input, cost more than the test); padded output channels
 are dropped by the kernel's last block. Grouped convolutions whose groups have a number of output
 channels that is not a multiple of 4, grouped transposed convolutions and other dtypes are left to
 TVM's legalization. A transposed
@@ -161,15 +163,27 @@ def conv2d_nhwc(data: te.Tensor, packed: te.Tensor, strides, dilation, out_chann
     return first_channels(out, out_channels)
 
 
-def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.Tensor:
+def depthwise_nhwc(data: te.Tensor, weight: te.Tensor, strides, dilation, padding=(0, 0, 0, 0)) -> te.Tensor:
+    """out[n, h, w, c] = Σ_{r,s} x[n, h·sh + r·dh − top, w·sw + s·dw − left, c] · wd[r, s, c], x
+    zero outside the input: the kernel reads the padding (top, left, bottom, right) instead of a
+    padded copy of its input."""
     n, height, width, channels = (int(d) for d in data.shape)
     kh, kw, _ = (int(d) for d in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
     r = te.reduce_axis((0, kh), "r")
     s = te.reduce_axis((0, kw), "s")
+
+    def tap(b, h, w, ch):
+        y, x = h * sh + r * dh - top, w * sw + s * dw - left
+        value = as_float(data[b, y, x, ch])
+        if not any(padding):
+            return value
+        return tirx.if_then_else(tirx.all(y >= 0, y < height, x >= 0, x < width), value, tirx.const(0, "float32"))
+
     return te.compute(
-        shape64(n, windows(height, kh, sh, dh), windows(width, kw, sw, dw), channels),
-        lambda b, h, w, ch: te.sum(as_float(data[b, h * sh + r * dh, w * sw + s * dw, ch]) * as_float(weight[r, s, ch]), axis=[r, s]),
+        shape64(n, windows(height + top + bottom, kh, sh, dh), windows(width + left + right, kw, sw, dw), channels),
+        lambda b, h, w, ch: te.sum(tap(b, h, w, ch) * as_float(weight[r, s, ch]), axis=[r, s]),
         name=DEPTHWISE_BLOCK)
 
 
@@ -323,8 +337,8 @@ class _FloatKernelDispatch(KernelDispatch):
             return self.kernel("conv2d_nhwc_f32", lambda x, wp: conv2d_nhwc(x, wp, strides, dilation, out_channels), padded,
                                [pack_conv_weight(w, lanes_for(out_channels, self.lanes))])
         if conv.groups == channels == out_channels and in_per_group == 1:
-            padded = self.pad(data, conv.nhwc_pads())
-            return self.kernel("depthwise_nhwc_f32", lambda x, wd: depthwise_nhwc(x, wd, strides, dilation), padded,
+            return self.kernel("depthwise_nhwc_f32",
+                               lambda x, wd: depthwise_nhwc(x, wd, strides, dilation, conv.padding), data,
                                [depthwise_taps(w)])
         groups = conv.groups
         per_group = out_channels // groups
