@@ -138,6 +138,20 @@ class AccuracyTarget:
         return cls(metric, number, labels)
 
 
+def coarse_target(target: AccuracyTarget, reference: Outputs) -> str | None:
+    """A warning where a top-1 target below 1 allows no row of the evaluation samples to
+    disagree (m misses are allowed where m ≤ (1 − value)·rows): one borderline row then decides
+    which ops stay in fp32. None otherwise, and for the other metrics."""
+    if target.metric not in ("top1-agreement", "top1") or target.value >= 1:
+        return None
+    rows = len(_rows(_first_float(reference)))
+    if np.floor((1 - target.value) * rows + 1e-9) >= 1:
+        return None
+    return (f"accuracy target {target.name} >= {target.value:g} on {rows} rows allows no row to disagree: one "
+            f"borderline row decides which ops stay in fp32; {int(np.ceil(1 / (1 - target.value) - 1e-9))} rows "
+            f"or more allow one")
+
+
 @dataclass
 class FallbackResult:
     """What the search chose and measured (values of the target's metric)."""

@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .accuracy import AccuracyTarget, FallbackResult, fallback_order, search_fallback, sqnr_db
+from .accuracy import AccuracyTarget, FallbackResult, coarse_target, fallback_order, search_fallback, sqnr_db
 from .errors import QCompilerError
 from .frontend import ImportedModel, onnx_node_of
 from .passes.annotate import AnnotationPlan, annotate
@@ -405,6 +405,9 @@ def _search_fallback(fp32, plan, qparams, config, corrections, node_of, op_types
     candidates = _candidates(plan)
     log.info("accuracy search: %s >= %g on %d samples, %d candidate ops", target.name, target.value, len(samples),
              len(candidates))
+    warning = coarse_target(target, reference)
+    if warning:
+        log.warning(warning)
     result = search_fallback(evaluate, candidates, target, _fallback_budget(plan, target))
     result.samples = len(samples)
     return result, reference

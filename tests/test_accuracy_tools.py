@@ -136,6 +136,25 @@ def test_fallback_of_the_first_layer_unquantizes_the_model_input():
     assert "fc1" in result["fallback"] and result["realized_value"] >= 0.999
 
 
+def test_a_top1_target_that_allows_no_disagreeing_row_is_warned_about(caplog):
+    """top1-agreement >= 0.99 on 64 rows allows no disagreement (0.64 < 1): the search warns that
+    one borderline row decides it and how many rows allow one (100); 0.95 allows 3, the other
+    metrics count no rows."""
+    outputs = lambda rows: [[np.zeros((1, 10), np.float32)] for _ in range(rows)]  # noqa: E731
+    target = qcompiler.AccuracyTarget("top1-agreement", 0.99)
+    assert qcompiler.accuracy.coarse_target(target, outputs(64)) == (
+        "accuracy target top1-agreement >= 0.99 on 64 rows allows no row to disagree: one borderline row decides "
+        "which ops stay in fp32; 100 rows or more allow one")
+    assert qcompiler.accuracy.coarse_target(target, outputs(100)) is None
+    assert qcompiler.accuracy.coarse_target(qcompiler.AccuracyTarget("top1-agreement", 0.95), outputs(64)) is None
+    assert qcompiler.accuracy.coarse_target(qcompiler.AccuracyTarget("cosine", 0.999), outputs(8)) is None
+    assert qcompiler.accuracy.coarse_target(qcompiler.AccuracyTarget("top1-agreement", 1.0), outputs(8)) is None
+    with caplog.at_level(logging.WARNING, logger="qcompiler"):
+        qcompiler.compile(outlier_mlp(), quantize="int8", calib=samples((1, 16), 32, seed=1),
+                          accuracy_target="top1-agreement=0.99", eval_data=samples((1, 16), 64, seed=2))
+    assert "on 64 rows allows no row to disagree" in caplog.text
+
+
 def test_unreachable_target_says_so_in_one_line():
     with pytest.raises(QCompilerError, match=r"cannot be met: the fp32 model reaches 1 on these samples \(all int8: "):
         qcompiler.compile(outlier_mlp(), quantize="int8", calib=samples((1, 16), 16, seed=1),
