@@ -622,7 +622,9 @@ def _contiguous_read_axis(sch: Schedule, block) -> int | None:
 def _reduce_around_contiguous_lanes(sch: Schedule, block, loops: list, spatial: int) -> bool:
     """A reduction over outer axes of a channels-last tensor (global average pooling: sum over
     H, W of [N, H, W, C]): run the channels innermost, 16 at a time, so that each step adds one
-    contiguous vector (LLVM vectorizes it), with the channel groups in parallel. False (nothing
+    contiguous vector, with the channel groups in parallel; the channels are vectorized here (left
+    to LLVM, a max pool whose window reads its padding, a load under a condition, stayed scalar:
+    PP-OCR's detector's 2×2 pool of 320 × 320 × 24 took 3.2 ms at 2 threads). False (nothing
     done) unless the block's last spatial axis is the innermost index of what it reads."""
     iter_vars = sch.get(block).iter_vars
     tensors = [r for r in sch.get(block).reads if not _is_constant_point(r)]
@@ -637,7 +639,9 @@ def _reduce_around_contiguous_lanes(sch: Schedule, block, loops: list, spatial: 
     groups, inner = sch.split(loops[spatial - 1], [None, lanes])
     sch.reorder(*loops[: spatial - 1], groups, *loops[spatial:], inner)
     _parallel_outer(sch, [*loops[: spatial - 1], groups], block)
-    sch.decompose_reduction(block, loops[spatial])
+    sch.vectorize(inner)
+    init = sch.decompose_reduction(block, loops[spatial])
+    _vectorize_inner(sch, init)
     return True
 
 
