@@ -130,7 +130,7 @@ def quantize(
     if is_prequantized(imported.mod):
         # No FoldConstant here: it would fold dequantize(int8 weights) back into float weights.
         log.info("model is pre-quantized (QuantizeLinear/DequantizeLinear): realizing its own scales")
-        mod, stats, half = _realized(imported.mod, config, {})
+        mod, stats, half = _realized(imported.mod, config)
         holdout = CalibrationData(calib, imported.inputs, max(config.holdout, 1)).read_holdout() if calib is not None else []
         return Quantized(mod, imported.mod, imported.mod, config, None, None, stats, {}, holdout,
                          half_precision_layers=half)
@@ -204,7 +204,7 @@ def quantize(
         full_plan = plan
         plan = _with_fallback(fp32, plan, config, node_of, imported.node_op_types, fallback.fallback)
     qdq, dequantized_of = insert_qdq(fp32, plan, qparams, config, corrections)
-    mod, stats, half = _realized(qdq, config, _weight_nodes(fp32, node_of))
+    mod, stats, half = _realized(qdq, config, fp32, node_of)
     log.info("realize: integer %s; float %s; %d requantizations", stats.integer_ops, stats.float_ops or "none",
              stats.requantize)
     quantized = Quantized(mod, qdq, fp32, config, plan, calibration, stats, dequantized_of, holdout, fallback,
@@ -216,13 +216,15 @@ def quantize(
     return quantized
 
 
-def _realized(qdq: tvm.IRModule, config: QConfig, names: dict) -> tuple[tvm.IRModule, RealizeStats, list[str]]:
+def _realized(qdq: tvm.IRModule, config: QConfig, fp32: tvm.IRModule | None = None,
+              node_of: dict | None = None) -> tuple[tvm.IRModule, RealizeStats, list[str]]:
     """realize(qdq), the float convolutions and matmuls it leaves (ops kept out of int8) in
-    config.fallback_precision, and those layers' names (`names`: weight constant → ONNX node;
-    none in fp32)."""
+    config.fallback_precision, and those layers' names (their ONNX nodes, found through the
+    weights of `fp32`, the module `qdq` was made from, and `node_of`; none in fp32)."""
     mod, stats = realize(qdq)
     if config.fallback_precision is FallbackPrecision.FP32:
         return mod, stats, []
+    names = _weight_nodes(fp32, node_of) if fp32 is not None else {}
     mod, half = to_half_precision(mod, config.fallback_precision.value, names=names,
                                   instead="--fallback-precision bf16 (fallback_precision=FallbackPrecision.BF16)")
     log.info("fallback precision %s: %d float convolutions and matmuls", config.fallback_precision.value,
@@ -452,7 +454,7 @@ def _verified(q: Quantized, full_plan: AnnotationPlan, node_of, op_types, correc
                  result.fallback[-1])
         plan = _with_fallback(fp32, full_plan, q.config, node_of, op_types, result.fallback)
         qdq, dequantized_of = insert_qdq(fp32, plan, q.calibration.qparams(q.config), q.config, corrections)
-        mod, stats, half = _realized(qdq, q.config, _weight_nodes(fp32, node_of))
+        mod, stats, half = _realized(qdq, q.config, fp32, node_of)
         q = replace(q, mod=mod, qdq=qdq, plan=plan, stats=stats, dequantized_of=dequantized_of,
                     half_precision_layers=half)
     if result.realized_value < target.value:
